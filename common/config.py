@@ -1,0 +1,68 @@
+"""Where the Hydra configs live and how apps and tests reach them.
+
+The ``configs/`` folder is the package ``moonlit.configs``. Each paper's apps use the tree
+``configs/<tree>/`` as their config path and add ``pkg://moonlit.configs`` to Hydra's search path
+(in the primary config), which makes the shared groups (``trainer``, ``logger``, ``paths``)
+available everywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+HYDRA_VERSION_BASE = "1.3"
+CONFIG_PACKAGE = "moonlit.configs"
+
+
+def config_root() -> Path:
+    """Absolute path of the ``configs/`` folder."""
+    return Path(str(resources.files(CONFIG_PACKAGE)))
+
+
+def config_dir(tree: str) -> Path:
+    """Absolute path of one config tree, e.g. ``config_dir("top")``."""
+    path = config_root() / tree
+    if not path.is_dir():
+        known = sorted(p.name for p in config_root().iterdir() if p.is_dir() and not p.name.startswith("_"))
+        raise FileNotFoundError(f"no config tree '{tree}' under {config_root()}; known trees: {known}")
+    return path
+
+
+def hydra_app(tree: str, config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+    """``hydra.main`` bound to ``configs/<tree>/<config_name>.yaml``.
+
+    Use on a module's thin ``main(cfg)``; the real work stays in an importable function.
+    """
+
+    def decorate(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        wrapped = hydra.main(
+            config_path=str(config_dir(tree)), config_name=config_name, version_base=HYDRA_VERSION_BASE
+        )(fn)
+        return functools.wraps(fn)(wrapped)
+
+    return decorate
+
+
+def compose_config(
+    tree: str, config_name: str, overrides: Sequence[str] = (), *, return_hydra_config: bool = False
+) -> DictConfig:
+    """Compose a config outside a Hydra app (tests, notebooks). Unknown keys in overrides are errors."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir(tree)), version_base=HYDRA_VERSION_BASE):
+        return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    """Resolved plain-dict copy of a config, for JSON metadata (drops the ``hydra`` node)."""
+    data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    assert isinstance(data, dict)
+    data.pop("hydra", None)
+    return data
