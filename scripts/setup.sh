@@ -26,10 +26,16 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 have="$(cat "$stamp" 2>/dev/null || true)"
 if [ "$want" != "$have" ] || [ "${MOONLIT_FORCE_SETUP:-0}" = "1" ]; then
     echo "setup: installing moonlit (editable, dev extra) into .venv; the first run downloads torch (~GBs)"
-    "$py" -m pip install --quiet --upgrade pip setuptools wheel
+    log="$venv/setup-install.log"
+    echo "setup: pip's output goes to $log"
     # The torch wheel is the registry's normal build (CUDA build; it runs on CPU). A CPU-only
     # torch file without a matching torchvision breaks torchvision's ops, checked below.
-    "$py" -m pip install --quiet --progress-bar off -e ".[dev]"
+    if ! { "$py" -m pip install --upgrade pip setuptools wheel \
+           && "$py" -m pip install --progress-bar off -e ".[dev]"; } >"$log" 2>&1; then
+        echo "setup: pip install failed; the end of $log:" >&2
+        tail -n 40 "$log" >&2
+        exit 1
+    fi
     echo "$want" > "$stamp"
 else
     echo "setup: .venv is up to date with pyproject.toml"

@@ -1,0 +1,164 @@
+"""ImageNet-style folders for SpaceEvo and ElasticViT: datasets, held-out search split, loaders.
+
+``root/train/<class>/*`` and ``root/val/<class>/*`` are read with torchvision's ``ImageFolder``
+and transformed with timm's ``create_transform``. SpaceEvo and ElasticViT score candidate
+architectures (and calibrate INT8 / batch-norm statistics) on images held out of the training
+set, keeping the validation set for the final numbers; ``holdout_per_class`` moves N images per
+class out of train into such a ``holdout`` split, which uses the evaluation transform. Loaders
+shard with ``DistributedSampler`` across ranks.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision.datasets import ImageFolder
+
+
+def build_transform(
+    is_training: bool,
+    img_size: int = 224,
+    interpolation: str = "bicubic",
+    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
+    std: tuple[float, ...] = IMAGENET_DEFAULT_STD,
+    crop_pct: float | None = None,
+    **train_aug: Any,
+) -> Callable:
+    """timm's transform: random-resized-crop augmentation for training, resize + centre crop otherwise.
+
+    ``train_aug`` goes to ``timm.data.create_transform`` unchanged (``scale``, ``hflip``,
+    ``color_jitter``, ``auto_augment``, ``re_prob``, ...); it is an error for an eval transform.
+    ``crop_pct`` (eval only) defaults to timm's 0.875.
+    """
+    if not is_training and train_aug:
+        raise ValueError(f"augmentation options {sorted(train_aug)} were given for an evaluation transform")
+    if is_training and crop_pct is not None:
+        raise ValueError(f"crop_pct={crop_pct} applies to evaluation transforms only")
+    return create_transform(img_size, is_training=is_training, interpolation=interpolation, mean=tuple(mean),
+                            std=tuple(std), crop_pct=crop_pct, **train_aug)
+
+
+def _image_folder(split_dir: Path) -> ImageFolder:
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"{split_dir} not found; expected an ImageNet-style folder "
+                                f"{split_dir.parent}/{{train,val}}/<class>/<image>")
+    try:
+        return ImageFolder(str(split_dir))
+    except FileNotFoundError as exc:  # no class folders, or a class folder without images
+        raise FileNotFoundError(f"{split_dir}: {exc}") from exc
+
+
+def holdout_indices(targets: list[int] | np.ndarray, per_class: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Split sample indices into (kept, held out) with ``per_class`` random indices of each class held out.
+
+    The choice depends only on ``targets`` and ``seed``; both lists are sorted.
+    """
+    targets = np.asarray(targets)
+    if per_class < 0:
+        raise ValueError(f"holdout per_class must be >= 0, got {per_class}")
+    rng = np.random.default_rng(seed)
+    held: list[int] = []
+    for label in np.unique(targets):
+        members = np.flatnonzero(targets == label)
+        if len(members) <= per_class:
+            raise ValueError(f"class {label} has {len(members)} training images, not more than the "
+                             f"{per_class} to hold out; at least one must stay in train")
+        held.extend(rng.choice(members, size=per_class, replace=False).tolist())
+    held_set = set(held)
+    return [i for i in range(len(targets)) if i not in held_set], sorted(held)
+
+
+def build_imagenet_datasets(
+    root: str | Path,
+    img_size: int = 224,
+    interpolation: str = "bicubic",
+    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
+    std: tuple[float, ...] = IMAGENET_DEFAULT_STD,
+    crop_pct: float | None = None,
+    holdout_per_class: int = 0,
+    holdout_seed: int = 0,
+    train_aug: Mapping[str, Any] | None = None,
+) -> dict[str, Dataset]:
+    """``{"train": ..., "val": ...}`` datasets of ``root``, plus ``"holdout"`` when N > 0 are held out.
+
+    Train uses the augmenting transform, val and holdout the evaluation one. With
+    ``holdout_per_class`` = N > 0, N images per class (chosen by ``holdout_seed``) leave train for
+    holdout, and train becomes a ``Subset``; val stays an ``ImageFolder`` (``.classes``,
+    ``.class_to_idx``). Train and val must have the same classes.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image root {root} does not exist; expected {root}/train and {root}/val")
+    train_folder, val_folder = _image_folder(root / "train"), _image_folder(root / "val")
+    if train_folder.classes != val_folder.classes:
+        only_train = sorted(set(train_folder.classes) - set(val_folder.classes))
+        only_val = sorted(set(val_folder.classes) - set(train_folder.classes))
+        raise ValueError(f"{root}/train and {root}/val have different classes: only in train {only_train[:5]}, "
+                         f"only in val {only_val[:5]}")
+    eval_transform = build_transform(False, img_size, interpolation, mean, std, crop_pct)
+    train_folder.transform = build_transform(True, img_size, interpolation, mean, std, **dict(train_aug or {}))
+    val_folder.transform = eval_transform
+    if holdout_per_class == 0:
+        return {"train": train_folder, "val": val_folder}
+    kept, held = holdout_indices(train_folder.targets, holdout_per_class, holdout_seed)
+    holdout_folder = copy.copy(train_folder)  # shares the scanned sample list; only the transform differs
+    holdout_folder.transform = eval_transform
+    return {"train": Subset(train_folder, kept), "val": val_folder, "holdout": Subset(holdout_folder, held)}
+
+
+def resolve_rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world size): as given, else from an initialised ``torch.distributed``, else (0, 1)."""
+    if (rank is None) != (world_size is None):
+        raise ValueError(f"pass both rank and world_size or neither, got rank={rank}, world_size={world_size}")
+    if rank is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside 0..{world_size - 1} for world_size {world_size}")
+    return rank, world_size
+
+
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int = 0,
+    seed: int = 0,
+    drop_last: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader over this rank's shard; call ``set_epoch(loader, epoch)`` before each epoch.
+
+    Shuffling (and any sharding over world size > 1) goes through ``DistributedSampler``, whose
+    order is a function of (seed, epoch) alone, so every rank agrees and a resumed run replays
+    the same order. Unshuffled single-process loading is sequential. Like any DistributedSampler,
+    an unshuffled sharded evaluation pads the last shard with repeated samples unless drop_last.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rank, world_size = resolve_rank_world(rank, world_size)
+    sampler = None
+    if shuffle or world_size > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+                                     drop_last=drop_last)
+    # Seeds the workers' RNGs (augmentation) per rank; the sample order comes from the sampler.
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      pin_memory=pin_memory, drop_last=drop_last, generator=generator,
+                      persistent_workers=num_workers > 0)
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Reshuffle for ``epoch``: forwards to the sampler's ``set_epoch`` when it has one."""
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)

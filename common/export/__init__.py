@@ -1,0 +1,21 @@
+"""Deployment exports shared by the papers: ONNX (:mod:`.onnx`) and INT8 (:mod:`.int8`)."""
+
+from moonlit.common.export.int8 import (
+    CalibrationReader,
+    QuantizationSummary,
+    quantization_summary,
+    quantize_dynamic_int8,
+    quantize_static_int8,
+)
+from moonlit.common.export.onnx import (
+    ExportVerificationError,
+    export_onnx,
+    max_supported_ir_version,
+    onnx_input_feed,
+)
+
+__all__ = [
+    "ExportVerificationError", "export_onnx", "max_supported_ir_version", "onnx_input_feed",
+    "CalibrationReader", "QuantizationSummary", "quantization_summary",
+    "quantize_static_int8", "quantize_dynamic_int8",
+]

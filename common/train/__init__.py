@@ -1,0 +1,69 @@
+"""Training plumbing shared by the papers: distribution, checkpoints, run logging, seeding.
+
+``dist`` (torchrun setup, collectives, DDP), ``checkpoint`` (safetensors + JSON, atomic, resumable),
+``foreign`` (released third-party checkpoints through a restricted unpickler), ``loggers``
+(console + ``metrics.jsonl`` + optional wandb), ``seed`` (global seeds, RNG state, per-step
+generators).
+"""
+
+from .checkpoint import (
+    CheckpointError,
+    CheckpointState,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    resume_or_load,
+    save_checkpoint,
+)
+from .dist import (
+    DistContext,
+    RankZeroFilter,
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    cleanup_distributed,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_rank_zero,
+    rank_zero_only,
+    resolve_device,
+    setup_logging,
+    spawn_local,
+    wrap_ddp,
+)
+from .foreign import load_foreign_checkpoint
+from .loggers import RunLogger
+from .seed import get_rng_state, seed_everything, set_rng_state, step_generator, step_seed
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointState",
+    "DistContext",
+    "RankZeroFilter",
+    "RunLogger",
+    "all_reduce_mean",
+    "barrier",
+    "broadcast_object",
+    "cleanup_distributed",
+    "get_rank",
+    "get_rng_state",
+    "get_world_size",
+    "init_distributed",
+    "is_rank_zero",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_foreign_checkpoint",
+    "rank_zero_only",
+    "resolve_device",
+    "resume_or_load",
+    "save_checkpoint",
+    "seed_everything",
+    "set_rng_state",
+    "setup_logging",
+    "spawn_local",
+    "step_generator",
+    "step_seed",
+    "wrap_ddp",
+]

@@ -1,0 +1,56 @@
+"""Session-scoped fixtures for tests/common.
+
+Data fixtures: small on-disk stand-ins written by ``moonlit.common.data.synthetic`` (an image
+folder, GLUE TSVs, a WordPiece tokenizer, tiny BERT / RoBERTa dirs). Imports happen inside the
+fixtures so that tests which do not use them do not pay for torch/transformers imports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+# --- data fixtures (moonlit.common.data) -------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def synthetic_image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``root/{train,val}/<class>/*.jpg``: 4 classes, 8 train and 3 val images each, 32x32."""
+    from moonlit.common.data.synthetic import write_image_folder
+
+    return write_image_folder(tmp_path_factory.mktemp("images"), num_classes=4,
+                              images_per_class={"train": 8, "val": 3}, image_size=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_glue_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All 8 GLUE tasks in the classic layout: 200 train, 40 dev and 10 test rows per file."""
+    from moonlit.common.data.synthetic import write_glue_tsvs
+
+    return write_glue_tsvs(tmp_path_factory.mktemp("glue"), rows_per_split={"train": 200, "dev": 40, "test": 10},
+                           seed=0)
+
+
+@pytest.fixture(scope="session")
+def wordpiece_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BERT WordPiece tokenizer trained on the synthetic GLUE text."""
+    from moonlit.common.data.synthetic import train_wordpiece_tokenizer
+
+    return train_wordpiece_tokenizer(tmp_path_factory.mktemp("wordpiece"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, wordpiece_tokenizer_dir: Path) -> Path:
+    """A random 2-layer BertForSequenceClassification (hidden 64, 2 labels) with its tokenizer."""
+    from moonlit.common.data.synthetic import write_tiny_bert
+
+    return write_tiny_bert(tmp_path_factory.mktemp("bert-tiny"), tokenizer_dir=wordpiece_tokenizer_dir, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer RobertaForSequenceClassification (hidden 64, 2 labels) with its BPE tokenizer."""
+    from moonlit.common.data.synthetic import write_tiny_roberta
+
+    return write_tiny_roberta(tmp_path_factory.mktemp("roberta-tiny"), seed=0)

@@ -1,0 +1,150 @@
+"""moonlit.common.data.imagenet: folder datasets, the held-out split, transforms and loaders.
+
+Counts come from listing the folders; the eval transform is compared with a torchvision
+pipeline written out by hand; sampler shards are checked for disjointness and coverage.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import TensorDataset
+from torchvision import transforms as T
+
+from moonlit.common.data.imagenet import (build_imagenet_datasets, build_loader, build_transform,
+                                          holdout_indices, resolve_rank_world, set_epoch)
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _sample_paths(subset) -> list[str]:
+    return [subset.dataset.samples[i][0] for i in subset.indices]
+
+
+def test_datasets_have_the_folder_counts(synthetic_image_root: Path) -> None:
+    splits = build_imagenet_datasets(synthetic_image_root, img_size=32)
+    classes = sorted(p.name for p in (synthetic_image_root / "train").iterdir())
+    assert splits["val"].classes == classes and set(splits) == {"train", "val"}
+    for dataset, split in ((splits["train"], "train"), (splits["val"], "val")):
+        expected = {i: len(list((synthetic_image_root / split / c).iterdir())) for i, c in enumerate(classes)}
+        assert {i: dataset.targets.count(i) for i in range(len(classes))} == expected
+    image, label = splits["val"][5]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and label == 5 // 3
+
+
+def test_holdout_sizes_disjointness_and_determinism(synthetic_image_root: Path) -> None:
+    splits = build_imagenet_datasets(synthetic_image_root, img_size=32, holdout_per_class=3, holdout_seed=7)
+    again = build_imagenet_datasets(synthetic_image_root, img_size=32, holdout_per_class=3, holdout_seed=7)
+    other = build_imagenet_datasets(synthetic_image_root, img_size=32, holdout_per_class=3, holdout_seed=8)
+    held, kept = _sample_paths(splits["holdout"]), _sample_paths(splits["train"])
+    all_train = sorted(str(p) for p in (synthetic_image_root / "train").rglob("*.jpg"))
+    assert len(held) == 4 * 3 and len(kept) == 4 * (8 - 3)
+    assert not set(held) & set(kept) and sorted(held + kept) == all_train
+    assert sorted(Path(p).parent.name for p in held) == sorted(splits["val"].classes * 3)  # 3 per class
+    assert _sample_paths(again["holdout"]) == held
+    assert _sample_paths(other["holdout"]) != held
+
+
+def test_holdout_indices_errors() -> None:
+    kept, held = holdout_indices([0, 0, 1, 1, 1], per_class=1, seed=0)
+    assert len(held) == 2 and sorted(kept + held) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="class 0 has 2 training images, not more than the 2 to hold out"):
+        holdout_indices([0, 0, 1, 1, 1], per_class=2)
+
+
+def test_eval_transform_matches_hand_built_pipeline(synthetic_image_root: Path) -> None:
+    splits = build_imagenet_datasets(synthetic_image_root, img_size=32, holdout_per_class=2)
+    path = _sample_paths(splits["holdout"])[0]
+    # timm's eval transform: resize the short side to floor(32 / 0.875) = 36, centre-crop 32
+    by_hand = T.Compose([T.Resize(36, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(32), T.ToTensor(),
+                         T.Normalize(MEAN, STD)])
+    expected = by_hand(Image.open(path).convert("RGB"))
+    first, second = splits["holdout"][0][0], splits["holdout"][0][0]
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first, expected)
+
+
+def test_train_augmentation_knobs_pass_through(synthetic_image_root: Path) -> None:
+    torch.manual_seed(0)
+    augmented = build_imagenet_datasets(synthetic_image_root, img_size=24)
+    assert augmented["train"][0][0].shape == (3, 24, 24)
+    assert not torch.equal(augmented["train"][0][0], augmented["train"][0][0])  # random crop / flip / jitter
+    no_aug = dict(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, color_jitter=0.0)
+    plain = build_imagenet_datasets(synthetic_image_root, img_size=24, train_aug=no_aug)
+    assert torch.equal(plain["train"][0][0], plain["train"][0][0])
+    with pytest.raises(ValueError, match=r"augmentation options \['hflip'\] were given for an evaluation"):
+        build_transform(False, 24, hflip=0.0)
+
+
+def test_folder_errors(tmp_path: Path, synthetic_image_root: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_imagenet_datasets(tmp_path / "missing")
+    root = tmp_path / "root"
+    shutil.copytree(synthetic_image_root / "train", root / "train")
+    with pytest.raises(FileNotFoundError, match=r"root/val not found"):
+        build_imagenet_datasets(root)
+    shutil.copytree(synthetic_image_root / "val", root / "val")
+    (root / "val" / "99_empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="99_empty"):
+        build_imagenet_datasets(root)
+    (root / "val" / "99_empty").rmdir()
+    shutil.rmtree(root / "val" / "00_red_circle")
+    with pytest.raises(ValueError, match=r"different classes: only in train \['00_red_circle'\]"):
+        build_imagenet_datasets(root)
+    with pytest.raises(ValueError, match="not more than the 8 to hold out"):
+        build_imagenet_datasets(synthetic_image_root, holdout_per_class=8)
+
+
+def _order(loader) -> list[int]:
+    return [int(i) for (batch,) in loader for i in batch]
+
+
+def test_distributed_shards_are_disjoint_and_reshuffle_per_epoch() -> None:
+    dataset = TensorDataset(torch.arange(21))
+    loaders = [build_loader(dataset, batch_size=4, shuffle=True, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    epoch0 = [_order(loader) for loader in loaders]
+    assert len(epoch0[0]) == len(epoch0[1]) == 11  # 21 padded to 22
+    assert set(epoch0[0]) | set(epoch0[1]) == set(range(21))
+    assert len(set(epoch0[0]) & set(epoch0[1])) == 1  # only the one padding repeat
+    assert _order(loaders[0]) == epoch0[0]  # same epoch, same order
+    for loader in loaders:
+        set_epoch(loader, 1)
+    epoch1 = [_order(loader) for loader in loaders]
+    assert epoch1[0] != epoch0[0] and set(epoch1[0]) | set(epoch1[1]) == set(range(21))
+    set_epoch(loaders[0], 0)
+    assert _order(loaders[0]) == epoch0[0]  # a resumed run replays the order
+
+
+def test_single_process_loaders() -> None:
+    dataset = TensorDataset(torch.arange(10))
+    assert _order(build_loader(dataset, batch_size=3, shuffle=False)) == list(range(10))
+    shuffled = build_loader(dataset, batch_size=3, shuffle=True, seed=1)
+    order = _order(shuffled)
+    assert sorted(order) == list(range(10)) and order != list(range(10))
+    assert len(list(build_loader(dataset, batch_size=3, shuffle=False, drop_last=True))) == 3
+
+
+def test_loader_over_image_dataset(synthetic_image_root: Path) -> None:
+    splits = build_imagenet_datasets(synthetic_image_root, img_size=32)
+    images, labels = next(iter(build_loader(splits["val"], batch_size=5, shuffle=False)))
+    assert images.shape == (5, 3, 32, 32) and labels.tolist() == [0, 0, 0, 1, 1]
+
+
+def test_rank_world_resolution(tmp_path: Path) -> None:
+    assert resolve_rank_world() == (0, 1)
+    assert resolve_rank_world(1, 4) == (1, 4)
+    with pytest.raises(ValueError, match="rank 4 is outside 0..3"):
+        resolve_rank_world(4, 4)
+    with pytest.raises(ValueError, match="both rank and world_size"):
+        resolve_rank_world(rank=0)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert resolve_rank_world() == (0, 1)
+        loader = build_loader(TensorDataset(torch.arange(6)), batch_size=2, shuffle=True)
+        assert sorted(_order(loader)) == list(range(6))
+    finally:
+        torch.distributed.destroy_process_group()
