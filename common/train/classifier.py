@@ -117,6 +117,7 @@ def train_classifier(
             progress.set_postfix(loss=f"{loss.item():.3f}")
             if logger is not None and step % log_every == 0:
                 logger.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, step=step)
+        sync_buffers(model, ctx)
         metrics = {f"val/{k}": v for k, v in evaluate_top1(model, val_loader, device, ctx).items()}
         metrics["epoch"] = epoch + 1
         run.history.append(metrics)
@@ -129,6 +130,20 @@ def train_classifier(
         barrier()
     run.step = step
     return run
+
+
+@torch.no_grad()
+def sync_buffers(model: nn.Module, ctx: DistContext) -> None:
+    """Give every rank rank 0's buffers (BN running statistics).
+
+    DDP broadcasts buffers at the start of each training forward, so after the last step each
+    rank holds statistics updated by its own last batch: a sharded evaluation would otherwise mix
+    slightly different models, and the checkpoint (rank 0) would not be the model evaluated.
+    """
+    if not ctx.is_distributed:
+        return
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer, src=0)
 
 
 def _warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
