@@ -4,11 +4,14 @@
 #
 #   bash scripts/setup.sh            # normal use (the other scripts call it)
 #   MOONLIT_FORCE_SETUP=1 bash scripts/setup.sh   # re-install regardless
+#   MOONLIT_VENV=DIR MOONLIT_CONSTRAINTS=FILE bash scripts/setup.sh   # another venv, pinned versions
+#                                                  (scripts/test_compat.sh uses this)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-venv="$root/.venv"
+venv="${MOONLIT_VENV:-$root/.venv}"
+constraints="${MOONLIT_CONSTRAINTS:-}"
 py="$venv/bin/python"
 stamp="$venv/.moonlit-setup-stamp"
 
@@ -22,23 +25,28 @@ if [ ! -x "$py" ]; then
     "$base_python" -m venv "$venv"
 fi
 
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+pip_constraints=()
+if [ -n "$constraints" ]; then
+    [ -f "$constraints" ] || { echo "setup: constraints file $constraints not found" >&2; exit 1; }
+    pip_constraints=(-c "$constraints")
+fi
+want="$(cat pyproject.toml ${constraints:+"$constraints"} | sha256sum | cut -d' ' -f1)"
 have="$(cat "$stamp" 2>/dev/null || true)"
 if [ "$want" != "$have" ] || [ "${MOONLIT_FORCE_SETUP:-0}" = "1" ]; then
-    echo "setup: installing moonlit (editable, dev extra) into .venv; the first run downloads torch (~GBs)"
+    echo "setup: installing moonlit (editable, dev extra) into $venv; the first run downloads torch (~GBs)"
     log="$venv/setup-install.log"
     echo "setup: pip's output goes to $log"
     # The torch wheel is the registry's normal build (CUDA build; it runs on CPU). A CPU-only
     # torch file without a matching torchvision breaks torchvision's ops, checked below.
     if ! { "$py" -m pip install --upgrade pip setuptools wheel \
-           && "$py" -m pip install --progress-bar off -e ".[dev]"; } >"$log" 2>&1; then
+           && "$py" -m pip install --progress-bar off "${pip_constraints[@]}" -e ".[dev]"; } >"$log" 2>&1; then
         echo "setup: pip install failed; the end of $log:" >&2
         tail -n 40 "$log" >&2
         exit 1
     fi
     echo "$want" > "$stamp"
 else
-    echo "setup: .venv is up to date with pyproject.toml"
+    echo "setup: $venv is up to date with pyproject.toml${constraints:+ and $constraints}"
 fi
 
 # torchvision's compiled ops must load (timm and the image pipeline need them).

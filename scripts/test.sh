@@ -18,4 +18,4 @@ done
 if [ "$marker_given" = 0 ]; then
     set -- -m "not slow and not gpu" "$@"
 fi
-exec "$root/.venv/bin/python" -m pytest "$@"
+exec "${MOONLIT_VENV:-$root/.venv}/bin/python" -m pytest "$@"

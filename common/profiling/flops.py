@@ -49,6 +49,27 @@ FREE_OPS: frozenset[str] = frozenset(
 ) | {"prim.device", "prim.layout"}
 
 
+def _formulas_missing_from_torch() -> dict[Any, Any]:
+    """FLOP formulas that newer torch releases register and older supported ones (2.11) lack.
+
+    torch 2.11 has no entry for the CPU flash-attention kernel that ``scaled_dot_product_attention``
+    dispatches to on CPU, so attention would silently count as zero. The formulas are torch's own
+    shape functions (``sdpa_flop_count``), applied to the same ops.
+    """
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+    extra: dict[Any, Any] = {}
+    forward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if forward is not None and forward not in flop_registry:
+        extra[forward] = lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)
+    backward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if backward is not None and backward not in flop_registry:
+        extra[backward] = (lambda grad, q, k, v, *args, out_shape=None, **kwargs:
+                           sdpa_backward_flop_count(grad, q, k, v))
+    return extra
+
+
 @dataclasses.dataclass(frozen=True)
 class ComplexityReport:
     """Complexity of one forward pass.
@@ -113,7 +134,8 @@ def measure_complexity(
     kwargs = kwargs or {}
     previous_modes = {module: module.training for module in model.modules()}
     recorder = _OpRecorder()
-    counter = FlopCounterMode(display=False)
+    extra_formulas = _formulas_missing_from_torch()
+    counter = FlopCounterMode(display=False, custom_mapping=extra_formulas)
     try:
         if eval_mode:
             model.eval()
@@ -141,7 +163,7 @@ def measure_complexity(
         sorted(macs_by_module.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
     )
 
-    registry_names = {str(op) for op in flop_registry}
+    registry_names = {str(op) for op in (*flop_registry, *extra_formulas)}
     uncounted = {
         op: calls
         for op, calls in sorted(recorder.calls.items())
