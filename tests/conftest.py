@@ -1,4 +1,4 @@
-"""Session-scoped fixtures for tests/common.
+"""Session-scoped fixtures shared by every test package.
 
 Data fixtures: small on-disk stand-ins written by ``moonlit.common.data.synthetic`` (an image
 folder, GLUE TSVs, a WordPiece tokenizer, tiny BERT / RoBERTa dirs). Imports happen inside the

@@ -1,0 +1,482 @@
+"""Released ToP checkpoints, read without running their pickles (ToP, KDD'23, released models).
+
+The reference releases one Hugging Face folder per GLUE task (``senfu/bert-base-uncased-top-pruned-<task>``):
+``config.json`` + ``pytorch_model.bin`` (a ``BertForSequenceClassification`` state dict, possibly with
+the reference's extra keys such as ``layer_transformation.*``), and ``l0_module.pt``, written by the
+reference trainer as ``torch.save(self.l0_module, ...)`` (``trainer/trainer.py``, ``save_model`` and the
+best-checkpoint branch of ``evaluate``) and read back by ``run_glue_prune.py`` with a bare
+``torch.load`` (``--eval_only``). The module was built with ``.cuda()``, so its storages say ``cuda:0``;
+we always map them to the CPU.
+
+Layout of ``l0_module.pt`` we rely on (protocol-2 pickle of an ``nn.Module``: ``NEWOBJ`` of the class,
+then ``BUILD`` with its ``__dict__``):
+
+* class ``models.l0_module.L0ModuleForMAC`` (``use_mac_l0``, every released model) or its base
+  ``models.l0_module.L0Module``;
+* ``_parameters`` (OrderedDict of Parameters): ``token_loga`` [num_locations, bin_num] (init ~10),
+  ``pruner_loga`` [num_locations] (init ~-10; its gate is 1 = "this location prunes"), ``lambda_1``,
+  ``lambda_2`` (scalars), and other ``*_loga`` when ``pruning_type`` names more types;
+* ``z_logas``: dict type -> the same Parameters (``"token"``, ``"pruner"``, ...), our fallback when
+  ``_parameters`` lacks them;
+* plain attributes: ``bin_num``, ``token_prune_loc`` (layers whose *input* is pruned), ``temperature``
+  (beta = 2/3), ``magical_number`` (0.8), ``droprate_init``, ``target_sparsity``, ``start_sparsity``,
+  ``lagrangian_warmup``, ``pruning_type`` (e.g. ``"token+pruner"``), ``types``, ``sizes``, ``shapes``,
+  ``num_hidden_layers``, ..., and ``config``: the ``transformers`` BertConfig (RobertaConfig) pickled
+  the same way (class path + ``__dict__``).
+
+The pickle goes through ``torch.load(weights_only=True)``, with inert stand-ins (:class:`PickledObject`
+subclasses that only record their state) registered under exactly the class paths in
+:data:`FOREIGN_CLASSES`; no foreign module is imported and no foreign code runs. Any other global
+(``posix.system``, ``builtins.eval``, an unknown class) is refused with :class:`CheckpointError` naming
+the file and the global.
+
+Gate semantics (reference ``models/modeling_bert.py``, ``get_new_attention_mask_for_inference``): at
+location ``i`` (layer ``prune_layers[i]``), a token of rank bin ``b`` is dropped iff the location's
+gate is 1 and bin ``b``'s gate is 0. Eval gates come from ``L0Module._deterministic_z``
+(:func:`moonlit.top.masks.deterministic_gates`). A module without ``pruner_loga`` has no location
+gate; the reference would then crash (``pruner_z[p_count]`` on ``None``), and the only reading in
+which its ``token_loga`` means anything is that every location prunes, so we fill the layer gate with
+the largest log-alpha training can reach (ln 100, the reference's clamp), whose eval gate is 1.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import os
+import pickle
+import sys
+import types
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from moonlit.common.train.checkpoint import CheckpointError
+from moonlit.common.train.foreign import _HARMLESS, _offending_globals
+
+from .masks import LOG_ALPHA_MAX, MAGICAL_NUMBER, TEMPERATURE, GateValues, deterministic_gates, keep_ratio
+
+__all__ = [
+    "FOREIGN_CLASSES",
+    "L0_MODULE_FILE",
+    "PickledObject",
+    "ReleasedToPGates",
+    "load_released_checkpoint",
+    "load_released_gates",
+    "released_keep_schedule",
+    "released_masks",
+    "write_reference_style_checkpoint",
+]
+
+L0_MODULE_FILE = "l0_module.pt"
+
+
+class PickledObject:
+    """Inert stand-in for a foreign class: keeps the state its pickle carried, runs none of its code.
+
+    ``state`` is what ``BUILD`` gave (an ``nn.Module`` or config ``__dict__``); ``constructor_args`` is
+    what ``NEWOBJ``/``REDUCE`` passed. Attribute names from the file never become attributes here.
+    """
+
+    foreign_path: ClassVar[str] = ""
+    state: dict[str, Any]
+    constructor_args: tuple[Any, ...]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> PickledObject:
+        obj = super().__new__(cls)
+        obj.state = {}
+        obj.constructor_args = args
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass  # REDUCE calls cls(*args): __new__ already recorded them
+
+    def __setstate__(self, state: Any) -> None:
+        # pickle's BUILD: a dict, or (dict | None, slot dict | None) for classes with __slots__.
+        if isinstance(state, tuple) and len(state) == 2:
+            for part in state:
+                if isinstance(part, Mapping):
+                    self.state.update(part)
+        elif isinstance(state, Mapping):
+            self.state.update(state)
+        else:
+            self.state["__state__"] = state
+
+    def __repr__(self) -> str:
+        return f"<pickled {self.foreign_path} with {len(self.state)} attributes>"
+
+
+def _stand_in(foreign_path: str, base: type[PickledObject] = PickledObject) -> type[PickledObject]:
+    name = "Pickled" + foreign_path.rsplit(".", 1)[1]
+    return type(name, (base,), {"foreign_path": foreign_path, "__module__": __name__, "__qualname__": name})
+
+
+PickledL0Module = _stand_in("models.l0_module.L0Module")
+PickledL0ModuleForMAC = _stand_in("models.l0_module.L0ModuleForMAC", PickledL0Module)
+
+# Class path in the pickle -> stand-in. Only these are admitted besides tensors and plain data.
+FOREIGN_CLASSES: dict[str, type[PickledObject]] = {
+    cls.foreign_path: cls
+    for cls in (
+        PickledL0Module,
+        PickledL0ModuleForMAC,
+        _stand_in("transformers.models.bert.configuration_bert.BertConfig"),
+        _stand_in("transformers.models.roberta.configuration_roberta.RobertaConfig"),
+        _stand_in("transformers.configuration_utils.PretrainedConfig"),
+    )
+}
+
+
+@dataclass(eq=False)  # tensor fields: identity, not an ambiguous elementwise ==
+class ReleasedToPGates:
+    """The gate log-alphas of a released ToP model and what the reference needs to turn them into masks.
+
+    ``token_log_alpha`` [L, bin_num]: one row per pruning location, bin 0 = best-ranked tokens.
+    ``layer_log_alpha`` [L]: the location gate (eval gate 1 = the location prunes); from ``pruner_loga``,
+    or ln 100 everywhere ("always prune") when ``has_layer_gate`` is False (see the module doc).
+    ``prune_layers``: the reference's ``token_prune_loc``, layers whose input is pruned.
+    ``lambda_1``/``lambda_2``/``target_sparsity``: None when the file lacks them.
+    ``config_attributes``: the pickled transformers config's ``__dict__``; ``raw_attributes``: the
+    module's whole pickled ``__dict__`` (tensors included), for inspection.
+    """
+
+    token_log_alpha: Tensor
+    layer_log_alpha: Tensor
+    prune_layers: list[int]
+    bin_num: int
+    num_hidden_layers: int
+    temperature: float
+    magical_number: float
+    lambda_1: float | None = None
+    lambda_2: float | None = None
+    target_sparsity: float | None = None
+    has_layer_gate: bool = True
+    source_class: str = "models.l0_module.L0ModuleForMAC"
+    config_attributes: dict[str, Any] = field(default_factory=dict)
+    raw_attributes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        locations = len(self.prune_layers)
+        if self.token_log_alpha.ndim != 2 or tuple(self.token_log_alpha.shape) != (locations, self.bin_num):
+            raise ValueError(
+                f"token_log_alpha has shape {tuple(self.token_log_alpha.shape)}; expected "
+                f"[len(prune_layers)={locations}, bin_num={self.bin_num}]"
+            )
+        if tuple(self.layer_log_alpha.shape) != (locations,):
+            raise ValueError(f"layer_log_alpha has shape {tuple(self.layer_log_alpha.shape)}; expected [{locations}]")
+        if list(self.prune_layers) != sorted(set(self.prune_layers)) or not all(
+            1 <= layer < self.num_hidden_layers for layer in self.prune_layers
+        ):
+            raise ValueError(
+                f"prune_layers {self.prune_layers} must be strictly increasing layer indices in "
+                f"[1, {self.num_hidden_layers - 1}] (layer 0 never prunes; the encoder has "
+                f"{self.num_hidden_layers} layers)"
+            )
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+
+def _python3_name(global_name: str) -> str:
+    """``__builtin__.eval`` -> ``builtins.eval``: the name a protocol-2 pickle's global resolves to."""
+    module, _, name = global_name.rpartition(".")
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
+
+
+def _load_pickle(path: Path) -> Any:
+    """``torch.load`` restricted to tensors, plain data and the stand-ins of :data:`FOREIGN_CLASSES`."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ToP gate file {path} does not exist; a released ToP folder holds config.json, "
+            f"pytorch_model.bin and {L0_MODULE_FILE}"
+        )
+    stand_ins = [(cls, name) for name, cls in FOREIGN_CLASSES.items()]
+    try:
+        with torch.serialization.safe_globals(stand_ins):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # Protocol-2 pickles spell builtins as __builtin__; compare (and report) the Python 3 names.
+        scanned = [_python3_name(name) for name in _offending_globals(path, set(FOREIGN_CLASSES))]
+        offending = list(dict.fromkeys(name for name in scanned if name not in _HARMLESS))
+        named = ", ".join(offending) if offending else "an object outside tensors and plain containers"
+        raise CheckpointError(
+            f"{path} was refused by the restricted unpickler: it needs {named}. Only tensors, plain "
+            f"containers and inert stand-ins for {', '.join(FOREIGN_CLASSES)} are admitted"
+        ) from err
+    except Exception as err:  # a corrupt archive surfaces as RuntimeError, EOFError, OSError, ...
+        raise CheckpointError(f"{path} is not a readable torch pickle: {err}") from err
+
+
+def _find_parameter(state: Mapping[str, Any], name: str, z_type: str | None = None) -> Tensor | None:
+    """``_parameters[name]``, else ``z_logas[z_type]``, else a plain tensor attribute ``name``."""
+    params = state.get("_parameters")
+    if isinstance(params, Mapping) and isinstance(params.get(name), Tensor):
+        return params[name]
+    z_logas = state.get("z_logas")
+    if isinstance(z_logas, Mapping) and isinstance(z_logas.get(z_type), Tensor):
+        return z_logas[z_type]
+    return state.get(name) if isinstance(state.get(name), Tensor) else None
+
+
+def _scalar(value: Any) -> float | None:
+    if isinstance(value, Tensor) and value.numel() == 1:
+        return float(value.item())
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _gates_from_state(path: Path, obj: PickledObject) -> ReleasedToPGates:
+    state = obj.state
+    config = state.get("config")
+    config_attributes = dict(config.state) if isinstance(config, PickledObject) else {}
+    token = _find_parameter(state, "token_loga", "token")
+    if token is None:
+        params = state.get("_parameters")
+        found = sorted(params) if isinstance(params, Mapping) else []
+        raise CheckpointError(
+            f"{path} holds no token_loga (looked in _parameters and z_logas['token']; parameters present: "
+            f"{found}, pruning_type={state.get('pruning_type')!r}); expected a ToP L0 module whose "
+            "pruning_type includes 'token'"
+        )
+    token = token.detach().to(torch.float32).clone()
+    if token.ndim != 2:
+        raise CheckpointError(f"{path}: token_loga has shape {tuple(token.shape)}; expected [num_locations, bin_num]")
+    num_locations, bins_in_tensor = token.shape
+    bin_num = state.get("bin_num", bins_in_tensor)
+    if bin_num != bins_in_tensor:
+        raise CheckpointError(f"{path}: bin_num={bin_num!r} disagrees with token_loga's shape {tuple(token.shape)}")
+
+    pruner = _find_parameter(state, "pruner_loga", "pruner")
+    has_layer_gate = pruner is not None
+    if pruner is None:
+        layer = torch.full((num_locations,), LOG_ALPHA_MAX)
+    else:
+        layer = pruner.detach().to(torch.float32).clone().reshape(-1)
+
+    num_hidden_layers = state.get("num_hidden_layers", config_attributes.get("num_hidden_layers"))
+    if not isinstance(num_hidden_layers, int):
+        raise CheckpointError(
+            f"{path}: num_hidden_layers is {num_hidden_layers!r} (module attribute and config); expected an int"
+        )
+    prune_layers = state.get("token_prune_loc")
+    if prune_layers is None:
+        # run_glue_prune.py --eval_only: prune_location = the last num_locations layers.
+        prune_layers = list(range(num_hidden_layers - num_locations, num_hidden_layers))
+    if not isinstance(prune_layers, (list, tuple)) or not all(isinstance(x, int) for x in prune_layers):
+        raise CheckpointError(f"{path}: token_prune_loc is {prune_layers!r}; expected a list of layer indices")
+
+    missing = [name for name in ("temperature", "magical_number") if _scalar(state.get(name)) is None]
+    if missing:
+        raise CheckpointError(f"{path}: attribute(s) {missing} missing or not numbers; the eval masks need them")
+    try:
+        return ReleasedToPGates(
+            token_log_alpha=token,
+            layer_log_alpha=layer,
+            prune_layers=list(prune_layers),
+            bin_num=int(bin_num),
+            num_hidden_layers=num_hidden_layers,
+            temperature=float(state["temperature"]),
+            magical_number=float(state["magical_number"]),
+            lambda_1=_scalar(_find_parameter(state, "lambda_1")),
+            lambda_2=_scalar(_find_parameter(state, "lambda_2")),
+            target_sparsity=_scalar(state.get("target_sparsity")),
+            has_layer_gate=has_layer_gate,
+            source_class=obj.foreign_path,
+            config_attributes=config_attributes,
+            raw_attributes=dict(state),
+        )
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+
+
+def load_released_gates(path: str | os.PathLike[str]) -> ReleasedToPGates:
+    """Read a reference ``l0_module.pt`` (see the module doc for the layout) onto the CPU."""
+    file = Path(path)
+    loaded = _load_pickle(file)
+    if not isinstance(loaded, PickledL0Module):
+        kind = loaded.foreign_path if isinstance(loaded, PickledObject) else type(loaded).__name__
+        raise CheckpointError(
+            f"{file} holds a {kind}; expected a pickled models.l0_module.L0ModuleForMAC (or L0Module)"
+        )
+    return _gates_from_state(file, loaded)
+
+
+def load_released_checkpoint(folder: str | os.PathLike[str]) -> tuple[nn.Module, ReleasedToPGates]:
+    """(classifier, gates) of a local released ToP folder; the model is on the CPU, in eval mode.
+
+    The weights load through ``AutoModelForSequenceClassification.from_pretrained`` with
+    ``local_files_only=True`` (never a hub download); keys the reference adds are ignored by it.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    root = Path(folder)
+    if not (root / "config.json").is_file():
+        raise FileNotFoundError(f"{root / 'config.json'} does not exist; expected a local Hugging Face model folder")
+    gates = load_released_gates(root / L0_MODULE_FILE)
+    model = AutoModelForSequenceClassification.from_pretrained(str(root), local_files_only=True)
+    layers = model.config.num_hidden_layers
+    if layers != gates.num_hidden_layers:
+        raise CheckpointError(
+            f"{root}: the model has {layers} layers but {L0_MODULE_FILE} was trained for {gates.num_hidden_layers}"
+        )
+    return model.eval(), gates
+
+
+def released_masks(gates: ReleasedToPGates) -> GateValues:
+    """Eval-time 0/1 gates of the reference: ``bins`` [L, bin_num] and ``layers`` [L] (1 = prunes).
+
+    Per row, round(bin_num - sum P(z > 0)) bins with the smallest sigmoid(log_alpha / beta * 0.8) are
+    zeroed (``L0Module._deterministic_z``); the location gate is the same rule on a scalar.
+    """
+    bins = deterministic_gates(gates.token_log_alpha, gates.temperature, gates.magical_number)
+    layers = deterministic_gates(gates.layer_log_alpha, gates.temperature, gates.magical_number, elementwise=True)
+    return GateValues(bins=bins, layers=layers)
+
+
+def released_keep_schedule(gates: ReleasedToPGates) -> dict[str, Any]:
+    """What the released gates do at inference, as JSON-able lists (for reports).
+
+    ``bin_keep`` [L][bin_num] 0/1; ``location_prunes`` [L]; ``keep_ratio`` [L]: fraction of the alive
+    tokens each location keeps, 1 - (1 - kept/bin_num) * prunes (the reference's
+    ``token_ratio_for_inference``); ``remaining_token_ratio`` [num_hidden_layers]: fraction of the
+    tokens entering each layer, the cumulative product of the keep ratios (the reference's
+    ``remaining_token_ratio`` of ``calculate_model_size``, not rounded to 2 decimals here).
+    """
+    masks = released_masks(gates)
+    ratios = keep_ratio(GateValues(bins=masks.bins.double(), layers=masks.layers.double()))
+    per_layer = [1.0] * gates.num_hidden_layers
+    for location, layer in enumerate(gates.prune_layers):
+        per_layer[layer] = float(ratios[location])
+    remaining = torch.tensor(per_layer, dtype=torch.float64).cumprod(0)
+    return {
+        "prune_layers": list(gates.prune_layers),
+        "bin_num": gates.bin_num,
+        "bin_keep": masks.bins.to(torch.int64).tolist(),
+        "kept_bins": masks.bins.sum(-1).to(torch.int64).tolist(),
+        "location_prunes": [bool(x) for x in masks.layers.tolist()],
+        "keep_ratio": [float(x) for x in ratios.tolist()],
+        "remaining_token_ratio": remaining.tolist(),
+    }
+
+
+# ---- test support: a reference-style folder, written without the reference code ------------------
+
+
+@contextmanager
+def _fake_reference_module() -> Iterator[types.ModuleType]:
+    """``models.l0_module`` with empty ``L0Module(nn.Module)``/``L0ModuleForMAC`` classes, only inside the block.
+
+    Not thread-safe: it swaps ``sys.modules`` entries for the duration (restoring any it shadowed).
+    """
+    package, module = types.ModuleType("models"), types.ModuleType("models.l0_module")
+    base = type("L0Module", (nn.Module,), {"__module__": module.__name__})
+    module.L0Module = base
+    module.L0ModuleForMAC = type("L0ModuleForMAC", (base,), {"__module__": module.__name__})
+    package.l0_module = module
+    shadowed = {name: sys.modules.get(name) for name in ("models", "models.l0_module")}
+    sys.modules.update({"models": package, "models.l0_module": module})
+    try:
+        yield module
+    finally:
+        for name, previous in shadowed.items():
+            if previous is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = previous
+
+
+def write_reference_style_checkpoint(
+    folder: str | os.PathLike[str],
+    hf_model: nn.Module,
+    token_log_alpha: Tensor | None,
+    layer_log_alpha: Tensor | None,
+    prune_layers: Sequence[int],
+    bin_num: int,
+    *,
+    temperature: float = TEMPERATURE,
+    magical_number: float = MAGICAL_NUMBER,
+    target_sparsity: float = 0.5,
+    lambda_1: float = 0.0,
+    lambda_2: float = 0.0,
+    class_name: str = "L0ModuleForMAC",
+    extra_attributes: Mapping[str, Any] | None = None,
+) -> Path:
+    """For tests: write a folder shaped like a released ToP checkpoint, without the reference code.
+
+    ``config.json`` + ``pytorch_model.bin`` (the model's state dict plus the reference's
+    ``layer_transformation.*`` keys) and ``l0_module.pt``: ``torch.save`` of an ``nn.Module`` whose
+    class path is ``models.l0_module.<class_name>``, holding ``token_loga``/``pruner_loga`` (omitted
+    when None), ``lambda_1``/``lambda_2`` and the reference's plain attributes, with ``config`` =
+    ``hf_model.config``. ``extra_attributes`` are set last (to add or override any attribute).
+    The fake ``models.l0_module`` exists in ``sys.modules`` only while saving.
+    """
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    config = hf_model.config
+    config.save_pretrained(str(root))
+    weights = {name: tensor.detach().clone() for name, tensor in hf_model.state_dict().items()}
+    hidden = config.hidden_size
+    weights["layer_transformation.weight"] = torch.zeros(hidden, hidden)
+    weights["layer_transformation.bias"] = torch.zeros(hidden)
+    torch.save(weights, root / "pytorch_model.bin")
+
+    locations = len(prune_layers)
+    logas: dict[str, Tensor] = {}
+    if token_log_alpha is not None:
+        logas["token"] = token_log_alpha
+    if layer_log_alpha is not None:
+        logas["pruner"] = layer_log_alpha
+    with _fake_reference_module() as fake:
+        cls = getattr(fake, class_name)
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        z_logas = {}
+        for z_type, loga in logas.items():
+            parameter = nn.Parameter(loga.detach().clone().to(torch.float32))
+            setattr(module, f"{z_type}_loga", parameter)
+            z_logas[z_type] = parameter
+        sizes = {"token": bin_num, "pruner": 1}
+        shapes = {"token": [locations, bin_num], "pruner": [locations]}
+        attributes: dict[str, Any] = {
+            "bin_num": bin_num,
+            "all_types": [f"{t}_z" for t in logas],
+            "pruning_type": "+".join(logas),
+            "hidden_size": hidden,
+            "intermediate_size": config.intermediate_size,
+            "num_attention_heads": config.num_attention_heads,
+            "mlp_num_per_layer": 1,
+            "dim_per_head": hidden // config.num_attention_heads,
+            "num_hidden_layers": config.num_hidden_layers,
+            "vocab_size": config.vocab_size,
+            "token_prune_loc": list(prune_layers),
+            "num_labels": config.num_labels,
+            "prunable_model_size": 0,
+            "temperature": temperature,
+            "droprate_init": 0.5,
+            "types": list(logas),
+            "z_logas": z_logas,
+            "parameters_per_dim": {t: None for t in logas},
+            "sizes": {t: sizes[t] for t in logas},
+            "shapes": {t: shapes[t] for t in logas},
+            "hidden_loga": None,
+            "hidden_type": None,
+            "magical_number": magical_number,
+            "lambda_1": nn.Parameter(torch.tensor(float(lambda_1))),
+            "lambda_2": nn.Parameter(torch.tensor(float(lambda_2))),
+            "lambda_3": torch.tensor(0.0),
+            "lagrangian_warmup": 100,
+            "start_sparsity": 0.0,
+            "target_sparsity": target_sparsity,
+            "config": config,
+        }
+        attributes.update(extra_attributes or {})
+        for name, value in attributes.items():
+            setattr(module, name, value)
+        torch.save(module, root / L0_MODULE_FILE)
+    return root

@@ -1,0 +1,200 @@
+"""Stage 2 of ToP: constraint-aware, ranking-distilled token pruning of a fine-tuned model (ToP §4).
+
+The student starts from the fine-tuned teacher and learns, per pruning location, hard-concrete
+gates over rank bins plus a gate that switches the location on. The loss is
+
+    prediction distillation (KL at T=2; MSE on labels for STS-B)
+    + λ1 (ŝ - t) + λ2 (ŝ - t)²                      (ŝ: expected MAC sparsity, t ramped to the target)
+    + α·max(0.01, 1 - warm-up progress) · ARP-2 ranking distillation
+      (early student layers' token scores vs the teacher's last-layer ranking on its top-K tokens)
+
+with the λs trained by gradient ascent. Every epoch the model is evaluated with its deterministic
+gates on the held-out selection split; the kept checkpoint is the best one that meets the
+constraint (measured sparsity ≥ target − tolerance) once the target has been reached.
+
+    python -m moonlit.top.prune experiment=sst2 teacher_dir=outputs/top/finetune/sst2/model
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from moonlit.common.config import hydra_app, to_container
+from moonlit.common.data.glue import get_glue_task
+from moonlit.common.train.dist import resolve_device
+from moonlit.common.train.seed import seed_everything
+
+from .artifacts import load_pruned, save_pruned
+from .constraint import LagrangianConstraint, encoder_macs, expected_lengths
+from .data import build_glue_splits, glue_loader, model_inputs
+from .evaluate import evaluate_top, format_result
+from .finetune import linear_schedule, load_classifier
+from .losses import prediction_distillation_loss, ranking_distillation_loss, ranking_loss_weight, regression_loss
+from .masks import TokenGates
+from .model import PruningConfig, ToPModel
+
+log = logging.getLogger(__name__)
+
+
+def default_ranking_layers(num_layers: int) -> list[int]:
+    """Student layers whose scores learn the teacher's ranking: 1..3 for 12 layers (reference), ≥ 1 layer."""
+    return list(range(1, max(2, num_layers // 3)))
+
+
+def build_pruning(cfg: DictConfig, tokenizer: Any, num_layers: int) -> PruningConfig:
+    p = cfg.pruning
+    layers = tuple(p.prune_layers) if p.prune_layers is not None else tuple(range(p.first_prune_layer, num_layers))
+    if p.reference_semantics:
+        return PruningConfig.reference_semantics(layers, p.bin_num)
+    return PruningConfig(layers, p.bin_num, special_token_ids=tuple(tokenizer.all_special_ids),
+                         protect_special=p.protect_special, score_rows=p.score_rows,
+                         soft_attention_mask=p.soft_attention_mask, scale_hidden=p.scale_hidden)
+
+
+def expected_sparsity(model: ToPModel, lengths: torch.Tensor, protected: torch.Tensor) -> torch.Tensor:
+    """Differentiable expected MAC sparsity of a batch under the gates' keep probabilities."""
+    ratio = model.gates.expected_keep_ratio()
+    expected = expected_lengths(lengths, protected, ratio, model.pruning.prune_layers, model.dims.num_layers)
+    dense = lengths.to(expected.dtype).unsqueeze(1).expand_as(expected)
+    return 1.0 - encoder_macs(expected, model.dims).sum() / encoder_macs(dense, model.dims).sum()
+
+
+def run_prune(cfg: DictConfig) -> dict[str, Any]:
+    """Prune ``cfg.teacher_dir`` on ``cfg.data.task`` to ``cfg.pruning.target_sparsity``; returns the results."""
+    seed_everything(cfg.trainer.seed)
+    device = resolve_device(cfg.trainer.device)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    task = get_glue_task(cfg.data.task)
+    teacher, tokenizer = load_classifier(cfg.teacher_dir, task.num_labels)
+    student, _ = load_classifier(cfg.teacher_dir, task.num_labels)
+    teacher.to(device).eval().requires_grad_(False)
+    student.to(device)
+    p = cfg.pruning
+    pruning = build_pruning(cfg, tokenizer, student.config.num_hidden_layers)
+    reference = p.reference_semantics
+    gates = TokenGates(len(pruning.prune_layers), pruning.bin_num, monotone=p.monotone_bins and not reference,
+                       bin_init=p.bin_init, layer_init=p.layer_init,
+                       deterministic_rule="threshold" if reference else p.deterministic_rule).to(device)
+    model = ToPModel(student, pruning, gates)
+    teacher_model = ToPModel(teacher)
+
+    splits = build_glue_splits(task.name, tokenizer, data_dir=cfg.data.data_dir, max_length=cfg.data.max_length,
+                               selection_fraction=cfg.data.selection_fraction, seed=cfg.data.seed,
+                               max_train=cfg.data.max_train, max_eval=cfg.data.max_eval)
+    train_loader = glue_loader(splits.train, tokenizer, cfg.data.batch_size, shuffle=True, seed=cfg.trainer.seed)
+    selection_loader = glue_loader(splits.selection, tokenizer, cfg.data.eval_batch_size, shuffle=False)
+    eval_loaders = {name: glue_loader(ds, tokenizer, cfg.data.eval_batch_size, shuffle=False)
+                    for name, ds in splits.eval_splits.items()}
+
+    steps_per_epoch = len(train_loader)
+    total_steps = cfg.prune.epochs * steps_per_epoch
+    warmup_steps = max(1, int(round(cfg.prune.sparsity_warmup_epochs * steps_per_epoch)))
+    constraint = LagrangianConstraint(p.target_sparsity, warmup_steps).to(device)
+    model_optimizer = instantiate(cfg.prune.optimizer)(student.parameters())
+    gate_optimizer = torch.optim.AdamW(gates.parameters(), lr=cfg.prune.reg_lr, weight_decay=0.0)
+    lambda_optimizer = constraint.lambda_optimizer(cfg.prune.reg_lr)
+    scheduler = linear_schedule(model_optimizer, int(math.ceil(cfg.prune.warmup_ratio * total_steps)), total_steps)
+    ranking_layers = list(cfg.prune.ranking_layers or default_ranking_layers(student.config.num_hidden_layers))
+
+    best: dict[str, Any] | None = None
+    history = []
+    run_name = f"top-prune-{task.name}"
+    with instantiate(cfg.logger)(out_dir, run_name=run_name, config=to_container(cfg)) as logger:
+        step = 0
+        for epoch in range(cfg.prune.epochs):
+            model.train()
+            progress = tqdm(train_loader, desc=f"prune epoch {epoch + 1}/{cfg.prune.epochs}", leave=False)
+            for batch in progress:
+                inputs = model_inputs(batch, device)
+                labels = batch["labels"].to(device)
+                with torch.no_grad():
+                    teacher_out = teacher_model(**inputs)
+                out = model(**inputs)
+                if task.is_regression:
+                    task_term = regression_loss(out.logits.squeeze(-1), labels)
+                else:
+                    task_term = prediction_distillation_loss(out.logits, teacher_out.logits, cfg.prune.temperature)
+                sparsity = expected_sparsity(model, out.input_lengths, out.protected_counts)
+                constraint_term = constraint(sparsity, step)
+                candidates = inputs["attention_mask"].bool() & ~out.protected
+                rank_term = ranking_distillation_loss([out.scores[i] for i in ranking_layers], teacher_out.scores[-1],
+                                                      candidates, cfg.prune.top_k)
+                rank_weight = ranking_loss_weight(cfg.prune.ranking_alpha, min(1.0, step / warmup_steps))
+                loss = task_term + constraint_term + rank_weight * rank_term
+                for optimizer in (model_optimizer, gate_optimizer, lambda_optimizer):
+                    optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.prune.max_grad_norm)
+                model_optimizer.step()
+                gate_optimizer.step()
+                lambda_optimizer.step()
+                scheduler.step()
+                gates.clamp_()
+                step += 1
+                progress.set_postfix(sparsity=f"{sparsity.item():.3f}", target=f"{constraint.target(step):.3f}")
+                if step % cfg.trainer.log_every == 0:
+                    logger.log({"train/loss": loss.item(), "train/task": task_term.item(),
+                                "train/constraint": constraint_term.item(), "train/ranking": rank_term.item(),
+                                "train/expected_sparsity": sparsity.item(), "train/target": constraint.target(step),
+                                "train/lambda_1": constraint.lambda_1.item(),
+                                "train/lambda_2": constraint.lambda_2.item()}, step=step)
+            selection = evaluate_top(model, selection_loader, task, padded_length=splits.padded_length, device=device)
+            dev = {name: evaluate_top(model, loader, task, padded_length=splits.padded_length, device=device)
+                   for name, loader in eval_loaders.items()}
+            record = {"epoch": epoch + 1, "step": step, "target": constraint.target(step),
+                      "selection": _brief(selection), "eval": {name: _brief(r) for name, r in dev.items()}}
+            history.append(record)
+            logger.log({"selection/metric": selection["metric"],
+                        "selection/measured_sparsity": selection["measured_mac_sparsity"]}, step=step)
+            log.info("epoch %d (target %.3f): selection %s", epoch + 1, constraint.target(step), format_result(selection))
+            ramped = step >= warmup_steps
+            meets = selection["measured_mac_sparsity"] >= p.target_sparsity - cfg.prune.sparsity_tolerance
+            if ramped and meets and (best is None or selection["metric"] > best["selection_metric"]):
+                best = {"epoch": epoch + 1, "selection_metric": selection["metric"],
+                        "selection_measured_sparsity": selection["measured_mac_sparsity"]}
+                save_pruned(out_dir / "model", model, tokenizer, summary=best)
+        if best is None:  # never met the constraint: keep the last model, and say so
+            log.warning("no epoch met the sparsity constraint on the selection split; keeping the last epoch")
+            best = {"epoch": cfg.prune.epochs, "selection_metric": history[-1]["selection"]["metric"],
+                    "constraint_met": False}
+            save_pruned(out_dir / "model", model, tokenizer, summary=best)
+        final, _ = load_pruned(out_dir / "model")
+        final.to(device)
+        reported = {name: evaluate_top(final, loader, task, padded_length=splits.padded_length, device=device)
+                    for name, loader in eval_loaders.items()}
+        for name, result in reported.items():
+            log.info("pruned %s (selected epoch %d): %s", name, best["epoch"], format_result(result))
+        first_eval = next(iter(eval_loaders))
+        dev_selected = max(history, key=lambda r: r["eval"][first_eval]["metric"])
+        summary = {"task": task.name, "target_sparsity": p.target_sparsity, "selected": best, "eval": reported,
+                   "dev_selected": {"epoch": dev_selected["epoch"], **dev_selected["eval"][first_eval]},
+                   "history": history, "model_dir": str(out_dir / "model"),
+                   "pruning": {"prune_layers": list(pruning.prune_layers), "bin_num": pruning.bin_num}}
+        logger.log_summary({f"{name}/{task.main_metric}": r["metric"] for name, r in reported.items()}
+                           | {f"{name}/measured_mac_sparsity": r["measured_mac_sparsity"] for name, r in reported.items()})
+    (out_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _brief(result: dict[str, Any]) -> dict[str, Any]:
+    keys = ("metric", "measured_mac_sparsity", "expected_mac_sparsity", "flops_reduction", "flops_reduction_vs_padded")
+    return {key: result[key] for key in keys if key in result}
+
+
+@hydra_app("top", "prune")
+def main(cfg: DictConfig) -> None:
+    run_prune(cfg)
+
+
+if __name__ == "__main__":
+    main()
