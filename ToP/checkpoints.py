@@ -41,7 +41,6 @@ the largest log-alpha training can reach (ln 100, the reference's clamp), whose 
 
 from __future__ import annotations
 
-import _compat_pickle
 import os
 import pickle
 import sys
@@ -56,7 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from moonlit.common.train.checkpoint import CheckpointError
-from moonlit.common.train.foreign import _HARMLESS, _offending_globals
+from moonlit.common.train.foreign import offending_globals
 
 from .masks import LOG_ALPHA_MAX, MAGICAL_NUMBER, TEMPERATURE, GateValues, deterministic_gates, keep_ratio
 
@@ -180,14 +179,6 @@ class ReleasedToPGates:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
 
-def _python3_name(global_name: str) -> str:
-    """``__builtin__.eval`` -> ``builtins.eval``: the name a protocol-2 pickle's global resolves to."""
-    module, _, name = global_name.rpartition(".")
-    if (module, name) in _compat_pickle.NAME_MAPPING:
-        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
-
-
 def _load_pickle(path: Path) -> Any:
     """``torch.load`` restricted to tensors, plain data and the stand-ins of :data:`FOREIGN_CLASSES`."""
     if not path.is_file():
@@ -200,9 +191,7 @@ def _load_pickle(path: Path) -> Any:
         with torch.serialization.safe_globals(stand_ins):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # Protocol-2 pickles spell builtins as __builtin__; compare (and report) the Python 3 names.
-        scanned = [_python3_name(name) for name in _offending_globals(path, set(FOREIGN_CLASSES))]
-        offending = list(dict.fromkeys(name for name in scanned if name not in _HARMLESS))
+        offending = offending_globals(path, set(FOREIGN_CLASSES))
         named = ", ".join(offending) if offending else "an object outside tensors and plain containers"
         raise CheckpointError(
             f"{path} was refused by the restricted unpickler: it needs {named}. Only tensors, plain "

@@ -8,6 +8,7 @@ opcodes are scanned (never executed) to name the offending globals in the error.
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import os
 import pickle
@@ -25,7 +26,7 @@ from .checkpoint import CheckpointError
 __all__ = ["load_foreign_checkpoint"]
 
 # Globals that torch's restricted unpickler admits in ordinary state dicts; the rest are reported.
-_HARMLESS = {"collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.frozenset",
+HARMLESS_GLOBALS = {"collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.frozenset",
              "builtins.bytearray", "builtins.slice", "builtins.complex"}
 
 
@@ -58,14 +59,23 @@ def _pickle_globals(data: bytes) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _offending_globals(path: Path, allowed: set[str]) -> list[str]:
+def _python3_name(name: str) -> str:
+    """``__builtin__.set`` (how protocol-2 pickles, e.g. torch.save's, spell it) → ``builtins.set``."""
+    module, _, attr = name.rpartition(".")
+    module, attr = _compat_pickle.NAME_MAPPING.get((module, attr), (module, attr))
+    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    return f"{module}.{attr}"
+
+
+def offending_globals(path: Path, allowed: set[str]) -> list[str]:
+    """Globals a pickle file needs beyond tensors, plain containers and ``allowed`` (scanned, not run)."""
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             data = b"".join(archive.read(n) for n in archive.namelist() if n.endswith(".pkl"))
     else:
         data = path.read_bytes()
-    return [g for g in _pickle_globals(data)
-            if not g.startswith("torch.") and g not in _HARMLESS and g not in allowed]
+    names = [_python3_name(g) for g in _pickle_globals(data)]
+    return [g for g in dict.fromkeys(names) if not g.startswith("torch.") and g not in HARMLESS_GLOBALS and g not in allowed]
 
 
 def load_foreign_checkpoint(path: str | os.PathLike[str], *, allowed_globals: Sequence[Any] = ()) -> dict[str, Any]:
@@ -89,7 +99,7 @@ def load_foreign_checkpoint(path: str | os.PathLike[str], *, allowed_globals: Se
             loaded = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         allowed = {f"{getattr(g, '__module__', '')}.{getattr(g, '__qualname__', g)}" for g in allowed_globals}
-        offending = _offending_globals(file, allowed)
+        offending = offending_globals(file, allowed)
         named = ", ".join(offending) if offending else "an object outside tensors and plain containers"
         raise CheckpointError(
             f"{file} was refused by the restricted unpickler: it needs {named}. "

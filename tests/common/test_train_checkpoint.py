@@ -310,6 +310,17 @@ def test_foreign_pickle_with_os_system_is_refused_and_not_run(tmp_path: Path) ->
     assert not marker.exists()
 
 
+def test_refusal_names_only_the_offending_global(tmp_path: Path) -> None:
+    """torch.save writes protocol 2, where a harmless set is ``__builtin__.set``: it must not be blamed."""
+    file = tmp_path / "mixed.pt"
+    torch.save({"names": {"a", "b"}, "payload": _RunsShell("true")}, file)
+    with pytest.raises(CheckpointError) as info:
+        load_foreign_checkpoint(file)
+    message = str(info.value)
+    assert f"{os.system.__module__}.system" in message
+    assert "set" not in message.split("needs", 1)[1].split(".", 1)[0]
+
+
 def test_foreign_plain_checkpoints_load(tmp_path: Path) -> None:
     state = TinyLM().state_dict()
     for name, kwargs in (("new.pt", {}), ("legacy.pth", {"_use_new_zipfile_serialization": False})):
