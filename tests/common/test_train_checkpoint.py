@@ -318,7 +318,7 @@ def test_refusal_names_only_the_offending_global(tmp_path: Path) -> None:
         load_foreign_checkpoint(file)
     message = str(info.value)
     assert f"{os.system.__module__}.system" in message
-    assert "set" not in message.split("needs", 1)[1].split(".", 1)[0]
+    assert "__builtin__" not in message and "builtins.set" not in message
 
 
 def test_foreign_plain_checkpoints_load(tmp_path: Path) -> None:
