@@ -35,8 +35,7 @@ def save_pruned(folder: str | os.PathLike[str], model: ToPModel, tokenizer: Any 
         tokenizer.save_pretrained(folder)
     gates = model.gates
     tmp = folder / (GATES_FILE + ".tmp")
-    save_file({"bin_log_alpha": gates.bin_log_alpha.detach().contiguous().cpu(),
-               "layer_log_alpha": gates.layer_log_alpha.detach().contiguous().cpu()}, str(tmp))
+    save_file({name: value.detach().contiguous().cpu() for name, value in gates.state_dict().items()}, str(tmp))
     os.replace(tmp, folder / GATES_FILE)
     settings = {
         "pruning": dataclasses.asdict(model.pruning),

@@ -178,6 +178,8 @@ class TokenGates(nn.Module):
         # Reference init: bins near 10 (kept), location gates near -10 (no pruning yet).
         self.bin_log_alpha = nn.Parameter(torch.randn(num_locations, bin_num) * init_std + bin_init)
         self.layer_log_alpha = nn.Parameter(torch.randn(num_locations) * init_std + layer_init)
+        # Kept bins per location for deployment, set by calibration (-1 = follow the rule above).
+        self.register_buffer("deployed_kept_bins", torch.full((num_locations,), -1, dtype=torch.long))
 
     def extra_repr(self) -> str:
         return (
@@ -198,7 +200,11 @@ class TokenGates(nn.Module):
 
     @torch.no_grad()
     def deterministic(self) -> GateValues:
-        """Eval-time 0/1 gates (what `forward()` returns in eval mode), without gradients."""
+        """Eval-time 0/1 gates (what `forward()` returns in eval mode), without gradients.
+
+        Locations with a calibrated ``deployed_kept_bins`` (>= 0) keep exactly that many bins
+        (the highest-ranked ones) and prune iff that is fewer than all.
+        """
         if self.deterministic_rule == "match_expected":
             kept = torch.round(self.expected_keep_ratio() * self.bin_num).unsqueeze(-1)
             layers = (kept.squeeze(-1) < self.bin_num).to(kept.dtype)
@@ -206,10 +212,14 @@ class TokenGates(nn.Module):
             layers = deterministic_gates(
                 self.layer_log_alpha, self.temperature, self.magical_number, elementwise=True
             )
-            if not self.monotone:
-                bins = deterministic_gates(self.bin_log_alpha, self.temperature, self.magical_number)
-                return GateValues(bins=bins, layers=layers)
-            kept = torch.round(self.keep_probabilities()[0].sum(-1, keepdim=True))
+            if self.monotone:
+                kept = torch.round(self.keep_probabilities()[0].sum(-1, keepdim=True))
+            else:
+                kept = deterministic_gates(self.bin_log_alpha, self.temperature, self.magical_number).sum(
+                    -1, keepdim=True)
+        calibrated = (self.deployed_kept_bins >= 0).unsqueeze(-1)
+        kept = torch.where(calibrated, self.deployed_kept_bins.unsqueeze(-1).to(kept.dtype), kept)
+        layers = torch.where(calibrated.squeeze(-1), (kept.squeeze(-1) < self.bin_num).to(layers.dtype), layers)
         if self.monotone:
             index = torch.arange(self.bin_num, device=kept.device)
             bins = (index < kept).to(kept.dtype)
@@ -217,6 +227,13 @@ class TokenGates(nn.Module):
             score = torch.sigmoid(self.bin_log_alpha / self.temperature * self.magical_number)
             bins = _keep_highest(score, kept)
         return GateValues(bins=bins, layers=layers)
+
+    @torch.no_grad()
+    def deployed_bins(self) -> Tensor:
+        """[L] bins each location keeps at deployment (bin_num where the location does not prune)."""
+        values = self.deterministic()
+        kept = values.bins.sum(-1).round().long()
+        return torch.where(values.layers > 0, kept, torch.full_like(kept, self.bin_num))
 
     def keep_probabilities(self) -> tuple[Tensor, Tensor]:
         """(bins_p [L, B], layers_p [L]): P(bin kept), P(location prunes); differentiable.

@@ -115,6 +115,10 @@ class ToPModel(nn.Module):
                                  f"({len(pruning.prune_layers)}, {pruning.bin_num}) for {pruning}")
         self.pruning = pruning
         self.gates = gates
+        # "attention" ranks tokens by ToP's scores; "random" is the random-pruning baseline, which
+        # keeps exactly as many tokens per sample and layer (counts depend on ranks' count only).
+        self.rank_source = "attention"
+        self.random_generator: torch.Generator | None = None
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -172,6 +176,8 @@ class ToPModel(nn.Module):
                    location: int, pruning: PruningConfig) -> torch.Tensor:
         alive = keep > 0
         candidates = alive & ~protected
+        if self.rank_source == "random":  # baseline: same kept counts, tokens chosen at random
+            scores = torch.rand(scores.shape, generator=self.random_generator, device=scores.device)
         ranks, count = candidate_ranks(scores.detach(), candidates)
         bins = rank_to_bin(ranks, count, pruning.bin_num)
         bin_values = torch.cat([gates.bins[location], gates.bins.new_zeros(1)])  # index bin_num = "dropped"
@@ -182,6 +188,16 @@ class ToPModel(nn.Module):
 
     def _layer(self, layer: nn.Module, hidden: torch.Tensor, key_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One encoder layer from its HF submodules; returns (output, attention probabilities)."""
+        attended, probs = self._attention(layer, hidden, key_bias)
+        return self._feed_forward(layer, attended), probs
+
+    def _attention(self, layer: nn.Module, hidden: torch.Tensor,
+                   key_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A layer's attention block (self-attention + output projection + residual/LayerNorm).
+
+        Returns (attended hidden states, attention probabilities). Split from the FFN so that
+        token dropping (``inference``) can gather the kept tokens in between.
+        """
         attention = layer.attention.self
         batch, length, _ = hidden.shape
         heads, head_dim = self.dims.num_heads, self.dims.head_dim
@@ -194,8 +210,12 @@ class ToPModel(nn.Module):
         logits = logits + key_bias
         probs = F.softmax(logits, dim=-1)
         context = torch.matmul(attention.dropout(probs), value).transpose(1, 2).reshape(batch, length, heads * head_dim)
-        attended = layer.attention.output(context, hidden)
-        return layer.output(layer.intermediate(attended), attended), probs
+        return layer.attention.output(context, hidden), probs
+
+    @staticmethod
+    def _feed_forward(layer: nn.Module, attended: torch.Tensor) -> torch.Tensor:
+        """A layer's FFN block (intermediate + output projection + residual/LayerNorm), per token."""
+        return layer.output(layer.intermediate(attended), attended)
 
     def _key_bias(self, keep: torch.Tensor, valid: torch.Tensor, pruning: PruningConfig | None,
                   dtype: torch.dtype) -> torch.Tensor:

@@ -15,6 +15,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=
 # Each paper's issue appends its own line.
 sections=(
     "common moonlit.common.quickstart"
+    "top moonlit.top.quickstart"
 )
 
 wanted=("$@")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -112,16 +113,40 @@ def train_wordpiece_tokenizer(
     seed: int = 0,
 ) -> Path:
     """Train a lower-casing BERT WordPiece tokenizer (default: on the synthetic GLUE text) and save it."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertTokenizerFast
+    from tokenizers import Tokenizer, models, trainers
 
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(_BERT_SPECIAL), show_progress=False)
+    _bert_pipeline(tokenizer)
+    tokenizer.train_from_iterator(_texts(texts, seed), trainer)
+    return _save_bert_tokenizer(tokenizer, out_dir, model_max_length)
+
+
+def wordpiece_tokenizer_from_words(out_dir: str | Path, words: Iterable[str], model_max_length: int = 512) -> Path:
+    """A BERT tokenizer whose vocabulary is exactly ``words`` (after the special tokens): deterministic ids."""
+    from tokenizers import Tokenizer, models
+
+    vocab = {token: index for index, token in enumerate(dict.fromkeys([*_BERT_SPECIAL, *words]))}
+    tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    _bert_pipeline(tokenizer)
+    return _save_bert_tokenizer(tokenizer, out_dir, model_max_length)
+
+
+_BERT_SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def _bert_pipeline(tokenizer: Any) -> None:
+    from tokenizers import decoders, normalizers, pre_tokenizers
+
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False)
-    tokenizer.train_from_iterator(_texts(texts, seed), trainer)
+
+
+def _save_bert_tokenizer(tokenizer: Any, out_dir: str | Path, model_max_length: int) -> Path:
+    from tokenizers import processors
+    from transformers import BertTokenizerFast
+
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",

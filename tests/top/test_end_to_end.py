@@ -1,0 +1,55 @@
+"""ToP end to end on the generated signal-token task (the quickstart's ToP section, as users run it).
+
+Teacher, pruning to 0.5 MAC sparsity, and random pruning at the same per-layer token counts; the
+issue's bar: teacher >= 95 % accuracy, measured sparsity within 0.01 of the target, at most 2
+points lost, random pruning clearly worse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moonlit.top.artifacts import load_pruned
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("top-quickstart")
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    cmd = [sys.executable, "-m", "moonlit.top.quickstart", f"paths.output_root={root}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return root / "quickstart" / "top"
+
+
+def test_teacher_prune_and_random_baseline(quickstart: Path) -> None:
+    results = json.loads((quickstart / "results.json").read_text())
+    rows = results["comparison"]["rows"]
+    teacher, top, random = rows["dense teacher"], rows["ToP"], rows["random pruning"]
+    assert teacher["metric"] >= 0.95
+    assert top["measured_mac_sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert top["metric"] >= teacher["metric"] - 0.02
+    assert random["measured_mac_sparsity"] == pytest.approx(top["measured_mac_sparsity"])
+    assert random["metric"] <= top["metric"] - 0.02
+    # the selection split, on which the deployed gates were calibrated, meets the target too
+    calibration = results["prune"]["selected"]["calibration"]
+    assert calibration["measured_mac_sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_saved_model_reloads_with_the_same_schedule(quickstart: Path) -> None:
+    model, tokenizer = load_pruned(quickstart / "prune" / "model")
+    results = json.loads((quickstart / "results.json").read_text())
+    assert model.gates.deployed_bins().tolist() == results["prune"]["selected"]["calibration"]["kept_bins"]
+    assert tokenizer is not None
+
+
+def test_section_and_plot(quickstart: Path) -> None:
+    section = json.loads((quickstart / "section.json").read_text())
+    assert [row[0] for row in section["tables"][0]["rows"]] == ["dense teacher", "ToP", "random pruning"]
+    assert (quickstart / "kept_tokens.png").stat().st_size > 10_000
