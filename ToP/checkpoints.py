@@ -57,7 +57,8 @@ from torch import Tensor, nn
 from moonlit.common.train.checkpoint import CheckpointError
 from moonlit.common.train.foreign import offending_globals
 
-from .masks import LOG_ALPHA_MAX, MAGICAL_NUMBER, TEMPERATURE, GateValues, deterministic_gates, keep_ratio
+from .masks import LOG_ALPHA_MAX, MAGICAL_NUMBER, TEMPERATURE, GateValues, TokenGates, deterministic_gates, keep_ratio
+from .model import PruningConfig, ToPModel
 
 __all__ = [
     "FOREIGN_CLASSES",
@@ -326,6 +327,25 @@ def released_masks(gates: ReleasedToPGates) -> GateValues:
     bins = deterministic_gates(gates.token_log_alpha, gates.temperature, gates.magical_number)
     layers = deterministic_gates(gates.layer_log_alpha, gates.temperature, gates.magical_number, elementwise=True)
     return GateValues(bins=bins, layers=layers)
+
+
+def released_top_model(folder: str | os.PathLike[str]) -> ToPModel:
+    """A released checkpoint as a :class:`ToPModel` with the reference's semantics, ready to evaluate.
+
+    The gates are the released log-alphas under the reference's eval rule (independent bins,
+    threshold location gates); pruning follows the reference (CLS only protected, scores averaged
+    over all query rows). Its eval-mode gate values equal :func:`released_masks`.
+    """
+    hf_model, released = load_released_checkpoint(folder)
+    if getattr(hf_model.config, "_attn_implementation", "eager") != "eager":
+        hf_model.config._attn_implementation = "eager"
+    gates = TokenGates(len(released.prune_layers), released.bin_num, temperature=released.temperature,
+                       magical_number=released.magical_number, monotone=False, deterministic_rule="threshold")
+    with torch.no_grad():
+        gates.bin_log_alpha.copy_(released.token_log_alpha)
+        gates.layer_log_alpha.copy_(released.layer_log_alpha)
+    pruning = PruningConfig.reference_semantics(released.prune_layers, released.bin_num)
+    return ToPModel(hf_model, pruning, gates).eval()
 
 
 def released_keep_schedule(gates: ReleasedToPGates) -> dict[str, Any]:

@@ -234,3 +234,19 @@ def test_malformed_modules_are_explained(tmp_path: Path, bert4) -> None:
     torch.save({"token_loga": TOKEN_LOGA}, tmp_path / "state_dict.pt")
     with pytest.raises(CheckpointError, match="holds a dict; expected a pickled models.l0_module.L0ModuleForMAC"):
         load_released_gates(tmp_path / "state_dict.pt")
+
+
+def test_released_checkpoint_as_top_model(tmp_path: Path, bert4) -> None:
+    """The released folder becomes a ToPModel whose eval gates are the reference's masks and that prunes accordingly."""
+    from moonlit.top.checkpoints import released_top_model
+
+    top = released_top_model(_released(tmp_path / "released", bert4))
+    values = top.gates()  # eval mode: the deterministic gates
+    assert values.bins.tolist() == EXPECTED_BINS and values.layers.tolist() == [1.0, 0.0, 1.0]
+    ids = torch.randint(5, 100, (1, 21), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = top(input_ids=ids)
+    # By hand: 20 prunable tokens after CLS. Layer 1 keeps bins {0, 1, 3}: bin = floor(r * 5 / 20), so ranks
+    # 0-7 and 12-15, 12 tokens. Layer 2 does not prune. Layer 3 keeps bin 4 of its 12 candidates:
+    # floor(r * 5 / 12) == 4 <=> r >= 9.6, ranks 10 and 11, 2 tokens. CLS is always kept.
+    assert out.kept_counts[0].tolist() == [21, 1 + 12, 1 + 12, 1 + 2]
