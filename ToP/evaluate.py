@@ -7,6 +7,8 @@ padded to the task's fixed length (the baseline of the paper's FLOPs column); an
 of tokens entering each layer.
 
     python -m moonlit.top.evaluate model_dir=outputs/top/prune/sst2/model experiment=sst2
+    python -m moonlit.top.evaluate model_format=released model_dir=/models/bert-base-uncased-top-pruned-sst2 \
+        tokenizer=bert-base-uncased experiment=sst2 data.data_dir=/data/glue
 """
 
 from __future__ import annotations
@@ -96,12 +98,20 @@ def format_result(result: dict[str, Any]) -> str:
 
 def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate a saved pruned model (``model_dir``) on the task's eval splits."""
+    from transformers import AutoTokenizer
+
     from .artifacts import load_pruned
+    from .checkpoints import released_top_model
     from .data import build_glue_splits, glue_loader
 
-    model, tokenizer = load_pruned(cfg.model_dir)
-    if tokenizer is None:
-        raise FileNotFoundError(f"{cfg.model_dir} has no tokenizer files; save the tokenizer with the model")
+    if cfg.model_format == "moonlit":
+        model, tokenizer = load_pruned(cfg.model_dir)
+    elif cfg.model_format == "released":  # senfu/bert-base-uncased-top-pruned-<task>, reference semantics
+        model, tokenizer = released_top_model(cfg.model_dir), None
+    else:
+        raise ValueError(f"model_format must be 'moonlit' or 'released', got {cfg.model_format!r}")
+    if cfg.tokenizer is not None or tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model_dir)
     splits = build_glue_splits(cfg.data.task, tokenizer, data_dir=cfg.data.data_dir, max_length=cfg.data.max_length,
                                selection_fraction=cfg.data.selection_fraction, seed=cfg.data.seed,
                                max_eval=cfg.data.max_eval)
