@@ -14,10 +14,11 @@ from typing import Any
 
 import datasets
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from transformers import DataCollatorWithPadding
 
 from moonlit.common.data.glue import GlueTask, get_glue_task, load_glue, tokenize_glue
+from moonlit.common.data.loaders import resolve_rank_world
 
 # The padded lengths the paper's FLOPs-reduction column is measured against (ToP notes).
 PADDED_LENGTH = {"cola": 64, "sst2": 64, "stsb": 64, "qqp": 128, "mrpc": 128, "mnli": 128, "qnli": 128, "rte": 256}
@@ -60,13 +61,21 @@ def build_glue_splits(task: str, tokenizer: Any, *, data_dir: str | Path | None 
 
 
 def glue_loader(dataset: datasets.Dataset, tokenizer: Any, batch_size: int, *, shuffle: bool,
-                seed: int = 0) -> DataLoader:
-    """Batches padded to their longest sample (the reference trims padding the same way)."""
+                seed: int = 0, rank: int | None = None, world_size: int | None = None) -> DataLoader:
+    """Batches padded to their longest sample (the reference trims padding the same way).
+
+    Shuffled order comes from a ``DistributedSampler`` (also with one process): it depends on
+    (seed, epoch) only, so call ``set_epoch(loader, epoch)`` each epoch and a resumed run replays
+    the order of the epoch it resumes at.
+    """
     columns = [c for c in ("input_ids", "attention_mask", "token_type_ids", "label") if c in dataset.column_names]
     collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset.with_format(columns=columns), batch_size=batch_size, shuffle=shuffle,
-                      collate_fn=collator, generator=generator)
+    formatted = dataset.with_format(columns=columns)
+    rank, world_size = resolve_rank_world(rank, world_size)
+    sampler = None
+    if shuffle or world_size > 1:
+        sampler = DistributedSampler(formatted, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+    return DataLoader(formatted, batch_size=batch_size, sampler=sampler, collate_fn=collator)
 
 
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

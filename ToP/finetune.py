@@ -22,6 +22,7 @@ from tqdm import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from moonlit.common.config import hydra_app, to_container
+from moonlit.common.data.loaders import set_epoch
 from moonlit.common.train.dist import resolve_device
 from moonlit.common.train.seed import seed_everything
 
@@ -38,13 +39,19 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> t
     return F.cross_entropy(logits, labels)
 
 
-def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                    constant_groups: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then linear decay for the first param groups; the last ``constant_groups`` keep their lr."""
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / max(1, warmup_steps)
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def constant(step: int) -> float:
+        return 1.0
+
+    decayed = len(optimizer.param_groups) - constant_groups
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor] * decayed + [constant] * constant_groups)
 
 
 def load_classifier(name_or_path: str, num_labels: int) -> tuple[torch.nn.Module, Any]:
@@ -79,6 +86,7 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     with instantiate(cfg.logger)(out_dir, run_name=f"top-finetune-{task.name}", config=to_container(cfg)) as logger:
         step = 0
         for epoch in range(cfg.finetune.epochs):
+            set_epoch(train_loader, epoch)
             model.train()
             for batch in tqdm(train_loader, desc=f"teacher epoch {epoch + 1}/{cfg.finetune.epochs}", leave=False):
                 logits = model(**model_inputs(batch, device)).logits

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ from tqdm import tqdm
 
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.glue import get_glue_task
+from moonlit.common.data.loaders import set_epoch
 from moonlit.common.train.dist import resolve_device
+from moonlit.common.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from moonlit.common.train.seed import seed_everything
 
 from .artifacts import load_pruned, save_pruned
@@ -142,18 +145,31 @@ def run_prune(cfg: DictConfig) -> dict[str, Any]:
     total_steps = cfg.prune.epochs * steps_per_epoch
     warmup_steps = max(1, int(round(cfg.prune.sparsity_warmup_epochs * steps_per_epoch)))
     constraint = LagrangianConstraint(p.target_sparsity, warmup_steps).to(device)
-    model_optimizer = instantiate(cfg.prune.optimizer)(student.parameters())
-    gate_optimizer = torch.optim.AdamW(gates.parameters(), lr=cfg.prune.reg_lr, weight_decay=0.0)
-    lambda_optimizer = constraint.lambda_optimizer(cfg.prune.reg_lr)
-    scheduler = linear_schedule(model_optimizer, int(math.ceil(cfg.prune.warmup_ratio * total_steps)), total_steps)
+    # One optimizer, three groups: the student (scheduled), the gates, and the λs, which ascend
+    # (maximize=True; the reference uses a negative learning rate for the same update).
+    optimizer = instantiate(cfg.prune.optimizer)([
+        {"params": list(student.parameters())},
+        {"params": list(gates.parameters()), "lr": cfg.prune.reg_lr, "weight_decay": 0.0},
+        {"params": constraint.lambda_parameters(), "lr": cfg.prune.reg_lr, "weight_decay": 0.0, "maximize": True},
+    ])
+    scheduler = linear_schedule(optimizer, int(math.ceil(cfg.prune.warmup_ratio * total_steps)), total_steps,
+                                constant_groups=2)
     ranking_layers = list(cfg.prune.ranking_layers or default_ranking_layers(student.config.num_hidden_layers))
 
-    best: dict[str, Any] | None = None
-    history = []
+    # Everything a resumed run needs, checkpointed atomically at each epoch end.
+    state = torch.nn.ModuleDict({"student": student, "gates": gates, "constraint": constraint})
+    checkpoint_dir = out_dir / "checkpoints"
+    step, best, history = 0, None, []
+    if not cfg.resume and checkpoint_dir.exists():
+        shutil.rmtree(checkpoint_dir)
+    if cfg.resume and latest_checkpoint(checkpoint_dir) is not None:
+        resumed = load_checkpoint(checkpoint_dir, state, optimizer, scheduler, restore_rng=True)
+        step, best, history = resumed.step, resumed.extra.get("best"), resumed.extra.get("history", [])
+        log.info("resumed from %s (step %d, epoch %d)", resumed.path, step, step // steps_per_epoch)
     run_name = f"top-prune-{task.name}"
     with instantiate(cfg.logger)(out_dir, run_name=run_name, config=to_container(cfg)) as logger:
-        step = 0
-        for epoch in range(cfg.prune.epochs):
+        for epoch in range(step // steps_per_epoch, cfg.prune.epochs):
+            set_epoch(train_loader, epoch)
             model.train()
             progress = tqdm(train_loader, desc=f"prune epoch {epoch + 1}/{cfg.prune.epochs}", leave=False)
             for batch in progress:
@@ -173,13 +189,10 @@ def run_prune(cfg: DictConfig) -> dict[str, Any]:
                                                       candidates, cfg.prune.top_k)
                 rank_weight = ranking_loss_weight(cfg.prune.ranking_alpha, min(1.0, step / warmup_steps))
                 loss = task_term + constraint_term + rank_weight * rank_term
-                for optimizer in (model_optimizer, gate_optimizer, lambda_optimizer):
-                    optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.prune.max_grad_norm)
-                model_optimizer.step()
-                gate_optimizer.step()
-                lambda_optimizer.step()
+                optimizer.step()
                 scheduler.step()
                 gates.clamp_()
                 step += 1
@@ -205,6 +218,9 @@ def run_prune(cfg: DictConfig) -> dict[str, Any]:
                 best = {"epoch": epoch + 1, "selection_metric": selection["metric"],
                         "selection_measured_sparsity": selection["measured_mac_sparsity"]}
                 save_pruned(out_dir / "model", model, tokenizer, summary=best)
+            save_checkpoint(checkpoint_dir, step=step, model=state, optimizer=optimizer, scheduler=scheduler,
+                            config=to_container(cfg), extra={"best": best, "history": history},
+                            keep_last=cfg.prune.keep_checkpoints)
         if best is None:  # never met the constraint: keep the last model, and say so
             log.warning("no epoch met the sparsity constraint on the selection split; keeping the last epoch")
             best = {"epoch": cfg.prune.epochs, "selection_metric": history[-1]["selection"]["metric"],

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from .loaders import resolve_rank_world, set_epoch  # noqa: F401  (set_epoch re-exported)
 from torchvision.datasets import ImageFolder
 
 
@@ -113,19 +115,6 @@ def build_imagenet_datasets(
     return {"train": Subset(train_folder, kept), "val": val_folder, "holdout": Subset(holdout_folder, held)}
 
 
-def resolve_rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """(rank, world size): as given, else from an initialised ``torch.distributed``, else (0, 1)."""
-    if (rank is None) != (world_size is None):
-        raise ValueError(f"pass both rank and world_size or neither, got rank={rank}, world_size={world_size}")
-    if rank is None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside 0..{world_size - 1} for world_size {world_size}")
-    return rank, world_size
-
-
 def build_loader(
     dataset: Dataset,
     batch_size: int,
@@ -156,9 +145,3 @@ def build_loader(
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       pin_memory=pin_memory, drop_last=drop_last, generator=generator,
                       persistent_workers=num_workers > 0)
-
-
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Reshuffle for ``epoch``: forwards to the sampler's ``set_epoch`` when it has one."""
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)

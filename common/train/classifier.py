@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from moonlit.common.data.imagenet import set_epoch
+from moonlit.common.data.loaders import set_epoch
 
 from .checkpoint import resume_or_load, save_checkpoint
 from .dist import DistContext, barrier, wrap_ddp

@@ -1,0 +1,52 @@
+"""An interrupted ``moonlit.top.prune`` run resumes from its last epoch and ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from moonlit.common.config import compose_config
+from moonlit.top import prune as prune_module
+
+
+def _cfg(root: Path, glue: Path, teacher: Path, output: str):
+    return compose_config("top", "prune", [
+        f"paths.output_root={root}", f"output_dir={root / output}", f"teacher_dir={teacher}", "data.task=sst2",
+        f"data.data_dir={glue}", "data.max_length=32", "data.batch_size=16", "data.selection_fraction=0.2",
+        "pruning.first_prune_layer=1", "pruning.bin_num=4", "prune.epochs=3", "prune.sparsity_warmup_epochs=1",
+        "prune.top_k=4", "prune.reg_lr=0.05", "prune.optimizer.lr=1e-4", "prune.calibrate=false",
+    ])
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resumed_run_equals_uninterrupted(tmp_path: Path, tiny_bert_dir: Path, synthetic_glue_root: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    straight = prune_module.run_prune(_cfg(tmp_path, synthetic_glue_root, tiny_bert_dir, "a"))
+
+    real_save = prune_module.save_checkpoint
+    calls = {"n": 0}
+
+    def save_then_die(*args, **kwargs):  # the process dies right after the first epoch's checkpoint
+        real_save(*args, **kwargs)
+        calls["n"] += 1
+        raise _Killed
+
+    monkeypatch.setattr(prune_module, "save_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        prune_module.run_prune(_cfg(tmp_path, synthetic_glue_root, tiny_bert_dir, "b"))
+    monkeypatch.setattr(prune_module, "save_checkpoint", real_save)
+    resumed = prune_module.run_prune(_cfg(tmp_path, synthetic_glue_root, tiny_bert_dir, "b"))
+
+    assert calls["n"] == 1
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    assert resumed["history"] == straight["history"]
+    a = load_file(str(tmp_path / "a" / "model" / "token_gates.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model" / "token_gates.safetensors"))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
