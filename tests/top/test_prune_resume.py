@@ -50,3 +50,18 @@ def test_resumed_run_equals_uninterrupted(tmp_path: Path, tiny_bert_dir: Path, s
     b = load_file(str(tmp_path / "b" / "model" / "token_gates.safetensors"))
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_roberta_prunes_end_to_end(tmp_path: Path, tiny_roberta_dir: Path, synthetic_glue_root: Path) -> None:
+    """The reference had no RoBERTa; here the same pipeline runs on it (no token_type_ids, <s>/</s> protected)."""
+    cfg = compose_config("top", "prune", [
+        f"paths.output_root={tmp_path}", f"output_dir={tmp_path / 'roberta'}", f"teacher_dir={tiny_roberta_dir}",
+        "data.task=rte", f"data.data_dir={synthetic_glue_root}", "data.max_length=64", "data.batch_size=16",
+        "data.selection_fraction=0.2", "pruning.first_prune_layer=1", "pruning.bin_num=4", "prune.epochs=2",
+        "prune.sparsity_warmup_epochs=1", "prune.top_k=4", "prune.reg_lr=0.1",
+    ])
+    results = prune_module.run_prune(cfg)
+    reported = results["eval"]["validation"]
+    assert reported["samples"] == 40
+    assert 0.0 <= reported["measured_mac_sparsity"] < 1.0
+    assert reported["mean_kept_tokens_per_layer"][0] == pytest.approx(reported["mean_input_length"])
