@@ -60,6 +60,13 @@ def build_glue_splits(task: str, tokenizer: Any, *, data_dir: str | Path | None 
                       padded_length=PADDED_LENGTH.get(spec.name, max_length))
 
 
+def splits_from_config(data: Any, tokenizer: Any) -> GlueSplits:
+    """:func:`build_glue_splits` from the ``data`` config group (``configs/top/data/glue.yaml``)."""
+    return build_glue_splits(data.task, tokenizer, data_dir=data.data_dir, max_length=data.max_length,
+                             selection_fraction=data.selection_fraction, seed=data.seed,
+                             max_train=data.max_train, max_eval=data.max_eval)
+
+
 def glue_loader(dataset: datasets.Dataset, tokenizer: Any, batch_size: int, *, shuffle: bool,
                 seed: int = 0, rank: int | None = None, world_size: int | None = None) -> DataLoader:
     """Batches padded to their longest sample (the reference trims padding the same way).

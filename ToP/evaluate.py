@@ -102,7 +102,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     from .artifacts import load_pruned
     from .checkpoints import released_top_model
-    from .data import build_glue_splits, glue_loader
+    from .data import glue_loader, splits_from_config
 
     if cfg.model_format == "moonlit":
         model, tokenizer = load_pruned(cfg.model_dir)
@@ -112,9 +112,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"model_format must be 'moonlit' or 'released', got {cfg.model_format!r}")
     if cfg.tokenizer is not None or tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model_dir)
-    splits = build_glue_splits(cfg.data.task, tokenizer, data_dir=cfg.data.data_dir, max_length=cfg.data.max_length,
-                               selection_fraction=cfg.data.selection_fraction, seed=cfg.data.seed,
-                               max_eval=cfg.data.max_eval)
+    splits = splits_from_config(cfg.data, tokenizer)
     results = {}
     for name, dataset in splits.eval_splits.items():
         loader = glue_loader(dataset, tokenizer, cfg.data.eval_batch_size, shuffle=False)

@@ -26,7 +26,7 @@ from moonlit.common.data.loaders import set_epoch
 from moonlit.common.train.dist import resolve_device
 from moonlit.common.train.seed import seed_everything
 
-from .data import build_glue_splits, glue_loader, model_inputs
+from .data import glue_loader, model_inputs, splits_from_config
 from .evaluate import evaluate_top, format_result
 from .model import ToPModel
 
@@ -72,9 +72,7 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     task = get_glue_task(cfg.data.task)
     model, tokenizer = load_classifier(cfg.model.name_or_path, task.num_labels)
     model.to(device)
-    splits = build_glue_splits(task.name, tokenizer, data_dir=cfg.data.data_dir, max_length=cfg.data.max_length,
-                               selection_fraction=cfg.data.selection_fraction, seed=cfg.data.seed,
-                               max_train=cfg.data.max_train, max_eval=cfg.data.max_eval)
+    splits = splits_from_config(cfg.data, tokenizer)
     train_loader = glue_loader(splits.train, tokenizer, cfg.data.batch_size, shuffle=True, seed=cfg.trainer.seed)
     selection_loader = glue_loader(splits.selection, tokenizer, cfg.data.eval_batch_size, shuffle=False)
     optimizer = instantiate(cfg.finetune.optimizer)(model.parameters())

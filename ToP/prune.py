@@ -38,7 +38,7 @@ from moonlit.common.train.seed import seed_everything
 
 from .artifacts import load_pruned, save_pruned
 from .constraint import LagrangianConstraint, encoder_macs, expected_lengths
-from .data import build_glue_splits, glue_loader, model_inputs
+from .data import glue_loader, model_inputs, splits_from_config
 from .evaluate import evaluate_top, format_result
 from .finetune import linear_schedule, load_classifier
 from .losses import prediction_distillation_loss, ranking_distillation_loss, ranking_loss_weight, regression_loss
@@ -133,9 +133,7 @@ def run_prune(cfg: DictConfig) -> dict[str, Any]:
     model = ToPModel(student, pruning, gates)
     teacher_model = ToPModel(teacher)
 
-    splits = build_glue_splits(task.name, tokenizer, data_dir=cfg.data.data_dir, max_length=cfg.data.max_length,
-                               selection_fraction=cfg.data.selection_fraction, seed=cfg.data.seed,
-                               max_train=cfg.data.max_train, max_eval=cfg.data.max_eval)
+    splits = splits_from_config(cfg.data, tokenizer)
     train_loader = glue_loader(splits.train, tokenizer, cfg.data.batch_size, shuffle=True, seed=cfg.trainer.seed)
     selection_loader = glue_loader(splits.selection, tokenizer, cfg.data.eval_batch_size, shuffle=False)
     eval_loaders = {name: glue_loader(ds, tokenizer, cfg.data.eval_batch_size, shuffle=False)

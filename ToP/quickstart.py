@@ -27,7 +27,7 @@ from moonlit.common.data.synthetic import write_tiny_bert
 from moonlit.common.report import write_section
 
 from .artifacts import load_pruned
-from .data import build_glue_splits, glue_loader
+from .data import glue_loader, splits_from_config
 from .evaluate import evaluate_top
 from .finetune import run_finetune
 from .model import ToPModel
@@ -59,8 +59,7 @@ def prepare(cfg: DictConfig) -> None:
 def compare(cfg: DictConfig, model_dir: Path) -> dict[str, Any]:
     """Dense teacher vs ToP vs random pruning (same kept counts) on the dev split."""
     model, tokenizer = load_pruned(model_dir)
-    splits = build_glue_splits(cfg.data.task, tokenizer, data_dir=cfg.data.data_dir, max_length=cfg.data.max_length,
-                               selection_fraction=cfg.data.selection_fraction, seed=cfg.data.seed)
+    splits = splits_from_config(cfg.data, tokenizer)
     name, dataset = next(iter(splits.eval_splits.items()))
     loader = glue_loader(dataset, tokenizer, cfg.data.eval_batch_size, shuffle=False)
     from .finetune import load_classifier
