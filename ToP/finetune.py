@@ -63,6 +63,9 @@ def load_classifier(name_or_path: str, num_labels: int) -> tuple[torch.nn.Module
 
 def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     """Fine-tune ``cfg.model.name_or_path`` on ``cfg.data.task``; saves the best (by selection) to ``output_dir/model``."""
+    if cfg.trainer.distributed:
+        raise ValueError("ToP training runs in one process (trainer=cpu, or trainer.device=cuda); "
+                         "multi-process training (trainer=ddp) is not implemented for it yet")
     seed_everything(cfg.trainer.seed)
     device = resolve_device(cfg.trainer.device)
     out_dir = Path(cfg.output_dir)

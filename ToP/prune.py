@@ -115,6 +115,9 @@ def calibrate_sparsity(model: ToPModel, loader: Any, task: Any, target: float, *
 
 def run_prune(cfg: DictConfig) -> dict[str, Any]:
     """Prune ``cfg.teacher_dir`` on ``cfg.data.task`` to ``cfg.pruning.target_sparsity``; returns the results."""
+    if cfg.trainer.distributed:
+        raise ValueError("ToP training runs in one process (trainer=cpu, or trainer.device=cuda); "
+                         "multi-process training (trainer=ddp) is not implemented for it yet")
     seed_everything(cfg.trainer.seed)
     device = resolve_device(cfg.trainer.device)
     out_dir = Path(cfg.output_dir)

@@ -39,3 +39,11 @@ def test_unknown_model_format(tmp_path: Path) -> None:
     cfg = compose_config("top", "evaluate", [f"paths.output_root={tmp_path}", "model_format=onnx"])
     with pytest.raises(ValueError, match="model_format"):
         run_evaluate(cfg)
+
+
+def test_ddp_is_refused_clearly(tmp_path: Path) -> None:
+    from moonlit.top.prune import run_prune
+
+    cfg = compose_config("top", "prune", [f"paths.output_root={tmp_path}", "trainer=ddp"])
+    with pytest.raises(ValueError, match="one process"):
+        run_prune(cfg)
