@@ -89,14 +89,16 @@ def plot_kept_tokens(rows: dict[str, dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for (label, row), marker in zip(rows.items(), ("o", "s", "^")):
+    styles = {"dense teacher": ("o", "-", 6), "ToP": ("s", "-", 9), "random pruning": ("^", "--", 5)}
+    for label, row in rows.items():
         kept = row["mean_kept_tokens_per_layer"]
-        ax.plot(range(len(kept)), kept, marker=marker, label=label)
+        marker, line, size = styles.get(label, ("o", "-", 6))
+        ax.plot(range(len(kept)), kept, marker=marker, linestyle=line, markersize=size, label=label)
     ax.set_xlabel("encoder layer")
     ax.set_ylabel("mean tokens entering the layer")
     ax.set_xticks(range(len(next(iter(rows.values()))["mean_kept_tokens_per_layer"])))
     ax.set_ylim(bottom=0)
-    ax.set_title("Tokens kept per layer (dev split)")
+    ax.set_title("Tokens kept per layer (dev split; random keeps ToP's counts by design)", fontsize=10)
     ax.legend(frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
@@ -121,7 +123,8 @@ def build_section(cfg: DictConfig, comparison: dict[str, Any], pruned: dict[str,
         "command": "python -m moonlit.top.quickstart",
         "summary": (
             f"Sentences of {cfg.signal_task.min_words}–{cfg.signal_task.max_words} distractor words with 1–3 planted "
-            f"signal words whose polarity is the label. A tiny random {cfg.tiny_model.num_layers}-layer BERT is "
+            f"signal words; a share ({cfg.signal_task.negation_rate}) is negated by the word before it ('not', "
+            f"'never'), and the label is the resulting polarity. A tiny random {cfg.tiny_model.num_layers}-layer BERT is "
             f"fine-tuned as the teacher, then pruned to {cfg.pruning.target_sparsity} MAC sparsity (pruning the "
             f"inputs of layers {list(pruned['pruning']['prune_layers'])}, {cfg.pruning.bin_num} rank bins); the "
             f"checkpoint was selected on a held-out part of train (epoch {selected['epoch']}). Random pruning "
