@@ -21,7 +21,9 @@ from moonlit.top.artifacts import load_pruned
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("top-quickstart")
-    env = {**os.environ, "MPLBACKEND": "Agg"}
+    # One thread: with two or more OpenMP threads, a second busy process on a 2-core machine makes
+    # the threads spin-wait and the run 10x slower; one thread is barely slower on a quiet machine.
+    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "moonlit.top.quickstart", f"paths.output_root={root}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
