@@ -169,7 +169,8 @@ class ToPModel(nn.Module):
         protected[:, 0] = True  # CLS / <s>
         if self.pruning is not None and self.pruning.protect_special and self.pruning.special_token_ids:
             special = torch.tensor(self.pruning.special_token_ids, device=input_ids.device)
-            protected |= torch.isin(input_ids, special)
+            # Not torch.isin / in-place |=: neither has an ONNX export (export.py traces this method).
+            protected = protected | (input_ids.unsqueeze(-1) == special).any(dim=-1)
         return protected & valid
 
     def _next_keep(self, keep: torch.Tensor, scores: torch.Tensor, protected: torch.Tensor, gates: GateValues,
