@@ -1,0 +1,376 @@
+"""CPU latency of physically token-pruned BERT against the dense model (ToP, KDD'23, §5 speedup on CPU).
+
+The paper reports "a real latency speedup of up to 7.4x on an Intel CPU". This benchmark measures
+what token dropping (:mod:`.inference`, :mod:`.export`) buys on this machine, with random weights
+(latency does not depend on them) and BERT-base dimensions by default:
+
+* **keep schedules**: for each target MAC reduction (2x, 4x, 8x vs the dense model on the same
+  real input), 0/1 gates that prune at every layer from ``first_prune_layer`` on with one keep
+  ratio rho for all locations. rho is found by bisection on the ToP MAC model
+  (``constraint.encoder_macs`` of ``constraint.expected_lengths``), then snapped to ``k`` of
+  ``bin_num`` rank bins: of the two neighbours of ``rho * bin_num`` the one whose *integer* kept
+  counts (a location keeps ``ceil(k * c / bin_num)`` of its ``c`` candidates, ``masks.rank_to_bin``)
+  come closest to the target. Learned schedules come from saved pruned models (``schedules_from``).
+* **arms** per (batch size, input length, schedule), timed together with
+  ``common.profiling.compare_many`` (interleaved rounds, medians, pinned threads): dense HF torch,
+  pruned torch (``TokenDroppingModel``), dense ONNX Runtime, pruned ONNX Runtime
+  (``export_pruned_onnx``) and, with ``int8``, their dynamic-INT8 ORT variants.
+* **padded inputs** (``padded_inputs: [[real, padded]]``, e.g. CoLA-like 11 -> 64): every sample
+  holds ``real`` tokens padded to ``padded``; speedups are then against the padded dense model,
+  the baseline the paper's FLOPs reductions use.
+
+Outputs ``results.json``, ``table.md`` (``common.report.render_table``), ``speedup.png`` and a
+report ``section.json`` under the Hydra run dir ``outputs/top/benchmark/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from transformers import BertConfig, BertForSequenceClassification
+
+from moonlit.common.config import hydra_app, to_container
+from moonlit.common.export.int8 import quantize_dynamic_int8
+from moonlit.common.export.onnx import export_onnx
+from moonlit.common.profiling import compare_many, make_runner
+from moonlit.common.report import render_table, write_section
+
+from .constraint import EncoderDims, encoder_macs, expected_lengths
+from .export import export_pruned_onnx, quantize_pruned_dynamic
+from .inference import TokenDroppingModel
+from .masks import GateValues
+from .model import PruningConfig, ToPModel
+
+__all__ = [
+    "KeepSchedule", "build_model", "integer_kept_lengths", "learned_schedule", "make_inputs", "run_benchmark",
+    "uniform_schedule",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeepSchedule:
+    """Deployed 0/1 gates as kept bins per location (``bin_num`` = the location keeps every token)."""
+
+    name: str
+    prune_layers: tuple[int, ...]
+    bin_num: int
+    kept_bins: tuple[int, ...]
+    target_reduction: float | None = None  # MAC reduction vs dense at the same real input
+    keep_ratio: float | None = None  # the continuous ratio the bisection found
+
+    def gate_values(self) -> GateValues:
+        kept = torch.tensor(self.kept_bins, dtype=torch.float32).unsqueeze(-1)
+        bins = (torch.arange(self.bin_num, dtype=torch.float32) < kept).to(torch.float32)
+        layers = (kept.squeeze(-1) < self.bin_num).to(torch.float32)
+        return GateValues(bins=bins, layers=layers)
+
+    def pruning(self, special_token_ids: Sequence[int]) -> PruningConfig:
+        return PruningConfig(self.prune_layers, self.bin_num, special_token_ids=tuple(special_token_ids))
+
+
+def build_model(model_cfg: DictConfig | dict[str, Any], seed: int = 0) -> BertForSequenceClassification:
+    """A randomly initialised BertForSequenceClassification (no download) with eager attention, in eval mode."""
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=int(model_cfg["vocab_size"]), hidden_size=int(model_cfg["hidden_size"]),
+        num_hidden_layers=int(model_cfg["num_layers"]), num_attention_heads=int(model_cfg["num_heads"]),
+        intermediate_size=int(model_cfg["intermediate_size"]),
+        max_position_embeddings=int(model_cfg["max_position_embeddings"]), num_labels=int(model_cfg["num_labels"]),
+    )
+    config._attn_implementation = "eager"  # the paper's baseline; ToPModel computes attention itself anyway
+    return BertForSequenceClassification(config).eval()
+
+
+def make_inputs(batch: int, real_length: int, padded_length: int, *, vocab_size: int, cls_id: int, sep_id: int,
+                pad_id: int = 0, seed: int = 0) -> dict[str, torch.Tensor]:
+    """``[CLS] random ids [SEP]`` of ``real_length`` tokens per sample, padded to ``padded_length``."""
+    if not 2 <= real_length <= padded_length:
+        raise ValueError(f"need 2 <= real_length <= padded_length, got real {real_length}, padded {padded_length}")
+    low = max(cls_id, sep_id, pad_id) + 1
+    if low >= vocab_size:
+        raise ValueError(f"vocab_size {vocab_size} leaves no ordinary token ids above the special ids ({low - 1})")
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.full((batch, padded_length), pad_id, dtype=torch.long)
+    ids[:, 1 : real_length - 1] = torch.randint(low, vocab_size, (batch, real_length - 2), generator=generator)
+    ids[:, 0], ids[:, real_length - 1] = cls_id, sep_id
+    mask = torch.zeros((batch, padded_length), dtype=torch.long)
+    mask[:, :real_length] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def integer_kept_lengths(real_length: int, protected: int, schedule: KeepSchedule, num_layers: int) -> list[int]:
+    """Tokens entering each layer under ``schedule``: a location keeps ceil(k * c / bin_num) of its c candidates.
+
+    Exact for 0/1 monotone gates: a candidate of rank r falls in bin floor(r * bin_num / c)
+    (``masks.rank_to_bin``) and is kept iff that bin is < k, i.e. iff r * bin_num < k * c.
+    """
+    location_of = {layer: p for p, layer in enumerate(schedule.prune_layers)}
+    candidates = real_length - protected
+    lengths = []
+    for layer in range(num_layers):
+        if layer in location_of:
+            kept = schedule.kept_bins[location_of[layer]]
+            candidates = -(-kept * candidates // schedule.bin_num)
+        lengths.append(protected + candidates)
+    return lengths
+
+
+def uniform_schedule(target_reduction: float, real_length: int, protected: int, dims: EncoderDims,
+                     prune_layers: Sequence[int], bin_num: int, iterations: int = 60) -> KeepSchedule:
+    """The constant-keep-ratio schedule whose MAC reduction vs dense (same real input) is closest to the target."""
+    if target_reduction < 1:
+        raise ValueError(f"target MAC reduction must be >= 1 (dense = 1), got {target_reduction}")
+    dense = encoder_macs([real_length] * dims.num_layers, dims)
+    n0 = torch.tensor([float(real_length)], dtype=torch.float64)
+
+    def reduction(ratio: float) -> float:
+        keep = torch.full((len(prune_layers),), ratio, dtype=torch.float64)
+        lengths = expected_lengths(n0, protected, keep, prune_layers, dims.num_layers)
+        return dense / float(encoder_macs(lengths, dims)[0])
+
+    if reduction(0.0) < target_reduction:
+        raise ValueError(f"MAC reduction {target_reduction}x is out of reach at input length {real_length} with "
+                         f"prune_layers {list(prune_layers)}: dropping every unprotected token gives "
+                         f"{reduction(0.0):.3f}x")
+    low, high = 0.0, 1.0  # reduction decreases with the keep ratio
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        low, high = (middle, high) if reduction(middle) > target_reduction else (low, middle)
+    ratio = (low + high) / 2
+
+    def candidate(kept: int) -> KeepSchedule:
+        return KeepSchedule(f"{target_reduction:g}x", tuple(prune_layers), bin_num, (kept,) * len(prune_layers),
+                            target_reduction=float(target_reduction), keep_ratio=ratio)
+
+    def error(schedule: KeepSchedule) -> float:
+        lengths = integer_kept_lengths(real_length, protected, schedule, dims.num_layers)
+        return abs(dense / encoder_macs(lengths, dims) / target_reduction - 1)
+
+    # Every k is tried: at short inputs the integer counts are coarse and the nearest k may not be the best.
+    return min((candidate(k) for k in range(bin_num + 1)), key=lambda s: (error(s), abs(s.kept_bins[0] - ratio * bin_num)))
+
+
+def learned_schedule(folder: str | Path, num_layers: int) -> KeepSchedule:
+    """The deployed schedule of a saved pruned model (``artifacts.save_pruned``): its gates' kept bins."""
+    from .artifacts import load_pruned
+
+    top, _ = load_pruned(folder)
+    if top.dims.num_layers != num_layers:
+        raise ValueError(f"pruned model {folder} has {top.dims.num_layers} layers, the benchmark model {num_layers}")
+    kept = tuple(int(k) for k in top.gates.deployed_bins().tolist())
+    return KeepSchedule(f"learned:{Path(folder).name}", top.pruning.prune_layers, top.pruning.bin_num, kept)
+
+
+class _Logits(nn.Module):
+    """HF classifier → logits tensor (for the dense ONNX export)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def _macs(lengths: Sequence[int], dims: EncoderDims) -> float:
+    return float(encoder_macs(list(lengths), dims))
+
+
+def _export_example(cfg: DictConfig, real_length: int, padded_length: int) -> dict[str, torch.Tensor]:
+    """Two samples of different lengths: the export check then sees padding and a second length."""
+    batch = make_inputs(2, real_length, padded_length, vocab_size=cfg.model.vocab_size, cls_id=cfg.model.cls_id,
+                        sep_id=cfg.model.sep_id, seed=cfg.seed + 1)
+    shorter = max(2, real_length - max(1, real_length // 4))
+    batch["input_ids"][1, shorter - 1 :] = 0
+    batch["input_ids"][1, shorter - 1] = cfg.model.sep_id
+    batch["attention_mask"][1, shorter:] = 0
+    return batch
+
+
+def _input_cases(cfg: DictConfig) -> list[tuple[int, int]]:
+    cases = [(int(n), int(n)) for n in cfg.seq_lengths]
+    for pair in cfg.padded_inputs:
+        real, padded = (int(v) for v in pair)
+        cases.append((real, padded))
+    if not cases:
+        raise ValueError("nothing to benchmark: seq_lengths and padded_inputs are both empty")
+    return cases
+
+
+def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
+    """Build the model and schedules, time every arm, write results.json / table.md / speedup.png."""
+    if len(cfg.batch_sizes) != len(cfg.rounds_per_batch):
+        raise ValueError(f"rounds_per_batch {list(cfg.rounds_per_batch)} needs one entry per batch size "
+                         f"{list(cfg.batch_sizes)}")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    hf_model = build_model(cfg.model, cfg.seed)
+    dims = EncoderDims.from_config(hf_model.config)
+    special = (int(cfg.model.cls_id), int(cfg.model.sep_id))
+    first = int(cfg.first_prune_layer)
+    if not 1 <= first < dims.num_layers:
+        raise ValueError(f"first_prune_layer must lie in [1, {dims.num_layers - 1}], got {first}")
+    prune_layers = tuple(range(first, dims.num_layers))
+    learned = [learned_schedule(folder, dims.num_layers) for folder in cfg.schedules_from]
+    cases = _input_cases(cfg)
+
+    onnx_dir = out / "onnx"
+    dense_onnx: dict[str, Path] = {}
+    if cfg.onnxruntime:
+        example = _export_example(cfg, *cases[0])
+        dense_onnx["fp32"] = export_onnx(_Logits(hf_model), example, onnx_dir / "dense.onnx",
+                                         output_names=["logits"],
+                                         dynamic_axes={name: {0: "batch", 1: "sequence"} for name in example})
+        if cfg.int8:
+            dense_onnx["int8"] = quantize_dynamic_int8(dense_onnx["fp32"], onnx_dir / "dense_int8.onnx")
+    pruned_onnx: dict[tuple, dict[str, Path]] = {}
+
+    records, skipped = [], []
+    for real_length, padded_length in cases:
+        schedules = []
+        for target in cfg.targets:
+            try:
+                schedules.append(uniform_schedule(float(target), real_length, len(special), dims, prune_layers,
+                                                  int(cfg.bin_num)))
+            except ValueError as error:  # e.g. 8x at a CoLA-like length of 11: recorded, not fatal
+                logger.warning("skipping target %s at length %d: %s", target, real_length, error)
+                skipped.append({"target_reduction": float(target), "real_length": real_length, "reason": str(error)})
+        schedules += learned
+        tops = {s.name: ToPModel(hf_model, s.pruning(special)).eval() for s in schedules}
+        for s in schedules:
+            key = (s.prune_layers, s.bin_num, s.kept_bins)
+            if cfg.onnxruntime and key not in pruned_onnx:
+                stem = f"pruned_{len(pruned_onnx)}"
+                paths = {"fp32": export_pruned_onnx(tops[s.name], onnx_dir / f"{stem}.onnx", gate_values=s.gate_values(),
+                                                    example_batch=_export_example(cfg, real_length, padded_length))}
+                if cfg.int8:
+                    paths["int8"] = quantize_pruned_dynamic(paths["fp32"], onnx_dir / f"{stem}_int8.onnx")
+                pruned_onnx[key] = paths
+        for batch, rounds in zip(cfg.batch_sizes, cfg.rounds_per_batch):
+            inputs = make_inputs(int(batch), real_length, padded_length, vocab_size=cfg.model.vocab_size,
+                                 cls_id=special[0], sep_id=special[1], seed=cfg.seed)
+            records.append(_measure_case(cfg, hf_model, dims, tops, schedules, inputs, int(rounds), dense_onnx,
+                                         pruned_onnx, real_length, padded_length))
+    results = {"config": to_container(cfg), "dims": dataclasses.asdict(dims), "cases": records, "skipped": skipped}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = _table(records, bool(cfg.onnxruntime), bool(cfg.int8 and cfg.onnxruntime))
+    (out / "table.md").write_text(render_table(table) + "\n")
+    _plot(records, out / "speedup.png")
+    write_section(out, {"name": "top_benchmark", "title": "ToP: CPU latency of physical token dropping",
+                        "command": "python -m moonlit.top.benchmark", "tables": [table],
+                        "figures": [{"path": "speedup.png", "caption": "speedup vs MAC reduction (y = x dashed)"}]})
+    logger.info("wrote %s", out / "results.json")
+    return results
+
+
+def _measure_case(cfg: DictConfig, hf_model: nn.Module, dims: EncoderDims, tops: dict[str, ToPModel],
+                  schedules: list[KeepSchedule], inputs: dict[str, torch.Tensor], rounds: int,
+                  dense_onnx: dict[str, Path], pruned_onnx: dict[tuple, dict[str, Path]],
+                  real_length: int, padded_length: int) -> dict[str, Any]:
+    """One compare_many over every arm of one (batch, input) case, plus each schedule's kept counts."""
+    threads = int(cfg.threads)
+    arms = {"dense/torch": make_runner("torch", hf_model, inputs, threads=threads)}
+    for precision, path in dense_onnx.items():
+        arms[f"dense/ort_{precision}"] = make_runner("onnxruntime", path, inputs, threads=threads)
+    per_schedule = []
+    for s in schedules:
+        gates = s.gate_values()
+        dropping = TokenDroppingModel(tops[s.name]).eval()
+        with torch.inference_mode():
+            dropped = dropping(**inputs, gate_values=gates)
+            masked = tops[s.name](**inputs, gate_values=gates)
+        kept = dropped.kept_counts.double().mean(dim=0).tolist()  # identical rows: every sample has the same length
+        # What really runs: layers before the first pruning location still see the padded length.
+        physical = [padded_length if layer < s.prune_layers[0] else n for layer, n in enumerate(kept)]
+        per_schedule.append({
+            **dataclasses.asdict(s), "kept_counts": dropped.kept_counts.tolist(), "mean_kept_per_layer": kept,
+            "mac_reduction": _macs([real_length] * dims.num_layers, dims) / _macs(kept, dims),
+            "mac_reduction_vs_padded": _macs([padded_length] * dims.num_layers, dims) / _macs(physical, dims),
+            "max_abs_logit_diff_vs_masked": float((dropped.logits - masked.logits).abs().max()),
+        })
+        arms[f"{s.name}/torch"] = make_runner("torch", dropping, {**inputs, "gate_values": gates}, threads=threads)
+        for precision, path in pruned_onnx.get((s.prune_layers, s.bin_num, s.kept_bins), {}).items():
+            arms[f"{s.name}/ort_{precision}"] = make_runner("onnxruntime", path, inputs, threads=threads)
+    batch = int(inputs["input_ids"].shape[0])
+    logger.info("timing batch %d, length %d (padded %d): %d arms x %d rounds", batch, real_length, padded_length,
+                len(arms), rounds)
+    comparison = compare_many(arms, rounds=rounds, warmup=int(cfg.warmup), baseline="dense/torch")
+    medians = {name: result.median_ms for name, result in comparison.results.items()}
+    for entry in per_schedule:
+        entry["speedup"] = {backend: medians[f"dense/{backend}"] / medians[f"{entry['name']}/{backend}"]
+                            for backend in ["torch", *(f"ort_{p}" for p in dense_onnx)]
+                            if f"{entry['name']}/{backend}" in medians}
+    return {"batch_size": batch, "real_length": real_length, "padded_length": padded_length,
+            "median_ms": medians, "schedules": per_schedule, "timing": comparison.to_dict()}
+
+
+def _table(records: list[dict[str, Any]], ort: bool, int8: bool) -> dict[str, Any]:
+    backends = ["torch"] + (["ort_fp32"] if ort else []) + (["ort_int8"] if int8 else [])
+    columns = ["batch", "length", "padded", "schedule", "target", "MAC red.", "MAC red. vs padded"]
+    for backend in backends:
+        columns += [f"{backend} dense ms", f"{backend} pruned ms", f"{backend} speedup"]
+    rows = []
+    for record in records:
+        for entry in record["schedules"]:
+            row = [record["batch_size"], record["real_length"], record["padded_length"], entry["name"],
+                   entry["target_reduction"], entry["mac_reduction"], entry["mac_reduction_vs_padded"]]
+            for backend in backends:
+                row += [record["median_ms"][f"dense/{backend}"], record["median_ms"][f"{entry['name']}/{backend}"],
+                        entry["speedup"][backend]]
+            rows.append(row)
+    return {"caption": "Median latency (ms), 1-thread CPU, interleaved rounds; speedup = dense / pruned",
+            "source": "results.json (moonlit.top.benchmark)", "columns": columns, "rows": rows, "floatfmt": ".3g"}
+
+
+def _plot(records: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4.5))
+    top = 1.0
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for record in records:
+        padded = record["padded_length"] != record["real_length"]
+        for entry in record["schedules"]:
+            x = entry["mac_reduction_vs_padded"] if padded else entry["mac_reduction"]
+            for backend, speedup in entry["speedup"].items():
+                label = f"{backend}, batch {record['batch_size']}" + (" (padded)" if padded else "")
+                xs, ys = series.setdefault(label, ([], []))
+                xs.append(x)
+                ys.append(speedup)
+                top = max(top, x, speedup)
+    for label, (xs, ys) in series.items():
+        axes.plot(xs, ys, "o", label=label)
+    axes.plot([1, top], [1, top], "--", color="gray", label="y = x")
+    axes.set_xlabel("MAC reduction (x)")
+    axes.set_ylabel("measured speedup (x)")
+    axes.set_title("ToP token dropping on CPU")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+@hydra_app("top", "benchmark")
+def main(cfg: DictConfig) -> None:
+    logging.basicConfig(level=logging.INFO)
+    results = run_benchmark(cfg)
+    print((Path(cfg.output_dir) / "table.md").read_text())
+    logger.info("%d cases measured", len(results["cases"]))
+
+
+if __name__ == "__main__":
+    main()

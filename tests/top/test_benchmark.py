@@ -1,0 +1,104 @@
+"""``moonlit.top.benchmark`` on tiny dims: every arm timed, schedules hit their MAC targets, outputs written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from moonlit.common.config import compose_config
+from moonlit.top.artifacts import save_pruned
+from moonlit.top.benchmark import build_model, integer_kept_lengths, make_inputs, run_benchmark, uniform_schedule
+from moonlit.top.constraint import EncoderDims, encoder_macs
+from moonlit.top.inference import TokenDroppingModel
+from moonlit.top.masks import TokenGates
+from moonlit.top.model import PruningConfig, ToPModel
+
+TINY = ["model.vocab_size=200", "model.hidden_size=32", "model.num_layers=3", "model.num_heads=4",
+        "model.intermediate_size=64", "model.max_position_embeddings=64", "bin_num=50"]
+
+
+def _learned_model_dir(tmp_path: Path) -> Path:
+    cfg = compose_config("top", "benchmark", TINY)
+    gates = TokenGates(2, 4)
+    gates.deployed_kept_bins.copy_(torch.tensor([2, 4]))  # location 1 keeps half, location 2 everything
+    top = ToPModel(build_model(cfg.model), PruningConfig((1, 2), 4, special_token_ids=(101, 102)), gates)
+    return save_pruned(tmp_path / "learned", top)
+
+
+def test_run_benchmark_tiny(tmp_path: Path) -> None:
+    learned = _learned_model_dir(tmp_path)
+    cfg = compose_config("top", "benchmark", [
+        *TINY, f"paths.output_root={tmp_path}", "targets=[1.5,2.0]", "batch_sizes=[1,2]", "rounds_per_batch=[2,2]",
+        "warmup=1", "seq_lengths=[32]", "padded_inputs=[[20,40]]", "int8=true", f"schedules_from=[{learned}]",
+    ])
+    run_benchmark(cfg)
+    out = tmp_path / "top" / "benchmark"
+    results = json.loads((out / "results.json").read_text())
+    dims = EncoderDims(**results["dims"])
+    assert {(c["batch_size"], c["real_length"], c["padded_length"]) for c in results["cases"]} == {
+        (1, 32, 32), (2, 32, 32), (1, 20, 40), (2, 20, 40)}
+    for case in results["cases"]:
+        names = [s["name"] for s in case["schedules"]]
+        assert names == ["1.5x", "2x", "learned:learned"]
+        expected_arms = {f"{n}/{b}" for n in ["dense", *names] for b in ("torch", "ort_fp32", "ort_int8")}
+        assert set(case["median_ms"]) == expected_arms
+        assert all(ms > 0 for ms in case["median_ms"].values())
+        real, padded = case["real_length"], case["padded_length"]
+        dense = encoder_macs([real] * dims.num_layers, dims)
+        for schedule in case["schedules"]:
+            kept = torch.tensor(schedule["kept_counts"])
+            assert kept.shape == (case["batch_size"], dims.num_layers)
+            assert (kept[:, 0] == real).all()  # layer 0 sees every real token, never the padding
+            measured = dense / float(encoder_macs(kept[0].tolist(), dims))
+            if schedule["target_reduction"] is not None:
+                assert measured == pytest.approx(schedule["target_reduction"], rel=0.05)
+            assert schedule["mac_reduction"] == pytest.approx(measured)
+            if padded > real:  # against the padded dense model; layer 0 of the pruned model still runs padded
+                physical = [padded, *kept[0, 1:].tolist()]
+                assert schedule["mac_reduction_vs_padded"] == pytest.approx(
+                    encoder_macs([padded] * dims.num_layers, dims) / encoder_macs(physical, dims))
+        learned_counts = case["schedules"][2]["kept_counts"][0]
+        # CLS + SEP protected; location 1 keeps 2 of 4 bins = ceil(half) of the others; location 2 keeps all
+        half = 2 + -(-(real - 2) // 2)
+        assert learned_counts == [real, half, half]
+    assert (out / "speedup.png").stat().st_size > 0
+    table = (out / "table.md").read_text()
+    assert table.count("\n| 1 |") + table.count("\n| 2 |") == 12  # 4 cases x 3 schedules
+
+
+def test_pruned_torch_matches_masked_top() -> None:
+    cfg = compose_config("top", "benchmark", TINY)
+    model = build_model(cfg.model)
+    dims = EncoderDims.from_config(model.config)
+    schedule = uniform_schedule(2.0, 24, 2, dims, (1, 2), 50)
+    top = ToPModel(model, schedule.pruning((101, 102))).eval()
+    inputs = make_inputs(3, 24, 30, vocab_size=200, cls_id=101, sep_id=102, seed=3)
+    gates = schedule.gate_values()
+    with torch.inference_mode():
+        dropped = TokenDroppingModel(top).eval()(**inputs, gate_values=gates)
+        masked = top(**inputs, gate_values=gates)
+    torch.testing.assert_close(dropped.logits, masked.logits, atol=1e-5, rtol=1e-4)
+    assert dropped.kept_counts.tolist() == masked.kept_counts.tolist()
+    assert dropped.kept_counts[0].tolist() == integer_kept_lengths(24, 2, schedule, dims.num_layers)
+    reduction = encoder_macs([24] * 3, dims) / encoder_macs(dropped.kept_counts[0].tolist(), dims)
+    assert reduction == pytest.approx(2.0, rel=0.05)
+
+
+def test_unreachable_target_names_the_limit() -> None:
+    dims = EncoderDims(num_layers=2, hidden_size=32, num_heads=4, head_dim=8, intermediate_size=64)
+    with pytest.raises(ValueError, match="out of reach"):
+        uniform_schedule(50.0, 16, 2, dims, (1,), 10)
+
+
+def test_unreachable_target_is_skipped_and_recorded(tmp_path: Path) -> None:
+    cfg = compose_config("top", "benchmark", [
+        *TINY, f"paths.output_root={tmp_path}", "targets=[1.5,50.0]", "batch_sizes=[1]", "rounds_per_batch=[1]",
+        "warmup=0", "seq_lengths=[16]", "padded_inputs=[]", "onnxruntime=false",
+    ])
+    results = run_benchmark(cfg)
+    assert [s["name"] for s in results["cases"][0]["schedules"]] == ["1.5x"]
+    assert set(results["cases"][0]["median_ms"]) == {"dense/torch", "1.5x/torch"}
+    assert [(s["target_reduction"], s["real_length"]) for s in results["skipped"]] == [(50.0, 16)]
