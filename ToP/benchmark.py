@@ -171,7 +171,7 @@ def learned_schedule(folder: str | Path, num_layers: int) -> KeepSchedule:
     return KeepSchedule(f"learned:{Path(folder).name}", top.pruning.prune_layers, top.pruning.bin_num, kept)
 
 
-class _Logits(nn.Module):
+class LogitsOnly(nn.Module):
     """HF classifier → logits tensor (for the dense ONNX export)."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -228,7 +228,7 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     dense_onnx: dict[str, Path] = {}
     if cfg.onnxruntime:
         example = _export_example(cfg, *cases[0])
-        dense_onnx["fp32"] = export_onnx(_Logits(hf_model), example, onnx_dir / "dense.onnx",
+        dense_onnx["fp32"] = export_onnx(LogitsOnly(hf_model), example, onnx_dir / "dense.onnx",
                                          output_names=["logits"],
                                          dynamic_axes={name: {0: "batch", 1: "sequence"} for name in example})
         if cfg.int8:

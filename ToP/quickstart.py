@@ -82,6 +82,44 @@ def compare(cfg: DictConfig, model_dir: Path) -> dict[str, Any]:
     return {"split": name, "rows": rows, "padded_length": splits.padded_length}
 
 
+def measure_speedup(cfg: DictConfig, model_dir: Path, out: Path) -> dict[str, Any]:
+    """Latency of the dense teacher vs the token-dropping ToP model on one dev batch (torch and ORT, 1 thread)."""
+    from moonlit.common.export.onnx import export_onnx
+    from moonlit.common.profiling.backends import make_runner
+    from moonlit.common.profiling.latency import compare_many
+
+    from .benchmark import LogitsOnly
+    from .export import export_pruned_onnx
+    from .finetune import load_classifier
+    from .inference import TokenDroppingModel
+
+    model, tokenizer = load_pruned(model_dir)
+    splits = splits_from_config(cfg.data, tokenizer)
+    dataset = next(iter(splits.eval_splits.values()))
+    batch = next(iter(glue_loader(dataset, tokenizer, cfg.speed.batch_size, shuffle=False)))
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask")}
+    teacher, _ = load_classifier(cfg.teacher_dir, splits.task.num_labels)
+    teacher.eval()
+    onnx_dir = out / "onnx"
+    dense_path = export_onnx(LogitsOnly(teacher), inputs, onnx_dir / "teacher.onnx", output_names=["logits"],
+                             dynamic_axes={name: {0: "batch", 1: "sequence"} for name in inputs})
+    pruned_path = export_pruned_onnx(model, onnx_dir / "top.onnx", example_batch=inputs)
+    threads = cfg.speed.threads
+    arms = {
+        "dense torch": make_runner("torch", teacher, inputs, threads=threads),
+        "ToP torch": make_runner("torch", TokenDroppingModel(model).eval(), inputs, threads=threads),
+        "dense ORT": make_runner("onnxruntime", dense_path, inputs, threads=threads),
+        "ToP ORT": make_runner("onnxruntime", pruned_path, inputs, threads=threads),
+    }
+    comparison = compare_many(arms, rounds=cfg.speed.rounds, warmup=cfg.speed.warmup, baseline="dense torch")
+    medians = {name: result.median_ms for name, result in comparison.results.items()}
+    return {"batch_size": int(inputs["input_ids"].shape[0]), "padded_length": int(inputs["input_ids"].shape[1]),
+            "median_ms": medians,
+            "speedup": {"torch": medians["dense torch"] / medians["ToP torch"],
+                        "ORT": medians["dense ORT"] / medians["ToP ORT"]},
+            "environment": comparison.environment}
+
+
 def plot_kept_tokens(rows: dict[str, dict[str, Any]], path: Path) -> Path:
     import matplotlib
 
@@ -107,7 +145,8 @@ def plot_kept_tokens(rows: dict[str, dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def build_section(cfg: DictConfig, comparison: dict[str, Any], pruned: dict[str, Any]) -> dict[str, Any]:
+def build_section(cfg: DictConfig, comparison: dict[str, Any], pruned: dict[str, Any],
+                  speed: dict[str, Any]) -> dict[str, Any]:
     source = "this repo on generated data (`python -m moonlit.top.quickstart`)"
     table_rows = []
     for label, row in comparison["rows"].items():
@@ -139,6 +178,14 @@ def build_section(cfg: DictConfig, comparison: dict[str, Any], pruned: dict[str,
             "rows": table_rows,
             "floatfmt": ".3f",
             "source": source,
+        }, {
+            "caption": (f"Latency of one dev batch ({speed['batch_size']} sentences padded to "
+                        f"{speed['padded_length']} tokens), {cfg.speed.threads} thread, interleaved rounds (ms, median)"),
+            "columns": ["backend", "dense teacher", "ToP (tokens dropped)", "speedup"],
+            "rows": [[backend, speed["median_ms"][f"dense {backend}"], speed["median_ms"][f"ToP {backend}"],
+                      speed["speedup"][backend]] for backend in ("torch", "ORT")],
+            "floatfmt": ".2f",
+            "source": source + "; a 64-wide model is small, so fixed per-op costs cap the speedup",
         }],
         "figures": [{"path": "kept_tokens.png", "caption": "mean tokens entering each layer"}],
         "notes": [
@@ -156,10 +203,11 @@ def run_quickstart(cfg: DictConfig) -> dict[str, Any]:
     teacher = run_finetune(_stage_config(cfg, output_dir=str(out / "teacher")))
     pruned = run_prune(_stage_config(cfg, output_dir=str(out / "prune"), teacher_dir=str(out / "teacher" / "model")))
     comparison = compare(cfg, out / "prune" / "model")
-    results = {"teacher": teacher, "prune": pruned, "comparison": comparison}
+    speed = measure_speedup(cfg, out / "prune" / "model", out)
+    results = {"teacher": teacher, "prune": pruned, "comparison": comparison, "speed": speed}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     plot_kept_tokens(comparison["rows"], out / "kept_tokens.png")
-    write_section(out, build_section(cfg, comparison, pruned))
+    write_section(out, build_section(cfg, comparison, pruned, speed))
     for label, row in comparison["rows"].items():
         log.info("%s: accuracy %.3f, measured sparsity %.3f", label, row["metric"], row["measured_mac_sparsity"])
     return results

@@ -55,3 +55,7 @@ def test_section_and_plot(quickstart: Path) -> None:
     section = json.loads((quickstart / "section.json").read_text())
     assert [row[0] for row in section["tables"][0]["rows"]] == ["dense teacher", "ToP", "random pruning"]
     assert (quickstart / "kept_tokens.png").stat().st_size > 10_000
+    speed_table = section["tables"][1]
+    assert [row[0] for row in speed_table["rows"]] == ["torch", "ORT"]
+    for _, dense_ms, top_ms, speedup in speed_table["rows"]:
+        assert dense_ms > 0 and top_ms > 0 and speedup == pytest.approx(dense_ms / top_ms)
