@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,15 +160,50 @@ def uniform_schedule(target_reduction: float, real_length: int, protected: int, 
     return min((candidate(k) for k in range(bin_num + 1)), key=lambda s: (error(s), abs(s.kept_bins[0] - ratio * bin_num)))
 
 
-def learned_schedule(folder: str | Path, num_layers: int) -> KeepSchedule:
-    """The deployed schedule of a saved pruned model (``artifacts.save_pruned``): its gates' kept bins."""
+def resample_schedule(schedule: KeepSchedule, source_layers: int, num_layers: int) -> KeepSchedule:
+    """Carry a learned schedule to a model of another depth by the *relative depth* of each layer.
+
+    The schedule's share of prunable tokens entering each source layer, ``F(l)`` (a product of
+    per-location keep ratios ``k / bin_num``), is interpolated linearly at ``x = j (L_s - 1) / (L - 1)``
+    for each target layer ``j``; every target layer from 1 on becomes a pruning location keeping
+    ``F(j) / F(j - 1)`` of its candidates, snapped to whole bins. ``F`` is non-increasing, so the
+    result is a valid (monotone) schedule with the same keep-vs-depth profile.
+    """
+    if source_layers < 2 or num_layers < 2:
+        raise ValueError(f"resampling needs at least 2 layers on both sides, got {source_layers} -> {num_layers}")
+    location_of = {layer: p for p, layer in enumerate(schedule.prune_layers)}
+    share, shares = 1.0, []
+    for layer in range(source_layers):
+        if layer in location_of:
+            share *= schedule.kept_bins[location_of[layer]] / schedule.bin_num
+        shares.append(share)
+    kept, previous = [], 1.0
+    for j in range(1, num_layers):
+        x = j * (source_layers - 1) / (num_layers - 1)
+        low = min(int(x), source_layers - 2)
+        value = shares[low] + (x - low) * (shares[low + 1] - shares[low])
+        ratio = value / previous if previous > 0 else 1.0
+        kept.append(min(schedule.bin_num, max(0, round(ratio * schedule.bin_num))))
+        previous = previous * kept[-1] / schedule.bin_num
+    name = f"{schedule.name} ({source_layers}->{num_layers} layers)"
+    return KeepSchedule(name, tuple(range(1, num_layers)), schedule.bin_num, tuple(kept))
+
+
+def learned_schedule(folder: str | Path, num_layers: int, name: str | None = None) -> KeepSchedule:
+    """The deployed schedule of a saved pruned model (``artifacts.save_pruned``): its gates' kept bins.
+
+    A model of another depth (e.g. the 4-layer quickstart model for the 12-layer benchmark) has its
+    schedule carried over by relative depth (:func:`resample_schedule`); the name says so.
+    """
     from .artifacts import load_pruned
 
     top, _ = load_pruned(folder)
-    if top.dims.num_layers != num_layers:
-        raise ValueError(f"pruned model {folder} has {top.dims.num_layers} layers, the benchmark model {num_layers}")
     kept = tuple(int(k) for k in top.gates.deployed_bins().tolist())
-    return KeepSchedule(f"learned:{Path(folder).name}", top.pruning.prune_layers, top.pruning.bin_num, kept)
+    schedule = KeepSchedule(f"learned:{name or Path(folder).name}", tuple(top.pruning.prune_layers),
+                            top.pruning.bin_num, kept)
+    if top.dims.num_layers != num_layers:
+        schedule = resample_schedule(schedule, top.dims.num_layers, num_layers)
+    return schedule
 
 
 class LogitsOnly(nn.Module):
@@ -197,21 +232,59 @@ def _export_example(cfg: DictConfig, real_length: int, padded_length: int) -> di
     return batch
 
 
-def _input_cases(cfg: DictConfig) -> list[tuple[int, int]]:
-    cases = [(int(n), int(n)) for n in cfg.seq_lengths]
+@dataclasses.dataclass(frozen=True)
+class InputCase:
+    """Every sample holds ``real_length`` tokens padded to ``padded_length``, timed at each (batch, rounds)."""
+
+    real_length: int
+    padded_length: int
+    batches: tuple[tuple[int, int], ...]
+    profile: str | None = None  # the GLUE task whose length profile this is
+
+
+def _input_cases(cfg: DictConfig) -> list[InputCase]:
+    if len(cfg.batch_sizes) != len(cfg.rounds_per_batch):
+        raise ValueError(f"rounds_per_batch {list(cfg.rounds_per_batch)} needs one entry per batch size "
+                         f"{list(cfg.batch_sizes)}")
+    if len(cfg.profile_batch_sizes) != len(cfg.profile_rounds):
+        raise ValueError(f"profile_rounds {list(cfg.profile_rounds)} needs one entry per profile batch size "
+                         f"{list(cfg.profile_batch_sizes)}")
+    main = tuple((int(b), int(r)) for b, r in zip(cfg.batch_sizes, cfg.rounds_per_batch))
+    cases = [InputCase(int(n), int(n), main) for n in cfg.seq_lengths]
     for pair in cfg.padded_inputs:
-        real, padded = (int(v) for v in pair)
-        cases.append((real, padded))
+        if len(pair) != 2:
+            raise ValueError(f"padded_inputs entries are [real, padded] pairs, got {list(pair)}")
+        cases.append(InputCase(int(pair[0]), int(pair[1]), main))
+    profile = tuple((int(b), int(r)) for b, r in zip(cfg.profile_batch_sizes, cfg.profile_rounds))
+    for task, pair in (cfg.task_profiles or {}).items():
+        if len(pair) != 2:
+            raise ValueError(f"task_profiles.{task} must be [mean real length, padded length], got {list(pair)}")
+        cases.append(InputCase(int(pair[0]), int(pair[1]), profile, profile=str(task)))
+    cases = [case for case in cases if case.batches]
     if not cases:
-        raise ValueError("nothing to benchmark: seq_lengths and padded_inputs are both empty")
+        raise ValueError("nothing to benchmark: seq_lengths, padded_inputs and task_profiles are all empty")
     return cases
+
+
+def _learned_schedules(cfg: DictConfig, num_layers: int, skipped: list[dict[str, Any]]) -> list[KeepSchedule]:
+    entries = cfg.schedules_from or []
+    named = entries.items() if isinstance(entries, Mapping) else ((None, folder) for folder in entries)
+    schedules = []
+    for name, folder in named:
+        if not (Path(folder) / "token_pruning.json").is_file():
+            if cfg.require_schedules:
+                raise FileNotFoundError(f"schedules_from: {folder} is not a saved pruned model (no token_pruning.json)")
+            logger.warning("no saved pruned model at %s: its learned schedule is skipped (run the ToP quickstart or "
+                           "prune first, or set schedules_from)", folder)
+            skipped.append({"schedules_from": str(folder), "reason": "no saved pruned model there"})
+            continue
+        schedules.append(learned_schedule(folder, num_layers, name))
+    return schedules
 
 
 def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     """Build the model and schedules, time every arm, write results.json / table.md / speedup.png."""
-    if len(cfg.batch_sizes) != len(cfg.rounds_per_batch):
-        raise ValueError(f"rounds_per_batch {list(cfg.rounds_per_batch)} needs one entry per batch size "
-                         f"{list(cfg.batch_sizes)}")
+    cases = _input_cases(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     hf_model = build_model(cfg.model, cfg.seed)
@@ -221,13 +294,13 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     if not 1 <= first < dims.num_layers:
         raise ValueError(f"first_prune_layer must lie in [1, {dims.num_layers - 1}], got {first}")
     prune_layers = tuple(range(first, dims.num_layers))
-    learned = [learned_schedule(folder, dims.num_layers) for folder in cfg.schedules_from]
-    cases = _input_cases(cfg)
+    skipped: list[dict[str, Any]] = []
+    learned = _learned_schedules(cfg, dims.num_layers, skipped)
 
     onnx_dir = out / "onnx"
     dense_onnx: dict[str, Path] = {}
     if cfg.onnxruntime:
-        example = _export_example(cfg, *cases[0])
+        example = _export_example(cfg, cases[0].real_length, cases[0].padded_length)
         dense_onnx["fp32"] = export_onnx(LogitsOnly(hf_model), example, onnx_dir / "dense.onnx",
                                          output_names=["logits"],
                                          dynamic_axes={name: {0: "batch", 1: "sequence"} for name in example})
@@ -235,8 +308,9 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
             dense_onnx["int8"] = quantize_dynamic_int8(dense_onnx["fp32"], onnx_dir / "dense_int8.onnx")
     pruned_onnx: dict[tuple, dict[str, Path]] = {}
 
-    records, skipped = [], []
-    for real_length, padded_length in cases:
+    records = []
+    for case in cases:
+        real_length, padded_length = case.real_length, case.padded_length
         schedules = []
         for target in cfg.targets:
             try:
@@ -256,11 +330,12 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
                 if cfg.int8:
                     paths["int8"] = quantize_pruned_dynamic(paths["fp32"], onnx_dir / f"{stem}_int8.onnx")
                 pruned_onnx[key] = paths
-        for batch, rounds in zip(cfg.batch_sizes, cfg.rounds_per_batch):
-            inputs = make_inputs(int(batch), real_length, padded_length, vocab_size=cfg.model.vocab_size,
+        for batch, rounds in case.batches:
+            inputs = make_inputs(batch, real_length, padded_length, vocab_size=cfg.model.vocab_size,
                                  cls_id=special[0], sep_id=special[1], seed=cfg.seed)
-            records.append(_measure_case(cfg, hf_model, dims, tops, schedules, inputs, int(rounds), dense_onnx,
-                                         pruned_onnx, real_length, padded_length))
+            record = _measure_case(cfg, hf_model, dims, tops, schedules, inputs, rounds, dense_onnx, pruned_onnx,
+                                   real_length, padded_length)
+            records.append({"profile": case.profile, **record})
     results = {"config": to_container(cfg), "dims": dataclasses.asdict(dims), "cases": records, "skipped": skipped}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = _table(records, bool(cfg.onnxruntime), bool(cfg.int8 and cfg.onnxruntime))
@@ -316,13 +391,13 @@ def _measure_case(cfg: DictConfig, hf_model: nn.Module, dims: EncoderDims, tops:
 
 def _table(records: list[dict[str, Any]], ort: bool, int8: bool) -> dict[str, Any]:
     backends = ["torch"] + (["ort_fp32"] if ort else []) + (["ort_int8"] if int8 else [])
-    columns = ["batch", "length", "padded", "schedule", "target", "MAC red.", "MAC red. vs padded"]
+    columns = ["input", "batch", "length", "padded", "schedule", "target", "MAC red.", "MAC red. vs padded"]
     for backend in backends:
         columns += [f"{backend} dense ms", f"{backend} pruned ms", f"{backend} speedup"]
     rows = []
     for record in records:
         for entry in record["schedules"]:
-            row = [record["batch_size"], record["real_length"], record["padded_length"], entry["name"],
+            row = [record.get("profile") or "fixed", record["batch_size"], record["real_length"], record["padded_length"], entry["name"],
                    entry["target_reduction"], entry["mac_reduction"], entry["mac_reduction_vs_padded"]]
             for backend in backends:
                 row += [record["median_ms"][f"dense/{backend}"], record["median_ms"][f"{entry['name']}/{backend}"],

@@ -32,10 +32,9 @@ from torch.onnx import symbolic_helper
 from moonlit.common.export.int8 import quantization_summary, quantize_dynamic_int8
 from moonlit.common.export.onnx import export_onnx
 
-from .inference import TokenDroppingModel
+from .inference import TokenDroppingModel, run_dropping_layers
 from .masks import GateValues
 from .model import ToPModel
-from .ranking import token_scores
 
 __all__ = ["OUTPUT_NAMES", "ExportableDroppingModel", "export_pruned_onnx", "quantize_pruned_dynamic"]
 
@@ -121,20 +120,8 @@ class ExportableDroppingModel(nn.Module):
         present = attention_mask.bool()
         protected = top._protected(input_ids, present)
         hidden = top.base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-        counts = []
-        for index, layer in enumerate(top.layers):
-            counts.append(present.sum(dim=1))
-            key_bias = top._key_bias(present.to(hidden.dtype), present, top.pruning, hidden.dtype)
-            attended, probs = top._attention(layer, hidden, key_bias)
-            location = self._location_after.get(index)
-            if location is not None:
-                scores = token_scores(probs, present, "valid")
-                keep = top._next_keep(present.to(probs.dtype), scores, protected, gates, location, top.pruning) > 0
-                order = _gather_kept(keep)
-                attended = attended.gather(1, order.unsqueeze(-1).expand(-1, -1, attended.shape[-1]))
-                present, protected = keep.gather(1, order), protected.gather(1, order)
-            hidden = top._feed_forward(layer, attended)
-        return top._classify(hidden), torch.stack(counts, dim=1)
+        encoded = run_dropping_layers(top, hidden, present, protected, gates, self._location_after, _gather_kept)
+        return top._classify(encoded.hidden), encoded.kept_counts
 
 
 def _shortest_sample(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

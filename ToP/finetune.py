@@ -22,6 +22,7 @@ from tqdm import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from moonlit.common.config import hydra_app, to_container
+from moonlit.common.data.glue import GlueTask, get_glue_task
 from moonlit.common.data.loaders import set_epoch
 from moonlit.common.train.dist import resolve_device
 from moonlit.common.train.seed import seed_everything
@@ -61,8 +62,8 @@ def load_classifier(name_or_path: str, num_labels: int) -> tuple[torch.nn.Module
     return model, AutoTokenizer.from_pretrained(name_or_path)
 
 
-def run_finetune(cfg: DictConfig) -> dict[str, Any]:
-    """Fine-tune ``cfg.model.name_or_path`` on ``cfg.data.task``; saves the best (by selection) to ``output_dir/model``."""
+def setup_run(cfg: DictConfig) -> tuple[torch.device, Path, GlueTask]:
+    """What both ToP stages do first: refuse multi-process runs, seed, resolve the device, make the output folder."""
     if cfg.trainer.distributed:
         raise ValueError("ToP training runs in one process (trainer=cpu, or trainer.device=cuda); "
                          "multi-process training (trainer=ddp) is not implemented for it yet")
@@ -70,9 +71,12 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.trainer.device)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from moonlit.common.data.glue import get_glue_task
+    return device, out_dir, get_glue_task(cfg.data.task)
 
-    task = get_glue_task(cfg.data.task)
+
+def run_finetune(cfg: DictConfig) -> dict[str, Any]:
+    """Fine-tune ``cfg.model.name_or_path`` on ``cfg.data.task``; saves the best (by selection) to ``output_dir/model``."""
+    device, out_dir, task = setup_run(cfg)
     model, tokenizer = load_classifier(cfg.model.name_or_path, task.num_labels)
     model.to(device)
     splits = splits_from_config(cfg.data, tokenizer)

@@ -18,6 +18,7 @@ Only the padding-independent scores (``score_rows="valid"``) can be reproduced: 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ from .masks import GateValues
 from .model import ToPModel
 from .ranking import token_scores
 
-__all__ = ["DroppedEncoderOutput", "DroppedOutput", "TokenDroppingEncoder", "TokenDroppingModel"]
+__all__ = ["DroppedEncoderOutput", "DroppedOutput", "TokenDroppingEncoder", "TokenDroppingModel", "run_dropping_layers"]
 
 
 @dataclasses.dataclass
@@ -62,6 +63,43 @@ def _left_aligned_order(keep: torch.Tensor) -> torch.Tensor:
     width = max(int(keep.sum(dim=1).max()), 1)
     # A stable descending sort of the 0/1 flags moves kept tokens to the front without reordering them.
     return torch.sort(keep.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
+
+
+def run_dropping_layers(
+    top: ToPModel,
+    hidden: torch.Tensor,
+    present: torch.Tensor,
+    protected: torch.Tensor,
+    gates: GateValues | None,
+    location_after: dict[int, int],
+    order_kept: Callable[[torch.Tensor], torch.Tensor],
+    positions: torch.Tensor | None = None,
+) -> DroppedEncoderOutput:
+    """The layer loop shared by eager dropping and the ONNX export (which passes a trace-safe ``order_kept``).
+
+    After the attention of layer ``l`` (a key of ``location_after``), the tokens the next layer keeps
+    are gathered in the order ``order_kept(keep)`` gives ([B, n'] indices, kept first), before the FFN.
+    ``positions`` [B, T] (original position, -1 for padding) is carried along when given.
+    """
+    counts, kept_positions = [], []
+    for index, layer in enumerate(top.layers):
+        counts.append(present.sum(dim=1))
+        if positions is not None:
+            kept_positions.append(positions)
+        key_bias = top._key_bias(present.to(hidden.dtype), present, top.pruning, hidden.dtype)
+        attended, probs = top._attention(layer, hidden, key_bias)
+        location = location_after.get(index)
+        if location is not None:
+            scores = token_scores(probs, present, "valid")
+            keep = top._next_keep(present.to(probs.dtype), scores, protected, gates, location, top.pruning) > 0
+            order = order_kept(keep)
+            attended = attended.gather(1, order.unsqueeze(-1).expand(-1, -1, attended.shape[-1]))
+            present, protected = keep.gather(1, order), protected.gather(1, order)
+            if positions is not None:
+                positions = positions.gather(1, order).masked_fill(~present, -1)
+        hidden = top._feed_forward(layer, attended)
+    return DroppedEncoderOutput(hidden=hidden, attention_mask=present, kept_counts=torch.stack(counts, dim=1),
+                                positions=kept_positions)
 
 
 class TokenDroppingEncoder(nn.Module):
@@ -102,25 +140,8 @@ class TokenDroppingEncoder(nn.Module):
         protected = protected.bool() & present
         batch, length = present.shape
         positions = torch.arange(length, device=hidden.device).expand(batch, length)
-        positions = positions.masked_fill(~present, -1)
-        counts, kept_positions = [], []
-        for index, layer in enumerate(top.layers):
-            counts.append(present.sum(dim=1))
-            kept_positions.append(positions)
-            key_bias = top._key_bias(present.to(hidden.dtype), present, top.pruning, hidden.dtype)
-            attended, probs = top._attention(layer, hidden, key_bias)
-            location = self._location_after.get(index)
-            if location is not None:
-                scores = token_scores(probs, present, "valid")
-                keep = top._next_keep(present.to(probs.dtype), scores, protected, gates, location, top.pruning) > 0
-                order = _left_aligned_order(keep)
-                attended = attended.gather(1, order.unsqueeze(-1).expand(-1, -1, attended.shape[-1]))
-                present, protected = keep.gather(1, order), protected.gather(1, order)
-                positions = positions.gather(1, order)
-                positions = positions.masked_fill(~present, -1)
-            hidden = top._feed_forward(layer, attended)
-        return DroppedEncoderOutput(hidden=hidden, attention_mask=present, kept_counts=torch.stack(counts, dim=1),
-                                    positions=kept_positions)
+        return run_dropping_layers(top, hidden, present, protected, gates, self._location_after,
+                                   _left_aligned_order, positions=positions.masked_fill(~present, -1))
 
     def _gate_values(self, gate_values: GateValues | None) -> GateValues | None:
         """The 0/1 gates to apply: the given ones, or the model's own deterministic (eval) gates."""

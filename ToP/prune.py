@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import shutil
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,17 +29,14 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from moonlit.common.config import hydra_app, to_container
-from moonlit.common.data.glue import get_glue_task
 from moonlit.common.data.loaders import set_epoch
-from moonlit.common.train.dist import resolve_device
 from moonlit.common.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from moonlit.common.train.seed import seed_everything
 
 from .artifacts import load_pruned, save_pruned
 from .constraint import LagrangianConstraint, encoder_macs, expected_lengths
 from .data import glue_loader, model_inputs, splits_from_config
 from .evaluate import evaluate_top, format_result
-from .finetune import linear_schedule, load_classifier
+from .finetune import linear_schedule, load_classifier, setup_run
 from .losses import prediction_distillation_loss, ranking_distillation_loss, ranking_loss_weight, regression_loss
 from .masks import TokenGates
 from .model import PruningConfig, ToPModel
@@ -115,14 +111,7 @@ def calibrate_sparsity(model: ToPModel, loader: Any, task: Any, target: float, *
 
 def run_prune(cfg: DictConfig) -> dict[str, Any]:
     """Prune ``cfg.teacher_dir`` on ``cfg.data.task`` to ``cfg.pruning.target_sparsity``; returns the results."""
-    if cfg.trainer.distributed:
-        raise ValueError("ToP training runs in one process (trainer=cpu, or trainer.device=cuda); "
-                         "multi-process training (trainer=ddp) is not implemented for it yet")
-    seed_everything(cfg.trainer.seed)
-    device = resolve_device(cfg.trainer.device)
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    task = get_glue_task(cfg.data.task)
+    device, out_dir, task = setup_run(cfg)
     teacher, tokenizer = load_classifier(cfg.teacher_dir, task.num_labels)
     student, _ = load_classifier(cfg.teacher_dir, task.num_labels)
     teacher.to(device).eval().requires_grad_(False)

@@ -82,14 +82,53 @@ def compare(cfg: DictConfig, model_dir: Path) -> dict[str, Any]:
     return {"split": name, "rows": rows, "padded_length": splits.padded_length}
 
 
+def _onnx_accuracy(paths: dict[str, Path], loader: Any, task: Any, reference: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Task metric of each ONNX model over the whole loader, and its prediction agreement with torch."""
+    import onnxruntime as ort
+
+    from moonlit.common.data.glue_metrics import compute_glue_metrics
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    sessions = {name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                for name, path in paths.items()}
+    logits: dict[str, list[np.ndarray]] = {name: [] for name in sessions}
+    labels = []
+    for batch in loader:
+        feed = {key: batch[key].numpy() for key in ("input_ids", "attention_mask")}
+        for name, session in sessions.items():
+            logits[name].append(session.run(None, feed)[0])
+        labels.append(batch["labels"].numpy())
+    labels_all = np.concatenate(labels)
+    rows = {}
+    for name, parts in logits.items():
+        predictions = np.concatenate(parts)
+        metrics = compute_glue_metrics(task, predictions, labels_all)
+        torch_predictions = reference[name.split(" ")[0]]
+        rows[name] = {"metric": metrics[task.main_metric],
+                      "agreement_with_torch": float((predictions.argmax(-1) == torch_predictions).mean())}
+    return rows
+
+
+def _torch_predictions(model: torch.nn.Module, loader: Any) -> np.ndarray:
+    predictions = []
+    with torch.inference_mode():
+        for batch in loader:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            predictions.append(getattr(logits, "logits", logits).argmax(-1).numpy())
+    return np.concatenate(predictions)
+
+
 def measure_speedup(cfg: DictConfig, model_dir: Path, out: Path) -> dict[str, Any]:
-    """Latency of the dense teacher vs the token-dropping ToP model on one dev batch (torch and ORT, 1 thread)."""
+    """Dense teacher vs token-dropping ToP model: latency on one dev batch (torch, ORT FP32, ORT dynamic INT8;
+    1 thread, interleaved) and the dev metric of the ONNX models, FP32 and INT8."""
+    from moonlit.common.export.int8 import quantize_dynamic_int8
     from moonlit.common.export.onnx import export_onnx
     from moonlit.common.profiling.backends import make_runner
     from moonlit.common.profiling.latency import compare_many
 
     from .benchmark import LogitsOnly
-    from .export import export_pruned_onnx
+    from .export import export_pruned_onnx, quantize_pruned_dynamic
     from .finetune import load_classifier
     from .inference import TokenDroppingModel
 
@@ -100,23 +139,32 @@ def measure_speedup(cfg: DictConfig, model_dir: Path, out: Path) -> dict[str, An
     inputs = {key: batch[key] for key in ("input_ids", "attention_mask")}
     teacher, _ = load_classifier(cfg.teacher_dir, splits.task.num_labels)
     teacher.eval()
+    dropping = TokenDroppingModel(model).eval()
     onnx_dir = out / "onnx"
-    dense_path = export_onnx(LogitsOnly(teacher), inputs, onnx_dir / "teacher.onnx", output_names=["logits"],
-                             dynamic_axes={name: {0: "batch", 1: "sequence"} for name in inputs})
-    pruned_path = export_pruned_onnx(model, onnx_dir / "top.onnx", example_batch=inputs)
+    paths = {"dense": export_onnx(LogitsOnly(teacher), inputs, onnx_dir / "teacher.onnx", output_names=["logits"],
+                                  dynamic_axes={name: {0: "batch", 1: "sequence"} for name in inputs}),
+             "ToP": export_pruned_onnx(model, onnx_dir / "top.onnx", example_batch=inputs)}
+    int8 = {"dense": quantize_dynamic_int8(paths["dense"], onnx_dir / "teacher_int8.onnx"),
+            "ToP": quantize_pruned_dynamic(paths["ToP"], onnx_dir / "top_int8.onnx")}
     threads = cfg.speed.threads
-    arms = {
-        "dense torch": make_runner("torch", teacher, inputs, threads=threads),
-        "ToP torch": make_runner("torch", TokenDroppingModel(model).eval(), inputs, threads=threads),
-        "dense ORT": make_runner("onnxruntime", dense_path, inputs, threads=threads),
-        "ToP ORT": make_runner("onnxruntime", pruned_path, inputs, threads=threads),
-    }
+    arms = {"dense torch": make_runner("torch", teacher, inputs, threads=threads),
+            "ToP torch": make_runner("torch", dropping, inputs, threads=threads)}
+    for name in ("dense", "ToP"):
+        arms[f"{name} ORT"] = make_runner("onnxruntime", paths[name], inputs, threads=threads)
+        arms[f"{name} ORT-INT8"] = make_runner("onnxruntime", int8[name], inputs, threads=threads)
     comparison = compare_many(arms, rounds=cfg.speed.rounds, warmup=cfg.speed.warmup, baseline="dense torch")
     medians = {name: result.median_ms for name, result in comparison.results.items()}
+
+    loader = glue_loader(dataset, tokenizer, cfg.data.eval_batch_size, shuffle=False)
+    reference = {"dense": _torch_predictions(teacher, loader), "ToP": _torch_predictions(dropping, loader)}
+    onnx_models = {f"{name} ORT": paths[name] for name in paths} | {f"{name} ORT-INT8": int8[name] for name in int8}
+    accuracy = _onnx_accuracy(onnx_models, loader, splits.task, reference)
+    backends = ("torch", "ORT", "ORT-INT8")
     return {"batch_size": int(inputs["input_ids"].shape[0]), "padded_length": int(inputs["input_ids"].shape[1]),
             "median_ms": medians,
-            "speedup": {"torch": medians["dense torch"] / medians["ToP torch"],
-                        "ORT": medians["dense ORT"] / medians["ToP ORT"]},
+            "speedup": {backend: medians[f"dense {backend}"] / medians[f"ToP {backend}"] for backend in backends},
+            "speedup_vs_dense_torch": {name: medians["dense torch"] / ms for name, ms in medians.items()},
+            "onnx_accuracy": accuracy, "metric_name": splits.task.main_metric,
             "environment": comparison.environment}
 
 
@@ -181,11 +229,19 @@ def build_section(cfg: DictConfig, comparison: dict[str, Any], pruned: dict[str,
         }, {
             "caption": (f"Latency of one dev batch ({speed['batch_size']} sentences padded to "
                         f"{speed['padded_length']} tokens), {cfg.speed.threads} thread, interleaved rounds (ms, median)"),
-            "columns": ["backend", "dense teacher", "ToP (tokens dropped)", "speedup"],
+            "columns": ["backend", "dense teacher", "ToP (tokens dropped)", "speedup", "ToP vs dense torch"],
             "rows": [[backend, speed["median_ms"][f"dense {backend}"], speed["median_ms"][f"ToP {backend}"],
-                      speed["speedup"][backend]] for backend in ("torch", "ORT")],
+                      speed["speedup"][backend], speed["speedup_vs_dense_torch"][f"ToP {backend}"]]
+                     for backend in ("torch", "ORT", "ORT-INT8")],
             "floatfmt": ".2f",
             "source": source + "; a 64-wide model is small, so fixed per-op costs cap the speedup",
+        }, {
+            "caption": (f"Dev {speed['metric_name']} of the exported ONNX models (whole dev split; INT8 = dynamic "
+                        "quantization of the linears), and how often each agrees with its torch model's prediction"),
+            "columns": ["model", speed["metric_name"], "agreement with torch"],
+            "rows": [[name, row["metric"], row["agreement_with_torch"]] for name, row in speed["onnx_accuracy"].items()],
+            "floatfmt": ".3f",
+            "source": source,
         }],
         "figures": [{"path": "kept_tokens.png", "caption": "mean tokens entering each layer"}],
         "notes": [

@@ -10,7 +10,8 @@ import torch
 
 from moonlit.common.config import compose_config
 from moonlit.top.artifacts import save_pruned
-from moonlit.top.benchmark import build_model, integer_kept_lengths, make_inputs, run_benchmark, uniform_schedule
+from moonlit.top.benchmark import (KeepSchedule, build_model, integer_kept_lengths, make_inputs, resample_schedule,
+                                   run_benchmark, uniform_schedule)
 from moonlit.top.constraint import EncoderDims, encoder_macs
 from moonlit.top.inference import TokenDroppingModel
 from moonlit.top.masks import TokenGates
@@ -32,7 +33,8 @@ def test_run_benchmark_tiny(tmp_path: Path) -> None:
     learned = _learned_model_dir(tmp_path)
     cfg = compose_config("top", "benchmark", [
         *TINY, f"paths.output_root={tmp_path}", "targets=[1.5,2.0]", "batch_sizes=[1,2]", "rounds_per_batch=[2,2]",
-        "warmup=1", "seq_lengths=[32]", "padded_inputs=[[20,40]]", "int8=true", f"schedules_from=[{learned}]",
+        "warmup=1", "seq_lengths=[32]", "padded_inputs=[[20,40]]", "int8=true", f"+schedules_from.learned={learned}", "~schedules_from.quickstart",
+        "profile_batch_sizes=[]", "profile_rounds=[]",
     ])
     run_benchmark(cfg)
     out = tmp_path / "top" / "benchmark"
@@ -42,7 +44,7 @@ def test_run_benchmark_tiny(tmp_path: Path) -> None:
         (1, 32, 32), (2, 32, 32), (1, 20, 40), (2, 20, 40)}
     for case in results["cases"]:
         names = [s["name"] for s in case["schedules"]]
-        assert names == ["1.5x", "2x", "learned:learned"]
+        assert names == ["1.5x", "2x", "learned:learned"]  # named by its key
         expected_arms = {f"{n}/{b}" for n in ["dense", *names] for b in ("torch", "ort_fp32", "ort_int8")}
         assert set(case["median_ms"]) == expected_arms
         assert all(ms > 0 for ms in case["median_ms"].values())
@@ -66,7 +68,7 @@ def test_run_benchmark_tiny(tmp_path: Path) -> None:
         assert learned_counts == [real, half, half]
     assert (out / "speedup.png").stat().st_size > 0
     table = (out / "table.md").read_text()
-    assert table.count("\n| 1 |") + table.count("\n| 2 |") == 12  # 4 cases x 3 schedules
+    assert table.count("\n| fixed | 1 |") + table.count("\n| fixed | 2 |") == 12  # 4 cases x 3 schedules
 
 
 def test_pruned_torch_matches_masked_top() -> None:
@@ -96,9 +98,52 @@ def test_unreachable_target_names_the_limit() -> None:
 def test_unreachable_target_is_skipped_and_recorded(tmp_path: Path) -> None:
     cfg = compose_config("top", "benchmark", [
         *TINY, f"paths.output_root={tmp_path}", "targets=[1.5,50.0]", "batch_sizes=[1]", "rounds_per_batch=[1]",
-        "warmup=0", "seq_lengths=[16]", "padded_inputs=[]", "onnxruntime=false",
+        "warmup=0", "seq_lengths=[16]", "padded_inputs=[]", "onnxruntime=false", "profile_batch_sizes=[]",
+        "profile_rounds=[]",
     ])
     results = run_benchmark(cfg)
     assert [s["name"] for s in results["cases"][0]["schedules"]] == ["1.5x"]
     assert set(results["cases"][0]["median_ms"]) == {"dense/torch", "1.5x/torch"}
-    assert [(s["target_reduction"], s["real_length"]) for s in results["skipped"]] == [(50.0, 16)]
+    reasons = {s.get("target_reduction"): s for s in results["skipped"]}
+    assert reasons[50.0]["real_length"] == 16
+    # The default learned schedule (the quickstart's saved model) does not exist under tmp_path: skipped, said so.
+    assert reasons[None]["schedules_from"] == str(tmp_path / "quickstart" / "top" / "prune" / "model")
+
+
+def test_missing_schedule_folder_is_an_error_when_required(tmp_path: Path) -> None:
+    cfg = compose_config("top", "benchmark", [*TINY, f"paths.output_root={tmp_path}", "require_schedules=true"])
+    with pytest.raises(FileNotFoundError, match="not a saved pruned model"):
+        run_benchmark(cfg)
+
+
+def test_resample_schedule_keeps_the_profile_by_relative_depth() -> None:
+    # 3 layers: layer 1 keeps 1/2, layer 2 keeps 1/2 again -> shares F = 1, 1/2, 1/4 at depths 0, 1/2, 1.
+    source = KeepSchedule("learned:x", (1, 2), 4, (2, 2))
+    resampled = resample_schedule(source, 3, 5)  # target depths 0, 1/4, 1/2, 3/4, 1
+    # F at the target layers (hand): 1, 3/4, 1/2, 3/8, 1/4. Each location keeps F(j) / (share really kept so far),
+    # snapped to bins of 4: 3/4 -> 3 (kept .75); .5/.75 -> 2.67 -> 3 (.5625); .375/.5625 -> 2.67 -> 3 (.4219);
+    # .25/.4219 -> 2.37 -> 2.
+    assert resampled.prune_layers == (1, 2, 3, 4)
+    assert resampled.kept_bins == (3, 3, 3, 2)
+    assert resampled.name == "learned:x (3->5 layers)"
+    with pytest.raises(ValueError, match="at least 2 layers"):
+        resample_schedule(source, 1, 5)
+
+
+def test_resample_schedule_same_depth_is_identity_on_shares() -> None:
+    source = KeepSchedule("s", (1, 2, 3), 10, (5, 10, 4))
+    resampled = resample_schedule(source, 4, 4)
+    assert resampled.kept_bins == (5, 10, 4)
+
+
+def test_task_profiles_are_timed_at_the_profile_batch_sizes(tmp_path: Path) -> None:
+    cfg = compose_config("top", "benchmark", [
+        *TINY, f"paths.output_root={tmp_path}", "targets=[1.5]", "batch_sizes=[]", "rounds_per_batch=[]",
+        "seq_lengths=[]", "padded_inputs=[]", "onnxruntime=false", "warmup=0",
+        "profile_batch_sizes=[2]", "profile_rounds=[1]", "~task_profiles", "+task_profiles={a: [10, 16], b: [12, 24]}",
+    ])
+    results = run_benchmark(cfg)
+    assert [(c["profile"], c["batch_size"], c["real_length"], c["padded_length"]) for c in results["cases"]] == [
+        ("a", 2, 10, 16), ("b", 2, 12, 24)]
+    with pytest.raises(ValueError, match="one entry per profile batch size"):
+        run_benchmark(compose_config("top", "benchmark", [*TINY, "profile_rounds=[1,2]"]))

@@ -56,6 +56,20 @@ def test_section_and_plot(quickstart: Path) -> None:
     assert [row[0] for row in section["tables"][0]["rows"]] == ["dense teacher", "ToP", "random pruning"]
     assert (quickstart / "kept_tokens.png").stat().st_size > 10_000
     speed_table = section["tables"][1]
-    assert [row[0] for row in speed_table["rows"]] == ["torch", "ORT"]
-    for _, dense_ms, top_ms, speedup in speed_table["rows"]:
+    assert [row[0] for row in speed_table["rows"]] == ["torch", "ORT", "ORT-INT8"]
+    for _, dense_ms, top_ms, speedup, _ in speed_table["rows"]:
         assert dense_ms > 0 and top_ms > 0 and speedup == pytest.approx(dense_ms / top_ms)
+
+
+def test_onnx_models_keep_the_accuracy(quickstart: Path) -> None:
+    results = json.loads((quickstart / "results.json").read_text())
+    rows = results["comparison"]["rows"]
+    onnx = results["speed"]["onnx_accuracy"]
+    assert set(onnx) == {"dense ORT", "ToP ORT", "dense ORT-INT8", "ToP ORT-INT8"}
+    # FP32 ONNX computes the same model as torch: same metric, same predictions
+    assert onnx["ToP ORT"]["metric"] == pytest.approx(rows["ToP"]["metric"], abs=1e-9)
+    assert onnx["dense ORT"]["metric"] == pytest.approx(rows["dense teacher"]["metric"], abs=1e-9)
+    assert onnx["ToP ORT"]["agreement_with_torch"] == 1.0
+    # dynamic INT8 of the linears changes little on this task
+    assert onnx["ToP ORT-INT8"]["metric"] >= rows["ToP"]["metric"] - 0.03
+    assert onnx["ToP ORT-INT8"]["agreement_with_torch"] >= 0.95
