@@ -1,7 +1,8 @@
-"""The ToP GLUE table, paper vs this repo, rendered from the runs' ``results.json`` files.
+"""The ToP tables, paper vs this repo, rendered from the runs' ``results.json`` files.
 
     python -m moonlit.top.report outputs/top/reproduce            # after scripts/reproduce_top_glue.sh
     python -m moonlit.top.report outputs/top/smoke --source "this repo on generated data"
+    python -m moonlit.top.report --benchmark outputs/top/benchmark # after python -m moonlit.top.benchmark
 """
 
 from __future__ import annotations
@@ -65,12 +66,54 @@ def table(runs: dict[str, dict[str, Any]], source: str, command: str) -> dict[st
     }
 
 
+# The paper's latency claim (abstract): "a real latency speedup of up to 7.4x on an Intel CPU".
+PAPER_MAX_CPU_SPEEDUP = 7.4
+
+
+def speed_table(results: dict[str, Any], command: str = "python -m moonlit.top.benchmark") -> dict[str, Any]:
+    """Headline speedups of a benchmark run: each case's rows, with the baseline each speedup is against."""
+    backends = [b for b in ("torch", "ort_fp32", "ort_int8") if any(
+        b in entry["speedup"] for case in results["cases"] for entry in case["schedules"])]
+    rows = []
+    for case in results["cases"]:
+        padded = case["padded_length"] > case["real_length"]
+        for entry in case["schedules"]:
+            reduction = entry["mac_reduction_vs_padded"] if padded else entry["mac_reduction"]
+            rows.append([case.get("profile") or ("padded" if padded else "fixed length"), case["batch_size"],
+                         f"{case['real_length']}" + (f" → {case['padded_length']}" if padded else ""),
+                         "padded dense" if padded else "dense, same input", entry["name"], reduction,
+                         *(entry["speedup"].get(b) for b in backends)])
+    best = max((row for row in rows if row[3] == "padded dense"), key=lambda row: max(v or 0 for v in row[6:]),
+               default=None)
+    caption = "ToP token dropping: measured CPU speedup (1 thread, medians of interleaved rounds)"
+    if best is not None:
+        caption += (f"; paper: up to {PAPER_MAX_CPU_SPEEDUP}x on an Intel CPU, ours up to "
+                    f"{max(v or 0 for v in best[6:]):.1f}x against the padded dense model ({best[0]}, batch {best[1]})")
+    return {"caption": caption,
+            "columns": ["input", "batch", "tokens", "baseline", "schedule", "MAC reduction",
+                        *(f"{b} speedup" for b in backends)],
+            "rows": rows, "floatfmt": ".2f",
+            "source": f"this repo, BERT-base dimensions with random weights, on this machine (`{command}`)"}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Render the ToP GLUE table from a reproduce run.")
-    parser.add_argument("root", type=Path, help="the paths.output_root the runs used")
+    parser = argparse.ArgumentParser(description="Render the ToP GLUE table from a reproduce run, or the "
+                                                 "speedup table from a benchmark run.")
+    parser.add_argument("root", type=Path, nargs="?", help="the paths.output_root the runs used")
+    parser.add_argument("--benchmark", type=Path, help="a benchmark output folder (with results.json)")
     parser.add_argument("--source", default="this repo at paper scale")
     parser.add_argument("--command", default="bash scripts/reproduce_top_glue.sh")
     args = parser.parse_args(argv)
+    if args.benchmark is not None:
+        path = args.benchmark / "results.json"
+        if not path.is_file():
+            raise SystemExit(f"no benchmark results at {path}: run python -m moonlit.top.benchmark first")
+        rendered = render_table(speed_table(json.loads(path.read_text())))
+        (args.benchmark / "SPEEDUP.md").write_text(rendered + "\n")
+        print(rendered)
+        return
+    if args.root is None:
+        parser.error("give the output root of a reproduce run, or --benchmark DIR")
     runs = collect(args.root)
     if not runs:
         raise SystemExit(f"no ToP runs under {args.root}/top/prune/<task>/results.json")
