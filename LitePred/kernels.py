@@ -17,6 +17,7 @@ recomputed, so padding conventions cannot disagree); elementwise kernels fold a 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Mapping
@@ -195,8 +196,16 @@ class Detection:
 
 
 def load_platform_rules(platform: str, path: str | Path | None = None) -> RuleSet:
-    """The validated fusion rules of ``platform`` (``rules/<platform>.yaml`` or base)."""
-    return load_rules(platform, path=path, kernel_types=set(KERNEL_TYPES))
+    """The validated fusion rules of ``platform`` (``rules/<platform>.yaml`` or base); an explicit ``path`` is
+    read every time, packaged rules once per process (so a fallback warning is logged once)."""
+    if path is not None:
+        return load_rules(platform, path=path, kernel_types=set(KERNEL_TYPES))
+    return _packaged_rules(platform)
+
+
+@functools.lru_cache(maxsize=32)
+def _packaged_rules(platform: str) -> RuleSet:
+    return load_rules(platform, kernel_types=set(KERNEL_TYPES))
 
 
 def detect_kernels(

@@ -1,0 +1,186 @@
+"""``moonlit-litepred`` (also ``python -m moonlit.litepred``): profile, build, predict, evaluate.
+
+Every subcommand reads ``configs/litepred/litepred.yaml`` with Hydra-style overrides::
+
+    moonlit-litepred backends
+    moonlit-litepred profile  platform=ort-fp32 budget.kernels=6000
+    moonlit-litepred build    platform=ort-fp32
+    moonlit-litepred predict  platform=ort-fp32 model=path/to/model.onnx
+    moonlit-litepred evaluate platform=ort-fp32
+
+Profiling appends each measurement to ``dataset`` as it is taken, so a killed ``profile`` or
+``build`` re-run with the same overrides continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from moonlit.common.config import compose_config, to_container
+
+from .dataset import ProfileDataset
+from .pipeline import (KernelCache, build_pool, calibrate_overhead, measured_models, profile_kernels, profile_models,
+                       timed_predict_onnx, train_predictor)
+from .predictor import PlatformPredictor
+from .profile import get_backend, list_backends
+from .sampler import sample_configs
+from .zoo import ArchSpec, training_architectures
+
+__all__ = ["main", "run_build", "run_evaluate", "run_predict", "run_profile"]
+
+logger = logging.getLogger("moonlit.litepred")
+
+COMMANDS = ("backends", "profile", "build", "predict", "evaluate")
+
+
+def _backend(cfg: DictConfig) -> Any:
+    return get_backend(cfg.platform, **OmegaConf.to_container(cfg.backend, resolve=True))
+
+
+def _training_specs(cfg: DictConfig) -> list[ArchSpec]:
+    a = cfg.architectures
+    if a.calibration > a.train:
+        raise ValueError(f"architectures.calibration ({a.calibration}) must not exceed architectures.train ({a.train})")
+    families = list(a.families) if a.families else None
+    return training_architectures(int(a.train), seed=int(a.seed), families=families)
+
+
+def run_profile(cfg: DictConfig) -> dict[str, Any]:
+    """Kernels of the training architectures → sampled configurations → profiled; calibration models measured."""
+    specs = _training_specs(cfg)
+    cache = KernelCache(cfg.kernel_cache, cfg.rules)
+    pool = build_pool(cache, specs)
+    pool.save(Path(cfg.work_dir) / f"pool-{cfg.rules}.json")
+    b = cfg.budget
+    configs = sample_configs(pool, int(b.kernels), seed=int(b.seed), min_per_type=int(b.min_per_type),
+                             neighbour_fraction=float(b.neighbour_fraction))
+    backend = _backend(cfg)
+    dataset = ProfileDataset(cfg.dataset)
+    kernels = profile_kernels(configs, backend, dataset)
+    models = profile_models(specs[: int(cfg.architectures.calibration)], backend, dataset,
+                            desc="measuring calibration models")
+    summary = {"platform": backend.name, "pool": pool.summary(), "sampled": len(configs), "kernels": kernels,
+               "calibration_models": models}
+    logger.info("profiled %d kernels (%d already in %s, %d failed) in %.0f s", kernels["measured"],
+                kernels["already_measured"], cfg.dataset, len(kernels["failed"]), kernels["seconds"])
+    return summary
+
+
+def run_build(cfg: DictConfig) -> dict[str, Any]:
+    """:func:`run_profile`, then one regressor per kernel type, the overhead fit, saved to ``predictor_dir``."""
+    start = time.perf_counter()
+    profiled = run_profile(cfg)
+    backend = _backend(cfg)
+    dataset = ProfileDataset(cfg.dataset)
+    predictor = train_predictor(dataset, backend.name, regressor=cfg.regressor,
+                                options=OmegaConf.to_container(cfg.regressor_options, resolve=True),
+                                metadata={**backend.metadata(), "rules": cfg.rules}, min_rows=int(cfg.min_rows),
+                                seed=int(cfg.budget.seed))
+    specs = _training_specs(cfg)[: int(cfg.architectures.calibration)]
+    cache = KernelCache(cfg.kernel_cache, cfg.rules)
+    overhead = calibrate_overhead(predictor, cache, specs, measured_models(dataset, backend.name, specs))
+    out = Path(cfg.predictor_dir)
+    predictor.save(out)
+    kernel_seconds = sum(float(r.metadata.get("seconds", 0.0))
+                         for r in dataset.records(backend=backend.name, kind="kernel"))
+    summary = {**profiled, "overhead": overhead, "kernel_types": predictor.kernel_types,
+               "selection": {t: {"selected": c["selected"], **{name: {k: r[k] for k in ("within_10pct", "mape", "fit_seconds")}
+                                                           for name, r in c["candidates"].items()}}
+                             for t, c in predictor.platform.get("selection", {}).items()},
+               "build_seconds": time.perf_counter() - start, "kernel_profiling_seconds_total": kernel_seconds,
+               "config": to_container(cfg)}
+    (out / "build.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    logger.info("predictor for %s saved to %s (%d kernel types, overhead %.3f x + %.3f ms)", backend.name, out,
+                len(predictor.kernel_types), overhead["slope"], overhead["intercept"])
+    return summary
+
+
+def run_predict(cfg: DictConfig) -> dict[str, Any]:
+    """Latency of one model (an ``.onnx`` file, or a zoo architecture name) on ``platform``."""
+    if cfg.model is None:
+        raise ValueError("predict needs model=<path/to/model.onnx or a zoo name such as "
+                         "timm-mobile/mobilenetv3_large_100@224>")
+    predictor = PlatformPredictor.load(cfg.predictor_dir)
+    path = Path(str(cfg.model))
+    if path.suffix != ".onnx":
+        from .pipeline import export_spec
+
+        spec = resolve_spec(str(cfg.model))
+        path = export_spec(spec, Path(cfg.work_dir) / "predict" / (spec.name.replace("/", "_") + ".onnx"))
+    elif not path.is_file():
+        raise FileNotFoundError(f"no ONNX file at {path}")
+    shapes = OmegaConf.to_container(cfg.input_shapes, resolve=True) if cfg.input_shapes else None
+    result = timed_predict_onnx(predictor, path, cfg.rules, shapes)
+    result["model"] = str(cfg.model)
+    print(f"{cfg.model}: {result['latency_ms']:.3f} ms predicted on {cfg.platform} "
+          f"({result['kernels']} kernels, {result['seconds']['total'] * 1000:.1f} ms to predict)")
+    if result["unpredicted_kernels"] or result["unassigned_nodes"]:
+        print(f"  not predicted: {len(result['unpredicted_kernels'])} kernels of types without a regressor, "
+              f"{len(result['unassigned_nodes'])} unassigned nodes")
+    return result
+
+
+def resolve_spec(text: str) -> ArchSpec:
+    """A zoo architecture from ``family/description@res`` (e.g. ``timm-mobile/efficientnet_b0@224``),
+    ``family:description@res`` (any grammar string), or the name of a default held-out/training spec."""
+    from .zoo import get_family, heldout_architectures, list_families
+
+    head, _, resolution = text.rpartition("@")
+    for separator in (":", "/"):
+        family, found, description = head.partition(separator)
+        if found and family in list_families() and resolution.isdigit():
+            try:
+                return get_family(family).make_spec(description, int(resolution))
+            except ValueError:
+                if separator == ":":
+                    raise
+    for spec in [*heldout_architectures(), *training_architectures(150, seed=1)]:
+        if spec.name == text:
+            return spec
+    raise ValueError(f"model {text!r} is neither an .onnx file nor a zoo architecture; use "
+                     f"'<family>/<description>@<resolution>' or '<family>:<description>@<resolution>' with a family "
+                     f"of {list_families()}")
+
+
+def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
+    from .evaluate import evaluate_platform
+
+    h = cfg.heldout
+    results = evaluate_platform(cfg.predictor_dir, cfg.dataset, KernelCache(cfg.kernel_cache, cfg.rules),
+                                cfg.output_dir, platform=cfg.platform,
+                                backend_options=OmegaConf.to_container(cfg.backend, resolve=True), n=int(h.n),
+                                seed=int(h.seed), families=list(h.families) if h.families else None,
+                                repeats=int(h.repeats), speed_models=int(h.speed_models),
+                                batch_architectures=int(h.batch_architectures))
+    a = results["accuracy"]
+    print(f"{cfg.platform}: {a['n']} held-out models, ±5% {a['within_5pct']:.1%}, ±10% {a['within_10pct']:.1%}"
+          + (f" (measurement ceiling ±10% {a['ceiling_within_10pct']:.1%})" if "ceiling_within_10pct" in a else "")
+          + f", MAPE {a['mape']:.1%}; written to {cfg.output_dir}")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="moonlit-litepred", description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=COMMANDS)
+    parser.add_argument("overrides", nargs="*", help="Hydra-style overrides of configs/litepred/litepred.yaml")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "backends":
+        for name in list_backends():
+            print(name)
+        return
+    cfg = compose_config("litepred", "litepred", args.overrides)
+    runner = {"profile": run_profile, "build": run_build, "predict": run_predict, "evaluate": run_evaluate}
+    runner[args.command](cfg)
+
+
+if __name__ == "__main__":
+    main()

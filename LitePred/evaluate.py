@@ -1,0 +1,127 @@
+"""Accuracy of a platform predictor on held-out models, beside the measurement ceiling (LitePred §6).
+
+Each held-out architecture is measured ``repeats`` times, in separate passes over the whole set
+(so slow drifts of the machine show up as disagreement). The first measurement is the truth the
+prediction is scored against; the agreement of the first two is the *measurement ceiling*: no
+predictor can be scored more accurate than the measurements agree with themselves.
+
+Also timed: predicting a model from its ``.onnx`` file end to end (load, shape inference, kernel
+detection, regressors) and predicting many architectures in one batch from their kernel rows
+(the NAS use, where a search space lists a subnet's kernels without exporting it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moonlit.common.report import write_section
+
+from .dataset import ProfileDataset
+from .metrics import accuracy_report, plot_scatter
+from .pipeline import (KernelCache, export_spec, measured_models, model_rows, predict_architectures, profile_models,
+                       timed_predict_onnx)
+from .predictor import PlatformPredictor
+from .profile import get_backend
+from .zoo import ArchSpec, heldout_architectures
+
+__all__ = ["evaluate_platform", "batch_throughput"]
+
+logger = logging.getLogger(__name__)
+
+
+def batch_throughput(predictor: PlatformPredictor, cache: KernelCache, specs: list[ArchSpec], n: int,
+                     rounds: int = 3) -> dict[str, float]:
+    """Architectures per second predicted in one batch of ``n`` (the held-out models' kernel rows, cycled)."""
+    rows = [model_rows(cache.get(s), predictor.kernel_types)[0] for s in specs]
+    batch = [rows[i % len(rows)] for i in range(n)]
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        predictor.predict_models(batch)
+        best = min(best, time.perf_counter() - start)
+    return {"architectures": n, "seconds": best, "architectures_per_second": n / best}
+
+
+def evaluate_platform(predictor_dir: str | Path, dataset_path: str | Path, cache: KernelCache, out_dir: str | Path, *,
+                      platform: str, backend_options: dict[str, Any] | None = None, n: int = 120, seed: int = 7,
+                      families: list[str] | None = None, repeats: int = 2, speed_models: int = 5,
+                      batch_architectures: int = 1000, title_note: str = "") -> dict[str, Any]:
+    """Measure held-out models on ``platform``, predict them, write results.json, scatter.png and a report section."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    predictor = PlatformPredictor.load(predictor_dir)
+    specs = heldout_architectures(n, seed=seed, families=families)
+    backend = get_backend(platform, **(backend_options or {}))
+    dataset = ProfileDataset(dataset_path)
+    cache.fill(specs, desc="detecting held-out kernels")
+    profiling = profile_models(specs, backend, dataset, repeats=repeats, desc="measuring held-out models")
+    measured = [measured_models(dataset, backend.name, specs, r) for r in range(repeats)]
+    predicted, unpredicted = predict_architectures(predictor, cache, specs)
+    truth = measured[0]
+    report = accuracy_report(predicted, truth, repeat=measured[1] if repeats > 1 else None)
+    by_family = {}
+    for family in sorted({s.family for s in specs}):
+        index = [i for i, s in enumerate(specs) if s.family == family]
+        by_family[family] = accuracy_report(predicted[index], truth[index],
+                                            repeat=measured[1][index] if repeats > 1 else None)
+    ceiling = report.get("ceiling_within_10pct")
+    plot_scatter(predicted, truth, out / "scatter.png", f"{platform}: {len(specs)} held-out models{title_note}",
+                 ceiling=ceiling)
+
+    speed = []
+    for spec in specs[:speed_models]:
+        path = export_spec(spec, out / "onnx" / f"{spec.name.replace('/', '_')}.onnx")
+        timed_predict_onnx(predictor, path, cache.platform)  # warm: imports, rule loading
+        speed.append({"model": spec.name, **timed_predict_onnx(predictor, path, cache.platform)["seconds"]})
+    results = {
+        "platform": platform, "predictor_dir": str(predictor_dir), "metadata": backend.metadata(),
+        "predictor": predictor.platform, "overhead": dataclasses.asdict(predictor.overhead),
+        "models": [{"name": s.name, "family": s.family, "predicted_ms": float(p),
+                    "measured_ms": [float(m[i]) for m in measured], "unpredicted_kernels": u}
+                   for i, (s, p, u) in enumerate(zip(specs, predicted, unpredicted))],
+        "accuracy": report, "by_family": by_family, "profiling": profiling,
+        "single_model_seconds": speed,
+        "batch": batch_throughput(predictor, cache, specs, batch_architectures),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    write_section(out, _section(results))
+    return results
+
+
+def _section(results: dict[str, Any]) -> dict[str, Any]:
+    platform = results["platform"]
+    rows = [[family, r["n"], r["within_5pct"], r["within_10pct"], r.get("ceiling_within_10pct"), r["mape"],
+             r["rmse_ms"]] for family, r in [("all", results["accuracy"]), *results["by_family"].items()]]
+    single = [s["total"] * 1000 for s in results["single_model_seconds"]]
+    return {
+        "name": f"litepred_{platform}",
+        "title": f"LitePred on {platform}: held-out model accuracy",
+        "order": 30,
+        "command": f"moonlit-litepred evaluate platform={platform}",
+        "summary": (f"Predicted vs measured latency of {results['accuracy']['n']} held-out models (none of them, nor "
+                    f"their kernel configurations' sources, used in training). Measurement ceiling = share of models "
+                    f"whose two independent measurements agree within ±10%."),
+        "tables": [{
+            "caption": "Model-level accuracy (fractions; MAPE as a fraction, RMSE in ms)",
+            "columns": ["models", "n", "±5%", "±10%", "ceiling ±10%", "MAPE", "RMSE ms"],
+            "rows": rows, "floatfmt": ".3f",
+            "source": f"this repo, measured on this machine (`moonlit-litepred evaluate platform={platform}`)",
+        }, {
+            "caption": "Prediction speed",
+            "columns": ["what", "value"],
+            "rows": [["one model from its .onnx file, median ms", float(np.median(single)) if single else None],
+                     ["batch mode, architectures/s", results["batch"]["architectures_per_second"]]],
+            "floatfmt": ".1f",
+            "source": "this repo, on this machine",
+        }],
+        "figures": [{"path": "scatter.png", "caption": "predicted vs measured latency (y = x, ±10% band)"}],
+    }

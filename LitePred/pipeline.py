@@ -1,0 +1,257 @@
+"""The LitePred pipeline: architectures → kernels → profiling → predictors → model latency (NSDI'24 §4).
+
+Each step is a function over plain objects, so the CLI (:mod:`moonlit.litepred.cli`), the
+quickstart and the tests compose them:
+
+* :class:`KernelCache` — the kernels of each architecture under a platform's fusion rules
+  (export → :func:`~moonlit.litepred.graph.load_graph` → :func:`~moonlit.litepred.kernels.detect_kernels`),
+  appended to a JSON Lines file so an interrupted run resumes where it stopped;
+* :func:`profile_kernels` / :func:`profile_models` — measure on a backend, appending every
+  result to a :class:`~moonlit.litepred.dataset.ProfileDataset` (already measured keys are skipped);
+* :func:`train_predictor` — one regressor per kernel type from the dataset, then
+  :func:`calibrate_overhead` on whole models measured on the same backend;
+* :func:`model_rows` / :func:`predict_architectures` — a model's kernels as feature rows, and the
+  batched prediction of many models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .dataset import ProfileDataset, ProfileRecord, record_key
+from .features import feature_matrix, feature_names
+from .kernels import Detection, KernelConfig, detect_kernels
+from .predictor import PlatformPredictor
+from .profile.base import Backend
+from .sampler import KernelPool
+from .zoo import ArchSpec
+
+__all__ = [
+    "KernelCache", "build_pool", "calibrate_overhead", "detect_architecture", "model_rows", "predict_architectures",
+    "profile_kernels", "profile_models", "train_predictor",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def detect_architecture(spec: ArchSpec, platform: str) -> Detection:
+    """Export ``spec`` (batch 1) and detect its kernels with ``platform``'s fusion rules."""
+    from .graph import graph_from_torch
+
+    model = spec.build()
+    return detect_kernels(graph_from_torch(model, (spec.example_input(),)), platform)
+
+
+class KernelCache:
+    """``{architecture name: its kernel configs}`` for one platform's rules, in an append-only JSONL file."""
+
+    def __init__(self, path: str | Path, platform: str) -> None:
+        self.path = Path(path)
+        self.platform = platform
+        self._entries: dict[str, dict[str, Any]] = {}
+        if self.path.is_file():
+            for number, line in enumerate(self.path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    logger.warning("%s:%d: unreadable line skipped (an interrupted write)", self.path, number)
+                    continue
+                if entry.get("platform") == platform:
+                    self._entries[entry["name"]] = entry
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def get(self, spec: ArchSpec) -> list[KernelConfig]:
+        """The kernels of ``spec``, detected now and stored if not cached."""
+        if spec.name not in self._entries:
+            detection = detect_architecture(spec, self.platform)
+            entry = {"name": spec.name, "platform": self.platform, "spec": spec.to_dict(),
+                     "kernels": [k.config.to_dict() for k in detection.kernels],
+                     "unassigned": [[u.node, u.op_type, u.reason] for u in detection.unassigned]}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(entry) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            self._entries[spec.name] = entry
+        return [KernelConfig.from_dict(k) for k in self._entries[spec.name]["kernels"]]
+
+    def unassigned(self, name: str) -> list[list[str]]:
+        return list(self._entries[name]["unassigned"])
+
+    def fill(self, specs: Sequence[ArchSpec], desc: str = "detecting kernels") -> None:
+        missing = [s for s in specs if s.name not in self._entries]
+        for spec in tqdm(missing, desc=desc, disable=not missing):
+            self.get(spec)
+
+
+def build_pool(cache: KernelCache, specs: Sequence[ArchSpec]) -> KernelPool:
+    """Count the kernel configurations of ``specs`` (detected through ``cache``)."""
+    cache.fill(specs)
+    pool = KernelPool(platform=cache.platform)
+    for spec in specs:
+        for config in cache.get(spec):
+            key = config.key()
+            pool.configs.setdefault(key, config)
+            pool.counts.setdefault(config.type, Counter())[key] += 1
+        pool.sources.append(spec.name)
+    return pool
+
+
+def profile_kernels(configs: Sequence[KernelConfig], backend: Backend, dataset: ProfileDataset, *,
+                    desc: str | None = None) -> dict[str, Any]:
+    """Measure every config not yet in ``dataset`` for ``backend``; returns counts and the time spent."""
+    from .kernel_builder import build_kernel_module
+
+    done = dataset.measured_keys(backend.name, "kernel")
+    todo = [c for c in configs if record_key(c.type, dict(c.params)) not in done]
+    failures: list[dict[str, str]] = []
+    start = time.perf_counter()
+    for config in tqdm(todo, desc=desc or f"profiling kernels on {backend.name}", disable=not todo):
+        began = time.perf_counter()
+        try:
+            module, inputs = build_kernel_module(config)
+            measurement = backend.measure(module, inputs)
+        except (ValueError, RuntimeError) as error:  # a config the builder or runtime rejects: recorded, not fatal
+            failures.append({"config": config.key(), "error": str(error)[:300]})
+            logger.warning("could not profile %s: %s", config.key(), error)
+            continue
+        # seconds = the whole cost of this kernel (build, export, session, timing): the adaptation-cost unit
+        dataset.append(ProfileRecord.create(backend.name, "kernel", config.type, dict(config.params), measurement,
+                                            {"seconds": time.perf_counter() - began}))
+    return {"requested": len(configs), "already_measured": len(configs) - len(todo),
+            "measured": len(todo) - len(failures), "failed": failures, "seconds": time.perf_counter() - start}
+
+
+def _model_config(spec: ArchSpec, repeat: int) -> dict[str, Any]:
+    return {"family": spec.family, "description": spec.description, "input_size": list(spec.input_size),
+            "repeat": repeat}
+
+
+def profile_models(specs: Sequence[ArchSpec], backend: Backend, dataset: ProfileDataset, *, repeats: int = 1,
+                   desc: str | None = None) -> dict[str, Any]:
+    """Measure whole models ``repeats`` times each, pass after pass (independent measurements)."""
+    start = time.perf_counter()
+    measured = 0
+    for repeat in range(repeats):
+        done = dataset.measured_keys(backend.name, "model")
+        todo = [s for s in specs if record_key(s.name, _model_config(s, repeat)) not in done]
+        label = desc or f"profiling models on {backend.name}"
+        for spec in tqdm(todo, desc=f"{label} (pass {repeat + 1}/{repeats})", disable=not todo):
+            began = time.perf_counter()
+            measurement = backend.measure(spec.build(), (spec.example_input(),))
+            dataset.append(ProfileRecord.create(backend.name, "model", spec.name, _model_config(spec, repeat),
+                                                measurement, {"seconds": time.perf_counter() - began}))
+            measured += 1
+    return {"measured": measured, "seconds": time.perf_counter() - start}
+
+
+def measured_models(dataset: ProfileDataset, backend: str, specs: Sequence[ArchSpec], repeat: int = 0) -> np.ndarray:
+    """Median latency (ms) of each spec's ``repeat``-th measurement; NaN where missing."""
+    by_key = {r.key: r.median_ms for r in dataset.records(backend=backend, kind="model")}
+    return np.array([by_key.get(record_key(s.name, _model_config(s, repeat)), np.nan) for s in specs])
+
+
+def kernel_training_data(dataset: ProfileDataset, backend: str, min_rows: int = 10
+                         ) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
+    """``{kernel type: (X, y, feature names)}`` from the kernel records of ``backend``."""
+    configs: dict[str, list[KernelConfig]] = {}
+    latency: dict[str, list[float]] = {}
+    for record in dataset.records(backend=backend, kind="kernel"):
+        configs.setdefault(record.name, []).append(KernelConfig(record.name, record.config))
+        latency.setdefault(record.name, []).append(max(record.median_ms, 1e-4))
+    data = {}
+    for kernel_type in sorted(configs):
+        if len(configs[kernel_type]) < min_rows:
+            logger.warning("%s: only %d profiled kernels (< %d): no regressor", kernel_type,
+                           len(configs[kernel_type]), min_rows)
+            continue
+        data[kernel_type] = (feature_matrix(configs[kernel_type]), np.array(latency[kernel_type]),
+                             feature_names(kernel_type))
+    if not data:
+        raise ValueError(f"no kernel type of backend {backend!r} has {min_rows} or more profiled kernels")
+    return data
+
+
+def train_predictor(dataset: ProfileDataset, backend: str, *, regressor: str = "forest",
+                    options: Mapping[str, Any] | None = None, metadata: Mapping[str, Any] | None = None,
+                    min_rows: int = 10, seed: int = 0) -> PlatformPredictor:
+    """One regressor per kernel type from ``dataset``'s kernels on ``backend`` (``regressor="select"`` compares)."""
+    data = kernel_training_data(dataset, backend, min_rows)
+    platform = {"name": backend, **dict(metadata or {}),
+                "kernel_rows": {t: int(len(y)) for t, (_, y, _) in data.items()}}
+    return PlatformPredictor.train(data, regressor=regressor, options=options, platform=platform, seed=seed)
+
+
+def model_rows(configs: Iterable[KernelConfig], known_types: Sequence[str] | None = None
+               ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """A model's kernels as ``{type: feature rows}``; kernels of types not in ``known_types`` are returned apart."""
+    grouped: dict[str, list[KernelConfig]] = {}
+    unknown: list[str] = []
+    for config in configs:
+        if known_types is not None and config.type not in known_types:
+            unknown.append(config.key())
+            continue
+        grouped.setdefault(config.type, []).append(config)
+    return {t: feature_matrix(c) for t, c in grouped.items()}, unknown
+
+
+def predict_architectures(predictor: PlatformPredictor, cache: KernelCache, specs: Sequence[ArchSpec], *,
+                          apply_overhead: bool = True) -> tuple[np.ndarray, list[list[str]]]:
+    """Predicted latency (ms) of each spec and, per spec, the kernels no regressor covers (left out, reported)."""
+    rows, unknown = [], []
+    for spec in specs:
+        model, missing = model_rows(cache.get(spec), predictor.kernel_types)
+        rows.append(model)
+        unknown.append(missing)
+    return predictor.predict_models(rows, apply_overhead=apply_overhead), unknown
+
+
+def calibrate_overhead(predictor: PlatformPredictor, cache: KernelCache, specs: Sequence[ArchSpec],
+                       measured_ms: np.ndarray, min_models: int = 5) -> dict[str, Any]:
+    """Fit ``model_ms = a * sum(kernels) + b`` on measured calibration models; stored in the predictor."""
+    keep = np.isfinite(measured_ms)
+    chosen = [s for s, k in zip(specs, keep) if k]
+    rows = [model_rows(cache.get(s), predictor.kernel_types)[0] for s in chosen]
+    overhead = predictor.calibrate(rows, measured_ms[keep], min_models=min_models)
+    return {"models": len(chosen), "slope": overhead.slope, "intercept": overhead.intercept,
+            "fitted": overhead.fitted}
+
+
+def timed_predict_onnx(predictor: PlatformPredictor, path: str | Path, platform: str,
+                       input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
+    """Predict one ``.onnx`` file end to end (load, shapes, kernels, regressors) and time each part."""
+    from .graph import load_graph
+
+    start = time.perf_counter()
+    graph = load_graph(path, input_shapes)
+    loaded = time.perf_counter()
+    detection = detect_kernels(graph, platform)
+    detected = time.perf_counter()
+    rows, unknown = model_rows((k.config for k in detection.kernels), predictor.kernel_types)
+    latency = predictor.predict_model(rows)
+    done = time.perf_counter()
+    return {"latency_ms": latency, "kernels": len(detection.kernels), "unpredicted_kernels": unknown,
+            "unassigned_nodes": [[u.node, u.op_type, u.reason] for u in detection.unassigned],
+            "seconds": {"load": loaded - start, "detect": detected - loaded, "predict": done - detected,
+                        "total": done - start}}
+
+
+def export_spec(spec: ArchSpec, path: str | Path) -> Path:
+    """``spec`` as an ``.onnx`` file (batch 1)."""
+    from moonlit.common.export.onnx import export_onnx
+
+    return export_onnx(spec.build(), (spec.example_input(),), path, check=False)

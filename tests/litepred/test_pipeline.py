@@ -1,0 +1,127 @@
+"""The LitePred pipeline end to end on the deterministic ``debug`` backend (CLI: build, profile, predict, evaluate)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moonlit.common.config import compose_config
+from moonlit.litepred.cli import main, resolve_spec, run_predict, run_profile
+from moonlit.litepred.dataset import ProfileDataset
+from moonlit.litepred.features import features
+from moonlit.litepred.kernels import detect_kernels
+from moonlit.litepred.pipeline import export_spec, profile_kernels
+from moonlit.litepred.predictor import PlatformPredictor
+from moonlit.litepred.profile import get_backend
+from moonlit.litepred.zoo import heldout_architectures
+
+SMALL = ["platform=debug", "architectures.train=6", "architectures.calibration=6", "budget.kernels=160",
+         "budget.min_per_type=10", "heldout.n=4", "heldout.families=[spaceevo-like,elasticvit-like]",
+         "heldout.speed_models=1", "heldout.batch_architectures=50", "regressor=forest"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("litepred")
+    main(["build", *SMALL, f"paths.output_root={root}"])
+    return root / "litepred"
+
+
+def test_build_writes_a_loadable_predictor(built: Path) -> None:
+    predictor = PlatformPredictor.load(built / "predictors" / "debug")
+    summary = json.loads((built / "predictors" / "debug" / "build.json").read_text())
+    assert summary["kernels"]["measured"] + len(summary["kernels"]["failed"]) == summary["sampled"]
+    assert summary["kernels"]["failed"] == []
+    assert set(predictor.kernel_types) == set(summary["kernel_types"])
+    assert summary["overhead"]["models"] == 6 and summary["overhead"]["fitted"]
+    records = ProfileDataset(built / "profile.jsonl").records(backend="debug", kind="kernel")
+    assert len(records) == summary["sampled"]
+    assert summary["kernel_profiling_seconds_total"] == pytest.approx(sum(r.metadata["seconds"] for r in records))
+
+
+def test_profile_again_measures_nothing_new(built: Path) -> None:
+    cfg = compose_config("litepred", "litepred", [*SMALL, f"paths.output_root={built.parent}"])
+    again = run_profile(cfg)
+    assert again["kernels"]["measured"] == 0
+    assert again["kernels"]["already_measured"] == again["sampled"]
+    assert again["calibration_models"]["measured"] == 0
+
+
+def test_predict_equals_the_sum_of_kernel_predictions(built: Path, tmp_path: Path) -> None:
+    spec = heldout_architectures(4, families=["spaceevo-like", "elasticvit-like"])[-1]
+    path = export_spec(spec, tmp_path / "model.onnx")
+    cfg = compose_config("litepred", "litepred", [*SMALL, f"paths.output_root={built.parent}", f"model={path}"])
+    result = run_predict(cfg)
+    predictor = PlatformPredictor.load(built / "predictors" / "debug")
+    total = 0.0
+    for kernel in detect_kernels(path, "debug").kernels:  # one kernel at a time, no batching
+        if kernel.config.type in predictor.kernel_types:
+            total += float(predictor.predict_kernels(kernel.config.type, features(kernel.config)[None])[0])
+    expected = predictor.overhead.slope * total + predictor.overhead.intercept
+    assert result["latency_ms"] == pytest.approx(expected, rel=1e-9)
+    assert result["seconds"]["total"] > 0
+
+
+def test_evaluate_reports_accuracy_with_the_ceiling(built: Path) -> None:
+    main(["evaluate", *SMALL, f"paths.output_root={built.parent}"])
+    out = built / "eval" / "debug"
+    results = json.loads((out / "results.json").read_text())
+    accuracy = results["accuracy"]
+    assert accuracy["n"] == 4
+    assert accuracy["ceiling_within_10pct"] == 1.0  # debug latency is deterministic: both passes agree exactly
+    measured = np.array([m["measured_ms"][0] for m in results["models"]])
+    predicted = np.array([m["predicted_ms"] for m in results["models"]])
+    within = np.mean(np.abs(predicted - measured) / measured <= 0.10)  # the ±10% definition, by hand
+    assert accuracy["within_10pct"] == pytest.approx(within)
+    assert (out / "scatter.png").stat().st_size > 5_000
+    assert json.loads((out / "section.json").read_text())["name"] == "litepred_debug"
+    assert results["batch"]["architectures"] == 50
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_profiling_run_resumes_without_repeats(tmp_path: Path) -> None:
+    spec = heldout_architectures(4, families=["spaceevo-like"])[0]
+    configs = list(dict.fromkeys(k.config for k in detect_kernels(export_spec(spec, tmp_path / "m.onnx"),
+                                                                   "debug").kernels))[:12]
+    assert len(configs) == 12
+    backend = get_backend("debug")
+    dataset = ProfileDataset(tmp_path / "profile.jsonl")
+    calls = {"n": 0}
+    measure = backend.measure
+
+    def dies_after_five(module, inputs):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise _Killed("killed")
+        return measure(module, inputs)
+
+    backend.measure = dies_after_five
+    with pytest.raises(_Killed):
+        profile_kernels(configs, backend, dataset)
+    backend.measure = measure
+    resumed = profile_kernels(configs, backend, ProfileDataset(tmp_path / "profile.jsonl"))
+    assert resumed["already_measured"] == 5 and resumed["measured"] == len(configs) - 5
+    keys = Counter(r.key for r in ProfileDataset(tmp_path / "profile.jsonl").records())
+    assert len(keys) == len(configs) and set(keys.values()) == {1}
+
+
+def test_resolve_spec_and_bad_model_names() -> None:
+    spec = resolve_spec("timm-mobile/mobilenetv3_small_100@160")
+    assert spec.input_size == (3, 160, 160) and spec.description == "mobilenetv3_small_100"
+    with pytest.raises(ValueError, match="neither an .onnx file nor a zoo architecture"):
+        resolve_spec("no-such-model")
+    with pytest.raises(ValueError, match="predict needs model="):
+        run_predict(compose_config("litepred", "litepred", ["platform=debug"]))
+
+
+def test_backends_command_lists_the_platforms(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["backends"])
+    listed = capsys.readouterr().out.split()
+    assert {"debug", "ort-fp32", "ort-fp32-noopt", "ort-int8", "torch-fp32"} <= set(listed)
