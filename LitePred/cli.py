@@ -150,7 +150,8 @@ def resolve_spec(text: str) -> ArchSpec:
                      f"of {list_families()}")
 
 
-def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
+def run_evaluate(cfg: DictConfig, section: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Held-out models measured ``heldout.repeats`` times and predicted; see :func:`.evaluate.evaluate_platform`."""
     from .evaluate import evaluate_platform
 
     h = cfg.heldout
@@ -159,7 +160,8 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
                                 backend_options=OmegaConf.to_container(cfg.backend, resolve=True), n=int(h.n),
                                 seed=int(h.seed), families=list(h.families) if h.families else None,
                                 repeats=int(h.repeats), speed_models=int(h.speed_models),
-                                batch_architectures=int(h.batch_architectures))
+                                batch_architectures=int(h.batch_architectures),
+                                extra_models=[resolve_spec(str(name)) for name in h.models], section=section)
     a = results["accuracy"]
     print(f"{cfg.platform}: {a['n']} held-out models, ±5% {a['within_5pct']:.1%}, ±10% {a['within_10pct']:.1%}"
           + (f" (measurement ceiling ±10% {a['ceiling_within_10pct']:.1%})" if "ceiling_within_10pct" in a else "")

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +53,22 @@ def batch_throughput(predictor: PlatformPredictor, cache: KernelCache, specs: li
 def evaluate_platform(predictor_dir: str | Path, dataset_path: str | Path, cache: KernelCache, out_dir: str | Path, *,
                       platform: str, backend_options: dict[str, Any] | None = None, n: int = 120, seed: int = 7,
                       families: list[str] | None = None, repeats: int = 2, speed_models: int = 5,
-                      batch_architectures: int = 1000, title_note: str = "") -> dict[str, Any]:
-    """Measure held-out models on ``platform``, predict them, write results.json, scatter.png and a report section."""
+                      batch_architectures: int = 1000, extra_models: Sequence[ArchSpec] = (),
+                      section: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Measure held-out models on ``platform``, predict them, write results.json, scatter.png and a report section.
+
+    The models are ``heldout_architectures(n, seed, families)`` plus ``extra_models``; ``section``
+    overrides fields of the report section (name, title, order, command).
+    """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     predictor = PlatformPredictor.load(predictor_dir)
-    specs = heldout_architectures(n, seed=seed, families=families)
+    specs = heldout_architectures(n, seed=seed, families=families) if n > 0 else []
+    specs += [s for s in extra_models if s.name not in {t.name for t in specs}]
+    if not specs:
+        raise ValueError("no held-out models: n is 0 and no extra models were given")
     backend = get_backend(platform, **(backend_options or {}))
     dataset = ProfileDataset(dataset_path)
     cache.fill(specs, desc="detecting held-out kernels")
@@ -74,8 +83,7 @@ def evaluate_platform(predictor_dir: str | Path, dataset_path: str | Path, cache
         by_family[family] = accuracy_report(predicted[index], truth[index],
                                             repeat=measured[1][index] if repeats > 1 else None)
     ceiling = report.get("ceiling_within_10pct")
-    plot_scatter(predicted, truth, out / "scatter.png", f"{platform}: {len(specs)} held-out models{title_note}",
-                 ceiling=ceiling)
+    plot_scatter(predicted, truth, out / "scatter.png", f"{platform}: {len(specs)} held-out models", ceiling=ceiling)
 
     speed = []
     for spec in specs[:speed_models]:
@@ -93,7 +101,7 @@ def evaluate_platform(predictor_dir: str | Path, dataset_path: str | Path, cache
         "batch": batch_throughput(predictor, cache, specs, batch_architectures),
     }
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    write_section(out, _section(results))
+    write_section(out, {**_section(results), **(section or {})})
     return results
 
 

@@ -355,17 +355,22 @@ def heldout_architectures(
     families: Sequence[str] | None = None,
     weights: Sequence[float] | Mapping[str, float] | None = None,
 ) -> list[ArchSpec]:
-    """The evaluation set: every held-out-only spec (the timm mobile models) first, then specs of
-    the sampled ``families`` from the held-out partition up to ``n``. With ``n`` below the number
-    of held-out-only specs, a seeded subset of those."""
-    fixed = [spec for name in list_families() if get_family(name).heldout_only
-             for spec in get_family(name).fixed_specs() or []]
+    """The evaluation set: the held-out-only specs (the timm mobile models) first, then specs of
+    the sampled families from the held-out partition up to ``n``. ``families=None`` means every
+    family; otherwise only the named ones (a held-out-only family among them is included whole).
+    With ``n`` below the number of held-out-only specs, a seeded subset of those."""
+    names = list_families() if families is None else list(families)
+    fixed_names = [name for name in names if get_family(name).heldout_only]
+    sampled = [name for name in names if not get_family(name).heldout_only]
+    fixed = [spec for name in fixed_names for spec in get_family(name).fixed_specs() or []]
     if n <= len(fixed):
         rng = random.Random(f"{seed}/heldout-fixed")
         return [fixed[index] for index in sorted(rng.sample(range(len(fixed)), n))]
-    if families is not None and any(get_family(name).heldout_only for name in families):
-        raise ValueError(f"families {list(families)} must be sampled families; held-out-only ones are always included")
-    return fixed + sample_architectures(n - len(fixed), seed, families, weights, accept=is_heldout)
+    if families is None:
+        return fixed + sample_architectures(n - len(fixed), seed, None, weights, accept=is_heldout)
+    if not sampled:
+        raise ValueError(f"families {names} hold only {len(fixed)} held-out specs; asked for {n}")
+    return fixed + sample_architectures(n - len(fixed), seed, sampled, weights, accept=is_heldout)
 
 
 def training_architectures(

@@ -16,6 +16,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=
 sections=(
     "common moonlit.common.quickstart"
     "top moonlit.top.quickstart"
+    "litepred moonlit.litepred.quickstart"
 )
 
 wanted=("$@")

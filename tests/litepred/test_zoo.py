@@ -304,3 +304,15 @@ def test_sampled_families_export_to_onnx(family: str, tmp_path) -> None:
 @pytest.mark.parametrize("model_name", TIMM_MOBILE_MODELS)
 def test_timm_mobile_models_export_to_onnx(model_name: str, tmp_path) -> None:
     _export_and_compare(zoo.get_family("timm-mobile").make_spec(model_name, 224), tmp_path, resolution=224)
+
+
+def test_heldout_families_select_only_those_families() -> None:
+    from moonlit.litepred.zoo import heldout_architectures
+
+    sampled = heldout_architectures(6, families=["spaceevo-like", "elasticvit-like"])
+    assert len(sampled) == 6 and {s.family for s in sampled} == {"spaceevo-like", "elasticvit-like"}
+    with_timm = heldout_architectures(30, families=["timm-mobile", "resnet-like"])
+    assert {s.family for s in with_timm} == {"timm-mobile", "resnet-like"}
+    assert sum(s.family == "timm-mobile" for s in with_timm) == 23  # the fixed family comes whole
+    everything = heldout_architectures(30)
+    assert sum(s.family == "timm-mobile" for s in everything) == 23
