@@ -384,25 +384,45 @@ def _symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
             os.chdir(previous)
 
 
+# Initializers above this many bytes are weights no shape depends on: shape inference runs without
+# their data, which it would otherwise serialize (most of the time of predicting a model's latency).
+_WEIGHT_BYTES = 4096
+
+
 def infer_static_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return ``model`` with a static shape for every node output, or raise ``ValueError``."""
     for value_info in list(model.graph.value_info):  # stale partial entries block inference
         if _dims(value_info.type) is None:
             model.graph.value_info.remove(value_info)
-    inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
-    missing = _unresolved(inferred)
+    weights = {i: tensor.raw_data for i, tensor in enumerate(model.graph.initializer)
+               if len(tensor.raw_data) > _WEIGHT_BYTES}
+    for i in weights:
+        model.graph.initializer[i].ClearField("raw_data")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    finally:
+        for i, data in weights.items():
+            model.graph.initializer[i].raw_data = data
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    for target, source in ((model.graph.output, inferred.graph.output), (model.graph.input, inferred.graph.input)):
+        types = {value.name: value.type for value in source}
+        for value in target:
+            if value.name in types:
+                value.type.CopyFrom(types[value.name])
+    missing = _unresolved(model)
     if missing:
         # The TorchScript exporter computes Reshape/Expand targets from Shape ops at run time;
-        # onnxruntime's symbolic inference evaluates those chains where ONNX's gives up.
-        symbolic = _symbolic_shapes(inferred)
+        # onnxruntime's symbolic inference (which reads the weights) evaluates those chains where ONNX's gives up.
+        symbolic = _symbolic_shapes(model)
         if symbolic is not None and len(_unresolved(symbolic)) < len(missing):
-            inferred, missing = symbolic, _unresolved(symbolic)
+            model, missing = symbolic, _unresolved(symbolic)
     if missing:
         raise ValueError(
             f"could not infer static shapes for {len(missing)} tensors, e.g. {missing[:5]}; "
             "kernel detection needs every shape (fix the input shapes or export with static axes)"
         )
-    return inferred
+    return model
 
 
 def load_graph(
