@@ -13,8 +13,9 @@ distinct :class:`~moonlit.litepred.kernels.KernelConfig` counted (:class:`Kernel
 * within a type, real configurations drawn without replacement with probability proportional to
   their count (the most common are profiled first), then *neighbours*: a real configuration with
   its channel counts scaled by a factor in [0.5, 1.5] (rounded to multiples of 8, as NAS spaces
-  use) and, at random, its spatial size and kernel size replaced by values seen for that type —
-  the "random configurations around them" that make the predictor robust between real points.
+  use) and, at random, its spatial size (within a factor 2) and kernel size replaced by values
+  seen for that type, never costing more than ``max_macs_factor`` times the type's largest real
+  kernel — the "random configurations around them" that make the predictor robust between real points.
 
 Output sizes of convolutions and pools are recomputed after a change (symmetric padding); a
 neighbour the kernel builder cannot reproduce is discarded and another drawn.
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from .features import kernel_macs
 from .kernels import Detection, KernelConfig
 
 __all__ = ["KernelPool", "neighbour", "sample_configs"]
@@ -151,7 +153,10 @@ def neighbour(config: KernelConfig, seen: Mapping[str, Sequence[int]], rng: np.r
         for name in group:
             params[name] = value
     for group in _SPATIAL.get(kind, ()):
-        values = seen.get(group[0], ())
+        # Only sizes seen for this type within a factor 2 of the original: a deep stage's channels at
+        # the stem's resolution would be a configuration no model has (and a very slow one to profile).
+        current = int(params[group[0]])
+        values = [v for v in seen.get(group[0], ()) if current / 2 <= v <= current * 2]
         if len(values) and rng.random() < 0.5:
             value = int(rng.choice(values))
             for name in group:
@@ -218,7 +223,7 @@ def _quotas(pool: KernelPool, total: int, min_per_type: int, neighbour_fraction:
 
 def sample_configs(pool: KernelPool, total: int, *, seed: int = 0, min_per_type: int = 40,
                    neighbour_fraction: float = 0.4, kernel_types: Sequence[str] | None = None,
-                   max_attempts: int = 50) -> list[KernelConfig]:
+                   max_attempts: int = 50, max_macs_factor: float = 1.5) -> list[KernelConfig]:
     """``total`` distinct configurations to profile: real ones by frequency, then neighbours (see module doc)."""
     if total < 1:
         raise ValueError(f"total must be >= 1, got {total}")
@@ -241,12 +246,15 @@ def sample_configs(pool: KernelPool, total: int, *, seed: int = 0, min_per_type:
         picked = [pool.configs[keys[i]] for i in order]
         taken = {c.key() for c in picked}
         seen = _seen_values(pool.configs[k] for k in keys)
+        # Neighbours stay within the cost range real kernels of the type span.
+        most_macs = max(kernel_macs(pool.configs[k]) for k in keys) * max_macs_factor
         attempts = 0
         while len(picked) < quota and attempts < max_attempts * quota:
             attempts += 1
             base = pool.configs[keys[int(rng.choice(len(keys), p=weights / weights.sum()))]]
             candidate = neighbour(base, seen, rng)
-            if candidate is not None and candidate.key() not in taken:
+            if candidate is not None and candidate.key() not in taken and (
+                    most_macs == 0 or kernel_macs(candidate) <= most_macs):
                 taken.add(candidate.key())
                 picked.append(candidate)
         if len(picked) < quota:

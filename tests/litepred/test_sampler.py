@@ -101,3 +101,20 @@ def test_bad_arguments_are_named(pool: KernelPool) -> None:
         sample_configs(pool, 10, kernel_types=["attention"])
     with pytest.raises(ValueError, match="neighbour_fraction"):
         sample_configs(pool, 10, neighbour_fraction=1.0)
+
+
+def test_neighbours_stay_near_in_size_and_cost(pool: KernelPool) -> None:
+    from moonlit.litepred.features import kernel_macs
+
+    configs = sample_configs(pool, 80, seed=1, min_per_type=8, neighbour_fraction=0.6)
+    real_convs = [pool.configs[k] for k in pool.counts["conv"]]
+    most = max(kernel_macs(c) for c in real_convs)
+    for c in configs:
+        if c.type == "conv":
+            assert kernel_macs(c) <= 1.5 * most
+    rng = np.random.default_rng(0)
+    seen = {"h": [7, 14, 28, 56, 112, 224], "w": [7, 14, 28, 56, 112, 224]}
+    for _ in range(100):
+        n = neighbour(conv(14, 96, 96), seen, rng)
+        if n is not None:
+            assert 7 <= n["h"] <= 28  # within a factor 2 of 14
