@@ -1,0 +1,39 @@
+"""``moonlit.litepred.report``: the cross-platform table from hand-written build/eval files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from moonlit.litepred.report import main
+
+
+def _write(root: Path, platform: str, within10: float, ceiling: float) -> None:
+    (root / "eval" / platform).mkdir(parents=True)
+    (root / "predictors" / platform).mkdir(parents=True)
+    results = {"platform": platform,
+               "accuracy": {"n": 120, "within_5pct": 0.5, "within_10pct": within10, "mape": 0.07,
+                            "ceiling_within_10pct": ceiling},
+               "single_model_seconds": [{"total": 0.020}, {"total": 0.030}, {"total": 0.040}],
+               "batch": {"architectures_per_second": 2500.0}}
+    (root / "eval" / platform / "results.json").write_text(json.dumps(results))
+    build = {"kernels": {"measured": 3000, "already_measured": 1000}, "kernel_profiling_seconds_total": 600.0}
+    (root / "predictors" / platform / "build.json").write_text(json.dumps(build))
+
+
+def test_table_rows_come_from_the_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _write(tmp_path, "ort-fp32", 0.95, 0.99)
+    _write(tmp_path, "ort-int8", 0.90, 0.97)
+    main([str(tmp_path)])
+    table = (tmp_path / "TABLE.md").read_text()
+    # kernels 3000 + 1000, 600 s = 10.0 min, percentages, median single-model time 30 ms
+    assert "| ort-fp32 | 4000 | 10.0 | 120 | 50.0 | 95.0 | 99.0 | 7.0 | 30.0 | 2500.0 |" in table
+    assert "| ort-int8 | 4000 | 10.0 | 120 | 50.0 | 90.0 | 97.0 | 7.0 | 30.0 | 2500.0 |" in table
+    assert capsys.readouterr().out.strip() == table.strip()
+
+
+def test_nothing_to_render_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="moonlit-litepred build"):
+        main([str(tmp_path)])
