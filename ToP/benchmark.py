@@ -312,7 +312,7 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     for case in cases:
         real_length, padded_length = case.real_length, case.padded_length
         schedules = []
-        for target in cfg.targets:
+        for target in (cfg.profile_targets if case.profile else cfg.targets):
             try:
                 schedules.append(uniform_schedule(float(target), real_length, len(special), dims, prune_layers,
                                                   int(cfg.bin_num)))

@@ -138,12 +138,14 @@ def test_resample_schedule_same_depth_is_identity_on_shares() -> None:
 
 def test_task_profiles_are_timed_at_the_profile_batch_sizes(tmp_path: Path) -> None:
     cfg = compose_config("top", "benchmark", [
-        *TINY, f"paths.output_root={tmp_path}", "targets=[1.5]", "batch_sizes=[]", "rounds_per_batch=[]",
+        *TINY, f"paths.output_root={tmp_path}", "targets=[3.0]", "profile_targets=[1.5]", "batch_sizes=[]",
+        "rounds_per_batch=[]",
         "seq_lengths=[]", "padded_inputs=[]", "onnxruntime=false", "warmup=0",
         "profile_batch_sizes=[2]", "profile_rounds=[1]", "~task_profiles", "+task_profiles={a: [10, 16], b: [12, 24]}",
     ])
     results = run_benchmark(cfg)
     assert [(c["profile"], c["batch_size"], c["real_length"], c["padded_length"]) for c in results["cases"]] == [
         ("a", 2, 10, 16), ("b", 2, 12, 24)]
+    assert all([s["name"] for s in c["schedules"]] == ["1.5x"] for c in results["cases"])  # profile_targets only
     with pytest.raises(ValueError, match="one entry per profile batch size"):
         run_benchmark(compose_config("top", "benchmark", [*TINY, "profile_rounds=[1,2]"]))
