@@ -161,6 +161,7 @@ def run_evaluate(cfg: DictConfig, section: dict[str, Any] | None = None) -> dict
                                 seed=int(h.seed), families=list(h.families) if h.families else None,
                                 repeats=int(h.repeats), speed_models=int(h.speed_models),
                                 batch_architectures=int(h.batch_architectures),
+                                kernel_remeasure=int(h.kernel_remeasure),
                                 extra_models=[resolve_spec(str(name)) for name in h.models], section=section)
     a = results["accuracy"]
     print(f"{cfg.platform}: {a['n']} held-out models, ±5% {a['within_5pct']:.1%}, ±10% {a['within_10pct']:.1%}"

@@ -32,7 +32,7 @@ from .predictor import PlatformPredictor
 from .profile import get_backend
 from .zoo import ArchSpec, heldout_architectures
 
-__all__ = ["evaluate_platform", "batch_throughput"]
+__all__ = ["batch_throughput", "evaluate_platform", "kernel_level"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +50,45 @@ def batch_throughput(predictor: PlatformPredictor, cache: KernelCache, specs: li
     return {"architectures": n, "seconds": best, "architectures_per_second": n / best}
 
 
+def kernel_level(predictor: PlatformPredictor, dataset: ProfileDataset, backend: Any, remeasure: int,
+                 seed: int = 0) -> dict[str, Any]:
+    """Kernel-level numbers: each type's held-out accuracy from the regressor selection (if it ran), and
+    the kernel measurement ceiling from ``remeasure`` profiled kernels measured again now."""
+    from .kernel_builder import build_kernel_module
+    from .kernels import KernelConfig
+
+    selection = predictor.platform.get("selection", {})
+    per_type = {t: {"selected": c["selected"], "n_holdout": c["n_holdout"],
+                    **{k: c["candidates"][c["selected"]][k] for k in ("within_5pct", "within_10pct", "mape")}}
+                for t, c in selection.items()}
+    records = dataset.records(backend=backend.name, kind="kernel")
+    rng = np.random.default_rng(seed)
+    chosen = [records[i] for i in sorted(rng.choice(len(records), size=min(remeasure, len(records)), replace=False))]
+    first, second, types = [], [], []
+    for record in chosen:
+        module, inputs = build_kernel_module(KernelConfig(record.name, record.config))
+        first.append(record.median_ms)
+        second.append(backend.measure(module, inputs).median_ms)
+        types.append(record.name)
+    first_a, second_a = np.maximum(np.array(first), 1e-6), np.maximum(np.array(second), 1e-6)
+    ceiling = {"n": len(chosen)}
+    if chosen:
+        from .metrics import measurement_ceiling
+
+        ceiling.update({"within_5pct": measurement_ceiling(first_a, second_a, 0.05),
+                        "within_10pct": measurement_ceiling(first_a, second_a, 0.10)})
+        for t in sorted(set(types)):
+            index = [i for i, name in enumerate(types) if name == t]
+            per_type.setdefault(t, {})["ceiling_within_10pct"] = measurement_ceiling(first_a[index], second_a[index])
+            per_type[t]["ceiling_n"] = len(index)
+    return {"per_type": per_type, "ceiling": ceiling}
+
+
 def evaluate_platform(predictor_dir: str | Path, dataset_path: str | Path, cache: KernelCache, out_dir: str | Path, *,
                       platform: str, backend_options: dict[str, Any] | None = None, n: int = 120, seed: int = 7,
                       families: list[str] | None = None, repeats: int = 2, speed_models: int = 5,
-                      batch_architectures: int = 1000, extra_models: Sequence[ArchSpec] = (),
+                      batch_architectures: int = 1000, kernel_remeasure: int = 200,
+                      extra_models: Sequence[ArchSpec] = (),
                       section: dict[str, Any] | None = None) -> dict[str, Any]:
     """Measure held-out models on ``platform``, predict them, write results.json, scatter.png and a report section.
 
@@ -99,6 +134,7 @@ def evaluate_platform(predictor_dir: str | Path, dataset_path: str | Path, cache
         "accuracy": report, "by_family": by_family, "profiling": profiling,
         "single_model_seconds": speed,
         "batch": batch_throughput(predictor, cache, specs, batch_architectures),
+        "kernels": kernel_level(predictor, dataset, backend, kernel_remeasure),
     }
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     write_section(out, {**_section(results), **(section or {})})
@@ -131,5 +167,16 @@ def _section(results: dict[str, Any]) -> dict[str, Any]:
             "floatfmt": ".1f",
             "source": "this repo, on this machine",
         }],
+        **({"notes": [_kernel_note(results["kernels"])]} if results.get("kernels", {}).get("per_type") else {}),
         "figures": [{"path": "scatter.png", "caption": "predicted vs measured latency (y = x, ±10% band)"}],
     }
+
+
+def _kernel_note(kernels: dict[str, Any]) -> str:
+    parts = [f"{t} {r['within_10pct']:.0%}" + (f" (ceiling {r['ceiling_within_10pct']:.0%})"
+                                               if "ceiling_within_10pct" in r else "")
+             for t, r in sorted(kernels["per_type"].items()) if "within_10pct" in r]
+    ceiling = kernels["ceiling"]
+    return ("Kernel level, ±10% on each type's held-out split: " + ", ".join(parts)
+            + (f". {ceiling['n']} profiled kernels re-measured: {ceiling['within_10pct']:.0%} agree within ±10%."
+               if ceiling.get("n") else "."))

@@ -21,7 +21,7 @@ from moonlit.litepred.zoo import heldout_architectures
 
 SMALL = ["platform=debug", "architectures.train=6", "architectures.calibration=6", "budget.kernels=160",
          "budget.min_per_type=10", "heldout.n=4", "heldout.families=[spaceevo-like,elasticvit-like]",
-         "heldout.speed_models=1", "heldout.batch_architectures=50", "regressor=forest"]
+         "heldout.speed_models=1", "heldout.batch_architectures=50", "heldout.kernel_remeasure=20", "regressor=forest"]
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,8 @@ def test_evaluate_reports_accuracy_with_the_ceiling(built: Path) -> None:
     assert (out / "scatter.png").stat().st_size > 5_000
     assert json.loads((out / "section.json").read_text())["name"] == "litepred_debug"
     assert results["batch"]["architectures"] == 50
+    kernels = results["kernels"]
+    assert kernels["ceiling"]["n"] == 20 and kernels["ceiling"]["within_10pct"] == 1.0  # deterministic backend
 
 
 class _Killed(Exception):
