@@ -111,27 +111,44 @@ def build_pool(cache: KernelCache, specs: Sequence[ArchSpec]) -> KernelPool:
     return pool
 
 
+def _groups(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    if size < 1:
+        raise ValueError(f"group size must be >= 1, got {size}")
+    for begin in range(0, len(items), size):
+        yield items[begin : begin + size]
+
+
 def profile_kernels(configs: Sequence[KernelConfig], backend: Backend, dataset: ProfileDataset, *,
-                    desc: str | None = None) -> dict[str, Any]:
-    """Measure every config not yet in ``dataset`` for ``backend``; returns counts and the time spent."""
+                    group_size: int = 128, desc: str | None = None) -> dict[str, Any]:
+    """Measure every config not yet in ``dataset`` for ``backend``, ``group_size`` at a time timed
+    interleaved (:meth:`Backend.measure_many`); each group is appended as soon as it is measured."""
     from .kernel_builder import build_kernel_module
 
     done = dataset.measured_keys(backend.name, "kernel")
     todo = [c for c in configs if record_key(c.type, dict(c.params)) not in done]
     failures: list[dict[str, str]] = []
     start = time.perf_counter()
-    for config in tqdm(todo, desc=desc or f"profiling kernels on {backend.name}", disable=not todo):
-        began = time.perf_counter()
-        try:
-            module, inputs = build_kernel_module(config)
-            measurement = backend.measure(module, inputs)
-        except (ValueError, RuntimeError) as error:  # a config the builder or runtime rejects: recorded, not fatal
-            failures.append({"config": config.key(), "error": str(error)[:300]})
-            logger.warning("could not profile %s: %s", config.key(), error)
-            continue
-        # seconds = the whole cost of this kernel (build, export, session, timing): the adaptation-cost unit
-        dataset.append(ProfileRecord.create(backend.name, "kernel", config.type, dict(config.params), measurement,
-                                            {"seconds": time.perf_counter() - began}))
+    with tqdm(total=len(todo), desc=desc or f"profiling kernels on {backend.name}", disable=not todo) as bar:
+        for group in _groups(todo, group_size):
+            began = time.perf_counter()
+            items, built = [], []
+            for config in group:
+                try:
+                    items.append(build_kernel_module(config))
+                    built.append(config)
+                except ValueError as error:  # a config the builder rejects: recorded, not fatal
+                    failures.append({"config": config.key(), "error": str(error)[:300]})
+            measurements = backend.measure_many(items) if items else []
+            # seconds = this kernel's share of the group's cost (build, export, session, timing)
+            share = (time.perf_counter() - began) / max(1, len(group))
+            for config, measurement in zip(built, measurements):
+                if isinstance(measurement, Exception):
+                    failures.append({"config": config.key(), "error": str(measurement)[:300]})
+                    logger.warning("could not profile %s: %s", config.key(), measurement)
+                    continue
+                dataset.append(ProfileRecord.create(backend.name, "kernel", config.type, dict(config.params),
+                                                    measurement, {"seconds": share}))
+            bar.update(len(group))
     return {"requested": len(configs), "already_measured": len(configs) - len(todo),
             "measured": len(todo) - len(failures), "failed": failures, "seconds": time.perf_counter() - start}
 
@@ -142,20 +159,32 @@ def _model_config(spec: ArchSpec, repeat: int) -> dict[str, Any]:
 
 
 def profile_models(specs: Sequence[ArchSpec], backend: Backend, dataset: ProfileDataset, *, repeats: int = 1,
-                   desc: str | None = None) -> dict[str, Any]:
-    """Measure whole models ``repeats`` times each, pass after pass (independent measurements)."""
+                   group_size: int = 12, desc: str | None = None) -> dict[str, Any]:
+    """Measure whole models ``repeats`` times each, in separate passes (independent measurements).
+
+    Each pass times ``group_size`` models interleaved; pass ``r`` shuffles the order with seed ``r``,
+    so the passes group different models together.
+    """
     start = time.perf_counter()
     measured = 0
     for repeat in range(repeats):
         done = dataset.measured_keys(backend.name, "model")
         todo = [s for s in specs if record_key(s.name, _model_config(s, repeat)) not in done]
+        if repeat:
+            todo = [todo[i] for i in np.random.default_rng(repeat).permutation(len(todo))]
         label = desc or f"profiling models on {backend.name}"
-        for spec in tqdm(todo, desc=f"{label} (pass {repeat + 1}/{repeats})", disable=not todo):
-            began = time.perf_counter()
-            measurement = backend.measure(spec.build(), (spec.example_input(),))
-            dataset.append(ProfileRecord.create(backend.name, "model", spec.name, _model_config(spec, repeat),
-                                                measurement, {"seconds": time.perf_counter() - began}))
-            measured += 1
+        with tqdm(total=len(todo), desc=f"{label} (pass {repeat + 1}/{repeats})", disable=not todo) as bar:
+            for group in _groups(todo, group_size):
+                began = time.perf_counter()
+                measurements = backend.measure_many([(s.build(), (s.example_input(),)) for s in group])
+                share = (time.perf_counter() - began) / len(group)
+                for spec, measurement in zip(group, measurements):
+                    if isinstance(measurement, Exception):
+                        raise RuntimeError(f"could not measure model {spec.name} on {backend.name}") from measurement
+                    dataset.append(ProfileRecord.create(backend.name, "model", spec.name, _model_config(spec, repeat),
+                                                        measurement, {"seconds": share}))
+                    measured += 1
+                bar.update(len(group))
     return {"measured": measured, "seconds": time.perf_counter() - start}
 
 

@@ -37,7 +37,7 @@ import dataclasses
 import hashlib
 import math
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +283,16 @@ class DebugBackend(Backend):
         with tempfile.TemporaryDirectory(prefix="litepred-debug-") as workdir:
             path = export_onnx(model, example_inputs, Path(workdir) / "model.onnx", check=False)
             return self._measurement(self.cost(path, example_inputs))
+
+    def measure_many(self, items: Sequence[tuple[nn.Module, Any]]) -> list[Measurement | Exception]:
+        """Synthetic latency is not timed, so nothing to interleave: each item on its own."""
+        results: list[Measurement | Exception] = []
+        for model, example_inputs in items:
+            try:
+                results.append(self.measure(model, example_inputs))
+            except (ValueError, RuntimeError) as error:
+                results.append(error)
+        return results
 
     def measure_onnx(self, path: str | Path, inputs: Any = None) -> Measurement:
         if not Path(path).is_file():

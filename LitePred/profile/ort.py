@@ -187,6 +187,9 @@ class OrtBackend(Backend):
         feed = resolve_onnx_inputs(fp32, example_inputs)
         return self.prepare_onnx(fp32, feed, workdir), feed
 
+    def prepare_runner(self, model: nn.Module, example_inputs: Any, workdir: Path) -> Runner:
+        return self._runner(*self.export(model, example_inputs, workdir))
+
     def measure(self, model: nn.Module, example_inputs: Any) -> Measurement:
         with tempfile.TemporaryDirectory(prefix="litepred-ort-") as workdir:
             return self._measure_prepared(*self.export(model, example_inputs, workdir))

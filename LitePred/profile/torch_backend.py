@@ -47,6 +47,11 @@ class TorchBackend(Backend):
             raise ValueError(f"backend {self.name!r} measures nn.Modules, got {type(model).__name__}")
         return self._time(make_runner("torch", model, example_inputs, threads=self.threads))
 
+    def prepare_runner(self, model: nn.Module, example_inputs: Any, workdir: Path) -> Runner:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"backend {self.name!r} measures nn.Modules, got {type(model).__name__}")
+        return make_runner("torch", model, example_inputs, threads=self.threads)
+
     def measure_onnx(self, path: str | Path, inputs: Any = None) -> Measurement:
         raise NotImplementedError(
             f"backend {self.name!r} runs torch modules only and cannot run the ONNX file {path}; "

@@ -96,19 +96,19 @@ def test_a_killed_profiling_run_resumes_without_repeats(tmp_path: Path) -> None:
     backend = get_backend("debug")
     dataset = ProfileDataset(tmp_path / "profile.jsonl")
     calls = {"n": 0}
-    measure = backend.measure
+    measure_many = backend.measure_many
 
-    def dies_after_five(module, inputs):  # noqa: ANN001, ANN202
+    def dies_in_the_second_group(items):  # noqa: ANN001, ANN202
         calls["n"] += 1
-        if calls["n"] > 5:
+        if calls["n"] > 1:
             raise _Killed("killed")
-        return measure(module, inputs)
+        return measure_many(items)
 
-    backend.measure = dies_after_five
+    backend.measure_many = dies_in_the_second_group
     with pytest.raises(_Killed):
-        profile_kernels(configs, backend, dataset)
-    backend.measure = measure
-    resumed = profile_kernels(configs, backend, ProfileDataset(tmp_path / "profile.jsonl"))
+        profile_kernels(configs, backend, dataset, group_size=5)
+    backend.measure_many = measure_many
+    resumed = profile_kernels(configs, backend, ProfileDataset(tmp_path / "profile.jsonl"), group_size=5)
     assert resumed["already_measured"] == 5 and resumed["measured"] == len(configs) - 5
     keys = Counter(r.key for r in ProfileDataset(tmp_path / "profile.jsonl").records())
     assert len(keys) == len(configs) and set(keys.values()) == {1}
