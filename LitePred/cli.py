@@ -83,10 +83,11 @@ def run_build(cfg: DictConfig) -> dict[str, Any]:
     predictor = train_predictor(dataset, backend.name, regressor=cfg.regressor,
                                 options=OmegaConf.to_container(cfg.regressor_options, resolve=True),
                                 metadata={**backend.metadata(), "rules": cfg.rules}, min_rows=int(cfg.min_rows),
-                                seed=int(cfg.budget.seed))
+                                seed=int(cfg.budget.seed), statistic=cfg.statistic)
     specs = _training_specs(cfg)[: int(cfg.architectures.calibration)]
     cache = KernelCache(cfg.kernel_cache, cfg.rules)
-    overhead = calibrate_overhead(predictor, cache, specs, measured_models(dataset, backend.name, specs))
+    overhead = calibrate_overhead(predictor, cache, specs,
+                                  measured_models(dataset, backend.name, specs, statistic=cfg.statistic))
     out = Path(cfg.predictor_dir)
     predictor.save(out)
     kernel_seconds = sum(float(r.metadata.get("seconds", 0.0))

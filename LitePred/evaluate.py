@@ -26,8 +26,8 @@ from moonlit.common.report import write_section
 
 from .dataset import ProfileDataset
 from .metrics import accuracy_report, plot_scatter
-from .pipeline import (KernelCache, export_spec, measured_models, model_rows, predict_architectures, profile_models,
-                       timed_predict_onnx)
+from .pipeline import (STATISTICS, KernelCache, export_spec, latency_of, measured_models, model_rows,
+                       predict_architectures, profile_models, timed_predict_onnx)
 from .predictor import PlatformPredictor
 from .profile import get_backend
 from .zoo import ArchSpec, heldout_architectures
@@ -51,7 +51,7 @@ def batch_throughput(predictor: PlatformPredictor, cache: KernelCache, specs: li
 
 
 def kernel_level(predictor: PlatformPredictor, dataset: ProfileDataset, backend: Any, remeasure: int,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, statistic: str = "p10") -> dict[str, Any]:
     """Kernel-level numbers: each type's held-out accuracy from the regressor selection (if it ran), and
     the kernel measurement ceiling from ``remeasure`` profiled kernels measured again now."""
     from .kernel_builder import build_kernel_module
@@ -67,8 +67,9 @@ def kernel_level(predictor: PlatformPredictor, dataset: ProfileDataset, backend:
     items = [build_kernel_module(KernelConfig(record.name, record.config)) for record in chosen]
     again = [m for group_start in range(0, len(items), 128)
              for m in backend.measure_many(items[group_start : group_start + 128])]
-    first = [r.median_ms for r, m in zip(chosen, again) if not isinstance(m, Exception)]
-    second = [m.median_ms for m in again if not isinstance(m, Exception)]
+    field = STATISTICS[statistic]
+    first = [latency_of(r, statistic) for r, m in zip(chosen, again) if not isinstance(m, Exception)]
+    second = [getattr(m, field) for m in again if not isinstance(m, Exception)]
     types = [r.name for r, m in zip(chosen, again) if not isinstance(m, Exception)]
     first_a, second_a = np.maximum(np.array(first), 1e-6), np.maximum(np.array(second), 1e-6)
     ceiling = {"n": len(first)}
@@ -108,7 +109,8 @@ def evaluate_platform(predictor_dir: str | Path, dataset_path: str | Path, cache
     dataset = ProfileDataset(dataset_path)
     cache.fill(specs, desc="detecting held-out kernels")
     profiling = profile_models(specs, backend, dataset, repeats=repeats, desc="measuring held-out models")
-    measured = [measured_models(dataset, backend.name, specs, r) for r in range(repeats)]
+    statistic = predictor.platform.get("statistic", "median")
+    measured = [measured_models(dataset, backend.name, specs, r, statistic) for r in range(repeats)]
     predicted, unpredicted = predict_architectures(predictor, cache, specs)
     truth = measured[0]
     report = accuracy_report(predicted, truth, repeat=measured[1] if repeats > 1 else None)
@@ -134,7 +136,8 @@ def evaluate_platform(predictor_dir: str | Path, dataset_path: str | Path, cache
         "accuracy": report, "by_family": by_family, "profiling": profiling,
         "single_model_seconds": speed,
         "batch": batch_throughput(predictor, cache, specs, batch_architectures),
-        "kernels": kernel_level(predictor, dataset, backend, kernel_remeasure),
+        "kernels": kernel_level(predictor, dataset, backend, kernel_remeasure, statistic=statistic),
+        "statistic": statistic,
     }
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     write_section(out, {**_section(results), **(section or {})})

@@ -188,20 +188,35 @@ def profile_models(specs: Sequence[ArchSpec], backend: Backend, dataset: Profile
     return {"measured": measured, "seconds": time.perf_counter() - start}
 
 
-def measured_models(dataset: ProfileDataset, backend: str, specs: Sequence[ArchSpec], repeat: int = 0) -> np.ndarray:
-    """Median latency (ms) of each spec's ``repeat``-th measurement; NaN where missing."""
-    by_key = {r.key: r.median_ms for r in dataset.records(backend=backend, kind="model")}
+# The latency statistic predictors learn and are scored on. Contention on a shared VM only slows runs
+# down, in phases longer than a kernel's timing window: the 10th percentile of interleaved samples
+# tracks the uncontended speed. Measured here (40 kernels timed 3 times, interleaved): p10 agreed
+# within ±10% between repeats for 100% of kernels, the median for 17.5-97.5% depending on the phase.
+STATISTICS = {"p10": "p10_ms", "median": "median_ms"}
+
+
+def latency_of(record: ProfileRecord, statistic: str = "p10") -> float:
+    """``record``'s latency (ms, overhead subtracted) by ``statistic`` ("p10" or "median")."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {sorted(STATISTICS)}, got {statistic!r}")
+    return float(record.measurement[STATISTICS[statistic]])
+
+
+def measured_models(dataset: ProfileDataset, backend: str, specs: Sequence[ArchSpec], repeat: int = 0,
+                    statistic: str = "p10") -> np.ndarray:
+    """Latency (ms) of each spec's ``repeat``-th measurement by ``statistic``; NaN where missing."""
+    by_key = {r.key: latency_of(r, statistic) for r in dataset.records(backend=backend, kind="model")}
     return np.array([by_key.get(record_key(s.name, _model_config(s, repeat)), np.nan) for s in specs])
 
 
-def kernel_training_data(dataset: ProfileDataset, backend: str, min_rows: int = 10
+def kernel_training_data(dataset: ProfileDataset, backend: str, min_rows: int = 10, statistic: str = "p10"
                          ) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
-    """``{kernel type: (X, y, feature names)}`` from the kernel records of ``backend``."""
+    """``{kernel type: (X, y, feature names)}`` from the kernel records of ``backend`` (y by ``statistic``)."""
     configs: dict[str, list[KernelConfig]] = {}
     latency: dict[str, list[float]] = {}
     for record in dataset.records(backend=backend, kind="kernel"):
         configs.setdefault(record.name, []).append(KernelConfig(record.name, record.config))
-        latency.setdefault(record.name, []).append(max(record.median_ms, 1e-4))
+        latency.setdefault(record.name, []).append(max(latency_of(record, statistic), 1e-4))
     data = {}
     for kernel_type in sorted(configs):
         if len(configs[kernel_type]) < min_rows:
@@ -217,10 +232,10 @@ def kernel_training_data(dataset: ProfileDataset, backend: str, min_rows: int = 
 
 def train_predictor(dataset: ProfileDataset, backend: str, *, regressor: str = "forest",
                     options: Mapping[str, Any] | None = None, metadata: Mapping[str, Any] | None = None,
-                    min_rows: int = 10, seed: int = 0) -> PlatformPredictor:
+                    min_rows: int = 10, seed: int = 0, statistic: str = "p10") -> PlatformPredictor:
     """One regressor per kernel type from ``dataset``'s kernels on ``backend`` (``regressor="select"`` compares)."""
-    data = kernel_training_data(dataset, backend, min_rows)
-    platform = {"name": backend, **dict(metadata or {}),
+    data = kernel_training_data(dataset, backend, min_rows, statistic)
+    platform = {"name": backend, **dict(metadata or {}), "statistic": statistic,
                 "kernel_rows": {t: int(len(y)) for t, (_, y, _) in data.items()}}
     return PlatformPredictor.train(data, regressor=regressor, options=options, platform=platform, seed=seed)
 

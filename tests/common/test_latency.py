@@ -288,3 +288,29 @@ def test_competing_cores_from_snapshots(monkeypatch: pytest.MonkeyPatch, tmp_pat
     calm = environment.environment_record(1, (3.0, 3.0, 3.0), None, others_cores=0.2)
     assert busy["under_load"] and not calm["under_load"]  # the load average no longer decides
     assert "/proc/stat" in calm["under_load_rule"]
+
+
+def test_compare_many_bursts_drop_the_first_call_of_each_burst() -> None:
+    from moonlit.common.profiling.latency import compare_many
+
+    now = {"ns": 0}
+    calls = {"a": 0, "b": 0}
+
+    def make(name: str, first_ms: float, rest_ms: float):  # noqa: ANN202
+        def run() -> None:
+            # a call right after another arm's burst is slow (cold caches), the next ones fast
+            cold = calls["last"] != name if "last" in calls else True
+            now["ns"] += int((first_ms if cold else rest_ms) * 1e6)
+            calls[name] += 1
+            calls["last"] = name
+        return run
+
+    result = compare_many({"a": make("a", 10.0, 1.0), "b": make("b", 20.0, 2.0)}, rounds=4, warmup=1,
+                          clock=lambda: now["ns"], burst=3)
+    assert calls["a"] == calls["b"] == (4 + 1) * 3
+    assert result.results["a"].samples_ms == [1.0] * 8 and result.results["b"].samples_ms == [2.0] * 8
+    single = compare_many({"a": make("a", 10.0, 1.0), "b": make("b", 20.0, 2.0)}, rounds=4, warmup=1,
+                          clock=lambda: now["ns"])
+    assert single.results["a"].samples_ms.count(10.0) >= 2  # single calls: cold ones are counted
+    with pytest.raises(ValueError, match="burst"):
+        compare_many({"a": make("a", 1, 1), "b": make("b", 1, 1)}, burst=0)
