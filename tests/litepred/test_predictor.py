@@ -330,3 +330,18 @@ def test_train_with_selection_records_the_comparison(data, tmp_path) -> None:
     assert predictor.regressors["conv"].training["fit"]["n_train"] == len(y)  # refit on all rows
     predictor.save(tmp_path / "p")
     assert PlatformPredictor.load(tmp_path / "p").platform["selection"]["conv"]["selected"] == "gbdt"
+
+
+def test_mlp_predictions_stay_near_the_training_latencies(tmp_path) -> None:  # noqa: ANN001
+    from moonlit.litepred.mlp import EXTRAPOLATION_LIMIT, MLPRegressor
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(1, 10, size=(200, 2))
+    y = 0.1 * X[:, 0] * X[:, 1]  # 0.1 .. 10 ms
+    reg = MLPRegressor(hidden_layers=2, hidden_width=32, max_epochs=30, seed=0).fit(X, y, ["a", "b"])
+    far = np.array([[1e6, 1e6], [1e-6, 1e-6]])  # far outside the training features
+    low, high = y.min() / EXTRAPOLATION_LIMIT, y.max() * EXTRAPOLATION_LIMIT
+    predicted = reg.predict(far)
+    assert np.all((predicted >= low - 1e-12) & (predicted <= high + 1e-12))
+    loaded = type(reg).load(reg.save(tmp_path / "mlp"))  # the range travels with the saved regressor
+    np.testing.assert_allclose(loaded.predict(far), predicted)
