@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,11 +102,7 @@ def build_pool(cache: KernelCache, specs: Sequence[ArchSpec]) -> KernelPool:
     cache.fill(specs)
     pool = KernelPool(platform=cache.platform)
     for spec in specs:
-        for config in cache.get(spec):
-            key = config.key()
-            pool.configs.setdefault(key, config)
-            pool.counts.setdefault(config.type, Counter())[key] += 1
-        pool.sources.append(spec.name)
+        pool.add_configs(cache.get(spec), spec.name)
     return pool
 
 

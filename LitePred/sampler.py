@@ -80,8 +80,11 @@ class KernelPool:
     platform: str = ""
 
     def add(self, detection: Detection, source: str) -> None:
-        for kernel in detection.kernels:
-            config = kernel.config
+        self.add_configs((kernel.config for kernel in detection.kernels), source)
+
+    def add_configs(self, configs: Iterable[KernelConfig], source: str) -> None:
+        """Count the kernel ``configs`` of one architecture named ``source``."""
+        for config in configs:
             key = config.key()
             self.configs.setdefault(key, config)
             self.counts.setdefault(config.type, Counter())[key] += 1
