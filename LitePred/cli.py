@@ -53,7 +53,7 @@ def _training_specs(cfg: DictConfig) -> list[ArchSpec]:
     return training_architectures(int(a.train), seed=int(a.seed), families=families)
 
 
-def run_profile(cfg: DictConfig) -> dict[str, Any]:
+def run_profile(cfg: DictConfig, backend: Any = None) -> dict[str, Any]:
     """Kernels of the training architectures → sampled configurations → profiled; calibration models measured."""
     specs = _training_specs(cfg)
     cache = KernelCache(cfg.kernel_cache, cfg.rules)
@@ -62,7 +62,7 @@ def run_profile(cfg: DictConfig) -> dict[str, Any]:
     b = cfg.budget
     configs = sample_configs(pool, int(b.kernels), seed=int(b.seed), min_per_type=int(b.min_per_type),
                              neighbour_fraction=float(b.neighbour_fraction))
-    backend = _backend(cfg)
+    backend = backend or _backend(cfg)
     dataset = ProfileDataset(cfg.dataset)
     kernels = profile_kernels(configs, backend, dataset)
     models = profile_models(specs[: int(cfg.architectures.calibration)], backend, dataset,
@@ -77,8 +77,8 @@ def run_profile(cfg: DictConfig) -> dict[str, Any]:
 def run_build(cfg: DictConfig) -> dict[str, Any]:
     """:func:`run_profile`, then one regressor per kernel type, the overhead fit, saved to ``predictor_dir``."""
     start = time.perf_counter()
-    profiled = run_profile(cfg)
     backend = _backend(cfg)
+    profiled = run_profile(cfg, backend)
     dataset = ProfileDataset(cfg.dataset)
     predictor = train_predictor(dataset, backend.name, regressor=cfg.regressor,
                                 options=OmegaConf.to_container(cfg.regressor_options, resolve=True),
@@ -87,7 +87,8 @@ def run_build(cfg: DictConfig) -> dict[str, Any]:
     specs = _training_specs(cfg)[: int(cfg.architectures.calibration)]
     cache = KernelCache(cfg.kernel_cache, cfg.rules)
     overhead = calibrate_overhead(predictor, cache, specs,
-                                  measured_models(dataset, backend.name, specs, statistic=cfg.statistic))
+                                  measured_models(dataset, backend.name, specs, statistic=cfg.statistic),
+                                  per_type=bool(cfg.overhead.per_type), ridge=cfg.overhead.ridge)
     out = Path(cfg.predictor_dir)
     predictor.save(out)
     kernel_seconds = sum(float(r.metadata.get("seconds", 0.0))

@@ -260,14 +260,18 @@ def predict_architectures(predictor: PlatformPredictor, cache: KernelCache, spec
 
 
 def calibrate_overhead(predictor: PlatformPredictor, cache: KernelCache, specs: Sequence[ArchSpec],
-                       measured_ms: np.ndarray, min_models: int = 5) -> dict[str, Any]:
-    """Fit ``model_ms = a * sum(kernels) + b`` on measured calibration models; stored in the predictor."""
+                       measured_ms: np.ndarray, min_models: int = 5, per_type: bool = False,
+                       ridge: float | str = "cv") -> dict[str, Any]:
+    """Fit the overhead term on measured calibration models (stored in the predictor).
+
+    ``per_type=False``: ``model_ms = a · Σ kernels + b``; True: one factor per kernel type on top.
+    """
     keep = np.isfinite(measured_ms)
     chosen = [s for s, k in zip(specs, keep) if k]
     rows = [model_rows(cache.get(s), predictor.kernel_types)[0] for s in chosen]
-    overhead = predictor.calibrate(rows, measured_ms[keep], min_models=min_models)
+    overhead = predictor.calibrate(rows, measured_ms[keep], min_models=min_models, per_type=per_type, ridge=ridge)
     return {"models": len(chosen), "slope": overhead.slope, "intercept": overhead.intercept,
-            "fitted": overhead.fitted}
+            "fitted": overhead.fitted, "type_scales": dict(overhead.type_scales), "ridge": overhead.ridge}
 
 
 def timed_predict_onnx(predictor: PlatformPredictor, path: str | Path, platform: str,

@@ -2,8 +2,9 @@
 
 The reference predicts a model's latency as the sum of its kernels' predicted latencies. Isolated
 kernels overshoot whole models by ~10% on our CPUs (fusion, caches, per-call overhead), so we add
-a per-platform linear calibration ``model_ms = a * sum + b`` fitted on a few measured models
-(:func:`fit_overhead`); with too few models it falls back to the plain sum (a = 1, b = 0).
+a per-platform linear calibration ``model_ms = a * sum + b`` fitted on a few measured models, or
+one factor per kernel type on top of it (:mod:`moonlit.litepred.calibration`); with too few models
+it falls back to the plain sum (a = 1, b = 0).
 
 :func:`select_regressor` trains candidate regressors (the reference's MLP, nn-Meter's random
 forest, ...) on one split and keeps the one with the best held-out ±10% accuracy (MAPE breaks
@@ -22,12 +23,13 @@ import os
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .calibration import Overhead, fit_overhead, fit_type_scales
 from .metrics import accuracy_report
 from .regressors import ForestRegressor, MLPRegressor, Regressor, RegressorFormatError, load_regressor
 
@@ -105,53 +107,6 @@ def select_regressor(X: Any, y: Any, feature_names: Sequence[str], candidates: S
     return regressor, comparison
 
 
-@dataclass(frozen=True)
-class Overhead:
-    """``model_ms = slope * sum(kernel predictions) + intercept``; ``fitted`` is False for the fallback."""
-
-    slope: float = 1.0
-    intercept: float = 0.0
-    n_models: int = 0
-    fitted: bool = False
-    weighting: str = "relative"
-
-    def apply(self, kernel_sums: Any) -> np.ndarray:
-        return self.slope * np.asarray(kernel_sums, dtype=np.float64) + self.intercept
-
-
-def fit_overhead(kernel_sums: Any, measured_ms: Any, min_models: int = 5, weighting: str = "relative") -> Overhead:
-    """Least-squares fit of ``measured ≈ a * sum + b`` with ``a >= 0``.
-
-    ``weighting="relative"`` minimizes squared *relative* residuals (weights 1/measured², as the
-    ±k% metric is relative and model latencies span orders of magnitude); ``"absolute"`` is plain
-    least squares. Fewer than ``min_models`` pairs give the fallback (1, 0); sums that are all
-    equal give a fit through the origin (b = 0).
-    """
-    s = np.asarray(kernel_sums, dtype=np.float64)
-    m = np.asarray(measured_ms, dtype=np.float64)
-    if s.ndim != 1 or s.shape != m.shape:
-        raise ValueError(f"kernel_sums {s.shape} and measured_ms {m.shape} must be 1-D of the same length")
-    if np.any(~np.isfinite(s)) or np.any(~(np.isfinite(m) & (m > 0))):
-        raise ValueError("kernel_sums must be finite and measured_ms finite and > 0")
-    if weighting not in ("relative", "absolute"):
-        raise ValueError(f"weighting = {weighting!r}; expected 'relative' or 'absolute'")
-    if min_models < 2:
-        raise ValueError(f"min_models = {min_models}; expected >= 2 (two parameters are fitted)")
-    if len(s) < min_models:
-        return Overhead(1.0, 0.0, int(len(s)), False, weighting)
-    w = 1.0 / m**2 if weighting == "relative" else np.ones_like(m)
-    sw, mw = np.sum(w * s) / w.sum(), np.sum(w * m) / w.sum()  # weighted means
-    var = np.sum(w * (s - sw) ** 2)
-    if var <= 1e-12 * max(np.sum(w * s**2), 1e-300):
-        slope, intercept = float(np.sum(w * s * m) / np.sum(w * s * s)), 0.0
-    else:
-        slope = float(np.sum(w * (s - sw) * (m - mw)) / var)
-        intercept = float(mw - slope * sw)
-        if slope < 0:  # the constrained optimum then lies on a = 0
-            slope, intercept = 0.0, float(mw)
-    return Overhead(max(slope, 0.0), intercept, int(len(s)), True, weighting)
-
-
 ModelKernels = Mapping[str, Any]  # {kernel_type: (rows, features) array} for one model
 
 
@@ -204,12 +159,15 @@ class PlatformPredictor:
         return self._regressor(kernel_type).predict(X)
 
     def kernel_sums_flat(self, rows: Mapping[str, tuple[Any, Any]], n_models: int,
-                         deduplicate: bool = True) -> np.ndarray:
+                         deduplicate: bool = True, by_type: bool = False) -> np.ndarray:
         """Per-model sums of kernel predictions from ``{kernel_type: (X rows, model index per row)}``.
 
+        Each type's predictions carry the overhead's per-type factor; ``by_type=True`` returns the
+        unscaled sums as a (models × :attr:`kernel_types`) matrix instead (what calibration fits).
         ``deduplicate`` predicts each distinct row once (NAS batches repeat kernel configs a lot).
         """
-        sums = np.zeros(n_models)
+        types = self.kernel_types
+        sums = np.zeros((n_models, len(types))) if by_type else np.zeros(n_models)
         for kernel_type, (X, model_index) in rows.items():
             reg = self._regressor(kernel_type)
             X = np.asarray(X, dtype=np.float64)
@@ -227,11 +185,19 @@ class PlatformPredictor:
                 pred = reg.predict(unique)[inverse.reshape(-1)]
             else:
                 pred = reg.predict(X)
-            sums += np.bincount(model_index, weights=pred, minlength=n_models)
+            per_model = np.bincount(model_index, weights=pred, minlength=n_models)
+            if by_type:
+                sums[:, types.index(kernel_type)] += per_model
+            else:
+                sums += self.overhead.scale(kernel_type) * per_model
         return sums
 
-    def kernel_sums(self, models: Sequence[ModelKernels], deduplicate: bool = True) -> np.ndarray:
-        """Per-model sums of kernel predictions (no overhead), one batched call per kernel type."""
+    def kernel_sums(self, models: Sequence[ModelKernels], deduplicate: bool = True,
+                    by_type: bool = False) -> np.ndarray:
+        """Per-model sums of kernel predictions (no overhead), one batched call per kernel type.
+
+        ``by_type``: unscaled sums per kernel type, a (models × :attr:`kernel_types`) matrix.
+        """
         blocks: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
         for i, model in enumerate(models):
             for kernel_type, X in model.items():
@@ -244,7 +210,7 @@ class PlatformPredictor:
                 arrays.append(X)
                 owners.append(np.full(len(X), i, dtype=np.int64))
         rows = {t: (np.concatenate(a), np.concatenate(o)) for t, (a, o) in blocks.items()}
-        return self.kernel_sums_flat(rows, len(models), deduplicate)
+        return self.kernel_sums_flat(rows, len(models), deduplicate, by_type)
 
     def predict_models(self, models: Sequence[ModelKernels], apply_overhead: bool = True,
                        deduplicate: bool = True) -> np.ndarray:
@@ -257,9 +223,18 @@ class PlatformPredictor:
         return float(self.predict_models([model], apply_overhead)[0])
 
     def calibrate(self, models: Sequence[ModelKernels], measured_ms: Any, min_models: int = 5,
-                  weighting: str = "relative") -> Overhead:
-        """Fit and store the overhead term from measured whole-model latencies."""
-        self.overhead = fit_overhead(self.kernel_sums(models), measured_ms, min_models, weighting)
+                  weighting: str = "relative", per_type: bool = False, ridge: float | str = "cv") -> Overhead:
+        """Fit and store the overhead term from measured whole-model latencies.
+
+        ``per_type=False``: one line ``a · Σ + b``; True: one factor per kernel type on top
+        (:func:`~moonlit.litepred.calibration.fit_type_scales`, ``ridge`` = its strength or "cv").
+        """
+        if per_type:
+            self.overhead = fit_type_scales(self.kernel_sums(models, by_type=True), measured_ms, self.kernel_types,
+                                            min_models=min_models, weighting=weighting, ridge=ridge)
+        else:
+            self.overhead = Overhead()  # the one-line fit is on unscaled sums
+            self.overhead = fit_overhead(self.kernel_sums(models), measured_ms, min_models, weighting)
         return self.overhead
 
     def save(self, path: str | Path) -> Path:

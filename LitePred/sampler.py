@@ -171,6 +171,19 @@ def neighbour(config: KernelConfig, seen: Mapping[str, Sequence[int]], rng: np.r
             params["kh"] = params["kw"] = k
             if same:
                 params["ph"] = params["pw"] = (k - 1) // 2 * params["dh"]
+    return realize(config, params)
+
+
+def realize(config: KernelConfig, params: Mapping[str, Any]) -> KernelConfig | None:
+    """``config``'s type with ``params`` changed: output sizes recomputed, checked; None if invalid or unchanged.
+
+    Callers change channel, spatial and kernel-size parameters; this keeps the rest consistent
+    (convolution/pool output sizes with the same padding, grouped-conv divisibility, patch-embedding
+    tiling, SE bottleneck below its width).
+    """
+    kind = config.type
+    params = dict(params)
+    if kind in _CONV_LIKE | {"pool"}:
         dh, dw = (params["dh"], params["dw"]) if kind != "pool" else (1, 1)
         params["hout"] = _out_size(params["h"], params["kh"], params["sh"], params["ph"], dh)
         params["wout"] = _out_size(params["w"], params["kw"], params["sw"], params["pw"], dw)

@@ -1,0 +1,166 @@
+"""From a sum of isolated kernels to a whole model's latency: the overhead term (LitePred, NSDI'24, Sec. 4).
+
+The reference predicts a model as the plain sum of its kernels. Profiled alone, a kernel pays for
+things a whole model does not (cold caches, its own call, on INT8 its own Quantize/Dequantize pair)
+and misses some it does (layout changes ORT schedules differently inside a graph). We correct the
+sum with a fit on a few measured whole models:
+
+* :func:`fit_overhead` — ``model_ms = a · Σ kernels + b`` (one line per platform);
+* :func:`fit_type_scales` — ``model_ms = a · Σ_t r_t · Σ_{kernels of type t} + b``: one factor per
+  kernel type, ridge-regularized towards 1 with the strength chosen by leave-one-out
+  cross-validation, so a handful of calibration models gives (nearly) the one-line fit and more
+  models let the types that are mis-timed in isolation (on ort-fp32 the ViT layout and attention
+  kernels: ElasticViT-like models were under-predicted by ~20% with one line) move on their own.
+
+Both minimize squared *relative* residuals by default (weights 1/measured²): the ±k% metric is
+relative and model latencies span two orders of magnitude.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Overhead", "fit_overhead", "fit_type_scales", "RIDGE_GRID", "SCALE_BOUNDS"]
+
+# Ridge strengths tried by leave-one-out (relative to each type's own curvature, so scale-free).
+RIDGE_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
+# A type's factor stays within these: beyond them the fit is explaining noise, not a timing bias.
+SCALE_BOUNDS = (0.5, 2.0)
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """``model_ms = slope · Σ_t type_scales[t] · (sum of type t's kernels) + intercept``.
+
+    ``fitted`` is False for the fallback (1, 0); a type missing from ``type_scales`` has factor 1.
+    """
+
+    slope: float = 1.0
+    intercept: float = 0.0
+    n_models: int = 0
+    fitted: bool = False
+    weighting: str = "relative"
+    type_scales: Mapping[str, float] = field(default_factory=dict)
+    ridge: float | None = None  # the chosen ridge strength (None: one-line fit)
+
+    def scale(self, kernel_type: str) -> float:
+        return float(self.type_scales.get(kernel_type, 1.0))
+
+    def apply(self, kernel_sums: Any) -> np.ndarray:
+        """Calibrate per-model sums that already carry the type factors (see ``PlatformPredictor``)."""
+        return self.slope * np.asarray(kernel_sums, dtype=np.float64) + self.intercept
+
+
+def _check(s: np.ndarray, m: np.ndarray, weighting: str, min_models: int) -> None:
+    if len(s) != len(m) or m.ndim != 1:
+        raise ValueError(f"kernel sums for {len(s)} models and measured_ms of shape {m.shape}; "
+                         "expected one measured latency per model")
+    if np.any(~np.isfinite(s)) or np.any(~(np.isfinite(m) & (m > 0))):
+        raise ValueError("kernel sums must be finite and measured_ms finite and > 0")
+    if weighting not in ("relative", "absolute"):
+        raise ValueError(f"weighting = {weighting!r}; expected 'relative' or 'absolute'")
+    if min_models < 2:
+        raise ValueError(f"min_models = {min_models}; expected >= 2 (two parameters are fitted)")
+
+
+def _weights(m: np.ndarray, weighting: str) -> np.ndarray:
+    return 1.0 / m**2 if weighting == "relative" else np.ones_like(m)
+
+
+def _line(s: np.ndarray, m: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    """Weighted least squares ``m ≈ a s + b`` with ``a >= 0``; no spread in ``s`` → through the origin."""
+    sw, mw = np.sum(w * s) / w.sum(), np.sum(w * m) / w.sum()
+    var = np.sum(w * (s - sw) ** 2)
+    if var <= 1e-12 * max(np.sum(w * s**2), 1e-300):
+        return float(np.sum(w * s * m) / np.sum(w * s * s)), 0.0
+    slope = float(np.sum(w * (s - sw) * (m - mw)) / var)
+    if slope < 0:  # the constrained optimum then lies on a = 0
+        return 0.0, float(mw)
+    return slope, float(mw - slope * sw)
+
+
+def fit_overhead(kernel_sums: Any, measured_ms: Any, min_models: int = 5, weighting: str = "relative") -> Overhead:
+    """Least-squares fit of ``measured ≈ a · sum + b`` with ``a >= 0``.
+
+    ``weighting="relative"`` minimizes squared relative residuals, ``"absolute"`` plain ones. Fewer
+    than ``min_models`` pairs give the fallback (1, 0); sums that are all equal give a fit through
+    the origin (b = 0).
+    """
+    s = np.asarray(kernel_sums, dtype=np.float64)
+    m = np.asarray(measured_ms, dtype=np.float64)
+    if s.ndim != 1:
+        raise ValueError(f"kernel_sums has shape {s.shape}; expected 1-D (one sum per model)")
+    _check(s, m, weighting, min_models)
+    if len(s) < min_models:
+        return Overhead(1.0, 0.0, int(len(s)), False, weighting)
+    slope, intercept = _line(s, m, _weights(m, weighting))
+    return Overhead(slope, intercept, int(len(s)), True, weighting)
+
+
+def _ridge_scales(S: np.ndarray, m: np.ndarray, w: np.ndarray, ridge: float) -> tuple[np.ndarray, float, float]:
+    """Joint weighted ridge fit of ``m ≈ Σ_t c_t S_t + b`` with each c_t pulled towards the one-line
+    slope a; returns (r = c / a clipped to :data:`SCALE_BOUNDS`, a, b refitted after clipping)."""
+    a, b = _line(S.sum(1), m, w)
+    if a <= 0:
+        return np.ones(S.shape[1]), a, b
+    A = np.c_[S, np.ones(len(m))]
+    gram = A.T @ (w[:, None] * A)
+    penalty = np.zeros(len(gram))
+    penalty[:-1] = ridge * np.maximum(np.diag(gram)[:-1], 1e-300)  # per type: scale-free in its own units
+    prior = np.r_[np.full(S.shape[1], a), 0.0]
+    theta = np.linalg.solve(gram + np.diag(penalty), A.T @ (w * m) + penalty * prior)
+    r = np.clip(theta[:-1] / a, *SCALE_BOUNDS)
+    b = float(np.sum(w * (m - a * S @ r)) / w.sum())
+    return r, a, b
+
+
+def fit_type_scales(sums_by_type: Any, measured_ms: Any, kernel_types: Sequence[str], *, min_models: int = 5,
+                    weighting: str = "relative", ridge: float | str = "cv",
+                    ridge_grid: Sequence[float] = RIDGE_GRID) -> Overhead:
+    """Fit ``measured ≈ a · Σ_t r_t S_t + b`` on ``sums_by_type`` (models × types, unscaled kernel sums).
+
+    ``ridge="cv"`` picks the ridge strength from ``ridge_grid`` by leave-one-out relative error (the
+    one-line fit, i.e. all r_t = 1, competes as strength ∞); a number fixes it. Types whose
+    column is zero for every model keep r_t = 1. Fewer than ``min_models`` models: the fallback.
+    """
+    S = np.asarray(sums_by_type, dtype=np.float64)
+    m = np.asarray(measured_ms, dtype=np.float64)
+    if S.ndim != 2 or S.shape[1] != len(kernel_types):
+        raise ValueError(f"sums_by_type has shape {S.shape}; expected (models, {len(kernel_types)} kernel types)")
+    _check(S, m, weighting, min_models)
+    if len(m) < min_models:
+        return Overhead(1.0, 0.0, int(len(m)), False, weighting)
+    w = _weights(m, weighting)
+    used = np.flatnonzero(np.any(S != 0, axis=0))
+    Su = S[:, used]
+
+    def predict_left_out(strength: float) -> np.ndarray:
+        out = np.empty(len(m))
+        for i in range(len(m)):
+            keep = np.arange(len(m)) != i
+            if np.isinf(strength):
+                a, b = _line(Su[keep].sum(1), m[keep], w[keep])
+                out[i] = a * Su[i].sum() + b
+            else:
+                r, a, b = _ridge_scales(Su[keep], m[keep], w[keep], strength)
+                out[i] = a * Su[i] @ r + b
+        return out
+
+    if ridge == "cv":
+        candidates = [*map(float, ridge_grid), np.inf]
+        errors = [np.mean(np.abs(predict_left_out(c) - m) / m) for c in candidates]
+        strength = candidates[int(np.argmin(errors))]
+    elif isinstance(ridge, (int, float)) and ridge > 0:
+        strength = float(ridge)
+    else:
+        raise ValueError(f"ridge = {ridge!r}; expected 'cv' or a positive number")
+    if np.isinf(strength):
+        a, b = _line(Su.sum(1), m, w)
+        return Overhead(a, b, int(len(m)), True, weighting, {}, None)
+    r, a, b = _ridge_scales(Su, m, w, strength)
+    scales = {kernel_types[j]: float(r[k]) for k, j in enumerate(used)}
+    return Overhead(a, b, int(len(m)), True, weighting, scales, strength)

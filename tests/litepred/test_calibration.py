@@ -1,0 +1,93 @@
+"""Per-kernel-type calibration: known factors recovered, the one-line fit as the limit, round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moonlit.litepred.calibration import SCALE_BOUNDS, Overhead, fit_overhead, fit_type_scales
+from moonlit.litepred.predictor import PlatformPredictor
+from moonlit.litepred.regressors import ForestRegressor
+
+TYPES = ["conv", "layout", "matmul"]
+
+
+def synthetic_sums(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    S = rng.uniform(0.5, 5.0, (n, 3))
+    S[:, 1] *= rng.integers(0, 2, n)  # half the models have no layout kernels (CNNs)
+    return S
+
+
+def test_known_type_factors_are_recovered() -> None:
+    S = synthetic_sums(60, 0)
+    r_true, a_true, b_true = np.array([1.0, 1.6, 0.7]), 0.9, 0.2
+    measured = a_true * S @ r_true + b_true
+    fit = fit_type_scales(S, measured, TYPES, ridge=1e-6)
+    # a and r are identified only up to a common factor: compare the products a · r_t
+    got = np.array([fit.slope * fit.type_scales[t] for t in TYPES])
+    np.testing.assert_allclose(got, a_true * r_true, rtol=1e-3)
+    assert fit.intercept == pytest.approx(b_true, abs=1e-3)
+    cv = fit_type_scales(S, measured, TYPES)  # noiseless: leave-one-out must prefer weak ridge
+    assert cv.ridge is not None and cv.ridge <= 0.1
+    pred = cv.slope * S @ np.array([cv.type_scales[t] for t in TYPES]) + cv.intercept
+    assert np.max(np.abs(pred - measured) / measured) < 0.02
+
+
+def test_one_line_data_gives_the_one_line_fit() -> None:
+    S = synthetic_sums(30, 1)
+    rng = np.random.default_rng(2)
+    measured = (0.8 * S.sum(1) + 0.1) * (1 + 0.05 * rng.standard_normal(30))  # pure noise around one line
+    fit = fit_type_scales(S, measured, TYPES)
+    line = fit_overhead(S.sum(1), measured)
+    pred_types = fit.slope * S @ np.array([fit.type_scales.get(t, 1.0) for t in TYPES]) + fit.intercept
+    pred_line = line.apply(S.sum(1))
+    # whatever ridge leave-one-out picks, it stays close to the line: no factor moved far from 1
+    assert all(abs(v - 1) < 0.3 for v in fit.type_scales.values())
+    assert np.max(np.abs(pred_types / pred_line - 1)) < 0.1
+
+
+def test_fallback_bounds_and_unused_types() -> None:
+    S = synthetic_sums(4, 3)
+    assert fit_type_scales(S, S.sum(1), TYPES, min_models=5) == Overhead(1.0, 0.0, 4, False)
+    S = synthetic_sums(40, 4)
+    S[:, 2] = 0.0  # no model has matmuls: their factor is not fitted
+    measured = S @ np.array([1.0, 10.0, 1.0])  # layout 10× off: clipped to the upper bound
+    fit = fit_type_scales(S, measured, TYPES, ridge=1e-6)
+    assert "matmul" not in fit.type_scales
+    assert fit.type_scales["layout"] == pytest.approx(SCALE_BOUNDS[1]) or fit.type_scales["conv"] == pytest.approx(SCALE_BOUNDS[0])
+    with pytest.raises(ValueError, match="expected \\(models, 3 kernel types\\)"):
+        fit_type_scales(S[:, :2], measured, TYPES)
+    with pytest.raises(ValueError, match="ridge = -1"):
+        fit_type_scales(S, measured, TYPES, ridge=-1)
+
+
+@pytest.fixture(scope="module")
+def predictor() -> PlatformPredictor:
+    rng = np.random.default_rng(5)
+    regs = {}
+    for t in TYPES:
+        X = rng.uniform(1, 10, (80, 2))
+        regs[t] = ForestRegressor(n_estimators=20).fit(X, X[:, 0] * X[:, 1] / 10, ["a", "b"])
+    return PlatformPredictor(regs, {"name": "p"})
+
+
+def test_predictor_applies_type_factors_and_round_trips(predictor, tmp_path) -> None:
+    rng = np.random.default_rng(6)
+    models = [{t: rng.uniform(1, 10, (int(rng.integers(1, 5)), 2)) for t in TYPES if rng.random() < 0.8 or t == "conv"}
+              for _ in range(30)]
+    by_type = predictor.kernel_sums(models, by_type=True)
+    hand = np.array([[predictor.predict_kernels(t, m[t]).sum() if t in m else 0.0 for t in TYPES] for m in models])
+    np.testing.assert_allclose(by_type, hand, rtol=1e-12)
+    measured = 0.95 * hand @ np.array([1.0, 1.4, 0.8]) + 0.05
+    overhead = predictor.calibrate(models, measured, per_type=True, ridge=1e-6)
+    np.testing.assert_allclose(predictor.predict_models(models), measured, rtol=1e-3)
+    expected = overhead.slope * hand @ np.array([overhead.scale(t) for t in TYPES]) + overhead.intercept
+    np.testing.assert_allclose(predictor.predict_models(models), expected, rtol=1e-12)
+    predictor.save(tmp_path / "p")
+    loaded = PlatformPredictor.load(tmp_path / "p")
+    assert loaded.overhead == overhead
+    np.testing.assert_array_equal(loaded.predict_models(models), predictor.predict_models(models))
+    line = predictor.calibrate(models, measured)  # back to one line: factors dropped
+    assert line.type_scales == {}
+    np.testing.assert_allclose(predictor.kernel_sums(models), hand.sum(1), rtol=1e-12)
