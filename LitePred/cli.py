@@ -1,4 +1,4 @@
-"""``moonlit-litepred`` (also ``python -m moonlit.litepred``): profile, build, predict, evaluate.
+"""``moonlit-litepred`` (also ``python -m moonlit.litepred``): profile, build, predict, evaluate, adapt.
 
 Every subcommand reads ``configs/litepred/litepred.yaml`` with Hydra-style overrides::
 
@@ -7,6 +7,7 @@ Every subcommand reads ``configs/litepred/litepred.yaml`` with Hydra-style overr
     moonlit-litepred build    platform=ort-fp32
     moonlit-litepred predict  platform=ort-fp32 model=path/to/model.onnx
     moonlit-litepred evaluate platform=ort-fp32
+    moonlit-litepred adapt    platform=ort-int8 adapt.budget=300   # transfer from the knowledge pool
 
 Profiling appends each measurement to ``dataset`` as it is taken, so a killed ``profile`` or
 ``build`` re-run with the same overrides continues where it stopped.
@@ -38,7 +39,7 @@ __all__ = ["main", "run_build", "run_evaluate", "run_predict", "run_profile"]
 
 logger = logging.getLogger("moonlit.litepred")
 
-COMMANDS = ("backends", "profile", "build", "predict", "evaluate")
+COMMANDS = ("backends", "profile", "build", "predict", "evaluate", "adapt")
 
 
 def _backend(cfg: DictConfig) -> Any:
@@ -183,7 +184,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(name)
         return
     cfg = compose_config("litepred", "litepred", args.overrides)
-    runner = {"profile": run_profile, "build": run_build, "predict": run_predict, "evaluate": run_evaluate}
+    from .adapt import run_adapt
+
+    runner = {"profile": run_profile, "build": run_build, "predict": run_predict, "evaluate": run_evaluate,
+              "adapt": run_adapt}
     runner[args.command](cfg)
 
 

@@ -59,6 +59,8 @@ FORMAT = "moonlit-litepred-regressor"
 SCHEMA_VERSION = 1
 META_FILE, ARRAYS_FILE = "regressor.json", "regressor.safetensors"
 TARGETS = ("log", "raw")
+# mlp, forest: trained per platform; residual, linear: built by moonlit.litepred.transfer
+KINDS = ("mlp", "forest", "residual", "linear")
 
 
 class RegressorFormatError(ValueError):
@@ -255,7 +257,19 @@ class Regressor:
         from .forest import ForestRegressor
         from .mlp import MLPRegressor
 
-        target_cls = {"mlp": MLPRegressor, "forest": ForestRegressor}[meta["kind"]]
+        if meta["kind"] == "residual":
+            from .transfer import ResidualRegressor
+
+            reg = ResidualRegressor._load_dir(Path(path), meta, arrays)
+            if feature_names is not None:
+                reg.check_feature_names(feature_names)
+            return reg
+        if meta["kind"] == "linear":
+            from .transfer import LinearRegressor
+
+            target_cls: Any = LinearRegressor
+        else:
+            target_cls = {"mlp": MLPRegressor, "forest": ForestRegressor}[meta["kind"]]
         reg = target_cls._from_saved(meta, arrays)
         reg.transform = FeatureTransform.from_arrays(meta["feature_names"], arrays)
         reg.training = meta["training"]
@@ -279,13 +293,13 @@ def _read_saved(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise RegressorFormatError(f"{meta_path} has schema version {meta.get('schema_version')!r}; "
                                    f"this code reads version {SCHEMA_VERSION}")
-    if meta.get("kind") not in ("mlp", "forest"):
-        raise RegressorFormatError(f"{meta_path} has kind {meta.get('kind')!r}; expected 'mlp' or 'forest'")
+    if meta.get("kind") not in KINDS:
+        raise RegressorFormatError(f"{meta_path} has kind {meta.get('kind')!r}; expected one of {KINDS}")
     return meta, load_file(str(arrays_path))
 
 
 def load_regressor(path: str | Path, feature_names: Sequence[str] | None = None) -> Regressor:
-    """Load an MLP or forest regressor saved by ``save``; checks schema version and feature names."""
+    """Load a regressor of any of :data:`KINDS` saved by ``save``; checks schema version and feature names."""
     return Regressor.load(path, feature_names)
 
 

@@ -2,8 +2,8 @@
 
 ``get_backend("ort-fp32", runs=50).measure(module, inputs)`` profiles a kernel or a whole model;
 ``list_backends()`` names the platforms: ``ort-fp32``, ``ort-fp32-noopt``, ``ort-int8``,
-``torch-fp32`` (1 thread), their ``-2t`` two-thread variants, and ``debug`` (deterministic
-synthetic latency for CI). The contract and measurement protocol are in :mod:`.base`.
+``torch-fp32`` (1 thread), their ``-2t`` two-thread variants, ``debug`` (deterministic
+synthetic latency for CI) and ``debug-int8`` (a second synthetic platform, a transfer target). The contract and measurement protocol are in :mod:`.base`.
 """
 
 from moonlit.litepred.profile.base import (

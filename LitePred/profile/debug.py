@@ -49,7 +49,7 @@ from moonlit.common.profiling.backends import Runner
 from moonlit.litepred.profile.base import Backend, Measurement, register_backend
 from moonlit.litepred.profile.ort import resolve_onnx_inputs
 
-__all__ = ["DebugBackend", "DebugCostModel", "GraphCost", "graph_cost", "VECTOR_OPS_PER_ELEMENT",
+__all__ = ["DEBUG_INT8_COST_MODEL", "DebugBackend", "DebugCostModel", "GraphCost", "graph_cost", "VECTOR_OPS_PER_ELEMENT",
            "FREE_OPS", "MAC_OPS", "SCALAR_ELEMENTS"]
 
 COST_MODEL_VERSION = "1"
@@ -311,4 +311,18 @@ class DebugBackend(Backend):
 @register_backend("debug")
 def debug(**options: Any) -> DebugBackend:
     """Synthetic latency for CI; ``name`` and ``cost_model`` options make other synthetic platforms."""
+    return DebugBackend(**options)
+
+
+# A second synthetic platform, INT8-like: dense MACs 4x cheaper, per-kernel fixed costs (the
+# quantize/dequantize at each kernel's edges) and memory traffic unchanged. Not a rescaling of
+# `debug`: compute-bound kernels speed up, memory-bound ones do not. For transfer tests and demos.
+DEBUG_INT8_COST_MODEL = DebugCostModel(compute_fixed_ms=0.006, other_fixed_ms=0.003, macs_per_ms=6e8)
+
+
+@register_backend("debug-int8")
+def debug_int8(**options: Any) -> DebugBackend:
+    """Synthetic INT8-like latency (:data:`DEBUG_INT8_COST_MODEL`), a transfer target for CI."""
+    options.setdefault("name", "debug-int8")
+    options.setdefault("cost_model", DEBUG_INT8_COST_MODEL)
     return DebugBackend(**options)
