@@ -5,12 +5,35 @@ slicing in ``forward``, and ``get_active_subnet(...)`` returning a plain static 
 output equals the elastic one's.
 """
 
-from .attention import AttentionLayer, ElasticAttention, levit_attention, relative_position_index
+from .attention import (
+                    AttentionLayer,
+                    ElasticAttention,
+                    levit_attention,
+                    relative_position_index,
+)
 from .mbconv import ElasticMBConv, MBConvBlock
-from .norms import (ElasticBatchNorm2d, ElasticTokenBatchNorm, ElasticTokenNorm, TokenBatchNorm, TokenGroupNorm,
-                    TokenNormKind, make_token_norm)
-from .stages import ClassifierHead, ElasticClassifierHead, ElasticConvStage, ElasticViTStage, ViTStage
-from .transformer import ElasticFFN, ElasticTransformerBlock, FeedForward, TransformerBlock
+from .norms import (
+                    ElasticBatchNorm2d,
+                    ElasticTokenBatchNorm,
+                    ElasticTokenNorm,
+                    TokenBatchNorm,
+                    TokenGroupNorm,
+                    TokenNormKind,
+                    make_token_norm,
+)
+from .stages import (
+                    ClassifierHead,
+                    ElasticClassifierHead,
+                    ElasticConvStage,
+                    ElasticViTStage,
+                    ViTStage,
+)
+from .transformer import (
+                    ElasticFFN,
+                    ElasticTransformerBlock,
+                    FeedForward,
+                    TransformerBlock,
+)
 
 __all__ = [
     "AttentionLayer", "ClassifierHead", "ElasticAttention", "ElasticBatchNorm2d", "ElasticClassifierHead",

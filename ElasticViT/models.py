@@ -1,0 +1,132 @@
+"""Static ElasticViT networks and the registry of the paper's named models (ICCV'23, Table 2).
+
+:class:`ElasticViTModel` is what :meth:`ElasticViTSupernet.get_active_subnet` returns and what
+:func:`build_model` creates from a :class:`~moonlit.elasticvit.space.Subnet` with fresh weights:
+first conv 3x3/2 + BN + Hardswish, the stem, six stages, the classifier head (all layers static).
+
+The nine searched models of the reference's eval config (``elastic_T1`` … ``elastic_L3``) are
+registered as ``elasticvit_t1`` … ``elasticvit_l3``; the paper's short names (``T1``, ``L1.5``)
+and the reference's (``elastic_L1.5``) are accepted too.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ops import (
+    AttentionLayer,
+    ClassifierHead,
+    FeedForward,
+    MBConvBlock,
+    TokenNormKind,
+    TransformerBlock,
+    ViTStage,
+)
+from .ops.norms import check_token_norm
+from .space import (
+    ELASTICVIT_SPACE,
+    SearchSpace,
+    Subnet,
+    check_subnet,
+    decode,
+    stage_sides,
+)
+
+__all__ = ["MODEL_NAMES", "NAMED_SUBNETS", "ElasticViTModel", "build_model", "create_model", "named_subnet"]
+
+# From the reference's configs/final_3min_space_eval.yaml, converted with space.from_reference_arch
+# (tests/elasticvit/test_space.py checks the conversion against the reference's lists).
+NAMED_SUBNETS: dict[str, str] = {
+    "elasticvit_t1": "r128_s16d1k3_c24d2e3k3_c32d3e3k3_t64d1m2v2_t96d1m2v2_t176d1m3v2_t272d1m4v2",
+    "elasticvit_t2": "r160_s16d1k3_c24d2e3k3_c40d3e3k3_t48d1m3v2_t96d1m4v2_t176d2m3v2_t256d2m2v2",
+    "elasticvit_s1": "r192_s16d1k3_c24d3e3k3_c40d3e3k3_t64d2m2v2_t96d2m2v2_t192d2m3v2_t272d2m4v2",
+    "elasticvit_s2": "r224_s16d1k3_c24d3e3k3_c48d3e3k3_t64d2m2v2_t96d2m2v2_t192d2m2v2_t256d2m4v2",
+    "elasticvit_m": "r224_s16d1k5_c32d3e3k3_c48d5e3k3_t64d2m2v2_t96d2m4v2_t192d2m4v2_t288d2m5v2",
+    "elasticvit_l1": "r256_s16d1k5_c24d3e3k5_c40d3e6k5_t64d2m4v2_t96d2m3v2_t192d2m4v2_t320d2m4v2",
+    "elasticvit_l1_5": "r256_s16d2k3_c24d4e3k3_c48d4e4k5_t64d2m4v2_t96d2m5v2_t256d2m3v2_t320d2m5v2",
+    "elasticvit_l2": "r256_s16d1k3_c24d3e6k3_c40d4e6k3_t80d2m3v2_t128d2m2v2_t256d2m3v2_t304d2m5v3",
+    "elasticvit_l3": "r256_s16d1k5_c32d3e5k3_c48d4e5k5_t80d2m4v2_t128d2m4v2_t256d2m3v2_t320d2m5v2",
+}
+MODEL_NAMES: tuple[str, ...] = tuple(NAMED_SUBNETS)
+
+
+class ElasticViTModel(nn.Module):
+    """A static ElasticViT network; ``subnet`` records its architecture.
+
+    The input must be ``subnet.resolution`` square (the supernet resizes, this model does not).
+    """
+
+    def __init__(self, subnet: Subnet, first_conv: nn.Conv2d, first_bn: nn.BatchNorm2d, stem: nn.Sequential,
+                 stages: list[nn.Module], head: ClassifierHead) -> None:
+        super().__init__()
+        self.subnet = subnet
+        self.first_conv, self.first_bn = first_conv, first_bn
+        self.stem = stem
+        self.stages = nn.Sequential(*stages)
+        self.head = head
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.hardswish(self.first_bn(self.first_conv(x)))
+        return self.stages(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+
+def build_model(subnet: Subnet, num_classes: int = 1000, token_norm: TokenNormKind = "groupnorm1",
+                dropout: float = 0.2, space: SearchSpace = ELASTICVIT_SPACE) -> ElasticViTModel:
+    """A freshly initialised static network for ``subnet`` (same layers as the supernet extracts)."""
+    check_subnet(subnet, space)
+    check_token_norm(token_norm)
+    sides = stage_sides(subnet.resolution, space)
+    width = subnet.stem_width
+    first_conv = nn.Conv2d(3, width, 3, 2, 1, bias=False)
+    stem = nn.Sequential(*(MBConvBlock(width, width, 1, subnet.stem_kernel, 1, se=False)
+                           for _ in range(subnet.stem_depth)))
+    stages: list[nn.Module] = []
+    for stage, stage_space in zip(subnet.conv_stages, space.conv_stages):
+        stride = 2 if stage_space.downsample else 1
+        stages.append(nn.Sequential(*(
+            MBConvBlock(width if index == 0 else stage.width, stage.width, stage.expand, stage.kernel,
+                        stride if index == 0 else 1, stage_space.se)
+            for index in range(stage.depth))))
+        width = stage.width
+    for index, (stage, stage_space) in enumerate(zip(subnet.transformer_stages, space.transformer_stages)):
+        side = sides[1 + len(space.conv_stages) + index]
+        reduction = MBConvBlock(width, stage.width, space.reduction_expand, space.reduction_kernel,
+                                2 if stage_space.downsample else 1, se=True)
+        blocks = [TransformerBlock(AttentionLayer(stage.width, stage.v_scale, side, token_norm, space.head_dim),
+                                   FeedForward(stage.width, stage.mlp_ratio, token_norm))
+                  for _ in range(stage.depth)]
+        stages.append(ViTStage(reduction, blocks))
+        width = stage.width
+    head = ClassifierHead(width, space.head_width_multiplier, space.head_hidden, num_classes, dropout)
+    return ElasticViTModel(subnet, first_conv, nn.BatchNorm2d(subnet.stem_width), stem, stages, head)
+
+
+def _canonical_name(name: str) -> str:
+    key = name.strip().lower().replace(".", "_").replace("-", "_")
+    for prefix in ("elasticvit_", "elastic_"):
+        key = key.removeprefix(prefix)
+    return "elasticvit_" + key
+
+
+def named_subnet(name: str) -> Subnet:
+    """The architecture of a named model (``elasticvit_t1``, ``T1``, ``elastic_L1.5`` …)."""
+    key = _canonical_name(name)
+    if key not in NAMED_SUBNETS:
+        raise ValueError(f"unknown ElasticViT model {name!r}; known: {', '.join(MODEL_NAMES)}")
+    return decode(NAMED_SUBNETS[key])
+
+
+def create_model(name: str, pretrained: bool = False, num_classes: int = 1000,
+                 token_norm: TokenNormKind = "groupnorm1", dropout: float = 0.2) -> ElasticViTModel:
+    """A named model with fresh weights (``pretrained=True`` is not available yet and raises)."""
+    if pretrained:
+        raise NotImplementedError(
+            f"pretrained weights for {name!r} come from the reference's released supernet checkpoint, which "
+            "is loaded through a key map not implemented yet; extract from a loaded supernet instead")
+    return build_model(named_subnet(name), num_classes=num_classes, token_norm=token_norm, dropout=dropout)
+

@@ -1,0 +1,140 @@
+"""Elastic and static normalisation and linear layers of the ElasticViT supernet (ICCV'23, Sec. 3).
+
+Elastic layers hold weights at the largest width and use the leading slice that the input's width
+selects (the active width is read from the input, as in the reference). ``get_active_subnet(width)``
+returns a plain static layer with those slices copied.
+
+Token norms come in two variants, chosen by ``token_norm``:
+
+* ``"groupnorm1"`` — the reference's "LayerNorm": statistics over tokens x channels of each image
+  together (GroupNorm with one group), per-channel affine. Released checkpoints were trained with it.
+* ``"layernorm"`` — the standard per-token LayerNorm that the paper names.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "TOKEN_NORMS",
+    "ElasticBatchNorm2d",
+    "ElasticTokenBatchNorm",
+    "ElasticTokenNorm",
+    "TokenBatchNorm",
+    "TokenGroupNorm",
+    "TokenNormKind",
+    "check_token_norm",
+    "make_token_norm",
+]
+
+TokenNormKind = Literal["groupnorm1", "layernorm"]
+TOKEN_NORMS: tuple[str, ...] = ("groupnorm1", "layernorm")
+NORM_EPS = 1e-5  # torch's LayerNorm/BatchNorm default, used by the reference
+
+
+def check_token_norm(kind: str) -> None:
+    if kind not in TOKEN_NORMS:
+        raise ValueError(f"token_norm {kind!r} is not one of {TOKEN_NORMS}")
+
+
+def _group_norm_tokens(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """Normalise (B, N, C) tokens over N x C per image; affine per channel."""
+    shape = x.shape[1:]
+    return F.layer_norm(x, shape, weight.expand(shape), bias.expand(shape), eps)
+
+
+class TokenGroupNorm(nn.Module):
+    """The reference's token "LayerNorm": GroupNorm(1) over (tokens, channels) of (B, N, C) input."""
+
+    def __init__(self, channels: int, eps: float = NORM_EPS) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _group_norm_tokens(x, self.weight, self.bias, self.eps)
+
+
+def make_token_norm(kind: TokenNormKind, channels: int) -> nn.Module:
+    check_token_norm(kind)
+    return TokenGroupNorm(channels) if kind == "groupnorm1" else nn.LayerNorm(channels, eps=NORM_EPS)
+
+
+class ElasticTokenNorm(nn.Module):
+    """Token norm at ``max_channels`` whose active width is the input's last dimension."""
+
+    def __init__(self, max_channels: int, kind: TokenNormKind = "groupnorm1") -> None:
+        super().__init__()
+        check_token_norm(kind)
+        self.kind = kind
+        self.weight = nn.Parameter(torch.ones(max_channels))
+        self.bias = nn.Parameter(torch.zeros(max_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = x.shape[-1]
+        weight, bias = self.weight[:channels], self.bias[:channels]
+        if self.kind == "groupnorm1":
+            return _group_norm_tokens(x, weight, bias, NORM_EPS)
+        return F.layer_norm(x, (channels,), weight, bias, NORM_EPS)
+
+    def get_active_subnet(self, channels: int) -> nn.Module:
+        static = make_token_norm(self.kind, channels)
+        static.weight.data.copy_(self.weight.data[:channels])
+        static.bias.data.copy_(self.bias.data[:channels])
+        return static
+
+
+def _elastic_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, channels: int) -> torch.Tensor:
+    """BatchNorm on the leading ``channels``; in training the running-stat slices update in place."""
+    if bn.training and bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+    momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+    use_batch_stats = bn.training or not bn.track_running_stats
+    return F.batch_norm(x, bn.running_mean[:channels], bn.running_var[:channels], bn.weight[:channels],
+                        bn.bias[:channels], use_batch_stats, momentum, bn.eps)
+
+
+def _copy_batch_norm(source: nn.modules.batchnorm._BatchNorm, target: nn.modules.batchnorm._BatchNorm,
+                     channels: int) -> None:
+    target.weight.data.copy_(source.weight.data[:channels])
+    target.bias.data.copy_(source.bias.data[:channels])
+    target.running_mean.copy_(source.running_mean[:channels])
+    target.running_var.copy_(source.running_var[:channels])
+    target.num_batches_tracked.copy_(source.num_batches_tracked)
+    target.momentum, target.eps = source.momentum, source.eps
+
+
+class ElasticBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d at max width; the active width is the input's channel count."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _elastic_batch_norm(self, x, x.shape[1])
+
+    def get_active_subnet(self, channels: int) -> nn.BatchNorm2d:
+        static = nn.BatchNorm2d(channels)
+        _copy_batch_norm(self, static, channels)
+        return static
+
+
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d over the channels of (B, N, C) tokens (statistics over B x N)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.flatten(0, 1)).reshape_as(x)
+
+
+class ElasticTokenBatchNorm(nn.BatchNorm1d):
+    """:class:`TokenBatchNorm` at max width; the active width is the input's last dimension."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _elastic_batch_norm(self, x.flatten(0, 1), x.shape[-1]).reshape_as(x)
+
+    def get_active_subnet(self, channels: int) -> TokenBatchNorm:
+        static = TokenBatchNorm(channels)
+        _copy_batch_norm(self, static, channels)
+        return static

@@ -1,0 +1,553 @@
+"""Dynamic building blocks and stages of SpaceEvo's hyperspaces (SpaceEvo §3.1 "hyperspace", §3.3).
+
+One elastic block class per block type, each with the elastic-op contract: weights at the
+largest (width, kernel, expand) choice, ``set_active(width=, kernel=, expand=)``, slicing in
+``forward`` (input channels follow the input), and ``get_active_subnet(in_channels)`` -> a
+:class:`StaticBlock` whose output equals the supernet block's (FP32 and LSQ+ quantized).
+
+Channel arithmetic (from the reference; ``md`` = :func:`make_divisible` to 8):
+
+==========================  ===========================================  ==========================
+block                        hidden width                                 SE middle width
+==========================  ===========================================  ==========================
+MobileNetV2/V3(K3)Res        md(in * expand); 1x1 expand skipped if = in  md(hidden // 4)
+ResNet / ResNetSE            md(expand * width)  (expand 0.5, 1, 1.5)     md(in // 4)
+FusedMBConv(SE)Res           md(in * expand)                              md(in // 4)
+==========================  ===========================================  ==========================
+
+Residuals: "Res" types, MobileNetV1Dual and ResNet always add one — the input itself when shapes
+match (stride 1, in == width), otherwise a strided 1x1 conv + BN (``downsample``); plain
+MobileNetV2 (mobilew stage 0) adds one only when shapes match; ResNet applies its activation
+after the sum. Sub-module names follow the reference (``point_conv1``, ``depth_conv.dwconv``,
+``se.fc.reduce``, ``conv1``..``conv3``, ``fused_conv``, ``downsample``, stage ``blocks.<i>``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import ClassVar, NamedTuple
+
+from torch import Tensor, nn
+
+from moonlit.spaceevo.ops.dynamic import (
+    DynamicConvBnAct,
+    DynamicSqueezeExcite,
+    make_activation,
+    make_divisible,
+)
+
+__all__ = [
+    "BlockChoice", "StaticBlock", "DynamicBlock",
+    "DynamicMobileNetV1DualBlock", "DynamicMobileNetV2Block", "DynamicMobileNetV2ResBlock",
+    "DynamicMobileNetV3ResBlock", "DynamicMobileNetV2K3ResBlock", "DynamicMobileNetV3K3ResBlock",
+    "DynamicResNetBlock", "DynamicResNetSEBlock", "DynamicFusedMBConvResBlock",
+    "DynamicFusedMBConvSEResBlock",
+    "StageChoice", "DynamicStage", "BlockSpec", "BLOCK_CLASSES", "HYPERSPACE_BLOCKS", "STAGE0_BLOCKS",
+    "block_spec", "build_block",
+]
+
+
+class BlockChoice(NamedTuple):
+    width: int
+    kernel: int
+    expand: float | None = None
+
+
+class StaticBlock(nn.Module):
+    """A block extracted from a supernet: body layers in order, optional shortcut, optional post-activation."""
+
+    def __init__(self, layers: OrderedDict[str, nn.Module], out_channels: int, residual: bool,
+                 downsample: nn.Module | None = None, activation: nn.Module | None = None) -> None:
+        super().__init__()
+        self.body_names = list(layers)
+        for name, layer in layers.items():
+            self.add_module(name, layer)
+        self.out_channels = out_channels
+        self.residual = residual
+        self.downsample = downsample
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = (self.downsample(x) if self.downsample is not None else x) if self.residual else None
+        for name in self.body_names:
+            x = getattr(self, name)(x)
+        if shortcut is not None:
+            x = x + shortcut
+        return self.activation(x) if self.activation is not None else x
+
+
+class DynamicBlock(nn.Module):
+    """Common state of the elastic blocks: choice lists, ``active_*`` and validation."""
+
+    name: ClassVar[str]
+    uses_expand: ClassVar[bool] = True
+    always_residual: ClassVar[bool] = True
+
+    def __init__(self, in_channels: int, width_list: Sequence[int], kernel_list: Sequence[int],
+                 expand_list: Sequence[float] | None = None, stride: int = 1, activation: str = "relu") -> None:
+        super().__init__()
+        if in_channels < 1 or not width_list or any(int(w) != w or w < 1 for w in width_list):
+            raise ValueError(f"{self.name}: in_channels {in_channels} / width list {list(width_list)} must be "
+                             "positive integers (non-empty list)")
+        if stride not in (1, 2):
+            raise ValueError(f"{self.name}: stride {stride} is not 1 or 2")
+        if self.uses_expand != bool(expand_list):
+            expected = "a non-empty expand list" if self.uses_expand else "no expand list"
+            raise ValueError(f"{self.name}: got expand list {expand_list!r}, expected {expected}")
+        self.in_channels = in_channels
+        self.width_list = tuple(int(w) for w in width_list)
+        self.kernel_list = tuple(int(k) for k in kernel_list)
+        self.expand_list = tuple(expand_list) if expand_list else None
+        self.stride = stride
+        self.activation_name = activation
+        self.active_width = max(self.width_list)
+        self.active_kernel = max(self.kernel_list)
+        self.active_expand = max(self.expand_list) if self.expand_list else None
+
+    @property
+    def max_width(self) -> int:
+        return max(self.width_list)
+
+    @property
+    def active_choice(self) -> BlockChoice:
+        return BlockChoice(self.active_width, self.active_kernel, self.active_expand)
+
+    def set_active(self, width: int | None = None, kernel: int | None = None, expand: float | None = None) -> None:
+        """Select a sub-block; None keeps the current value."""
+        if width is not None and width not in self.width_list:
+            raise ValueError(f"{self.name}: width {width} is not in the width list {list(self.width_list)}")
+        if kernel is not None and kernel not in self.kernel_list:
+            raise ValueError(f"{self.name}: kernel {kernel} is not in the kernel list {list(self.kernel_list)}")
+        if expand is not None and (self.expand_list is None or expand not in self.expand_list):
+            raise ValueError(f"{self.name}: expand ratio {expand} is not in {self.expand_list}")
+        self.active_width = self.active_width if width is None else int(width)
+        if kernel is not None:
+            self.active_kernel = int(kernel)
+            self._set_kernel(self.active_kernel)
+        if expand is not None:
+            self.active_expand = expand
+
+    def set_choice(self, choice: BlockChoice) -> None:
+        self.set_active(choice.width, choice.kernel, choice.expand)
+
+    def choices(self) -> list[BlockChoice]:
+        """Every (width, kernel, expand) of this block."""
+        expands = self.expand_list or (None,)
+        return [BlockChoice(*c) for c in itertools.product(self.width_list, self.kernel_list, expands)]
+
+    def sample_active(self, rng: random.Random) -> BlockChoice:
+        choice = BlockChoice(rng.choice(self.width_list), rng.choice(self.kernel_list),
+                             rng.choice(self.expand_list) if self.expand_list else None)
+        self.set_choice(choice)
+        return choice
+
+    def set_max(self) -> None:
+        self.set_active(max(self.width_list), max(self.kernel_list), max(self.expand_list or (None,)))
+
+    def set_min(self) -> None:
+        self.set_active(min(self.width_list), min(self.kernel_list), min(self.expand_list or (None,)))
+
+    def _set_kernel(self, kernel: int) -> None:
+        raise NotImplementedError
+
+    def _identity_shortcut(self, in_channels: int) -> bool:
+        return self.stride == 1 and in_channels == self.active_width
+
+    def _shortcut(self, x: Tensor) -> Tensor | None:
+        if self._identity_shortcut(x.shape[1]):
+            return x
+        return self.downsample(x, self.active_width) if self.always_residual else None
+
+    def _static(self, in_channels: int, layers: list[tuple[str, nn.Module]],
+                activation: nn.Module | None = None) -> StaticBlock:
+        identity = self._identity_shortcut(in_channels)
+        downsample = None
+        if self.always_residual and not identity:
+            downsample = self.downsample.get_active_subnet(in_channels, self.active_width)
+        return StaticBlock(OrderedDict(layers), self.active_width, identity or self.always_residual,
+                           downsample, activation)
+
+    def _check_input(self, in_channels: int) -> None:
+        if not 0 < in_channels <= self.in_channels:
+            raise ValueError(f"{self.name}: input has {in_channels} channels, expected 1..{self.in_channels}")
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_channels}, widths={list(self.width_list)}, kernels={list(self.kernel_list)}, "
+                f"expands={list(self.expand_list or [])}, stride={self.stride}, act={self.activation_name}")
+
+
+class DynamicMobileNetV1DualBlock(DynamicBlock):
+    """Two depthwise-separable convs (dw k -> 1x1 -> dw k -> 1x1, ReLU) plus a residual."""
+
+    name = "MobileNetV1Dual"
+    uses_expand = False
+
+    def __init__(self, in_channels: int, width_list: Sequence[int], kernel_list: Sequence[int],
+                 expand_list: Sequence[float] | None = None, stride: int = 1, activation: str = "relu") -> None:
+        super().__init__(in_channels, width_list, kernel_list, expand_list, stride, activation)
+        self.depth_conv1 = DynamicConvBnAct.depthwise(in_channels, self.kernel_list, stride, activation)
+        self.point_conv1 = DynamicConvBnAct.pointwise(in_channels, self.max_width, activation)
+        self.depth_conv2 = DynamicConvBnAct.depthwise(self.max_width, self.kernel_list, 1, activation)
+        self.point_conv2 = DynamicConvBnAct.pointwise(self.max_width, self.max_width, activation)
+        self.downsample = DynamicConvBnAct.pointwise(in_channels, self.max_width, None, stride)
+
+    def _set_kernel(self, kernel: int) -> None:
+        self.depth_conv1.op.set_active(kernel)
+        self.depth_conv2.op.set_active(kernel)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x.shape[1])
+        shortcut = self._shortcut(x)
+        x = self.point_conv1(self.depth_conv1(x), self.active_width)
+        x = self.point_conv2(self.depth_conv2(x), self.active_width)
+        return x + shortcut
+
+    def get_active_subnet(self, in_channels: int | None = None) -> StaticBlock:
+        cin = self.in_channels if in_channels is None else in_channels
+        self._check_input(cin)
+        width = self.active_width
+        return self._static(cin, [
+            ("depth_conv1", self.depth_conv1.get_active_subnet(cin)),
+            ("point_conv1", self.point_conv1.get_active_subnet(cin, width)),
+            ("depth_conv2", self.depth_conv2.get_active_subnet(width)),
+            ("point_conv2", self.point_conv2.get_active_subnet(width, width)),
+        ])
+
+
+class _DynamicInvertedResidual(DynamicBlock):
+    """MobileNetV2/V3: 1x1 expand -> depthwise k (optionally stacked 3x3) -> [SE] -> 1x1 project."""
+
+    use_se: ClassVar[bool] = False
+    stacked_depthwise: ClassVar[bool] = False
+
+    def __init__(self, in_channels: int, width_list: Sequence[int], kernel_list: Sequence[int],
+                 expand_list: Sequence[float] | None = None, stride: int = 1, activation: str = "relu") -> None:
+        super().__init__(in_channels, width_list, kernel_list, expand_list, stride, activation)
+        max_hidden = make_divisible(in_channels * max(self.expand_list))
+        self.point_conv1 = DynamicConvBnAct.pointwise(in_channels, max_hidden, activation)
+        self.depth_conv = DynamicConvBnAct.depthwise(max_hidden, self.kernel_list, stride, activation,
+                                                     stacked=self.stacked_depthwise)
+        if self.use_se:
+            self.se = DynamicSqueezeExcite(max_hidden, make_divisible(max_hidden // 4))
+        self.point_conv2 = DynamicConvBnAct.pointwise(max_hidden, self.max_width, None)
+        if self.always_residual:
+            self.downsample = DynamicConvBnAct.pointwise(in_channels, self.max_width, None, stride)
+
+    def hidden_channels(self, in_channels: int) -> int:
+        return make_divisible(in_channels * self.active_expand)
+
+    def _set_kernel(self, kernel: int) -> None:
+        self.depth_conv.op.set_active(kernel)
+
+    def forward(self, x: Tensor) -> Tensor:
+        in_channels = x.shape[1]
+        self._check_input(in_channels)
+        hidden = self.hidden_channels(in_channels)
+        shortcut = self._shortcut(x)
+        if hidden != in_channels:
+            x = self.point_conv1(x, hidden)
+        x = self.depth_conv(x)
+        if self.use_se:
+            x = self.se(x, make_divisible(hidden // 4))
+        x = self.point_conv2(x, self.active_width)
+        return x if shortcut is None else x + shortcut
+
+    def get_active_subnet(self, in_channels: int | None = None) -> StaticBlock:
+        cin = self.in_channels if in_channels is None else in_channels
+        self._check_input(cin)
+        hidden = self.hidden_channels(cin)
+        layers: list[tuple[str, nn.Module]] = []
+        if hidden != cin:
+            layers.append(("point_conv1", self.point_conv1.get_active_subnet(cin, hidden)))
+        layers.append(("depth_conv", self.depth_conv.get_active_subnet(hidden)))
+        if self.use_se:
+            layers.append(("se", self.se.get_active_subnet(hidden, make_divisible(hidden // 4))))
+        layers.append(("point_conv2", self.point_conv2.get_active_subnet(hidden, self.active_width)))
+        return self._static(cin, layers)
+
+
+class DynamicMobileNetV2Block(_DynamicInvertedResidual):
+    name = "MobileNetV2"
+    always_residual = False
+
+
+class DynamicMobileNetV2ResBlock(_DynamicInvertedResidual):
+    name = "MobileNetV2Res"
+
+
+class DynamicMobileNetV3ResBlock(_DynamicInvertedResidual):
+    name = "MobileNetV3Res"
+    use_se = True
+
+
+class DynamicMobileNetV2K3ResBlock(_DynamicInvertedResidual):
+    name = "MobileNetV2K3Res"
+    stacked_depthwise = True
+
+
+class DynamicMobileNetV3K3ResBlock(_DynamicInvertedResidual):
+    name = "MobileNetV3K3Res"
+    use_se = True
+    stacked_depthwise = True
+
+
+class _DynamicResNetBottleneck(DynamicBlock):
+    """ResNet bottleneck: 1x1 -> k x k (strided) -> [SE] -> 1x1, + shortcut, then activation."""
+
+    use_se: ClassVar[bool] = False
+
+    def __init__(self, in_channels: int, width_list: Sequence[int], kernel_list: Sequence[int],
+                 expand_list: Sequence[float] | None = None, stride: int = 1, activation: str = "relu") -> None:
+        super().__init__(in_channels, width_list, kernel_list, expand_list, stride, activation)
+        max_hidden = make_divisible(max(self.expand_list) * self.max_width)
+        self.conv1 = DynamicConvBnAct.pointwise(in_channels, max_hidden, activation)
+        self.conv2 = DynamicConvBnAct.dense(max_hidden, max_hidden, self.kernel_list, stride, activation)
+        if self.use_se:
+            self.se = DynamicSqueezeExcite(max_hidden, make_divisible(in_channels // 4))
+        self.conv3 = DynamicConvBnAct.pointwise(max_hidden, self.max_width, None)
+        self.downsample = DynamicConvBnAct.pointwise(in_channels, self.max_width, None, stride)
+        self.activation = make_activation(activation)
+
+    @property
+    def hidden_channels(self) -> int:
+        # The bottleneck width is a fraction of the *output* width (not of the input).
+        return make_divisible(self.active_expand * self.active_width)
+
+    def _set_kernel(self, kernel: int) -> None:
+        self.conv2.op.set_active(kernel_size=kernel)
+
+    def forward(self, x: Tensor) -> Tensor:
+        in_channels = x.shape[1]
+        self._check_input(in_channels)
+        hidden = self.hidden_channels
+        shortcut = self._shortcut(x)
+        x = self.conv2(self.conv1(x, hidden), hidden)
+        if self.use_se:
+            x = self.se(x, make_divisible(in_channels // 4))
+        x = self.conv3(x, self.active_width)
+        return self.activation(x + shortcut)
+
+    def get_active_subnet(self, in_channels: int | None = None) -> StaticBlock:
+        cin = self.in_channels if in_channels is None else in_channels
+        self._check_input(cin)
+        hidden = self.hidden_channels
+        layers = [("conv1", self.conv1.get_active_subnet(cin, hidden)),
+                  ("conv2", self.conv2.get_active_subnet(hidden, hidden))]
+        if self.use_se:
+            layers.append(("se", self.se.get_active_subnet(hidden, make_divisible(cin // 4))))
+        layers.append(("conv3", self.conv3.get_active_subnet(hidden, self.active_width)))
+        return self._static(cin, layers, make_activation(self.activation_name))
+
+
+class DynamicResNetBlock(_DynamicResNetBottleneck):
+    name = "ResNet"
+
+
+class DynamicResNetSEBlock(_DynamicResNetBottleneck):
+    name = "ResNetSE"
+    use_se = True
+
+
+class _DynamicFusedMBConv(DynamicBlock):
+    """EfficientNetV2 FusedMBConv: k x k expand conv (strided) -> [SE] -> 1x1 project, + shortcut."""
+
+    use_se: ClassVar[bool] = False
+
+    def __init__(self, in_channels: int, width_list: Sequence[int], kernel_list: Sequence[int],
+                 expand_list: Sequence[float] | None = None, stride: int = 1, activation: str = "relu") -> None:
+        super().__init__(in_channels, width_list, kernel_list, expand_list, stride, activation)
+        max_hidden = make_divisible(in_channels * max(self.expand_list))
+        self.fused_conv = DynamicConvBnAct.dense(in_channels, max_hidden, self.kernel_list, stride, activation)
+        if self.use_se:
+            self.se = DynamicSqueezeExcite(max_hidden, make_divisible(in_channels // 4))
+        self.point_conv = DynamicConvBnAct.pointwise(max_hidden, self.max_width, None)
+        self.downsample = DynamicConvBnAct.pointwise(in_channels, self.max_width, None, stride)
+
+    def hidden_channels(self, in_channels: int) -> int:
+        return make_divisible(in_channels * self.active_expand)
+
+    def _set_kernel(self, kernel: int) -> None:
+        self.fused_conv.op.set_active(kernel_size=kernel)
+
+    def forward(self, x: Tensor) -> Tensor:
+        in_channels = x.shape[1]
+        self._check_input(in_channels)
+        hidden = self.hidden_channels(in_channels)
+        shortcut = self._shortcut(x)
+        x = self.fused_conv(x, hidden)
+        if self.use_se:
+            x = self.se(x, make_divisible(in_channels // 4))
+        return self.point_conv(x, self.active_width) + shortcut
+
+    def get_active_subnet(self, in_channels: int | None = None) -> StaticBlock:
+        cin = self.in_channels if in_channels is None else in_channels
+        self._check_input(cin)
+        hidden = self.hidden_channels(cin)
+        layers = [("fused_conv", self.fused_conv.get_active_subnet(cin, hidden))]
+        if self.use_se:
+            layers.append(("se", self.se.get_active_subnet(hidden, make_divisible(cin // 4))))
+        layers.append(("point_conv", self.point_conv.get_active_subnet(hidden, self.active_width)))
+        return self._static(cin, layers)
+
+
+class DynamicFusedMBConvResBlock(_DynamicFusedMBConv):
+    name = "FusedMBConvRes"
+
+
+class DynamicFusedMBConvSEResBlock(_DynamicFusedMBConv):
+    name = "FusedMBConvSERes"
+    use_se = True
+
+
+BLOCK_CLASSES: dict[str, type[DynamicBlock]] = {cls.name: cls for cls in (
+    DynamicMobileNetV1DualBlock, DynamicMobileNetV2Block, DynamicMobileNetV2ResBlock,
+    DynamicMobileNetV3ResBlock, DynamicMobileNetV2K3ResBlock, DynamicMobileNetV3K3ResBlock,
+    DynamicResNetBlock, DynamicResNetSEBlock, DynamicFusedMBConvResBlock, DynamicFusedMBConvSEResBlock,
+)}
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+    """A block type of a hyperspace: class name plus its kernel / expand choices and activation."""
+
+    name: str
+    kernel_list: tuple[int, ...]
+    expand_list: tuple[float, ...] | None
+    activation: str
+
+    @property
+    def block_class(self) -> type[DynamicBlock]:
+        return BLOCK_CLASSES[self.name]
+
+    def build(self, in_channels: int, width_list: Sequence[int], stride: int) -> DynamicBlock:
+        return self.block_class(in_channels, width_list, self.kernel_list, self.expand_list, stride, self.activation)
+
+
+_K357, _E368 = (3, 5, 7), (3, 6, 8)
+# Block digit i of a space encoding is HYPERSPACE_BLOCKS[hyperspace][i] (reference superspaces
+# MobileSuperSpaceW / OnnxSuperSpaceW).
+HYPERSPACE_BLOCKS: dict[str, tuple[BlockSpec, ...]] = {
+    "mobilew": (
+        BlockSpec("MobileNetV1Dual", _K357, None, "relu"),
+        BlockSpec("MobileNetV2Res", _K357, _E368, "relu6"),
+        BlockSpec("MobileNetV3Res", _K357, _E368, "swish"),
+        BlockSpec("ResNet", (3, 5), (0.5, 1.0, 1.5), "relu"),
+        BlockSpec("FusedMBConvSERes", _K357, (1, 2, 3, 4), "swish"),
+        BlockSpec("MobileNetV3K3Res", _K357, _E368, "swish"),
+        BlockSpec("MobileNetV2K3Res", _K357, _E368, "relu6"),
+    ),
+    "onnxw": (
+        BlockSpec("MobileNetV1Dual", (3, 5), None, "relu"),
+        BlockSpec("MobileNetV2Res", (3, 5), (4, 6, 8), "relu6"),
+        BlockSpec("MobileNetV3Res", (3, 5), (4, 6, 8), "hswish"),
+        BlockSpec("ResNet", _K357, (0.5, 1.0, 1.5), "relu"),
+        BlockSpec("ResNetSE", _K357, (0.5, 1.0, 1.5), "relu"),
+        BlockSpec("FusedMBConvRes", _K357, (1, 2, 3, 4), "swish"),
+    ),
+}
+# The fixed (not searched) stage 0 of each hyperspace.
+STAGE0_BLOCKS: dict[str, BlockSpec] = {
+    "mobilew": BlockSpec("MobileNetV2", (3,), (1,), "relu"),
+    "onnxw": BlockSpec("ResNet", (3,), (0.5,), "relu"),
+}
+
+
+def block_spec(hyperspace: str, block: int | str) -> BlockSpec:
+    """The block type with digit ``block`` (or name, or ``"stage0"``) of ``hyperspace``."""
+    if hyperspace not in HYPERSPACE_BLOCKS:
+        raise ValueError(f"unknown hyperspace {hyperspace!r}; expected one of {sorted(HYPERSPACE_BLOCKS)}")
+    specs = HYPERSPACE_BLOCKS[hyperspace]
+    if block == "stage0":
+        return STAGE0_BLOCKS[hyperspace]
+    if isinstance(block, str):
+        for spec in specs:
+            if spec.name == block:
+                return spec
+        raise ValueError(f"block {block!r} is not a block type of {hyperspace}; expected one of "
+                         f"{[s.name for s in specs]} or 'stage0'")
+    if not 0 <= block < len(specs):
+        raise ValueError(f"block digit {block} is out of range for {hyperspace} (0..{len(specs) - 1})")
+    return specs[block]
+
+
+def build_block(hyperspace: str, block: int | str, in_channels: int, width_list: Sequence[int],
+                stride: int) -> DynamicBlock:
+    return block_spec(hyperspace, block).build(in_channels, width_list, stride)
+
+
+class StageChoice(NamedTuple):
+    depth: int
+    blocks: tuple[BlockChoice, ...]
+
+
+class DynamicStage(nn.Module):
+    """``max(depth_list)`` blocks of one type; the first takes the stage input and stride."""
+
+    def __init__(self, spec: BlockSpec, in_channels: int, width_list: Sequence[int], depth_list: Sequence[int],
+                 stride: int) -> None:
+        super().__init__()
+        if not depth_list or min(depth_list) < 1:
+            raise ValueError(f"depth list {list(depth_list)} must be non-empty positive depths")
+        self.spec = spec
+        self.in_channels = in_channels
+        self.width_list = tuple(width_list)
+        self.depth_list = tuple(depth_list)
+        self.stride = stride
+        self.blocks = nn.Sequential(*(
+            spec.build(in_channels if i == 0 else max(self.width_list), self.width_list, stride if i == 0 else 1)
+            for i in range(max(self.depth_list))))
+        self.active_depth = max(self.depth_list)
+
+    @property
+    def active_blocks(self) -> list[DynamicBlock]:
+        return list(self.blocks)[:self.active_depth]
+
+    @property
+    def active_choice(self) -> StageChoice:
+        return StageChoice(self.active_depth, tuple(b.active_choice for b in self.active_blocks))
+
+    def set_active(self, depth: int | None = None, blocks: Sequence[BlockChoice] | None = None) -> None:
+        """Set the depth and, if given, one choice per active block (``len(blocks) == depth``)."""
+        depth = len(blocks) if depth is None and blocks is not None else depth
+        if depth is not None:
+            if depth not in self.depth_list:
+                raise ValueError(f"depth {depth} is not in the depth list {list(self.depth_list)}")
+            self.active_depth = depth
+        if blocks is not None:
+            if len(blocks) != self.active_depth:
+                raise ValueError(f"{len(blocks)} block choices given for depth {self.active_depth}")
+            for block, choice in zip(self.active_blocks, blocks, strict=True):
+                block.set_choice(BlockChoice(*choice))
+
+    def sample_active(self, rng: random.Random) -> StageChoice:
+        self.active_depth = rng.choice(self.depth_list)
+        for block in self.active_blocks:
+            block.sample_active(rng)
+        return self.active_choice
+
+    def set_max(self) -> None:
+        self.active_depth = max(self.depth_list)
+        for block in self.active_blocks:
+            block.set_max()
+
+    def set_min(self) -> None:
+        self.active_depth = min(self.depth_list)
+        for block in self.active_blocks:
+            block.set_min()
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.active_blocks:
+            x = block(x)
+        return x
+
+    def get_active_subnet(self, in_channels: int | None = None) -> nn.Sequential:
+        cin = self.in_channels if in_channels is None else in_channels
+        static_blocks = []
+        for block in self.active_blocks:
+            static_blocks.append(block.get_active_subnet(cin))
+            cin = block.active_width
+        return nn.Sequential(*static_blocks)
