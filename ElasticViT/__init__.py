@@ -1,4 +1,6 @@
 """ElasticViT — conflict-aware supernet training for hybrid CNN+ViT models (ICCV'23, arXiv 2303.09730).
 
-Not implemented yet: see the project issues and this folder's README.md.
+The pipeline as modules: ``space`` (the search space and subnet encoding), ``ops`` and ``supernet``
+(elastic MBConv / attention stages, ``get_active_subnet``), ``models`` (the nine named models),
+``flops`` (exact MAC and parameter counts). See this folder's README.md.
 """

@@ -1,4 +1,6 @@
 """SpaceEvo — INT8-quantization-friendly search-space design (ICCV'23, arXiv 2303.08308).
 
-Not implemented yet: see the project issues and this folder's README.md.
+The pipeline as modules: ``space`` (hyperspaces, space and subnet encodings), ``ops`` (dynamic
+blocks, LSQ+), ``lut`` (block look-up tables in the reference's CSV format), ``space_search``
+(Q-T score + aging evolution). See this folder's README.md for what runs and what is measured.
 """
