@@ -1,0 +1,25 @@
+"""Neural architecture search shared by SpaceEvo and ElasticViT: constrained evolution, hardware constraints."""
+
+from .constraints import (
+    BandConstraint,
+    Constraint,
+    ConstraintCheck,
+    MacsConstraint,
+    PredicateConstraint,
+    as_constraint,
+)
+from .evolution import (
+    ConstraintUnsatisfiable,
+    EvolutionConfig,
+    EvolutionSearch,
+    GenerationLog,
+    Record,
+    SearchProblem,
+)
+from .latency import LatencyConstraint
+from .pareto import pareto_front, pareto_indices, plot_search
+
+__all__ = ["BandConstraint", "Constraint", "ConstraintCheck", "ConstraintUnsatisfiable", "EvolutionConfig",
+           "EvolutionSearch", "GenerationLog", "LatencyConstraint", "MacsConstraint", "PredicateConstraint",
+           "Record", "SearchProblem", "as_constraint", "pareto_front", "pareto_indices",
+           "plot_search"]

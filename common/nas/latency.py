@@ -1,0 +1,56 @@
+"""Predicted-latency constraint of a subnet search (SpaceEvo, ICCV'23, Sec. 4; ElasticViT's latency-limited search).
+
+SpaceEvo keeps a subnet when its predicted latency ``t`` lies in ``[c − δ, c]``: under the budget
+``c`` but not so far under it that capacity is wasted. The latency comes from a LitePred
+:class:`~moonlit.litepred.predictor.PlatformPredictor` of a local platform (NSDI'24, Sec. 4): the
+paper package supplies ``kernel_rows(candidate) -> {kernel_type: feature rows}`` (the shape of
+:func:`moonlit.litepred.pipeline.model_rows`), and the whole batch is predicted with one
+``predict_models`` call, which concatenates the rows of each kernel type over all candidates.
+
+``moonlit.litepred`` is not imported here (``common`` does not depend on a paper package): any
+object with ``predict_models(list_of_rows, apply_overhead=...)`` works.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from .constraints import BandConstraint
+
+if TYPE_CHECKING:
+    from moonlit.litepred.predictor import PlatformPredictor
+
+__all__ = ["LatencyConstraint"]
+
+C = TypeVar("C")
+KernelRows = Mapping[str, Any]  # {kernel_type: (kernels, features) array} of one candidate
+
+
+class LatencyConstraint(BandConstraint[C]):
+    """Predicted latency (ms) in ``[limit_ms − delta_ms, limit_ms]``; ``delta_ms=None`` keeps only the upper bound."""
+
+    def __init__(self, predictor: PlatformPredictor, kernel_rows: Callable[[C], KernelRows], limit_ms: float,
+                 delta_ms: float | None = None, apply_overhead: bool = True, metric: str = "latency_ms") -> None:
+        if not limit_ms > 0:
+            raise ValueError(f"limit_ms = {limit_ms}; expected a latency budget > 0 ms")
+        if delta_ms is not None and not delta_ms >= 0:
+            raise ValueError(f"delta_ms = {delta_ms}; expected >= 0 (band [limit - delta, limit]) or None")
+        self.predictor = predictor
+        self.kernel_rows = kernel_rows
+        self.limit_ms = float(limit_ms)
+        self.delta_ms = None if delta_ms is None else float(delta_ms)
+        self.apply_overhead = apply_overhead
+        lower = -math.inf if delta_ms is None else limit_ms - delta_ms
+        super().__init__(self.predict, metric, limit_ms, lower, unit="ms")
+        platform = getattr(predictor, "platform", {}).get("name")
+        if platform:
+            self.description = f"predicted latency on {platform!r}: {self.description}"
+
+    def predict(self, candidates: Sequence[C]) -> np.ndarray:
+        """Predicted latency (ms) of each candidate, all kernel rows of the batch in one predictor call."""
+        rows = [self.kernel_rows(c) for c in candidates]
+        return np.asarray(self.predictor.predict_models(rows, apply_overhead=self.apply_overhead), dtype=np.float64)
