@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from moonlit.common.train.bn_recalibration import (
+    recalibrate_batch_norm,
+    reset_batch_norm_stats,
+)
 from torch import nn
-
-from moonlit.common.train.bn_recalibration import recalibrate_batch_norm, reset_batch_norm_stats
 
 
 def batches(count: int, channels: int = 3, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:

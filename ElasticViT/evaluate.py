@@ -1,0 +1,172 @@
+"""Top-1 of ElasticViT subnets taken from a supernet, after BN recalibration (ICCV'23, Sec. 4).
+
+``python -m moonlit.elasticvit.evaluate model=<named model or subnet encoding> checkpoint=<dir|null>``
+builds the supernet, loads our safetensors checkpoint (:mod:`moonlit.common.train.checkpoint`) when
+given, activates the subnet, re-estimates its BN statistics on training batches
+(:func:`~moonlit.common.train.bn_recalibration.recalibrate_batch_norm`) and measures top-1 on an
+ImageFolder (``data.root``) or, without one, on generated images (a smoke run: a random supernet
+scores near chance). :class:`SubnetEvaluator` is the same measurement as a batched fitness for the
+evolutionary search (:mod:`moonlit.elasticvit.search`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from moonlit.common.config import hydra_app, to_container
+from moonlit.common.train.bn_recalibration import recalibrate_batch_norm
+from omegaconf import DictConfig
+
+from .flops import subnet_complexity
+from .models import MODEL_NAMES, named_subnet
+from .space import Subnet, decode, encode
+from .supernet import ElasticViTSupernet
+
+__all__ = ["SubnetEvaluator", "build_data", "checkpoint_path", "evaluate", "load_supernet", "resolve_subnet", "top1_accuracy"]
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_subnet(model: str) -> Subnet:
+    """A named model (``S1``, ``elasticvit_l1_5`` …) or a subnet encoding (``r192_s16d1k3_…``)."""
+    text = str(model).strip()
+    if text.startswith("r") and "_" in text and text[1:2].isdigit():
+        return decode(text)
+    try:
+        return named_subnet(text)
+    except ValueError:
+        raise ValueError(f"model {model!r} is neither a named model ({', '.join(MODEL_NAMES)}) nor a subnet "
+                         "encoding like 'r192_s16d1k3_c24d3e3k3_c40d3e3k3_t64d2m2v2_t96d2m2v2_t192d2m3v2_t272d2m4v2'"
+                         ) from None
+
+
+def checkpoint_path(checkpoint: str | Path | None) -> Path | None:
+    """``None`` for no checkpoint (also the strings ``none``/``null``/empty from a command line)."""
+    if checkpoint is None or str(checkpoint).strip().lower() in ("", "none", "null"):
+        return None
+    return Path(checkpoint)
+
+
+def load_supernet(checkpoint: str | Path | None, num_classes: int = 1000, token_norm: str = "groupnorm1"
+                  ) -> ElasticViTSupernet:
+    """The supernet, with weights from a checkpoint directory (one ``step_*`` or a run's latest) when given."""
+    supernet = ElasticViTSupernet(num_classes=num_classes, token_norm=token_norm)  # type: ignore[arg-type]
+    checkpoint = checkpoint_path(checkpoint)
+    if checkpoint is not None:
+        from moonlit.common.train.checkpoint import load_checkpoint
+
+        state = load_checkpoint(checkpoint, supernet)
+        logger.info("loaded supernet weights from %s (step %d)", state.path, state.step)
+    else:
+        logger.warning("no supernet checkpoint: random weights (accuracies are chance level; a smoke run)")
+    return supernet.eval()
+
+
+@torch.no_grad()
+def top1_accuracy(model: torch.nn.Module, batches: Iterable[Any], max_batches: int | None = None) -> float:
+    """Top-1 (%) of ``model`` in eval mode over (inputs, labels) batches."""
+    model.eval()
+    correct = total = 0
+    for index, (inputs, labels) in enumerate(batches):
+        if max_batches is not None and index >= max_batches:
+            break
+        correct += int((model(inputs).argmax(dim=1) == labels).sum())
+        total += int(labels.numel())
+    if total == 0:
+        raise ValueError("the evaluation batches were empty; expected at least one labelled image")
+    return 100.0 * correct / total
+
+
+class SubnetEvaluator:
+    """BN-recalibrated top-1 (%) of subnets of one supernet: the search's fitness, batched over candidates.
+
+    ``calibration``/``evaluation`` are re-iterable (lists or DataLoaders with a fixed sampler epoch),
+    so every candidate sees the same images; ``calibration_batches`` caps the BN batches (the
+    reference's ``bn_cal`` uses 64), ``evaluation_batches`` the scored ones (None: all).
+    """
+
+    def __init__(self, supernet: ElasticViTSupernet, calibration: Iterable[Any], evaluation: Iterable[Any],
+                 calibration_batches: int = 64, evaluation_batches: int | None = None) -> None:
+        self.supernet = supernet
+        self.calibration, self.evaluation = calibration, evaluation
+        self.calibration_batches, self.evaluation_batches = calibration_batches, evaluation_batches
+
+    def accuracy(self, subnet: Subnet) -> float:
+        self.supernet.set_active(subnet)
+        recalibrate_batch_norm(self.supernet, self.calibration, self.calibration_batches)
+        return top1_accuracy(self.supernet, self.evaluation, self.evaluation_batches)
+
+    def __call__(self, subnets: Sequence[Subnet]) -> list[float]:
+        return [self.accuracy(subnet) for subnet in subnets]
+
+
+def build_data(data: DictConfig, run_dir: Path, split: str, calibration_batches: int
+               ) -> tuple[Iterable[Any], Iterable[Any], int]:
+    """(calibration loader, ``split`` loader, number of classes) from ``data.root`` or generated images.
+
+    ``split``: ``"holdout"`` (images held out of train, the search's fitness) or ``"val"``.
+    With ``data.cache``, the first ``calibration_batches`` and the whole split are materialized as
+    lists once (small data: no decoding per candidate).
+    """
+    from moonlit.common.data.imagenet import build_imagenet_datasets, build_loader
+
+    root = data.root
+    if root is None:
+        from moonlit.common.data.synthetic import write_image_folder
+
+        generated = data.generated
+        root = run_dir / "generated_images"
+        if not (root / "val").is_dir():
+            write_image_folder(root, generated.num_classes, generated.images_per_class, generated.image_size,
+                               seed=generated.seed)
+    datasets = build_imagenet_datasets(root, img_size=data.img_size,
+                                       holdout_per_class=data.holdout_per_class if split == "holdout" else 0,
+                                       holdout_seed=data.seed)
+    if split not in datasets:
+        raise ValueError(f"split {split!r} is not available (data.holdout_per_class = {data.holdout_per_class}); "
+                         f"expected one of {sorted(datasets)}")
+    classes = len(datasets["val"].classes)
+    # shuffle once with a fixed seed and epoch: every candidate calibrates on the same batches
+    calibration = build_loader(datasets["train"], data.batch_size, shuffle=True, num_workers=data.num_workers,
+                               seed=data.seed, drop_last=True)
+    evaluation = build_loader(datasets[split], data.batch_size, shuffle=False, num_workers=data.num_workers)
+    if data.cache:
+        return list(itertools.islice(calibration, calibration_batches)), list(evaluation), classes
+    return calibration, evaluation, classes
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.model`` from ``cfg.checkpoint``; writes and returns ``metrics.json``."""
+    subnet = resolve_subnet(cfg.model)
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    calibration, evaluation, classes = build_data(cfg.data, run_dir, cfg.data.split, cfg.bn_batches)
+    num_classes = cfg.num_classes if cfg.num_classes is not None else classes
+    supernet = load_supernet(cfg.checkpoint, num_classes, cfg.token_norm)
+    evaluator = SubnetEvaluator(supernet, calibration, evaluation, cfg.bn_batches, cfg.eval_batches)
+    top1 = evaluator.accuracy(subnet)
+    complexity = subnet_complexity(subnet, num_classes)
+    metrics = {"model": str(cfg.model), "subnet": encode(subnet), "top1": top1, "split": cfg.data.split,
+               "mmacs": complexity.macs / 1e6, "params_m": complexity.params / 1e6,
+               "checkpoint": None if checkpoint_path(cfg.checkpoint) is None else str(cfg.checkpoint),
+               "data": "generated" if cfg.data.root is None else str(cfg.data.root),
+               "bn_batches": cfg.bn_batches, "config": to_container(cfg)}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    logger.info("%s: top-1 %.2f%% (%s split, %.1f MMACs)", metrics["subnet"], top1, cfg.data.split, metrics["mmacs"])
+    return metrics
+
+
+@hydra_app("elasticvit", "evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()
