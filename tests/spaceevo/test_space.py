@@ -34,7 +34,7 @@ def published() -> dict:
 
 
 def test_hyperspaces_match_the_paper_notes_table() -> None:
-    assert list_hyperspaces() == ["mobilew", "onnxw"]
+    assert {"mobilew", "onnxw"} <= set(list_hyperspaces())
     onnxw, mobilew = load_hyperspace("onnxw"), load_hyperspace("mobilew")
     # widths "start-stop step 16" and #windows as written in the notes' hyperspace table
     assert onnxw.stages[2].widths == tuple(range(32, 65, 16))
