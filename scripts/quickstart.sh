@@ -17,6 +17,7 @@ sections=(
     "common moonlit.common.quickstart"
     "top moonlit.top.quickstart"
     "litepred moonlit.litepred.quickstart"
+    "spaceevo moonlit.spaceevo.quickstart"
 )
 
 wanted=("$@")
