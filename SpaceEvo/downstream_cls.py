@@ -1,0 +1,113 @@
+"""Transfer of a SEQnet to a downstream classification dataset (SpaceEvo, ICCV'23, §5.3 "transfer learning").
+
+``python -m moonlit.spaceevo.downstream_cls model=SEQnet@vnni-A0 checkpoint=/ckpt/lsq.pth data.root=/data/cifar10``
+
+As the reference's ``downstream_cls.py``: the ImageNet subnet is taken from its supernet with BN
+re-estimated on the new training images, the 1000-way classifier is replaced by one for the
+dataset's classes, and the whole network (or the head only) is fine-tuned with SGD Nesterov and
+label smoothing 0.1. The training loop is the shared :func:`moonlit.common.train.classifier.train_classifier`
+(warm-up + cosine schedule, resumable checkpoints, DDP); the reference used warm-up + linear decay.
+Any ImageFolder dataset (``root/{train,val}/<class>/*``) works, the generated one included.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from moonlit.common.config import hydra_app, to_container
+from moonlit.common.data.imagenet import build_imagenet_datasets, build_loader
+from moonlit.common.data.synthetic import write_image_folder
+from moonlit.common.train.bn_recalibration import recalibrate_batch_norm
+from moonlit.common.train.classifier import evaluate_top1, train_classifier
+from moonlit.common.train.dist import barrier, cleanup_distributed, init_distributed
+from moonlit.common.train.seed import seed_everything
+from moonlit.spaceevo.models import create_seqnet, resolve_model
+from moonlit.spaceevo.ops.lsq_plus import QuantLinear, set_quant_mode
+from moonlit.spaceevo.supernet import StaticSubnet
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["downstream_cls", "replace_classifier"]
+
+log = logging.getLogger(__name__)
+
+
+def replace_classifier(model: StaticSubnet, num_classes: int, head_only: bool = False) -> StaticSubnet:
+    """A fresh ``num_classes``-way classifier (in the model's quantization mode); freeze the rest if ``head_only``."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes = {num_classes}; expected >= 1")
+    old = model.classifier
+    model.classifier = QuantLinear(old.in_features, num_classes)
+    if old.act_quant.bits is not None:
+        set_quant_mode(model.classifier, old.act_quant.bits)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(not head_only or name.startswith("classifier."))
+    return model
+
+
+def _sgd(params: Any, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    trainable = [p for p in params if p.requires_grad]
+    return torch.optim.SGD(trainable, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+
+
+def downstream_cls(cfg: DictConfig) -> dict[str, Any]:
+    """Fine-tune ``cfg.model`` on ``cfg.data.root``; returns (and writes) the per-epoch validation history."""
+    ctx = init_distributed(cfg.trainer.device, cfg.trainer.backend)
+    seed_everything(cfg.trainer.seed)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    out_dir = Path(cfg.output_dir)
+    try:
+        data = cfg.data
+        if data.generate is not None:
+            if ctx.is_main:
+                gen = data.generate
+                write_image_folder(data.root, num_classes=gen.num_classes, image_size=gen.image_size, seed=gen.seed,
+                                   images_per_class={"train": gen.train_per_class, "val": gen.val_per_class})
+            barrier()
+        spec = resolve_model(cfg.model, cfg.search_result)
+        datasets = build_imagenet_datasets(data.root, img_size=data.img_size or spec.subnet.resolution,
+                                           train_aug=OmegaConf.to_container(data.train_aug, resolve=True))
+        num_classes = len(datasets["val"].classes)
+        model = create_seqnet(cfg.model, cfg.checkpoint, search_result=cfg.search_result,
+                              num_classes=cfg.pretrained_num_classes, quantized=cfg.quant)
+        train_loader = build_loader(datasets["train"], data.batch_size, shuffle=True, seed=cfg.trainer.seed,
+                                    drop_last=True, num_workers=cfg.trainer.num_workers, rank=ctx.rank,
+                                    world_size=ctx.world_size)
+        val_loader = build_loader(datasets["val"], data.eval_batch_size, shuffle=False,
+                                  num_workers=cfg.trainer.num_workers, rank=ctx.rank, world_size=ctx.world_size)
+        if cfg.bn_calibration_batches > 0:
+            recalibrate_batch_norm(model, train_loader, cfg.bn_calibration_batches)
+        model = replace_classifier(model, num_classes, cfg.head_only).to(ctx.device)
+        optim = cfg.optim
+        make_optimizer = functools.partial(_sgd, lr=optim.lr, momentum=optim.momentum,
+                                           weight_decay=optim.weight_decay)
+        with instantiate(cfg.logger)(out_dir, run_name=f"downstream-{cfg.model}", config=to_container(cfg)) as logger:
+            run = train_classifier(model, train_loader, val_loader, ctx=ctx, make_optimizer=make_optimizer,
+                                   epochs=cfg.epochs, checkpoint_dir=out_dir / "checkpoints", logger=logger,
+                                   label_smoothing=cfg.label_smoothing,
+                                   warmup_steps=cfg.warmup_epochs * len(train_loader),
+                                   arch={"model": cfg.model, "num_classes": num_classes}, config=to_container(cfg))
+        final = evaluate_top1(model, val_loader, ctx.device, ctx)
+        summary = {"model": cfg.model, "num_classes": num_classes, "step": run.step, "history": run.history,
+                   "final": final}
+        if ctx.is_main:
+            (out_dir / "downstream_cls.json").write_text(json.dumps(summary, indent=1) + "\n")
+        log.info("%s on %s: top-1 %.4f after %d steps", cfg.model, data.root, final["top1"], run.step)
+        return summary
+    finally:
+        cleanup_distributed()
+
+
+@hydra_app("spaceevo", "downstream_cls")
+def main(cfg: DictConfig) -> None:
+    downstream_cls(cfg)
+
+
+if __name__ == "__main__":
+    main()

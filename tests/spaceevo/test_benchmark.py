@@ -1,0 +1,52 @@
+"""SEQnet vs baseline FP32/INT8 benchmark (moonlit.spaceevo.benchmark): smoke run and table logic, no timing asserts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from moonlit.common.config import compose_config
+from moonlit.spaceevo.benchmark import int8_front, render_table, run_benchmark
+
+SEARCH_RESULT = Path(__file__).resolve().parents[3] / "shared" / "data" / "spaceevo" / "search_result.yaml"
+
+
+def _row(name: str, macs: float, int8_ms: float) -> dict:
+    return {"name": name, "resolution": 224, "macs": macs, "params": 1e6, "fp32_ms": 2 * int8_ms,
+            "int8_ms": int8_ms, "speedup": 2.0, "speedup_ci95": [1.9, 2.1], "quantized_conv_fraction": 1.0}
+
+
+def test_int8_front_by_hand():
+    rows = [_row("a", 100e6, 1.0), _row("b", 200e6, 1.5), _row("c", 150e6, 2.0), _row("d", 200e6, 1.5),
+            _row("e", 50e6, 1.0)]
+    # c: b has more MACs and is faster; e: a has more MACs at equal latency; b and d tie (neither dominates)
+    assert int8_front(rows) == {"a", "b", "d"}
+
+
+def test_render_table_has_one_line_per_model():
+    rows = [{**_row("SEQnet@vnni-A0", 163e6, 1.5), "on_int8_front": True}]
+    table = render_table(rows).splitlines()
+    assert len(table) == 3
+    assert table[2].startswith("| SEQnet@vnni-A0 | 224 | 163 | 1.00 | 3.00 | 1.50 | 2.00x (1.90-2.10) | 100% | yes |")
+
+
+@pytest.mark.skipif(not SEARCH_RESULT.is_file(), reason="shared data folder not beside the clone")
+@pytest.mark.parametrize("route", ["static", "lsq"])
+def test_benchmark_smoke_writes_outputs(tmp_path, route):
+    cfg = compose_config("spaceevo", "benchmark", [
+        f"search_result={SEARCH_RESULT}", "seqnets=[SEQnet@vnni-A0]", "baselines=[resnet18]", f"seqnet_int8={route}",
+        "calibration.batches=1", "calibration.batch_size=2", "timing.rounds=2", "timing.warmup=1", "timing.burst=1",
+        "baseline_resolution=64", f"output_dir={tmp_path}",
+    ])
+    result = run_benchmark(cfg)
+    names = [row["name"] for row in result["rows"]]
+    assert names == ["SEQnet@vnni-A0", "resnet18"]
+    for name in ("benchmark.json", "benchmark.md", "latency_vs_macs.png", "section.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    saved = json.loads((tmp_path / "benchmark.json").read_text())
+    seqnet = saved["rows"][0]
+    assert seqnet["macs"] == pytest.approx(163.479488e6, rel=1e-6)  # count_macs of the subnet at 160 px
+    assert seqnet["quantized_conv_fraction"] == 1.0
+    assert len(saved["samples_ms"]["resnet18/int8"]) == 2
+    assert (tmp_path / "benchmark.md").read_text().count("\n") == 4
