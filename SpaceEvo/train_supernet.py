@@ -44,12 +44,8 @@ from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.imagenet import build_imagenet_datasets, build_loader
 from moonlit.common.data.loaders import set_epoch
 from moonlit.common.data.synthetic import write_image_folder
-from moonlit.common.train.bn_recalibration import (
-    batch_norm_layers,
-    recalibrate_batch_norm,
-)
 from moonlit.common.train.checkpoint import resume_or_load, save_checkpoint
-from moonlit.common.train.classifier import evaluate_top1, sync_buffers
+from moonlit.common.train.classifier import sync_buffers
 from moonlit.common.train.dist import (
     DistContext,
     barrier,
@@ -58,6 +54,11 @@ from moonlit.common.train.dist import (
 )
 from moonlit.common.train.losses import adaptive_alpha_divergence
 from moonlit.common.train.seed import seed_everything, step_seed
+from moonlit.common.train.supernet import (
+    average_bn_statistics,
+    average_gradients,
+    evaluate_recalibrated,
+)
 from moonlit.spaceevo.ops.lsq_plus import set_quant_mode
 from moonlit.spaceevo.space import SubnetEncoding
 from moonlit.spaceevo.supernet import Supernet
@@ -113,23 +114,6 @@ def build_optimizer(model: nn.Module, lr: float, momentum: float = 0.9, nesterov
                             {"params": plain, "weight_decay": 0.0}], lr=lr, momentum=momentum, nesterov=nesterov)
 
 
-@torch.no_grad()
-def average_gradients(model: nn.Module, ctx: DistContext | None) -> None:
-    """Average ``.grad`` over ranks in one flat all-reduce (all ranks trained the same subnets)."""
-    if ctx is None or not ctx.is_distributed:
-        return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    torch.distributed.all_reduce(flat)
-    flat /= ctx.world_size
-    offset = 0
-    for grad in grads:
-        grad.copy_(flat[offset: offset + grad.numel()].view_as(grad))
-        offset += grad.numel()
-
-
 def sandwich_step(supernet: Supernet, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
                   rng: np.random.Generator, settings: SandwichSettings = SandwichSettings(),
                   ctx: DistContext | None = None) -> dict[str, Any]:
@@ -158,26 +142,12 @@ def sandwich_step(supernet: Supernet, images: torch.Tensor, labels: torch.Tensor
     return {"losses": losses, "subnets": {k: str(v) for k, v in subnets.items()}}
 
 
-@torch.no_grad()
-def average_bn_statistics(model: nn.Module, ctx: DistContext | None) -> None:
-    """Average every BN's running mean and variance over ranks (each calibrated on its own shard)."""
-    if ctx is None or not ctx.is_distributed:
-        return
-    for norm in batch_norm_layers(model):
-        for stat in (norm.running_mean, norm.running_var):
-            torch.distributed.all_reduce(stat)
-            stat /= ctx.world_size
-
-
 def evaluate_subnet(supernet: Supernet, subnet: SubnetEncoding, val_loader: Iterable, calib_loader: Iterable,
                     calib_batches: int, device: torch.device, ctx: DistContext | None = None) -> dict[str, float]:
     """Top-1 of ``subnet`` as a static copy with BN re-calibrated on ``calib_batches`` batches."""
     supernet.set_active(subnet)
     static = supernet.get_active_subnet().to(device)
-    if calib_batches > 0:
-        recalibrate_batch_norm(static, calib_loader, calib_batches, device=device)
-        average_bn_statistics(static, ctx)
-    return evaluate_top1(static.eval(), val_loader, device, ctx)
+    return evaluate_recalibrated(static, val_loader, calib_loader, calib_batches, device, ctx)
 
 
 # --- the app ----------------------------------------------------------------------------------------

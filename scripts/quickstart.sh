@@ -18,6 +18,7 @@ sections=(
     "top moonlit.top.quickstart"
     "litepred moonlit.litepred.quickstart"
     "spaceevo moonlit.spaceevo.quickstart"
+    "elasticvit moonlit.elasticvit.quickstart"
 )
 
 wanted=("$@")

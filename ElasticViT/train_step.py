@@ -1,0 +1,197 @@
+"""One step of ElasticViT's conflict-aware supernet training (ICCV'23, arXiv 2303.09730, Sec. 3.2–3.3 and Sec. 4).
+
+A step trains the subnets a sampler (:mod:`moonlit.elasticvit.sampling`) drew for it, all from one
+FLOPs level under the paper's policy:
+
+1. every **uniform** subnet learns from the teacher ensemble's averaged softmax at temperature 0.2
+   (:class:`~moonlit.elasticvit.teachers.TeacherEnsemble`) by soft cross-entropy — or, without
+   teachers, from the (mixup / label-smoothed) labels;
+2. the level's **min** subnet learns from the mean of the uniform subnets' softmax by AlphaNet's
+   adaptive alpha-divergence (alpha in [-1, 1], importance weight clipped at 5);
+3. gradients of the passes are summed, averaged over ranks once, clipped adaptively (AGC, factor
+   0.1, timm's ``adaptive_clip_grad``), and one AdamW step follows.
+
+**Performance-aware** sampling needs each newly drawn subnet's score: :func:`make_scorer` returns
+``-CE`` on the step's un-mixed batch, computed without gradients, with batch statistics in BN
+and dropout off, and averaged over ranks so that every rank keeps identical banks. Differences from
+the reference, on purpose: its scoring forward ran in train mode and so moved the supernet's BN
+running statistics (and its dropout, had it been on); here the scoring forward leaves no trace.
+
+AdamW's weight decay (0.05) skips the convolutional part — the first conv and every MBConv block
+(stem, C stages, the transformer stages' reduction blocks), as the paper's Sec. 4 and the
+reference's ``no_weight_decay`` list — and every 1-D parameter (norms, biases), as timm does.
+The learning rate follows timm's ``CosineLRScheduler`` as the reference configures it, per step:
+linear warm-up from ``warmup_lr`` to ``lr``, then ``min_lr + (lr - min_lr)(1 + cos(pi t / T)) / 2``
+with ``t`` counted from step 0 (timm's ``warmup_prefix=False``) up to ``T`` = the cosine epochs,
+then ``min_lr`` for the cool-down epochs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from moonlit.common.train.dist import DistContext, all_reduce_mean
+from moonlit.common.train.losses import (
+    adaptive_alpha_divergence,
+    soft_target_cross_entropy,
+)
+from moonlit.common.train.supernet import average_gradients, batch_statistics_forward
+from torch import Tensor, nn
+
+from .ops import ElasticMBConv
+from .sampling import StepSample
+from .space import ConvStageSpace, SearchSpace, Subnet, TransformerStageSpace
+from .supernet import ElasticViTSupernet
+from .teachers import TeacherEnsemble
+
+__all__ = ["StepSettings", "build_optimizer", "conv_block_parameters", "make_scorer", "space_from_config",
+           "train_step", "warmup_cosine_lr"]
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """Loss and clipping constants of one step: the reference's values by default."""
+
+    alpha_min: float = -1.0
+    alpha_max: float = 1.0
+    alpha_clip: float = 5.0
+    agc_clip_factor: float | None = 0.1   # None: no gradient clipping
+    label_smoothing: float = 0.1          # label targets only (no teachers, no mixup)
+
+
+def conv_block_parameters(supernet: nn.Module) -> set[int]:
+    """ids of the parameters of the first conv and of every MBConv block (exempt from weight decay)."""
+    ids = {id(p) for m in supernet.modules() if isinstance(m, ElasticMBConv) for p in m.parameters()}
+    first_conv = getattr(supernet, "first_conv", None)
+    if first_conv is not None:
+        ids |= {id(p) for p in first_conv.parameters()}
+    return ids
+
+
+def build_optimizer(supernet: nn.Module, lr: float, weight_decay: float = 0.05,
+                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
+    """AdamW; decay on the >= 2-D parameters of the transformer stages and the head only."""
+    exempt = conv_block_parameters(supernet)
+    params = [p for p in supernet.parameters() if p.requires_grad]
+    decayed = [p for p in params if p.dim() > 1 and id(p) not in exempt]
+    decayed_ids = {id(p) for p in decayed}
+    plain = [p for p in params if id(p) not in decayed_ids]
+    return torch.optim.AdamW([{"params": decayed, "weight_decay": weight_decay},
+                              {"params": plain, "weight_decay": 0.0}], lr=lr, betas=betas, eps=eps)
+
+
+def warmup_cosine_lr(warmup_steps: int, cosine_steps: int, warmup_ratio: float, min_ratio: float
+                     ) -> Callable[[int], float]:
+    """lr / base lr at a step (module docstring); ratios are ``warmup_lr / lr`` and ``min_lr / lr``."""
+    if cosine_steps < 1 or warmup_steps < 0:
+        raise ValueError(f"cosine_steps {cosine_steps} must be >= 1 and warmup_steps {warmup_steps} >= 0")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return warmup_ratio + (1.0 - warmup_ratio) * step / warmup_steps
+        progress = min(step, cosine_steps) / cosine_steps
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def make_scorer(supernet: ElasticViTSupernet, images: Tensor, labels: Tensor,
+                ctx: DistContext | None = None) -> Callable[[Subnet], float]:
+    """``score(subnet)`` = ``-CE`` on (images, labels), averaged over ranks; leaves the supernet unchanged."""
+
+    def score(subnet: Subnet) -> float:
+        active = supernet.active_subnet
+        supernet.set_active(subnet)
+        try:
+            with torch.no_grad(), batch_statistics_forward(supernet):
+                loss = F.cross_entropy(supernet(images), labels).detach().reshape(1).double()
+        finally:
+            supernet.set_active(active)
+        if ctx is not None and ctx.is_distributed:
+            all_reduce_mean(loss)
+        return -float(loss)
+
+    return score
+
+
+def _label_targets(labels: Tensor, num_classes: int, smoothing: float) -> Tensor:
+    off = smoothing / num_classes
+    return torch.full((labels.numel(), num_classes), off, device=labels.device).scatter_(
+        1, labels.view(-1, 1), 1.0 - smoothing + off)
+
+
+def train_step(supernet: ElasticViTSupernet, sample: StepSample, images: Tensor, labels: Tensor,
+               optimizer: torch.optim.Optimizer, teachers: TeacherEnsemble | None = None,
+               mixup: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+               settings: StepSettings = StepSettings(), ctx: DistContext | None = None) -> dict[str, Any]:
+    """Train ``sample``'s uniform subnets and its min subnet on one batch; returns each pass's loss."""
+    optimizer.zero_grad(set_to_none=True)
+    num_classes = supernet.head.classifier.out_features
+    if mixup is not None:
+        inputs, label_targets = mixup(images, labels)
+    else:
+        inputs, label_targets = images, _label_targets(labels, num_classes, settings.label_smoothing)
+    targets = teachers(inputs) if teachers is not None else label_targets
+    losses: dict[str, float] = {}
+    uniform_log_probs = []
+    for index, subnet in enumerate(sample.uniform):
+        supernet.set_active(subnet)
+        logits = supernet(inputs)
+        loss = soft_target_cross_entropy(logits, targets)
+        loss.backward()
+        losses[f"uniform{index}"] = loss.item()
+        uniform_log_probs.append(F.log_softmax(logits.detach(), dim=1))
+    # log of the mean of the uniform subnets' softmax, without underflow: logsumexp - log n
+    ensemble_logits = torch.logsumexp(torch.stack(uniform_log_probs), dim=0) - math.log(len(uniform_log_probs))
+    supernet.set_active(sample.min)
+    loss = adaptive_alpha_divergence(supernet(inputs), ensemble_logits, settings.alpha_min, settings.alpha_max,
+                                     settings.alpha_clip)
+    loss.backward()
+    losses["min"] = loss.item()
+    average_gradients(supernet, ctx)
+    if settings.agc_clip_factor:
+        from timm.utils import adaptive_clip_grad
+
+        adaptive_clip_grad(supernet.parameters(), settings.agc_clip_factor)
+    optimizer.step()
+    return {"losses": losses, "uniform": [str(s) for s in sample.uniform], "min": str(sample.min),
+            "levels": list(sample.levels), "from_bank": list(sample.from_bank)}
+
+
+def _stage_spaces(entries: Iterable[Mapping[str, Any]], kind: str) -> tuple[Any, ...]:
+    stages = []
+    for entry in entries:
+        fields = dict(entry)
+        fields["widths"], fields["depths"] = tuple(fields["widths"]), tuple(fields["depths"])
+        try:
+            stages.append(ConvStageSpace(**fields) if kind == "C" else TransformerStageSpace(**fields))
+        except TypeError as err:
+            raise ValueError(f"{kind} stage entry {fields} does not describe a stage: {err}") from None
+    return tuple(stages)
+
+
+def space_from_config(node: Mapping[str, Any] | None) -> SearchSpace:
+    """The search space a config's ``space`` node describes; None is the paper's space.
+
+    The node holds :class:`~moonlit.elasticvit.space.SearchSpace`'s fields (lists for tuples; stages
+    as lists of ``{name, widths, depths, downsample[, se]}``): a reduced space for smoke runs.
+    """
+    from .space import ELASTICVIT_SPACE
+
+    if node is None:
+        return ELASTICVIT_SPACE
+    fields = dict(node)
+    expected = set(SearchSpace.__dataclass_fields__)
+    if set(fields) != expected:
+        raise ValueError(f"space config has fields {sorted(fields)}; expected exactly {sorted(expected)}")
+    fields["conv_stages"] = _stage_spaces(fields["conv_stages"], "C")
+    fields["transformer_stages"] = _stage_spaces(fields["transformer_stages"], "T")
+    for key, value in fields.items():
+        if isinstance(value, (list, tuple)) and key not in ("conv_stages", "transformer_stages"):
+            fields[key] = tuple(int(v) for v in value)
+    return SearchSpace(**fields)
