@@ -46,7 +46,7 @@ from .sampler import KernelPool, sample_configs
 from .similarity import SimilarityScore, probe_configs, rank_platforms
 from .transfer import adapt_predictor
 from .vae import sample_configs_uniform, sample_configs_vae
-from .zoo import ArchSpec, heldout_architectures, training_architectures
+from .zoo import ArchSpec, calibration_architectures, heldout_architectures, training_architectures
 
 __all__ = ["SAMPLERS", "TargetKernels", "choose_configs", "evaluate_predictor", "measure_configs",
            "measured_calibration", "run_adapt", "similarity_ranking"]
@@ -219,7 +219,7 @@ def run_adapt(cfg: Any) -> dict[str, Any]:
     chosen = choose_configs(kernel_pool, int(a.budget), str(a.sampler), seed, [c.key() for c in probe.configs])
     budget = measure_configs(chosen, backend, dataset, statistic, f"{a.sampler}-sampled kernels on {target}")
     data = probe + budget
-    calibration_specs = train_specs[: int(a.calibration_models)]
+    calibration_specs = calibration_architectures(train_specs, int(a.calibration_models))
     calibration_ms, calibration_s = measured_calibration(calibration_specs, backend, dataset, statistic)
     platform = {"name": target, **backend.metadata(), "rules": str(cfg.rules), "statistic": statistic}
     predictor, fit_s = adapt_once(target_kernels=data, source=predictors.get(source_name), method=str(a.method),

@@ -33,7 +33,7 @@ from .pipeline import (KernelCache, build_pool, calibrate_overhead, measured_mod
 from .predictor import PlatformPredictor
 from .profile import get_backend, list_backends
 from .sampler import sample_configs
-from .zoo import ArchSpec, training_architectures
+from .zoo import ArchSpec, calibration_architectures, training_architectures
 
 __all__ = ["main", "run_build", "run_evaluate", "run_predict", "run_profile"]
 
@@ -66,7 +66,7 @@ def run_profile(cfg: DictConfig, backend: Any = None) -> dict[str, Any]:
     backend = backend or _backend(cfg)
     dataset = ProfileDataset(cfg.dataset)
     kernels = profile_kernels(configs, backend, dataset)
-    models = profile_models(specs[: int(cfg.architectures.calibration)], backend, dataset,
+    models = profile_models(calibration_architectures(specs, int(cfg.architectures.calibration)), backend, dataset,
                             desc="measuring calibration models")
     summary = {"platform": backend.name, "pool": pool.summary(), "sampled": len(configs), "kernels": kernels,
                "calibration_models": models}
@@ -85,7 +85,7 @@ def run_build(cfg: DictConfig) -> dict[str, Any]:
                                 options=OmegaConf.to_container(cfg.regressor_options, resolve=True),
                                 metadata={**backend.metadata(), "rules": cfg.rules}, min_rows=int(cfg.min_rows),
                                 seed=int(cfg.budget.seed), statistic=cfg.statistic)
-    specs = _training_specs(cfg)[: int(cfg.architectures.calibration)]
+    specs = calibration_architectures(_training_specs(cfg), int(cfg.architectures.calibration))
     cache = KernelCache(cfg.kernel_cache, cfg.rules)
     overhead = calibrate_overhead(predictor, cache, specs,
                                   measured_models(dataset, backend.name, specs, statistic=cfg.statistic),

@@ -44,7 +44,7 @@ from .pipeline import KernelCache
 from .pool import KnowledgePool
 from .profile import get_backend
 from .similarity import probe_configs
-from .zoo import heldout_architectures, training_architectures
+from .zoo import calibration_architectures, heldout_architectures, training_architectures
 
 __all__ = ["main", "plot", "render", "run_experiment"]
 
@@ -99,7 +99,7 @@ def run_experiment(cfg: DictConfig) -> list[dict[str, Any]]:
         specs = heldout_architectures(int(h.n), seed=int(h.seed), families=list(h.families) if h.families else None)
         cache.fill(specs, desc="detecting held-out kernels")
         truth, repeat = heldout_truth(specs, backend, ProfileDataset(cfg.dataset), statistic, int(h.repeats))
-        calibration_specs = train_specs[: int(a.calibration_models)]
+        calibration_specs = calibration_architectures(train_specs, int(a.calibration_models))
         calibration_ms, calibration_s = measured_calibration(calibration_specs, backend, adapt_dataset, statistic)
         for seed in map(int, e.seeds):
             probe = measure_configs(probe_configs(kernel_pool, int(a.probe), seed), backend, adapt_dataset, statistic,

@@ -35,6 +35,7 @@ __all__ = [
     "TRAINING_SEED",
     "ArchFamily",
     "ArchSpec",
+    "calibration_architectures",
     "get_family",
     "heldout_architectures",
     "is_heldout",
@@ -385,6 +386,27 @@ def training_architectures(
         if heldout_only:
             raise ValueError(f"families {heldout_only} are held-out only and cannot give training specs")
     return sample_architectures(n, seed, families, weights, accept=lambda spec: not is_heldout(spec))
+
+
+def calibration_architectures(specs: Sequence[ArchSpec], n: int) -> list[ArchSpec]:
+    """``n`` of ``specs`` taken round-robin over their families (in order within each family).
+
+    :func:`training_architectures` lists specs family by family, so its first ``n`` would all be
+    of one family: an overhead term fitted on them never sees the others (the first 60 of the
+    default 150 are all SpaceEvo-like, no ViT among them).
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    by_family: dict[str, list[ArchSpec]] = {}
+    for spec in specs:
+        by_family.setdefault(spec.family, []).append(spec)
+    queues = [list(members) for members in by_family.values()]
+    chosen: list[ArchSpec] = []
+    while len(chosen) < min(n, len(specs)):
+        for queue in queues:
+            if queue and len(chosen) < n:
+                chosen.append(queue.pop(0))
+    return chosen
 
 
 def save_specs(specs: Sequence[ArchSpec], path: str | Path) -> Path:

@@ -316,3 +316,19 @@ def test_heldout_families_select_only_those_families() -> None:
     assert sum(s.family == "timm-mobile" for s in with_timm) == 23  # the fixed family comes whole
     everything = heldout_architectures(30)
     assert sum(s.family == "timm-mobile" for s in everything) == 23
+
+
+def test_calibration_architectures_cover_every_family_round_robin() -> None:
+    from collections import Counter
+
+    from moonlit.litepred.zoo import calibration_architectures, training_architectures
+
+    specs = training_architectures(30, seed=1)
+    assert len({s.family for s in specs[:10]}) == 1  # the listing is family by family: why round-robin is needed
+    chosen = calibration_architectures(specs, 9)
+    counts = Counter(s.family for s in chosen)
+    assert len(counts) == len({s.family for s in specs}) and max(counts.values()) - min(counts.values()) <= 1
+    families = [s.family for s in chosen]
+    assert families[: len(counts)] == list(dict.fromkeys(s.family for s in specs))  # one of each family first
+    assert calibration_architectures(specs, 100) == [s for s in chosen] + [s for s in calibration_architectures(specs, 100)[9:]]
+    assert sorted(s.name for s in calibration_architectures(specs, 100)) == sorted(s.name for s in specs)
