@@ -144,10 +144,12 @@ def evaluate_predictor(predictor: PlatformPredictor, cache: KernelCache, specs: 
 
 
 def heldout_truth(specs: Sequence[ArchSpec], backend: Any, dataset: ProfileDataset, statistic: str,
-                  repeats: int = 2) -> tuple[np.ndarray, np.ndarray | None]:
+                  repeats: int = 2, first_repeat: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
     """Held-out models measured ``repeats`` times on the target (the evaluation; reused when already measured)."""
-    profile_models(specs, backend, dataset, repeats=repeats, desc="measuring held-out models")
-    measured = [measured_models(dataset, backend.name, specs, r, statistic) for r in range(repeats)]
+    profile_models(specs, backend, dataset, repeats=repeats, desc="measuring held-out models",
+                   first_repeat=first_repeat)
+    measured = [measured_models(dataset, backend.name, specs, r, statistic)
+                for r in range(first_repeat, first_repeat + repeats)]
     return measured[0], (measured[1] if repeats > 1 else None)
 
 
@@ -240,7 +242,8 @@ def run_adapt(cfg: Any) -> dict[str, Any]:
     if int(h.n) > 0:
         specs = heldout_architectures(int(h.n), seed=int(h.seed), families=list(h.families) if h.families else None)
         cache.fill(specs, desc="detecting held-out kernels")
-        truth, repeat = heldout_truth(specs, backend, ProfileDataset(cfg.dataset), statistic, int(h.repeats))
+        truth, repeat = heldout_truth(specs, backend, ProfileDataset(cfg.dataset), statistic, int(h.repeats),
+                                      int(h.first_repeat))
         summary["accuracy"] = evaluate_predictor(predictor, cache, specs, truth, repeat)
         acc = summary["accuracy"]
         print(f"{target} adapted from {source_name or 'nothing'} ({a.method}, {len(data.configs)} target kernels + "

@@ -165,7 +165,8 @@ def run_evaluate(cfg: DictConfig, section: dict[str, Any] | None = None) -> dict
                                 repeats=int(h.repeats), speed_models=int(h.speed_models),
                                 batch_architectures=int(h.batch_architectures),
                                 kernel_remeasure=int(h.kernel_remeasure),
-                                extra_models=[resolve_spec(str(name)) for name in h.models], section=section)
+                                extra_models=[resolve_spec(str(name)) for name in h.models], section=section,
+                                first_repeat=int(h.first_repeat))
     a = results["accuracy"]
     print(f"{cfg.platform}: {a['n']} held-out models, ±5% {a['within_5pct']:.1%}, ±10% {a['within_10pct']:.1%}"
           + (f" (measurement ceiling ±10% {a['ceiling_within_10pct']:.1%})" if "ceiling_within_10pct" in a else "")

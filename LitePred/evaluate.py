@@ -89,7 +89,7 @@ def evaluate_platform(predictor_dir: str | Path, dataset_path: str | Path, cache
                       platform: str, backend_options: dict[str, Any] | None = None, n: int = 120, seed: int = 7,
                       families: list[str] | None = None, repeats: int = 2, speed_models: int = 5,
                       batch_architectures: int = 1000, kernel_remeasure: int = 200,
-                      extra_models: Sequence[ArchSpec] = (),
+                      extra_models: Sequence[ArchSpec] = (), first_repeat: int = 0,
                       section: dict[str, Any] | None = None) -> dict[str, Any]:
     """Measure held-out models on ``platform``, predict them, write results.json, scatter.png and a report section.
 
@@ -108,9 +108,11 @@ def evaluate_platform(predictor_dir: str | Path, dataset_path: str | Path, cache
     backend = get_backend(platform, **(backend_options or {}))
     dataset = ProfileDataset(dataset_path)
     cache.fill(specs, desc="detecting held-out kernels")
-    profiling = profile_models(specs, backend, dataset, repeats=repeats, desc="measuring held-out models")
+    profiling = profile_models(specs, backend, dataset, repeats=repeats, desc="measuring held-out models",
+                               first_repeat=first_repeat)
     statistic = predictor.platform.get("statistic", "median")
-    measured = [measured_models(dataset, backend.name, specs, r, statistic) for r in range(repeats)]
+    measured = [measured_models(dataset, backend.name, specs, r, statistic)
+                for r in range(first_repeat, first_repeat + repeats)]
     predicted, unpredicted = predict_architectures(predictor, cache, specs)
     truth = measured[0]
     report = accuracy_report(predicted, truth, repeat=measured[1] if repeats > 1 else None)

@@ -154,21 +154,24 @@ def _model_config(spec: ArchSpec, repeat: int) -> dict[str, Any]:
 
 
 def profile_models(specs: Sequence[ArchSpec], backend: Backend, dataset: ProfileDataset, *, repeats: int = 1,
-                   group_size: int = 12, desc: str | None = None) -> dict[str, Any]:
+                   group_size: int = 12, desc: str | None = None, first_repeat: int = 0) -> dict[str, Any]:
     """Measure whole models ``repeats`` times each, in separate passes (independent measurements).
 
     Each pass times ``group_size`` models interleaved; pass ``r`` shuffles the order with seed ``r``,
-    so the passes group different models together.
+    so the passes group different models together. Passes are numbered from ``first_repeat``: a new
+    measurement campaign (e.g. on another day, when the machine may run at another speed) takes
+    fresh numbers instead of the stored ones.
     """
     start = time.perf_counter()
     measured = 0
-    for repeat in range(repeats):
+    for repeat in range(first_repeat, first_repeat + repeats):
         done = dataset.measured_keys(backend.name, "model")
         todo = [s for s in specs if record_key(s.name, _model_config(s, repeat)) not in done]
         if repeat:
             todo = [todo[i] for i in np.random.default_rng(repeat).permutation(len(todo))]
         label = desc or f"profiling models on {backend.name}"
-        with tqdm(total=len(todo), desc=f"{label} (pass {repeat + 1}/{repeats})", disable=not todo) as bar:
+        with tqdm(total=len(todo), desc=f"{label} (pass {repeat - first_repeat + 1}/{repeats})",
+                  disable=not todo) as bar:
             for group in _groups(todo, group_size):
                 began = time.perf_counter()
                 measurements = backend.measure_many([(s.build(), (s.example_input(),)) for s in group])

@@ -98,7 +98,8 @@ def run_experiment(cfg: DictConfig) -> list[dict[str, Any]]:
         h = cfg.heldout
         specs = heldout_architectures(int(h.n), seed=int(h.seed), families=list(h.families) if h.families else None)
         cache.fill(specs, desc="detecting held-out kernels")
-        truth, repeat = heldout_truth(specs, backend, ProfileDataset(cfg.dataset), statistic, int(h.repeats))
+        truth, repeat = heldout_truth(specs, backend, ProfileDataset(cfg.dataset), statistic, int(h.repeats),
+                                      int(h.first_repeat))
         calibration_specs = calibration_architectures(train_specs, int(a.calibration_models))
         calibration_ms, calibration_s = measured_calibration(calibration_specs, backend, adapt_dataset, statistic)
         for seed in map(int, e.seeds):

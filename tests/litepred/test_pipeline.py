@@ -82,6 +82,12 @@ def test_evaluate_reports_accuracy_with_the_ceiling(built: Path) -> None:
     assert results["batch"]["architectures"] == 50
     kernels = results["kernels"]
     assert kernels["ceiling"]["n"] == 20 and kernels["ceiling"]["within_10pct"] == 1.0  # deterministic backend
+    # a new measurement campaign: passes 2 and 3 are measured afresh, the stored passes 0 and 1 stay
+    dataset = ProfileDataset(built / "profile.jsonl")
+    before = len(dataset.records(backend="debug", kind="model"))
+    main(["evaluate", *SMALL, f"paths.output_root={built.parent}", "heldout.first_repeat=2"])
+    repeats = [r.config["repeat"] for r in ProfileDataset(built / "profile.jsonl").records(backend="debug", kind="model")]
+    assert len(repeats) == before + 8 and repeats.count(2) == 4 and repeats.count(3) == 4
 
 
 class _Killed(Exception):
