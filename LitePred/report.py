@@ -55,6 +55,28 @@ def table(rows: list[dict[str, Any]], command: str) -> dict[str, Any]:
                       "±10% accuracy over 85 edge platforms (phones, not these runtimes)"}
 
 
+def family_table(rows: list[dict[str, Any]], command: str) -> dict[str, Any]:
+    """±10% accuracy per held-out family and platform, each beside that family's measurement ceiling."""
+    platforms = [row["platform"] for row in rows]
+    families = sorted({f for row in rows for f in row["results"].get("by_family", {})})
+    body = []
+    for family in families:
+        cells: list[Any] = [family]
+        n = None
+        for row in rows:
+            report = row["results"].get("by_family", {}).get(family)
+            if report is None:
+                cells.append(None)
+                continue
+            n = report["n"]
+            ceiling = report.get("ceiling_within_10pct")
+            cells.append(f"{100 * report['within_10pct']:.1f} ({'–' if ceiling is None else f'{100 * ceiling:.1f}'})")
+        body.append([cells[0], n, *cells[1:]])
+    return {"caption": "Held-out models within ±10% by family (%), measurement ceiling in brackets",
+            "columns": ["family", "models", *platforms], "rows": body,
+            "source": f"this repo, measured on this machine (`{command}`), eval/<platform>/results.json"}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Render the LitePred accuracy table from build + evaluate runs.")
     parser.add_argument("root", type=Path, nargs="?", default=Path("outputs/litepred"))
@@ -64,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not rows:
         raise SystemExit(f"no evaluations under {args.root}/eval/<platform>/results.json: run "
                          "moonlit-litepred build + evaluate first")
-    rendered = render_table(table(rows, args.command))
+    rendered = render_table(table(rows, args.command)) + "\n\n" + render_table(family_table(rows, args.command))
     (args.root / "TABLE.md").write_text(rendered + "\n")
     print(rendered)
 

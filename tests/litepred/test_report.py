@@ -17,7 +17,8 @@ def _write(root: Path, platform: str, within10: float, ceiling: float) -> None:
                "accuracy": {"n": 120, "within_5pct": 0.5, "within_10pct": within10, "mape": 0.07,
                             "ceiling_within_10pct": ceiling},
                "single_model_seconds": [{"total": 0.020}, {"total": 0.030}, {"total": 0.040}],
-               "batch": {"architectures_per_second": 2500.0}}
+               "batch": {"architectures_per_second": 2500.0},
+               "by_family": {"timm-mobile": {"n": 23, "within_10pct": within10 - 0.1, "ceiling_within_10pct": ceiling}}}
     (root / "eval" / platform / "results.json").write_text(json.dumps(results))
     build = {"kernels": {"measured": 3000, "already_measured": 1000}, "kernel_profiling_seconds_total": 600.0}
     (root / "predictors" / platform / "build.json").write_text(json.dumps(build))
@@ -31,6 +32,7 @@ def test_table_rows_come_from_the_files(tmp_path: Path, capsys: pytest.CaptureFi
     # kernels 3000 + 1000, 600 s = 10.0 min, percentages, median single-model time 30 ms
     assert "| ort-fp32 | 4000 | 10.0 | 120 | 50.0 | 95.0 | 99.0 | 7.0 | 30.0 | 2500.0 |" in table
     assert "| ort-int8 | 4000 | 10.0 | 120 | 50.0 | 90.0 | 97.0 | 7.0 | 30.0 | 2500.0 |" in table
+    assert "| timm-mobile | 23 | 85.0 (99.0) | 80.0 (97.0) |" in table  # the by-family table, ceiling in brackets
     assert capsys.readouterr().out.strip() == table.strip()
 
 
