@@ -130,3 +130,21 @@ def create_model(name: str, pretrained: bool = False, num_classes: int = 1000,
             "is loaded through a key map not implemented yet; extract from a loaded supernet instead")
     return build_model(named_subnet(name), num_classes=num_classes, token_norm=token_norm, dropout=dropout)
 
+
+
+def named_models_table() -> str:
+    """Markdown table of the named models: encoding, resolution, MMACs (ours and the reference counter's), parameters."""
+    from .flops import reference_mmacs, subnet_complexity
+    from .space import encode
+
+    lines = ["| model | encoding | res | MMACs (ours) | reference MMACs | parameters (M) |", "|---|---|---|---|---|---|"]
+    for name in MODEL_NAMES:
+        subnet = named_subnet(name)
+        complexity = subnet_complexity(subnet)
+        lines.append(f"| {name} | `{encode(subnet)}` | {subnet.resolution} | {complexity.macs / 1e6:.1f} | "
+                     f"{reference_mmacs(subnet):.1f} | {complexity.params / 1e6:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(named_models_table(), end="")

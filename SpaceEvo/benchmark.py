@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 from moonlit.common.config import hydra_app, to_container
-from moonlit.common.export.int8 import quantization_summary
-from moonlit.common.export.onnx import export_onnx
-from moonlit.common.profiling.backends import make_runner
-from moonlit.common.profiling.flops import count_macs
-from moonlit.common.profiling.latency import compare_many
+from moonlit.common.profiling.model_benchmark import BenchModel, benchmark_models, int8_front, render_table
+from moonlit.common.profiling.model_benchmark import export_model as bench_export
+from moonlit.common.profiling.model_benchmark import plot_latency_vs_macs as plot_models
 from moonlit.common.report import write_section
 from moonlit.spaceevo.deploy import export_lsq_qdq, quantize_with_calibration
 from moonlit.spaceevo.models import create_seqnet, load_search_result
@@ -43,57 +40,28 @@ log = logging.getLogger(__name__)
 BASELINES = ("mobilenetv3_large_100", "efficientnet_b0", "resnet18")
 
 
-def _calibration_batches(resolution: int, count: int, batch_size: int, seed: int) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch_size, 3, resolution, resolution, generator=generator) for _ in range(count)]
+def _lsq_int8(model: nn.Module, path: Path, calibration: list[torch.Tensor]) -> Path:
+    """The deployment route: LSQ+ min-max grids (stand-ins for learned ones) exported as QDQ."""
+    set_quant_mode(model, 8)
+    with torch.no_grad():
+        model(calibration[0])
+    export_lsq_qdq(model, path, calibration)
+    set_quant_mode(model, None)
+    return path
+
+
+def _static_int8(model: nn.Module, path: Path, calibration: list[torch.Tensor]) -> Path:
+    return quantize_with_calibration(model, path, calibration)
 
 
 def export_model(name: str, model: nn.Module, resolution: int, out_dir: Path, int8_route: str,
                  calibration: list[torch.Tensor]) -> dict[str, Any]:
-    """FP32 ONNX + INT8 QDQ of ``model`` under ``out_dir``; returns paths, MACs and the INT8 op summary."""
+    """FP32 ONNX + INT8 QDQ of ``model`` under ``out_dir`` by ``int8_route`` (static | lsq)."""
     if int8_route not in ("static", "lsq"):
         raise ValueError(f"INT8 route {int8_route!r} of {name} is not 'static' or 'lsq'")
-    model = model.eval()
-    example = torch.randn(1, 3, resolution, resolution)
-    complexity = count_macs(model, example)
-    safe = name.replace("@", "_at_")
-    fp32_path = export_onnx(model, example, out_dir / f"{safe}_fp32.onnx", atol=1e-3, rtol=1e-2)
-    int8_path = out_dir / f"{safe}_int8.onnx"
-    if int8_route == "lsq":
-        set_quant_mode(model, 8)
-        with torch.no_grad():
-            model(calibration[0])  # min-max LSQ+ grids stand in for learned ones
-        export_lsq_qdq(model, int8_path, calibration)
-        set_quant_mode(model, None)
-    else:
-        quantize_with_calibration(model, int8_path, calibration)
-    summary = quantization_summary(int8_path)
-    return {"name": name, "resolution": resolution, "macs": complexity.macs, "params": complexity.params,
-            "fp32_onnx": str(fp32_path), "int8_onnx": str(int8_path), "int8_route": int8_route,
-            "quantized_conv_fraction": summary.fraction_quantized("Conv")}
-
-
-def int8_front(rows: list[dict[str, Any]]) -> set[str]:
-    """Models whose INT8 latency no other model beats at equal or more MACs (the latency-vs-MACs front)."""
-    front = set()
-    for row in rows:
-        dominated = any(other is not row and other["macs"] >= row["macs"] and other["int8_ms"] <= row["int8_ms"]
-                        and (other["macs"] > row["macs"] or other["int8_ms"] < row["int8_ms"]) for other in rows)
-        if not dominated:
-            front.add(row["name"])
-    return front
-
-
-def render_table(rows: list[dict[str, Any]]) -> str:
-    """The markdown table of ``benchmark.json`` rows."""
-    lines = ["| model | res | MMACs | params (M) | FP32 ms | INT8 ms | INT8 speed-up (95% CI) | INT8 convs | INT8 front |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|:---:|"]
-    for row in rows:
-        low, high = row["speedup_ci95"]
-        lines.append(f"| {row['name']} | {row['resolution']} | {row['macs'] / 1e6:.0f} | {row['params'] / 1e6:.2f} | "
-                     f"{row['fp32_ms']:.2f} | {row['int8_ms']:.2f} | {row['speedup']:.2f}x ({low:.2f}-{high:.2f}) | "
-                     f"{row['quantized_conv_fraction']:.0%} | {'yes' if row['on_int8_front'] else ''} |")
-    return "\n".join(lines) + "\n"
+    entry = BenchModel(name, model, resolution, _family(name), _lsq_int8 if int8_route == "lsq" else _static_int8,
+                       int8_route)
+    return bench_export(entry, out_dir, calibration)
 
 
 def _family(name: str) -> str:
@@ -101,82 +69,36 @@ def _family(name: str) -> str:
 
 
 def plot_latency_vs_macs(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    """Latency (ms) against MACs: INT8 filled, FP32 hollow, one colour per model family."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 5))
-    families = sorted({_family(row["name"]) for row in rows})
-    colours = dict(zip(families, plt.get_cmap("tab10").colors))
-    for family in families:
-        members = sorted((row for row in rows if _family(row["name"]) == family), key=lambda row: row["macs"])
-        macs = [row["macs"] / 1e6 for row in members]
-        axes.plot(macs, [row["int8_ms"] for row in members], "o-" if family != "baselines" else "o",
-                  color=colours[family], label=f"{family} INT8")
-        axes.plot(macs, [row["fp32_ms"] for row in members], "o--" if family != "baselines" else "o",
-                  color=colours[family], markerfacecolor="none", label=f"{family} FP32")
-        for row in members:
-            axes.annotate(row["name"].replace("SEQnet@", ""), (row["macs"] / 1e6, row["int8_ms"]), fontsize=7,
-                          xytext=(3, 3), textcoords="offset points")
-    axes.set_xlabel("MMACs")
-    axes.set_ylabel("latency (ms, onnxruntime, 1 thread, median)")
-    axes.set_title("SEQnets vs baselines: INT8 (filled) and FP32 (hollow)")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=7)
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    """Latency against MACs, INT8 filled, FP32 hollow, one colour per SEQnet family and the baselines."""
+    return plot_models(rows, path, "SEQnets vs baselines: INT8 (filled) and FP32 (hollow)",
+                       label=lambda name: name.replace("SEQnet@", ""))
 
 
-def _models(cfg: DictConfig) -> list[tuple[str, nn.Module, int, str]]:
-    """(name, model, resolution, INT8 route) of every benchmarked model."""
+def _models(cfg: DictConfig) -> list[BenchModel]:
+    """Every benchmarked model with its INT8 route."""
     names = list(load_search_result(cfg.search_result)) if cfg.seqnets is None else list(cfg.seqnets)
     models = []
     for name in names:
         model = create_seqnet(name, search_result=cfg.search_result)
-        models.append((name, model, model.resolution, cfg.seqnet_int8))
+        route = _lsq_int8 if cfg.seqnet_int8 == "lsq" else _static_int8
+        if cfg.seqnet_int8 not in ("static", "lsq"):
+            raise ValueError(f"seqnet_int8 = {cfg.seqnet_int8!r}; expected 'static' or 'lsq'")
+        models.append(BenchModel(name, model, model.resolution, _family(name), route, cfg.seqnet_int8))
     for name in cfg.baselines:
-        models.append((name, timm.create_model(name, pretrained=False), cfg.baseline_resolution, "static"))
+        models.append(BenchModel(name, timm.create_model(name, pretrained=False), cfg.baseline_resolution,
+                                 "baselines", _static_int8, "static"))
     return models
 
 
 def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     """Export, time and report every model; returns what ``benchmark.json`` holds."""
-    torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.output_dir)
-    onnx_dir = out_dir / "onnx"
-    onnx_dir.mkdir(parents=True, exist_ok=True)
-    exported, arms = [], {}
-    for name, model, resolution, route in _models(cfg):
-        start = time.perf_counter()
-        calibration = _calibration_batches(resolution, cfg.calibration.batches, cfg.calibration.batch_size, cfg.seed)
-        info = export_model(name, model, resolution, onnx_dir, route, calibration)
-        log.info("%s: %.0f MMACs, INT8 convs %.0f%% (%s), exported in %.1f s", name, info["macs"] / 1e6,
-                 100 * info["quantized_conv_fraction"], route, time.perf_counter() - start)
-        image = torch.randn(1, 3, resolution, resolution)
-        for precision in ("fp32", "int8"):
-            arms[f"{name}/{precision}"] = make_runner("onnxruntime", info[f"{precision}_onnx"], image,
-                                                      threads=cfg.timing.threads)
-        exported.append(info)
-    timing = compare_many(arms, rounds=cfg.timing.rounds, warmup=cfg.timing.warmup, burst=cfg.timing.burst,
-                          seed=cfg.seed)
-    rows = []
-    for info in exported:
-        name = info["name"]
-        ratio = timing.ratio(f"{name}/fp32", f"{name}/int8")
-        rows.append({**info, "fp32_ms": timing.results[f"{name}/fp32"].median_ms,
-                     "int8_ms": timing.results[f"{name}/int8"].median_ms, "speedup": ratio.ratio,
-                     "speedup_ci95": list(ratio.ratio_ci95)})
-    front = int8_front(rows)
-    for row in rows:
-        row["on_int8_front"] = row["name"] in front
-    result = {"rows": rows, "environment": timing.environment, "timing": to_container(cfg)["timing"],
-              "calibration": "random-normal batches (latency only; the models are not scored)",
-              "samples_ms": {arm: r.samples_ms for arm, r in timing.results.items()}}
+    t = cfg.timing
+    result = benchmark_models(_models(cfg), out_dir, threads=t.threads, rounds=t.rounds, warmup=t.warmup,
+                              burst=t.burst, calibration_count=cfg.calibration.batches,
+                              calibration_batch=cfg.calibration.batch_size, seed=cfg.seed)
+    rows = result["rows"]
+    result["timing"] = to_container(cfg)["timing"]
     (out_dir / "benchmark.json").write_text(json.dumps(result, indent=1) + "\n")
     table = render_table(rows)
     (out_dir / "benchmark.md").write_text(table)

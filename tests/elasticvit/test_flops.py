@@ -106,3 +106,11 @@ def test_reference_counter_differences_are_the_documented_ones(encoding: str) ->
         if widths[index] == stage.width:
             adjust += widths[index] * stage.width * sides[index + 1] ** 2  # (2) pool-only shortcut counted
     assert (ours + adjust) / 1e6 == pytest.approx(reference_mmacs(subnet), abs=1e-9)
+
+
+def test_named_models_table_rows() -> None:
+    from moonlit.elasticvit.models import named_models_table
+
+    table = named_models_table()
+    assert table.count("\n") == 11  # header, rule, nine models
+    assert "| elasticvit_t1 | `r128_s16d1k3_c24d2e3k3_c32d3e3k3_t64d1m2v2_t96d1m2v2_t176d1m3v2_t272d1m4v2` | 128 | 64.9 | 62.9 |" in table

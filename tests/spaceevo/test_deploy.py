@@ -37,6 +37,17 @@ def _tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    # one thread: the trained weights (and so the rounding flips the tolerances below allow for) must
+    # not depend on the machine's core count
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_fixture(tmp_path_factory)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_fixture(tmp_path_factory):
     torch.manual_seed(0)
     root = write_image_folder(tmp_path_factory.mktemp("images"), num_classes=NUM_CLASSES,
                               images_per_class={"train": 40, "val": 75}, image_size=32, seed=0)
