@@ -7,8 +7,6 @@ source must be learnt better by transfer than from scratch at the same small bud
 
 from __future__ import annotations
 
-import json
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
