@@ -38,6 +38,7 @@ from .features import feature_matrix
 from .fusion import RuleSet
 from .graph import Graph, graph_from_torch
 from .kernels import KernelConfig, detect_kernels, load_platform_rules
+from .pipeline import read_jsonl_cache
 
 __all__ = ["ModelPart", "PartKernelCache"]
 
@@ -77,14 +78,7 @@ class PartKernelCache:
 
     def _load(self) -> None:
         assert self.path is not None
-        for number, line in enumerate(self.path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                logger.warning("%s:%d: unreadable line skipped (an interrupted write)", self.path, number)
-                continue
+        for number, entry in read_jsonl_cache(self.path):
             if entry.get("format") != CACHE_FORMAT:
                 raise ValueError(f"{self.path}:{number} has format {entry.get('format')!r}; expected {CACHE_FORMAT!r}")
             if entry["platform"] == self.platform and entry["rules"] == self.rules.source:

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,19 @@ def detect_architecture(spec: ArchSpec, platform: str) -> Detection:
     return detect_kernels(graph_from_torch(model, (spec.example_input(),)), platform)
 
 
+def read_jsonl_cache(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, entry)`` of an append-only JSONL cache; a line cut by an interrupted write is skipped."""
+    if not path.is_file():
+        return
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError:
+            logger.warning("%s:%d: unreadable line skipped (an interrupted write)", path, number)
+
+
 class KernelCache:
     """``{architecture name: its kernel configs}`` for one platform's rules, in an append-only JSONL file."""
 
@@ -58,17 +71,9 @@ class KernelCache:
         self.path = Path(path)
         self.platform = platform
         self._entries: dict[str, dict[str, Any]] = {}
-        if self.path.is_file():
-            for number, line in enumerate(self.path.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    logger.warning("%s:%d: unreadable line skipped (an interrupted write)", self.path, number)
-                    continue
-                if entry.get("platform") == platform:
-                    self._entries[entry["name"]] = entry
+        for _, entry in read_jsonl_cache(self.path):
+            if entry.get("platform") == platform:
+                self._entries[entry["name"]] = entry
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
