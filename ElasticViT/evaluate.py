@@ -53,18 +53,33 @@ def checkpoint_path(checkpoint: str | Path | None) -> Path | None:
     return Path(checkpoint)
 
 
-def load_supernet(checkpoint: str | Path | None, num_classes: int = 1000, token_norm: str = "groupnorm1"
-                  ) -> ElasticViTSupernet:
-    """The supernet, with weights from a checkpoint directory (one ``step_*`` or a run's latest) when given."""
+def load_supernet(checkpoint: str | Path | None, num_classes: int = 1000, token_norm: str = "groupnorm1",
+                  which: str = "ema") -> ElasticViTSupernet:
+    """The supernet, with weights from a checkpoint when given.
+
+    A directory is our safetensors format (one ``step_*`` or a run's latest); a ``.pth``/``.pt``/
+    ``.pth.tar`` file is a reference checkpoint, read through the key map of
+    :func:`~moonlit.elasticvit.checkpoints.load_reference_supernet` with ``which`` = ``"ema"``
+    (its EMA weights, what the reference evaluates) or ``"model"``.
+    """
     supernet = ElasticViTSupernet(num_classes=num_classes, token_norm=token_norm)  # type: ignore[arg-type]
     checkpoint = checkpoint_path(checkpoint)
-    if checkpoint is not None:
+    if checkpoint is None:
+        logger.warning("no supernet checkpoint: random weights (accuracies are chance level; a smoke run)")
+        return supernet.eval()
+    from .checkpoints import is_reference_checkpoint, load_reference_supernet
+
+    if is_reference_checkpoint(checkpoint):
+        load_reference_supernet(checkpoint, supernet, which=which)  # type: ignore[arg-type]
+        logger.info("loaded reference supernet weights (%s) from %s", which, checkpoint)
+    elif checkpoint.is_file():
+        raise ValueError(f"checkpoint file {checkpoint} is neither a reference checkpoint (a .pth, .pt or .pth.tar "
+                         "file) nor a directory of our safetensors checkpoints")
+    else:
         from moonlit.common.train.checkpoint import load_checkpoint
 
         state = load_checkpoint(checkpoint, supernet)
         logger.info("loaded supernet weights from %s (step %d)", state.path, state.step)
-    else:
-        logger.warning("no supernet checkpoint: random weights (accuracies are chance level; a smoke run)")
     return supernet.eval()
 
 

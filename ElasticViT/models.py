@@ -11,6 +11,8 @@ and the reference's (``elastic_L1.5``) are accepted too.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -122,13 +124,25 @@ def named_subnet(name: str) -> Subnet:
 
 
 def create_model(name: str, pretrained: bool = False, num_classes: int = 1000,
-                 token_norm: TokenNormKind = "groupnorm1", dropout: float = 0.2) -> ElasticViTModel:
-    """A named model with fresh weights (``pretrained=True`` is not available yet and raises)."""
-    if pretrained:
-        raise NotImplementedError(
-            f"pretrained weights for {name!r} come from the reference's released supernet checkpoint, which "
-            "is loaded through a key map not implemented yet; extract from a loaded supernet instead")
-    return build_model(named_subnet(name), num_classes=num_classes, token_norm=token_norm, dropout=dropout)
+                 token_norm: TokenNormKind = "groupnorm1", dropout: float = 0.2,
+                 checkpoint: str | Path | None = None) -> ElasticViTModel:
+    """A named model: fresh weights, or (``pretrained=True``) cut from a supernet ``checkpoint``.
+
+    ``checkpoint`` is the reference's released supernet file (``.pth``/``.pth.tar``, read through the
+    restricted loader and key map of :mod:`moonlit.elasticvit.checkpoints`; its EMA weights) or one of
+    our checkpoint directories. Nothing is downloaded.
+    """
+    subnet = named_subnet(name)
+    if not pretrained:
+        return build_model(subnet, num_classes=num_classes, token_norm=token_norm, dropout=dropout)
+    if checkpoint is None:
+        raise ValueError(f"pretrained weights for {name!r} come from a supernet checkpoint: pass checkpoint=<the "
+                         "reference's released supernet .pth(.tar) or one of our checkpoint directories>")
+    from .evaluate import load_supernet
+
+    supernet = load_supernet(checkpoint, num_classes=num_classes, token_norm=token_norm)
+    supernet.set_active(subnet)
+    return supernet.get_active_subnet().eval()
 
 
 

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.nas import (
+    AllConstraints,
     Constraint,
     EvolutionConfig,
     EvolutionSearch,
@@ -172,10 +173,15 @@ def proxy_fitness(subnets: Sequence[Subnet], num_classes: int = 1000, space: Sea
 def build_constraint(cfg: DictConfig, num_classes: int = 1000, space: SearchSpace = ELASTICVIT_SPACE
                      ) -> Constraint[Subnet]:
     """``cfg.kind``: ``macs`` (``max_mmacs``, ``min_mmacs``) or ``latency`` (``predictor_dir``,
-    ``platform``, ``limit_ms``, ``delta_ms``, ``kernel_cache``)."""
+    ``platform``, ``limit_ms``, ``delta_ms``, ``kernel_cache``, and optionally ``macs_budget``: a MMACs
+    upper bound checked first, e.g. EfficientNet-B0's 385 to search "at its MAC budget")."""
+
+    def macs(upper: float, lower: float = 0.0) -> MacsConstraint[Subnet]:
+        return MacsConstraint(lambda s: subnet_complexity(s, num_classes, space).macs / 1e6, upper, lower,
+                              metric="mmacs")
+
     if cfg.kind == "macs":
-        return MacsConstraint(lambda s: subnet_complexity(s, num_classes, space).macs / 1e6, cfg.max_mmacs,
-                              cfg.min_mmacs or 0.0, metric="mmacs")
+        return macs(cfg.max_mmacs, cfg.min_mmacs or 0.0)
     if cfg.kind == "latency":
         from moonlit.litepred.nas import PartKernelCache
         from moonlit.litepred.predictor import PlatformPredictor
@@ -188,8 +194,9 @@ def build_constraint(cfg: DictConfig, num_classes: int = 1000, space: SearchSpac
         predictor = PlatformPredictor.load(cfg.predictor_dir)
         platform = cfg.platform or predictor.platform.get("name", "ort-fp32")
         cache = PartKernelCache(platform, cfg.kernel_cache)
-        latency = SubnetLatency(predictor, cache, num_classes, space=space)
-        return latency.constraint(cfg.limit_ms, cfg.delta_ms)
+        latency = SubnetLatency(predictor, cache, num_classes, space=space).constraint(cfg.limit_ms, cfg.delta_ms)
+        budget = cfg.get("macs_budget")
+        return latency if budget is None else AllConstraints(macs(float(budget)), latency)
     raise ValueError(f"constraint.kind = {cfg.kind!r}; expected 'macs' or 'latency'")
 
 

@@ -66,7 +66,7 @@ def kernel_level(predictor: PlatformPredictor, dataset: ProfileDataset, backend:
     chosen = [records[i] for i in sorted(rng.choice(len(records), size=min(remeasure, len(records)), replace=False))]
     items = [build_kernel_module(KernelConfig(record.name, record.config)) for record in chosen]
     again = [m for group_start in range(0, len(items), 128)
-             for m in backend.measure_many(items[group_start : group_start + 128])]
+             for m in backend.measure_many(items[group_start : group_start + 128], kernels=True)]
     field = STATISTICS[statistic]
     first = [latency_of(r, statistic) for r, m in zip(chosen, again) if not isinstance(m, Exception)]
     second = [getattr(m, field) for m in again if not isinstance(m, Exception)]

@@ -138,7 +138,7 @@ def profile_kernels(configs: Sequence[KernelConfig], backend: Backend, dataset: 
                     built.append(config)
                 except ValueError as error:  # a config the builder rejects: recorded, not fatal
                     failures.append({"config": config.key(), "error": str(error)[:300]})
-            measurements = backend.measure_many(items) if items else []
+            measurements = backend.measure_many(items, kernels=True) if items else []
             # seconds = this kernel's share of the group's cost (build, export, session, timing)
             share = (time.perf_counter() - began) / max(1, len(group))
             for config, measurement in zip(built, measurements):

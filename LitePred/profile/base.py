@@ -327,12 +327,16 @@ class Backend(abc.ABC):
     def measure(self, model: nn.Module, example_inputs: Any) -> Measurement:
         """Latency of a torch module (one kernel or a whole model) on ``example_inputs``."""
 
-    def prepare_runner(self, model: nn.Module, example_inputs: Any, workdir: Path) -> Runner:
-        """A ready-to-time runner of ``model`` on this backend (files go to ``workdir``)."""
+    def prepare_runner(self, model: nn.Module, example_inputs: Any, workdir: Path, *, kernel: bool = False) -> Runner:
+        """A ready-to-time runner of ``model`` on this backend (files go to ``workdir``); ``kernel``:
+        one kernel of a model, timed as it runs inside one where the backend can (ORT strips the
+        layout/quantization ops at its ends)."""
         raise NotImplementedError(f"backend {self.name!r} cannot prepare runners for interleaved timing")
 
-    def measure_many(self, items: Sequence[tuple[nn.Module, Any]]) -> list[Measurement | Exception]:
-        """Latency of several modules timed *interleaved* (see :data:`INTERLEAVED_NOTE`).
+    def measure_many(self, items: Sequence[tuple[nn.Module, Any]], *, kernels: bool = False
+                     ) -> list[Measurement | Exception]:
+        """Latency of several modules timed *interleaved* (see :data:`INTERLEAVED_NOTE`); ``kernels``:
+        the items are single kernels (see :meth:`prepare_runner`).
 
         Each of ``protocol.runs`` rounds calls every module once (and the trivial overhead model,
         whose median is subtracted), so each module's samples spread over the whole group's time
@@ -346,7 +350,7 @@ class Backend(abc.ABC):
                 folder = Path(workdir) / str(index)
                 folder.mkdir()
                 try:
-                    runners[str(index)] = self.prepare_runner(model, example_inputs, folder)
+                    runners[str(index)] = self.prepare_runner(model, example_inputs, folder, kernel=kernels)
                 except (ValueError, RuntimeError) as error:
                     results[index] = error
             if runners:

@@ -284,7 +284,8 @@ class DebugBackend(Backend):
             path = export_onnx(model, example_inputs, Path(workdir) / "model.onnx", check=False)
             return self._measurement(self.cost(path, example_inputs))
 
-    def measure_many(self, items: Sequence[tuple[nn.Module, Any]]) -> list[Measurement | Exception]:
+    def measure_many(self, items: Sequence[tuple[nn.Module, Any]], *, kernels: bool = False
+                     ) -> list[Measurement | Exception]:
         """Synthetic latency is not timed, so nothing to interleave: each item on its own."""
         results: list[Measurement | Exception] = []
         for model, example_inputs in items:

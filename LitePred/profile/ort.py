@@ -33,6 +33,7 @@ from moonlit.common.export.int8 import quantization_summary, quantize_static_int
 from moonlit.common.export.onnx import export_onnx, save_onnx
 from moonlit.common.profiling.backends import Runner, make_runner
 from moonlit.litepred.profile.base import Backend, Measurement, fixed_threads, register_backend
+from moonlit.litepred.profile.kernel_io import strip_boundaries
 
 __all__ = ["OrtBackend", "CALIBRATION_BATCHES", "is_quantized", "random_calibration", "resolve_onnx_inputs"]
 
@@ -131,7 +132,8 @@ class OrtBackend(Backend):
     runtime = "onnxruntime"
 
     def __init__(self, name: str, *, precision: str = "fp32", optimization_level: str = "all",
-                 calibration_batches: int = CALIBRATION_BATCHES, **options: Any) -> None:
+                 calibration_batches: int = CALIBRATION_BATCHES, kernel_boundaries: str = "strip",
+                 **options: Any) -> None:
         if precision not in ("fp32", "int8"):
             raise ValueError(f"precision must be 'fp32' or 'int8', got {precision!r}")
         if optimization_level not in ("disable", "basic", "extended", "all"):
@@ -140,7 +142,10 @@ class OrtBackend(Backend):
             )
         if not isinstance(calibration_batches, int) or calibration_batches < 1:
             raise ValueError(f"calibration_batches must be a positive int, got {calibration_batches!r}")
+        if kernel_boundaries not in ("strip", "keep"):
+            raise ValueError(f"kernel_boundaries must be 'strip' or 'keep', got {kernel_boundaries!r}")
         super().__init__(name, **options)
+        self.kernel_boundaries = kernel_boundaries
         self.precision = precision
         self.optimization_level = optimization_level
         self.calibration_batches = calibration_batches
@@ -150,6 +155,7 @@ class OrtBackend(Backend):
 
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
+        meta["kernel_boundaries"] = self.kernel_boundaries if self.optimization_level != "disable" else "none"
         if self.precision == "int8":
             meta["quantization"] = {"format": "QDQ", "activations": "uint8", "weights": "int8 per-channel",
                                     "calibration": f"{self.calibration_batches} random batches, minmax",
@@ -187,8 +193,16 @@ class OrtBackend(Backend):
         feed = resolve_onnx_inputs(fp32, example_inputs)
         return self.prepare_onnx(fp32, feed, workdir), feed
 
-    def prepare_runner(self, model: nn.Module, example_inputs: Any, workdir: Path) -> Runner:
-        return self._runner(*self.export(model, example_inputs, workdir))
+    def prepare_runner(self, model: nn.Module, example_inputs: Any, workdir: Path, *, kernel: bool = False) -> Runner:
+        """A runner of ``model``; a ``kernel`` (with ``kernel_boundaries="strip"`` and graph optimizations
+        on) is timed as it runs inside a model: see :mod:`moonlit.litepred.profile.kernel_io`."""
+        timed, feed = self.export(model, example_inputs, workdir)
+        if not kernel or self.kernel_boundaries == "keep" or self.optimization_level == "disable":
+            return self._runner(timed, feed)
+        stripped = strip_boundaries(timed, feed, Path(workdir) / "kernel.stripped.onnx",
+                                    optimization_level=self.optimization_level)
+        return make_runner("onnxruntime", stripped.path, stripped.feed, threads=self.threads,
+                           optimization_level="disable")
 
     def measure(self, model: nn.Module, example_inputs: Any) -> Measurement:
         with tempfile.TemporaryDirectory(prefix="litepred-ort-") as workdir:

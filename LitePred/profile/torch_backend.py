@@ -47,7 +47,7 @@ class TorchBackend(Backend):
             raise ValueError(f"backend {self.name!r} measures nn.Modules, got {type(model).__name__}")
         return self._time(make_runner("torch", model, example_inputs, threads=self.threads))
 
-    def prepare_runner(self, model: nn.Module, example_inputs: Any, workdir: Path) -> Runner:
+    def prepare_runner(self, model: nn.Module, example_inputs: Any, workdir: Path, *, kernel: bool = False) -> Runner:
         if not isinstance(model, nn.Module):
             raise ValueError(f"backend {self.name!r} measures nn.Modules, got {type(model).__name__}")
         return make_runner("torch", model, example_inputs, threads=self.threads)

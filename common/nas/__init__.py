@@ -1,6 +1,7 @@
 """Neural architecture search shared by SpaceEvo and ElasticViT: constrained evolution, hardware constraints."""
 
 from .constraints import (
+    AllConstraints,
     BandConstraint,
     Constraint,
     ConstraintCheck,
@@ -19,7 +20,7 @@ from .evolution import (
 from .latency import LatencyConstraint
 from .pareto import pareto_front, pareto_indices, plot_search
 
-__all__ = ["BandConstraint", "Constraint", "ConstraintCheck", "ConstraintUnsatisfiable", "EvolutionConfig",
+__all__ = ["AllConstraints", "BandConstraint", "Constraint", "ConstraintCheck", "ConstraintUnsatisfiable", "EvolutionConfig",
            "EvolutionSearch", "GenerationLog", "LatencyConstraint", "MacsConstraint", "PredicateConstraint",
            "Record", "SearchProblem", "as_constraint", "pareto_front", "pareto_indices",
            "plot_search"]

@@ -18,8 +18,8 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-__all__ = ["BandConstraint", "Constraint", "ConstraintCheck", "MacsConstraint", "PredicateConstraint",
-           "as_constraint"]
+__all__ = ["AllConstraints", "BandConstraint", "Constraint", "ConstraintCheck", "MacsConstraint",
+           "PredicateConstraint", "as_constraint"]
 
 C = TypeVar("C")
 
@@ -129,6 +129,34 @@ class MacsConstraint(BandConstraint[C]):
             raise ValueError(f"max_macs = {max_macs}; expected > 0")
         self.macs = macs
         super().__init__(lambda batch: [float(macs(c)) for c in batch], metric, max_macs, min_macs)
+
+
+class AllConstraints(Constraint[C]):
+    """Every one of ``constraints`` holds (e.g. a predicted-latency band under a MACs budget).
+
+    Each constraint checks only the candidates all earlier ones passed, so an expensive one (a
+    latency predictor) goes last; values it did not compute are NaN. ``metric`` (the search's
+    objective beside fitness) defaults to the last constraint's.
+    """
+
+    def __init__(self, *constraints: Constraint[C], metric: str | None = None) -> None:
+        if not constraints:
+            raise ValueError("AllConstraints needs at least one constraint")
+        self.constraints = constraints
+        self.metric = metric or getattr(constraints[-1], "metric", "value")
+        self.description = " and ".join(c.description for c in constraints)
+
+    def check(self, candidates: Sequence[C]) -> ConstraintCheck:
+        n = len(candidates)
+        feasible = np.ones(n, dtype=bool)
+        values: dict[str, np.ndarray] = {}
+        for constraint in self.constraints:
+            index = np.flatnonzero(feasible)
+            result = constraint.check([candidates[i] for i in index])
+            feasible[index] = _as_bool_vector(result.feasible, len(index), constraint.description)
+            for metric, got in result.values.items():
+                values.setdefault(metric, np.full(n, np.nan))[index] = got
+        return ConstraintCheck(feasible, values)
 
 
 def as_constraint(constraint: Constraint[C] | Callable[[C], Any] | None) -> Constraint[C] | None:

@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 from moonlit.common.nas import (
+    AllConstraints,
     BandConstraint,
     ConstraintUnsatisfiable,
     EvolutionConfig,
@@ -237,3 +238,24 @@ def test_crossover_fallback_and_exhausted_space() -> None:
     assert len(tiny.records) == 5 and tiny.log[0].failed == 5
     assert [e.failed for e in tiny.log[1:]] == [6, 6] and [e.evaluated for e in tiny.log[1:]] == [0, 0]
     assert tiny.best.fitness == max(value(x) for x in allowed)
+
+
+def test_all_constraints_is_the_conjunction_and_skips_later_checks_for_rejected() -> None:
+    seen: list[list[int]] = []
+
+    def expensive(batch: list[int]) -> list[float]:
+        seen.append(list(batch))
+        return [10.0 * c for c in batch]
+
+    cheap = BandConstraint(lambda batch: [float(c) for c in batch], "macs", upper=5.0)
+    latency = BandConstraint(expensive, "latency_ms", upper=30.0, lower=20.0)
+    both = AllConstraints(cheap, latency)
+    candidates = list(range(8))
+    check = both.check(candidates)
+    # brute force: 0 <= c <= 5 and 20 <= 10 c <= 30  <=>  c in {2, 3}
+    assert check.feasible.tolist() == [c in (2, 3) for c in candidates]
+    assert seen == [[0, 1, 2, 3, 4, 5]]  # the expensive one only saw what the cheap one passed
+    assert np.isnan(check.values["latency_ms"][6]) and check.values["latency_ms"][3] == 30.0
+    assert both.metric == "latency_ms" and "macs" in both.description and "latency_ms" in both.description
+    with pytest.raises(ValueError, match="at least one"):
+        AllConstraints()

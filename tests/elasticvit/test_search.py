@@ -240,3 +240,17 @@ def test_latency_constraint_from_config(small_predictor) -> None:
         build_constraint(compose_config("elasticvit", "search", ["constraint.kind=latency"]).constraint)
     with pytest.raises(ValueError, match="expected 'macs' or 'latency'"):
         build_constraint(compose_config("elasticvit", "search", ["constraint.kind=params"]).constraint)
+
+
+def test_latency_constraint_under_a_macs_budget(small_predictor) -> None:
+    _, root = small_predictor
+    rng = np.random.default_rng(6)
+    subnets = [sample_subnet(rng, SMALL_SPACE) for _ in range(12)]
+    mmacs = np.array([subnet_complexity(s, 1000, SMALL_SPACE).macs / 1e6 for s in subnets])
+    budget = float(np.median(mmacs))
+    cfg = compose_config("elasticvit", "search", ["constraint.kind=latency", f"constraint.predictor_dir={root / 'predictor'}",
+                                                  f"constraint.kernel_cache={root / 'parts.jsonl'}",
+                                                  "constraint.limit_ms=1000", f"constraint.macs_budget={budget}"]).constraint
+    check = build_constraint(cfg, space=SMALL_SPACE).check(subnets)
+    assert check.feasible.tolist() == (mmacs <= budget).tolist()  # the latency limit is loose: MACs decide
+    assert np.all(np.isfinite(check.values["latency_ms"][check.feasible]))

@@ -104,11 +104,11 @@ def test_a_killed_profiling_run_resumes_without_repeats(tmp_path: Path) -> None:
     calls = {"n": 0}
     measure_many = backend.measure_many
 
-    def dies_in_the_second_group(items):  # noqa: ANN001, ANN202
+    def dies_in_the_second_group(items, **options):  # noqa: ANN001, ANN003, ANN202
         calls["n"] += 1
         if calls["n"] > 1:
             raise _Killed("killed")
-        return measure_many(items)
+        return measure_many(items, **options)
 
     backend.measure_many = dies_in_the_second_group
     with pytest.raises(_Killed):
