@@ -8,6 +8,10 @@ for the same number of steps from the same initialisation and data order. The se
 each level's median-MACs subnet's top-1 (BN re-estimated), the level walk, the mean MMACs change
 between consecutive steps, bank draws and bank fill, with a plot.
 
+Then (``search.enabled``) a latency-constrained search over the full space finds a subnet that should
+run ``search.speedup`` times faster than EfficientNet-B0 here, and measures it
+(:mod:`moonlit.elasticvit.quickstart_search`).
+
     python -m moonlit.elasticvit.quickstart
 """
 
@@ -23,6 +27,7 @@ from moonlit.common.config import compose_config, hydra_app
 from moonlit.common.report import write_section
 from omegaconf import DictConfig
 
+from .quickstart_search import run_search_step, search_table
 from .train import train
 
 SECTION = {"name": "elasticvit", "order": 25, "command": "python -m moonlit.elasticvit.quickstart",
@@ -60,10 +65,18 @@ def run_quickstart(cfg: DictConfig) -> dict[str, Any]:
         results[sampler] = {"eval": summary["eval"], "statistics": summary["sampler_statistics"],
                             "steps": summary["steps"], "representatives": summary["representatives"],
                             "mmacs": [step["mean_mmacs"] for step in summary["history"]]}
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    search = run_search_step(cfg, out) if cfg.search.enabled else None
+    (out / "results.json").write_text(json.dumps({**results, **({"search": search} if search else {})}, indent=1) + "\n")
     figure = _plot(results, out / "elasticvit_samplers.png")
-    write_section(out, _section(cfg, results, figure.name))
-    return results
+    section = _section(cfg, results, figure.name)
+    if search is not None:
+        section["tables"].append(search_table(search, cfg.output_dir))
+        section["summary"] += (
+            f" Search: the best subnet under the predicted-latency limit runs {search['measured_ms']:.2f} ms measured "
+            f"({search['predicted_ms']:.2f} ms predicted, {100 * search['prediction_error']:+.1f}%), "
+            f"{search['speedup']:.2f}x faster than {search['baseline']} timed beside it (target {search['target_speedup']:g}x).")
+    write_section(out, section)
+    return {**results, **({"search": search} if search else {})}
 
 
 def _section(cfg: DictConfig, results: dict[str, Any], figure: str) -> dict[str, Any]:

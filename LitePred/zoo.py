@@ -244,7 +244,7 @@ def _load_builtins() -> None:
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
-        from moonlit.litepred import zoo_spaces  # noqa: F401  (registers the built-in families)
+        from moonlit.litepred import zoo_real, zoo_spaces  # noqa: F401  (register the built-in families)
 
 
 def get_family(name: str) -> ArchFamily:

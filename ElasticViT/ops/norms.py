@@ -42,9 +42,17 @@ def check_token_norm(kind: str) -> None:
 
 
 def _group_norm_tokens(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-    """Normalise (B, N, C) tokens over N x C per image; affine per channel."""
-    shape = x.shape[1:]
-    return F.layer_norm(x, shape, weight.expand(shape), bias.expand(shape), eps)
+    """Normalise (B, N, C) tokens over N x C per image; affine per channel.
+
+    Written as a LayerNorm over the flattened N*C features with the affine tiled N times, which is
+    the same arithmetic as the (N, C) LayerNorm with the affine expanded, but exports as a
+    LayerNormalization with 1-D scale and bias. With an (N, C) scale and bias, onnxruntime's (1.31)
+    QDQ quantizer quantizes the bias to int32 with per-channel scales along C yet writes its
+    DequantizeLinear with axis 0 (it assumes a 1-D bias), and the INT8 session fails at that node.
+    """
+    tokens, channels = x.shape[1], x.shape[2]
+    normed = F.layer_norm(x.flatten(1), (tokens * channels,), weight.repeat(tokens), bias.repeat(tokens), eps)
+    return normed.reshape_as(x)
 
 
 class TokenGroupNorm(nn.Module):

@@ -65,8 +65,9 @@ def _static_int8(model: nn.Module, path: Path, calibration: list[torch.Tensor]) 
         try:
             return quantize_static_int8(fp32, path, images)
         except ValueError as error:
-            # onnxruntime 1.31's int32-bias weight-scale adjustment fails on a per-channel BatchNormalization
-            # over tokens (ElasticViT's head: "truth value of an array ... is ambiguous"); skip that adjustment.
+            # onnxruntime 1.31's int32-bias weight-scale adjustment assumes 1-D biases and fails on a
+            # normalization with an (N, C) bias ("truth value of an array ... is ambiguous"), as ElasticViT's
+            # token norm once exported; skip that adjustment for such graphs.
             log.warning("static INT8 of %s failed (%s); retrying with QDQDisableWeightAdjustForInt32Bias", path.name, error)
             return quantize_static_int8(fp32, path, images, extra_options={"QDQDisableWeightAdjustForInt32Bias": True})
 

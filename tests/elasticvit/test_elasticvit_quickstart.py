@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 def test_quickstart_writes_the_section(tmp_path: Path) -> None:
     cfg = compose_config("elasticvit", "quickstart", [
         f"paths.output_root={tmp_path}", "samplers=[adjacent_step,uniform]", "steps=8", "data.num_classes=4",
-        "data.train_per_class=8", "data.val_per_class=2"])
+        "data.train_per_class=8", "data.val_per_class=2", "search.enabled=false"])
     results = run_quickstart(cfg)
     out = Path(cfg.output_dir)
     section = json.loads((out / "section.json").read_text())
@@ -46,3 +46,41 @@ def test_quickstart_writes_the_section(tmp_path: Path) -> None:
         assert level <= mmacs <= level + 0.2
     assert results["uniform"]["statistics"]["walk"] == [None] * 8
     assert set(results["adjacent_step"]["statistics"]["bank_fill"]) == {"0.6", "1", "1.4", "1.8"}
+
+
+def test_search_step_finds_a_subnet_under_the_limit_and_measures_it(tmp_path: Path) -> None:
+    from moonlit.elasticvit.latency import SubnetLatency, subnet_parts
+    from moonlit.elasticvit.quickstart_search import run_search_step, search_table
+    from moonlit.elasticvit.search import sample_subnet
+    from moonlit.litepred.forest import ForestRegressor
+    from moonlit.litepred.nas import PartKernelCache
+    from moonlit.litepred.predictor import PlatformPredictor
+
+    # a stand-in predictor: a forest per kernel type on the rows of two random subnets (latency ~ size)
+    cache = PartKernelCache("ort-fp32", tmp_path / "parts.jsonl")
+    rng = np.random.default_rng(0)
+    pooled: dict[str, list[np.ndarray]] = {}
+    for _ in range(2):
+        for kernel_type, rows in cache.rows(subnet_parts(sample_subnet(rng))).items():
+            pooled.setdefault(kernel_type, []).append(rows)
+    regressors = {t: ForestRegressor(n_estimators=4).fit(np.concatenate(a), 0.01 + 1e-9 * np.abs(np.concatenate(a)).sum(1),
+                                                         [f"f{i}" for i in range(np.concatenate(a).shape[1])])
+                  for t, a in pooled.items()}
+    predictor = PlatformPredictor(regressors, {"name": "ort-fp32"})
+    predictor.save(tmp_path / "predictor")
+    cfg = compose_config("elasticvit", "quickstart", [
+        f"paths.output_root={tmp_path}", f"search.predictor_dir={tmp_path / 'predictor'}", "search.rounds=3",
+        "search.speedup=0.5", "search.evolution={population: 8, parents: 4, mutations: 2, crossovers: 2, iterations: 1}"])
+    step = run_search_step(cfg, tmp_path / "qs")
+    assert step["predicted_ms"] <= step["limit_ms"] and step["mmacs"] <= step["baseline_mmacs"]
+    best = decode(step["encoding"])
+    # the stored prediction is the predictor's, recomputed from scratch
+    again = SubnetLatency(predictor, PartKernelCache("ort-fp32")).predict([best])[0]
+    assert step["predicted_ms"] == pytest.approx(again, rel=1e-9)
+    assert step["mmacs"] == pytest.approx(subnet_complexity(best).macs / 1e6)
+    assert step["measured_ms"] > 0 and step["baseline_ms"] > 0
+    assert step["speedup"] == pytest.approx(step["baseline_ms"] / step["measured_ms"])
+    assert step["prediction_error"] == pytest.approx(step["predicted_ms"] / step["measured_ms"] - 1)
+    assert step["limit_ms"] == pytest.approx(step["baseline_ms_before"] / 0.5)
+    table = search_table(step, cfg.output_dir)
+    assert len(table["rows"]) == 2 and len(table["rows"][0]) == len(table["columns"])

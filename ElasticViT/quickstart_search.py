@@ -1,0 +1,116 @@
+"""Quickstart step "latency-constrained search": find an ElasticViT subnet that should run
+``speedup`` times faster than a timm baseline on this CPU, then measure it (ICCV'23, Sec. 3.4).
+
+1. The baseline (EfficientNet-B0) is exported to ONNX and timed on onnxruntime, one thread; the
+   latency limit is its latency divided by ``speedup`` and the MACs budget is its MACs.
+2. :func:`moonlit.elasticvit.search.run_search` searches the full ElasticViT space under the
+   predicted latency of a LitePred ``ort-fp32`` predictor (the quickstart's LitePred section
+   builds one; when it is missing this step builds it the same way) and the MACs budget. The
+   fitness is the proxy (log MACs + log params: the biggest subnet that fits), since the
+   quickstart's toy supernet says nothing about ImageNet accuracy.
+3. The best subnet and the baseline are exported and timed together, interleaved: the section
+   reports predicted vs measured latency and the measured speed-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from omegaconf import DictConfig
+
+from moonlit.common.config import compose_config
+from moonlit.common.export.onnx import export_onnx
+from moonlit.common.profiling.backends import make_runner
+from moonlit.common.profiling.flops import count_macs
+from moonlit.common.profiling.latency import compare_many, measure_latency
+
+from .models import build_model
+from .space import decode
+
+__all__ = ["ensure_predictor", "measure_fp32", "run_search_step"]
+
+log = logging.getLogger(__name__)
+
+
+def ensure_predictor(predictor_dir: str | Path, output_root: str | Path) -> Path:
+    """``predictor_dir`` if it holds a predictor, else build it with the LitePred quickstart (a subprocess,
+    so its Hydra app composes its own config tree)."""
+    predictor_dir = Path(predictor_dir)
+    if not (predictor_dir / "platform.json").is_file():
+        log.info("no LitePred predictor at %s: building it with python -m moonlit.litepred.quickstart", predictor_dir)
+        subprocess.run([sys.executable, "-m", "moonlit.litepred.quickstart", f"paths.output_root={output_root}"],
+                       check=True)
+        if not (predictor_dir / "platform.json").is_file():
+            raise FileNotFoundError(f"the LitePred quickstart ran but wrote no predictor to {predictor_dir}; "
+                                    "set search.predictor_dir to a built ort-fp32 predictor")
+    return predictor_dir
+
+
+def measure_fp32(models: dict[str, tuple[torch.nn.Module, int]], *, rounds: int, warmup: int = 5, burst: int = 3,
+                 threads: int = 1) -> dict[str, float]:
+    """Median onnxruntime FP32 latency (ms) of each ``name -> (model, resolution)``, timed interleaved."""
+    arms = {}
+    with tempfile.TemporaryDirectory(prefix="elasticvit-qs-") as workdir:
+        for name, (model, resolution) in models.items():
+            image = torch.randn(1, 3, resolution, resolution)
+            path = export_onnx(model.eval(), (image,), Path(workdir) / f"{name}.onnx", check=False)
+            arms[name] = make_runner("onnxruntime", path, image, threads=threads)
+        if len(arms) == 1:
+            ((name, runner),) = arms.items()
+            return {name: measure_latency(runner, warmup=warmup, runs=rounds * burst).median_ms}
+        timing = compare_many(arms, rounds=rounds, warmup=warmup, burst=burst)
+    return {name: timing.results[name].median_ms for name in models}
+
+
+def run_search_step(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """Measure the baseline, search under its latency / ``speedup`` and its MACs, measure the result."""
+    s = cfg.search
+    torch.manual_seed(cfg.seed)
+    baseline = timm.create_model(s.baseline, pretrained=False).eval()
+    resolution = int(s.baseline_resolution)
+    baseline_mmacs = count_macs(baseline, torch.randn(1, 3, resolution, resolution)).macs / 1e6
+    baseline_ms = measure_fp32({s.baseline: (baseline, resolution)}, rounds=int(s.rounds))[s.baseline]
+    limit_ms = baseline_ms / float(s.speedup)
+    predictor_dir = ensure_predictor(s.predictor_dir, cfg.paths.output_root)
+    from .search import run_search
+
+    search_cfg = compose_config("elasticvit", "search", [
+        "fitness=proxy", "constraint.kind=latency", f"constraint.predictor_dir={predictor_dir}",
+        f"constraint.limit_ms={limit_ms}", f"constraint.macs_budget={baseline_mmacs}",
+        f"constraint.kernel_cache={out / 'part_kernels.jsonl'}", f"output_dir={out / 'search'}", "resume=false",
+        *(f"evolution.{k}={v}" for k, v in s.evolution.items())])
+    result = run_search(search_cfg)
+    best = decode(result["best"]["encoding"])
+    measured = measure_fp32({"searched": (build_model(best), best.resolution), s.baseline: (baseline, resolution)},
+                            rounds=int(s.rounds))
+    predicted = float(result["best"]["objectives"]["latency_ms"])
+    return {
+        "baseline": s.baseline, "baseline_mmacs": baseline_mmacs, "baseline_ms_before": baseline_ms,
+        "limit_ms": limit_ms, "target_speedup": float(s.speedup), "predictor_dir": str(predictor_dir),
+        "encoding": result["best"]["encoding"], "mmacs": float(result["best"]["objectives"]["mmacs"]),
+        "params_m": float(result["best"]["objectives"]["params_m"]), "predicted_ms": predicted,
+        "measured_ms": measured["searched"], "baseline_ms": measured[s.baseline],
+        "speedup": measured[s.baseline] / measured["searched"],
+        "prediction_error": predicted / measured["searched"] - 1,
+        "evaluated": result["evaluated"], "generations": result["generations"],
+    }
+
+
+def search_table(step: dict[str, Any], output_dir: str) -> dict[str, Any]:
+    """The report table of the search step."""
+    return {"caption": (f"Latency-constrained search: predicted ort-fp32 latency <= {step['limit_ms']:.2f} ms "
+                        f"({step['baseline']} measured {step['baseline_ms_before']:.2f} ms / {step['target_speedup']:g}) "
+                        f"and MMACs <= {step['baseline_mmacs']:.0f}; then both timed interleaved (onnxruntime, 1 thread)"),
+            "source": f"{output_dir}/results.json (search)",
+            "columns": ["model", "MMACs", "predicted ms", "measured ms", "prediction error %", "speed-up vs baseline"],
+            "rows": [[f"searched `{step['encoding']}`", step["mmacs"], step["predicted_ms"], step["measured_ms"],
+                      100 * step["prediction_error"], step["speedup"]],
+                     [step["baseline"], step["baseline_mmacs"], None, step["baseline_ms"], None, 1.0]],
+            "floatfmt": ".3g"}
