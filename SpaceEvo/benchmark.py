@@ -90,6 +90,35 @@ def _models(cfg: DictConfig) -> list[BenchModel]:
     return models
 
 
+def predict_rows(rows: list[dict[str, Any]], predictors: dict[str, str | None]) -> str:
+    """Add LitePred predictions (``predicted_<precision>_ms``, ``<precision>_prediction_error``) for
+    each precision with a predictor directory; the FP32 ONNX graph is what kernels are detected on.
+    Returns a markdown table of predicted vs measured, or "" when no predictor is given."""
+    from moonlit.litepred.pipeline import timed_predict_onnx
+    from moonlit.litepred.predictor import PlatformPredictor
+
+    lines = []
+    for precision, directory in predictors.items():
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"predictors.{precision}: expected the keys fp32 and int8")
+        if not directory:
+            continue
+        predictor = PlatformPredictor.load(directory)
+        platform = predictor.platform.get("rules") or predictor.platform.get("name")
+        for row in rows:
+            measured = row.get(f"{precision}_ms")
+            predicted = timed_predict_onnx(predictor, row["fp32_onnx"], platform)["latency_ms"]
+            row[f"predicted_{precision}_ms"] = predicted
+            row[f"{precision}_prediction_error"] = None if not measured else predicted / measured - 1
+            if measured:
+                lines.append(f"| {row['name']} | {precision.upper()} ({platform}) | {measured:.2f} | {predicted:.2f} | "
+                             f"{100 * (predicted / measured - 1):+.1f}% |")
+    if not lines:
+        return ""
+    return ("\n| model | precision (predictor) | measured ms | predicted ms | error |\n|---|---|---:|---:|---:|\n"
+            + "\n".join(lines) + "\n")
+
+
 def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     """Export, time and report every model; returns what ``benchmark.json`` holds."""
     out_dir = Path(cfg.output_dir)
@@ -99,8 +128,10 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
                               calibration_batch=cfg.calibration.batch_size, seed=cfg.seed)
     rows = result["rows"]
     result["timing"] = to_container(cfg)["timing"]
+    predictions = predict_rows(rows, dict(cfg.predictors))
+    result["predictors"] = to_container(cfg)["predictors"]
     (out_dir / "benchmark.json").write_text(json.dumps(result, indent=1) + "\n")
-    table = render_table(rows)
+    table = render_table(rows) + predictions
     (out_dir / "benchmark.md").write_text(table)
     plot_latency_vs_macs(rows, out_dir / "latency_vs_macs.png")
     write_section(out_dir, {

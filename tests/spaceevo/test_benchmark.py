@@ -50,3 +50,35 @@ def test_benchmark_smoke_writes_outputs(tmp_path, route):
     assert seqnet["quantized_conv_fraction"] == 1.0
     assert len(saved["samples_ms"]["resnet18/int8"]) == 2
     assert (tmp_path / "benchmark.md").read_text().count("\n") == 4
+
+
+def test_predictions_beside_measurements(tmp_path):
+    import numpy as np
+    import torch
+    from moonlit.common.export.onnx import export_onnx
+    from moonlit.litepred.forest import ForestRegressor
+    from moonlit.litepred.graph import load_graph
+    from moonlit.litepred.kernels import detect_kernels
+    from moonlit.litepred.pipeline import model_rows
+    from moonlit.litepred.predictor import PlatformPredictor
+    from moonlit.spaceevo.benchmark import predict_rows
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8, padding=1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    path = export_onnx(model, (torch.randn(1, 3, 16, 16),), tmp_path / "m.onnx", check=False)
+    rows, _ = model_rows((k.config for k in detect_kernels(load_graph(path), "ort-int8").kernels))
+    # each kernel type's regressor predicts a constant: 0.1 ms per conv, 0.2 ms per other kernel
+    cost = {t: 0.1 if t == "conv" else 0.2 for t in rows}
+    regressors = {t: ForestRegressor(n_estimators=2).fit(np.vstack([r, r]), np.full(2 * len(r), cost[t]),
+                                                         [f"f{i}" for i in range(r.shape[1])]) for t, r in rows.items()}
+    PlatformPredictor(regressors, {"name": "ort-int8"}).save(tmp_path / "int8")
+    expected = sum(cost[t] * len(r) for t, r in rows.items())
+    measured = [{"name": "m", "fp32_onnx": str(path), "fp32_ms": 1.0, "int8_ms": 0.5}]
+    table = predict_rows(measured, {"int8": str(tmp_path / "int8"), "fp32": None})
+    assert measured[0]["predicted_int8_ms"] == pytest.approx(expected)
+    assert measured[0]["int8_prediction_error"] == pytest.approx(expected / 0.5 - 1)
+    assert "predicted_fp32_ms" not in measured[0] and table.count("| m |") == 1
+    assert predict_rows(measured, {"int8": None}) == ""
+    with pytest.raises(ValueError, match="fp32 and int8"):
+        predict_rows(measured, {"fp16": str(tmp_path / "int8")})
