@@ -197,6 +197,7 @@ def _quantize_node_inputs(editor: _GraphEditor, index: int, node: onnx.NodeProto
     levels = np.clip(np.round(op.weight / op.weight_scale), -128, 127)
     signs = np.where(factors < 0, -1.0, 1.0).reshape((-1,) + (1,) * (levels.ndim - 1))
     levels = np.clip(levels * signs, -128, 127).astype(np.int8)
+    levels[factors == 0] = 0  # a zero BN gamma folds the channel's weight to zero (its scale is a placeholder)
     channel_scales = (op.weight_scale * np.where(factors == 0, 1.0, np.abs(factors))).astype(np.float32)
     per_channel = node.op_type == "Conv"
     if per_channel:

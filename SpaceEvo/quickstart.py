@@ -1,4 +1,4 @@
-"""Quickstart section "SpaceEvo": block-wise KD -> block LUTs -> search-space search on generated images.
+"""Quickstart section "SpaceEvo": block KD -> block LUTs -> space search -> supernet -> subnet search -> INT8.
 
 The SpaceEvo pipeline (ICCV'23, arXiv 2303.08308, Sec. 3.3) at toy scale on 2 CPU cores:
 
@@ -12,7 +12,11 @@ The SpaceEvo pipeline (ICCV'23, arXiv 2303.08308, Sec. 3.3) at toy scale on 2 CP
 4. a small LUT per (stage, block, window) (:func:`moonlit.spaceevo.lut_builder.build_luts`), latency from
    a constant ms-per-MFLOP table (or a LitePred predictor with ``latency.source=litepred``);
 5. the Q-T score + aging evolution + common-random-numbers re-rank of :mod:`moonlit.spaceevo.space_search`,
-   with constraints at quantiles of the latency of random spaces; the ranked table and the score plot.
+   with constraints at quantiles of the latency of random spaces; the ranked table and the score plot;
+6. on the top-ranked space (or ``supernet.space``): a few sandwich + LSQ+ QAT steps of its supernet, an
+   evolutionary subnet search with INT8 fake-quant fitness under an MMACs band, and the best subnet
+   exported to INT8 ONNX with its learned LSQ+ grids and to FP32 ONNX, with the INT8-vs-fake-quant top-1
+   agreement and the measured FP32 vs INT8 latency (:mod:`moonlit.spaceevo.quickstart_deploy`).
 
     python -m moonlit.spaceevo.quickstart
 """
@@ -38,6 +42,7 @@ from torch.utils.data import DataLoader
 from .block_kd import KDSettings, StudentStage, train_student
 from .lut import LUTSet
 from .lut_builder import build_luts, latency_source
+from .quickstart_deploy import run_deploy_steps
 from .space import SpaceEncoding, load_hyperspace
 from .space_search import QTScorer, aging_evolution, evaluate_spaces
 from .teacher import build_teacher, calibrate_teacher_bn
@@ -46,7 +51,9 @@ __all__ = ["SECTION", "build_section", "main", "run_quickstart"]
 
 logger = logging.getLogger("moonlit.spaceevo.quickstart")
 PAPER_SCALE_NOTE = ("Paper-scale commands: python -m moonlit.spaceevo.block_kd, python -m moonlit.spaceevo.lut_builder, "
-                    "python -m moonlit.spaceevo.space_search (headers of configs/spaceevo/*.yaml).")
+                    "python -m moonlit.spaceevo.space_search, python -m moonlit.spaceevo.train_supernet, "
+                    "python -m moonlit.spaceevo.subnet_search, python -m moonlit.spaceevo.benchmark "
+                    "(headers of configs/spaceevo/*.yaml).")
 SECTION = {"name": "spaceevo", "order": 40, "command": "python -m moonlit.spaceevo.quickstart"}
 
 
@@ -119,11 +126,15 @@ def run_quickstart(cfg: DictConfig) -> dict[str, Any]:
     top = [e.space for e in sorted(history, key=lambda e: -e.result.score)[: cfg.search.rerank_top]]
     ranked = evaluate_spaces(scorer, top, cfg.search.rerank_repeats, rng)
     timings["search_s"] = time.perf_counter() - t0
+
+    space = SpaceEncoding.decode(cfg.supernet.space or ranked[0]["space"])
+    deployment = run_deploy_steps(cfg, space, root, out)
+    timings.update(deployment.pop("timing"))
     timings["total_s"] = time.perf_counter() - start
     results = {"hyperspace": spec.name, "constraints_ms": constraints, "kd": kd_rows, "ranked": ranked,
                "history": [[e.space.encode(), e.result.score] for e in history], "timing": timings,
                "latency": latency.describe() if hasattr(latency, "describe") else repr(latency),
-               "luts": len(luts), "config": to_container(cfg)}
+               "luts": len(luts), **deployment, "config": to_container(cfg)}
     _plot(results, out / "score_over_search.png")
     write_section(out, build_section(results, cfg))
     return results
@@ -162,7 +173,8 @@ def build_section(results: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
                f"({timing['search_s']:.1f} s; constraints {constraints} ms = quantiles "
                f"{list(cfg.search.constraint_quantiles)} of random spaces' latency). Teacher: random-weight "
                f"{cfg.teacher.model} with BN statistics from the images, so the scores rank how well each block type "
-               f"imitates *this* teacher, not ImageNet accuracy. Total {timing['total_s']:.0f} s.")
+               f"imitates *this* teacher, not ImageNet accuracy. {_deploy_summary(results, cfg)} "
+               f"Total {timing['total_s']:.0f} s.")
     ranked_table = {
         "caption": "Ranked search spaces (Q-T score, mean over shared draws)",
         "columns": ["rank", "space", "mean score", "std", "gap to best", "min ms", "max ms"],
@@ -177,17 +189,71 @@ def build_section(results: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
         "columns": ["block type", "students", "mean NSR"],
         "rows": [[name, len(values), float(np.mean(values))] for name, values in sorted(per_block.items())],
         "floatfmt": ".3f", "source": "moonlit.spaceevo.block_kd.train_student"}
-    return {**SECTION, "title": "SpaceEvo: block KD, block LUTs and the search-space search (toy scale)",
-            "summary": summary, "tables": [ranked_table, kd_table],
+    return {**SECTION, "title": "SpaceEvo: block KD, block LUTs, space search, supernet, subnet search and INT8 "
+                                 "deployment (toy scale)",
+            "summary": summary, "tables": [ranked_table, kd_table, *_deploy_tables(results)],
             "figures": [{"path": "score_over_search.png", "caption": "Q-T score of each evaluated space"}],
             "notes": [PAPER_SCALE_NOTE]}
+
+
+def _deploy_summary(results: dict[str, Any], cfg: DictConfig) -> str:
+    """The sentences on supernet training, subnet search and INT8 deployment, from the run's numbers."""
+    timing, search, deploy = results["timing"], results["subnet_search"], results["deploy"]
+    phases = results["supernet"]["phases"]
+    steps = " + ".join(f"{phases[p]['steps']} {'sandwich' if p == 'fp32' else 'LSQ+ QAT'}" for p in phases)
+    low, high = search["constraint_mmacs"]
+    agreement = deploy["agreement"]
+    speedup, (ci_low, ci_high) = deploy["speedup"], deploy["speedup_ci95"]
+    return (f"The supernet of `{results['space']}` then trained {steps} steps ({timing['supernet_s']:.0f} s); "
+            f"the subnet search evaluated {search['evaluated']} subnets in {search['generations']} generations "
+            f"(fitness: INT8 fake-quant top-1 on the {cfg.data.holdout_per_class * cfg.data.num_classes} held-out "
+            f"images after BN recalibration; constraint {low:.1f}-{high:.1f} MMACs, a latency stand-in at "
+            f"{list(cfg.subnet_search.macs_band)} of the way from the smallest to the largest subnet; "
+            f"{timing['subnet_search_s']:.0f} s). The best subnet ({deploy['mmacs']:.1f} MMACs at "
+            f"{deploy['subnet'].rsplit('_r', 1)[-1]} px), exported to INT8 ONNX with its learned LSQ+ grids "
+            f"({timing['deploy_s']:.0f} s with the checks and timing), picks "
+            f"the fake-quant model's class on {100 * agreement['agreement']:.1f}% of the {agreement['images']} "
+            f"generated images; onnxruntime ({deploy['threads']} thread, {deploy['rounds']} interleaved rounds, "
+            f"medians) runs it in {deploy['int8_ms']:.3f} ms INT8 vs {deploy['fp32_ms']:.3f} ms FP32, a speed-up of "
+            f"{speedup:.2f}x (95% CI {ci_low:.2f}-{ci_high:.2f}; a model this small is dominated by per-op overhead, "
+            f"see `python -m moonlit.spaceevo.benchmark` for SEQnets at 224 px).")
+
+
+def _deploy_tables(results: dict[str, Any]) -> list[dict[str, Any]]:
+    phases = results["supernet"]["phases"]
+    training_table = {
+        "caption": f"Supernet of `{results['space']}`: sandwich (FP32) then LSQ+ QAT steps on the generated images",
+        "columns": ["phase", "steps", "first max-subnet loss", "last max-subnet loss", "max subnet top-1",
+                    "min subnet top-1"],
+        "rows": [[phase, r["steps"], r["first_losses"]["max"], r["last_losses"]["max"],
+                  r["eval"].get(f"{phase}/max_top1"), r["eval"].get(f"{phase}/min_top1")]
+                 for phase, r in phases.items()],
+        "floatfmt": ".3f", "source": "moonlit.spaceevo.train_supernet.train_supernet (experiment=smoke + overrides)"}
+    deploy, search = results["deploy"], results["subnet_search"]
+    low, high = search["constraint_mmacs"]
+    deploy_table = {
+        "caption": "Best subnet of the subnet search, deployed: INT8 ONNX with learned LSQ+ grids vs FP32 ONNX",
+        "columns": ["subnet", "MMACs", "constraint MMACs", "search fitness (fake-quant top-1 %)",
+                    "held-out top-1 fake-quant / INT8 / FP32", "INT8 vs fake-quant agreement", "FP32 ms", "INT8 ms",
+                    "INT8 speed-up (95% CI)"],
+        "rows": [[deploy["subnet"], deploy["mmacs"], f"{low:.2f}-{high:.2f}", search["best"]["fitness"],
+                  " / ".join(f"{deploy['holdout_top1'][k]:.3f}" for k in ("fake_quant", "int8_onnx", "fp32_onnx")),
+                  f"{deploy['agreement']['agreement']:.3f} ({deploy['agreement']['images']} images)",
+                  deploy["fp32_ms"], deploy["int8_ms"],
+                  f"{deploy['speedup']:.2f}x ({deploy['speedup_ci95'][0]:.2f}-{deploy['speedup_ci95'][1]:.2f})"]],
+        "floatfmt": ".3f",
+        "source": "moonlit.spaceevo.subnet_search.run_search, moonlit.spaceevo.deploy.export_lsq_qdq, "
+                  "moonlit.common.profiling.model_benchmark.benchmark_models (deploy/deploy.json)"}
+    return [training_table, deploy_table]
 
 
 @hydra_app("spaceevo", "quickstart")
 def main(cfg: DictConfig) -> None:
     results = run_quickstart(cfg)
     best = results["ranked"][0]
-    print(f"best space {best['space']} (Q-T {best['mean']:.4f}); section written to {cfg.output_dir}")
+    deploy = results["deploy"]
+    print(f"best space {best['space']} (Q-T {best['mean']:.4f}); best subnet {deploy['subnet']}: INT8 agreement "
+          f"{deploy['agreement']['agreement']:.3f}, speed-up {deploy['speedup']:.2f}x; section written to {cfg.output_dir}")
 
 
 if __name__ == "__main__":
