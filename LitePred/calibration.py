@@ -14,6 +14,14 @@ sum with a fit on a few measured whole models:
 
 Both minimize squared *relative* residuals by default (weights 1/measured²): the ±k% metric is
 relative and model latencies span two orders of magnitude.
+
+A third correction is per kernel, not per model: a kernel profiled alone is timed in bursts, with its
+weights in cache; inside a model every weight is read from memory once per inference. A kernel with
+many weights and little work per weight (a Linear on the 4 tokens of a small ViT stage) is bound by
+that read, so inside a model it takes at least ``weight_ms_per_mparam · (its parameters, millions)``.
+The rate is one number per platform, chosen from :data:`WEIGHT_RATE_GRID` by the leave-one-out error of
+the rest of the fit (``PlatformPredictor.calibrate``). Measured here: a searched ElasticViT subnet at
+128 px with 23 M parameters ran 6.5 ms while its hot kernels summed to 4.4 ms.
 """
 
 from __future__ import annotations
@@ -24,12 +32,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Overhead", "fit_overhead", "fit_type_scales", "RIDGE_GRID", "SCALE_BOUNDS"]
+__all__ = ["Overhead", "fit_overhead", "fit_type_scales", "RIDGE_GRID", "SCALE_BOUNDS", "WEIGHT_RATE_GRID"]
 
 # Ridge strengths tried by leave-one-out (relative to each type's own curvature, so scale-free).
 RIDGE_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
 # A type's factor stays within these: beyond them the fit is explaining noise, not a timing bias.
 SCALE_BOUNDS = (0.5, 2.0)
+# ms per million weights read inside a model (0: kernels as timed alone). FP32 weights at 4 bytes and
+# ~10-40 GB/s of memory bandwidth give 0.1-0.4; INT8 at 1 byte a quarter of that.
+WEIGHT_RATE_GRID = (0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6)
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,8 @@ class Overhead:
     weighting: str = "relative"
     type_scales: Mapping[str, float] = field(default_factory=dict)
     ridge: float | None = None  # the chosen ridge strength (None: one-line fit)
+    weight_ms_per_mparam: float = 0.0  # a kernel in a model takes >= this x its parameters (millions)
+    cv_error: float | None = None  # leave-one-out mean relative error of the fit (per-type fits)
 
     def scale(self, kernel_type: str) -> float:
         return float(self.type_scales.get(kernel_type, 1.0))
@@ -152,15 +165,16 @@ def fit_type_scales(sums_by_type: Any, measured_ms: Any, kernel_types: Sequence[
 
     if ridge == "cv":
         candidates = [*map(float, ridge_grid), np.inf]
-        errors = [np.mean(np.abs(predict_left_out(c) - m) / m) for c in candidates]
-        strength = candidates[int(np.argmin(errors))]
+        errors = [float(np.mean(np.abs(predict_left_out(c) - m) / m)) for c in candidates]
+        strength, cv_error = candidates[int(np.argmin(errors))], min(errors)
     elif isinstance(ridge, (int, float)) and ridge > 0:
         strength = float(ridge)
+        cv_error = float(np.mean(np.abs(predict_left_out(strength) - m) / m))
     else:
         raise ValueError(f"ridge = {ridge!r}; expected 'cv' or a positive number")
     if np.isinf(strength):
         a, b = _line(Su.sum(1), m, w)
-        return Overhead(a, b, int(len(m)), True, weighting, {}, None)
+        return Overhead(a, b, int(len(m)), True, weighting, {}, None, cv_error=cv_error)
     r, a, b = _ridge_scales(Su, m, w, strength)
     scales = {kernel_types[j]: float(r[k]) for k, j in enumerate(used)}
-    return Overhead(a, b, int(len(m)), True, weighting, scales, strength)
+    return Overhead(a, b, int(len(m)), True, weighting, scales, strength, cv_error=cv_error)

@@ -75,6 +75,18 @@ def run_profile(cfg: DictConfig, backend: Any = None) -> dict[str, Any]:
     return summary
 
 
+def _weight_rates(value: Any) -> tuple[float, ...]:
+    """``overhead.weight_rates``: null = the default grid, a list, or one number (fixed)."""
+    from .calibration import WEIGHT_RATE_GRID
+
+    if value is None:
+        return WEIGHT_RATE_GRID
+    values = [value] if isinstance(value, (int, float)) else list(value)
+    if not values or any(not isinstance(v, (int, float)) or v < 0 for v in values):
+        raise ValueError(f"overhead.weight_rates = {value!r}; expected null, a number >= 0 or a list of them")
+    return tuple(float(v) for v in values)
+
+
 def run_build(cfg: DictConfig) -> dict[str, Any]:
     """:func:`run_profile`, then one regressor per kernel type, the overhead fit, saved to ``predictor_dir``."""
     start = time.perf_counter()
@@ -89,7 +101,8 @@ def run_build(cfg: DictConfig) -> dict[str, Any]:
     cache = KernelCache(cfg.kernel_cache, cfg.rules)
     overhead = calibrate_overhead(predictor, cache, specs,
                                   measured_models(dataset, backend.name, specs, statistic=cfg.statistic),
-                                  per_type=bool(cfg.overhead.per_type), ridge=cfg.overhead.ridge)
+                                  per_type=bool(cfg.overhead.per_type), ridge=cfg.overhead.ridge,
+                                  weight_rates=_weight_rates(cfg.overhead.get("weight_rates")))
     out = Path(cfg.predictor_dir)
     predictor.save(out)
     kernel_seconds = sum(float(r.metadata.get("seconds", 0.0))

@@ -269,17 +269,20 @@ def predict_architectures(predictor: PlatformPredictor, cache: KernelCache, spec
 
 def calibrate_overhead(predictor: PlatformPredictor, cache: KernelCache, specs: Sequence[ArchSpec],
                        measured_ms: np.ndarray, min_models: int = 5, per_type: bool = False,
-                       ridge: float | str = "cv") -> dict[str, Any]:
+                       ridge: float | str = "cv", weight_rates: Sequence[float] = (0.0,)) -> dict[str, Any]:
     """Fit the overhead term on measured calibration models (stored in the predictor).
 
-    ``per_type=False``: ``model_ms = a · Σ kernels + b``; True: one factor per kernel type on top.
+    ``per_type=False``: ``model_ms = a · Σ kernels + b``; True: one factor per kernel type on top, and
+    the weight-read floor per kernel with its rate picked from ``weight_rates`` (:mod:`.calibration`).
     """
     keep = np.isfinite(measured_ms)
     chosen = [s for s, k in zip(specs, keep) if k]
     rows = [model_rows(cache.get(s), predictor.kernel_types)[0] for s in chosen]
-    overhead = predictor.calibrate(rows, measured_ms[keep], min_models=min_models, per_type=per_type, ridge=ridge)
+    overhead = predictor.calibrate(rows, measured_ms[keep], min_models=min_models, per_type=per_type, ridge=ridge,
+                                   weight_rates=weight_rates)
     return {"models": len(chosen), "slope": overhead.slope, "intercept": overhead.intercept,
-            "fitted": overhead.fitted, "type_scales": dict(overhead.type_scales), "ridge": overhead.ridge}
+            "fitted": overhead.fitted, "type_scales": dict(overhead.type_scales), "ridge": overhead.ridge,
+            "weight_ms_per_mparam": overhead.weight_ms_per_mparam, "cv_error": overhead.cv_error}
 
 
 def timed_predict_onnx(predictor: PlatformPredictor, path: str | Path, platform: str,
@@ -299,6 +302,26 @@ def timed_predict_onnx(predictor: PlatformPredictor, path: str | Path, platform:
             "unassigned_nodes": [[u.node, u.op_type, u.reason] for u in detection.unassigned],
             "seconds": {"load": loaded - start, "detect": detected - loaded, "predict": done - detected,
                         "total": done - start}}
+
+
+def measure_like_predictor(platform: Mapping[str, Any], items: Sequence[tuple[Any, Any]], repeats: int = 2
+                           ) -> list[list[float]]:
+    """Latency of whole models as a predictor's platform measured its training data: its backend (same
+    quantization, threads, interleaving) and its statistic (``platform["statistic"]``, p10 by default),
+    ``repeats`` independent passes per model. ``items`` are ``(module, example_inputs)``; returns the
+    passes of each item. What a prediction should be scored against (a plain benchmark median is
+    another statistic, and an INT8 model quantized another way is another model)."""
+    from .profile import get_backend
+
+    backend = get_backend(platform.get("backend") or platform["name"])
+    field = STATISTICS[platform.get("statistic", "p10")]
+    passes: list[list[float]] = [[] for _ in items]
+    for _ in range(repeats):
+        for i, measurement in enumerate(backend.measure_many(list(items))):
+            if isinstance(measurement, Exception):
+                raise RuntimeError(f"could not measure model {i} on {backend.name}") from measurement
+            passes[i].append(getattr(measurement, field))
+    return passes
 
 
 def export_spec(spec: ArchSpec, path: str | Path) -> Path:

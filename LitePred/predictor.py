@@ -23,7 +23,7 @@ import os
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -158,15 +158,31 @@ class PlatformPredictor:
         """Latency (ms) of each kernel row of one type."""
         return self._regressor(kernel_type).predict(X)
 
+    def _weight_floor(self, kernel_type: str, X: np.ndarray, pred: np.ndarray, rate: float) -> np.ndarray:
+        """``max(pred, rate · params_m)`` for types whose features hold their parameter count."""
+        if rate <= 0:
+            return pred
+        from .features import feature_names
+
+        try:
+            column = feature_names(kernel_type).index("params_m")
+        except (KeyError, ValueError):
+            return pred
+        return np.maximum(pred, rate * X[:, column])
+
     def kernel_sums_flat(self, rows: Mapping[str, tuple[Any, Any]], n_models: int,
-                         deduplicate: bool = True, by_type: bool = False) -> np.ndarray:
+                         deduplicate: bool = True, by_type: bool = False,
+                         weight_rate: float | None = None) -> np.ndarray:
         """Per-model sums of kernel predictions from ``{kernel_type: (X rows, model index per row)}``.
 
         Each type's predictions carry the overhead's per-type factor; ``by_type=True`` returns the
         unscaled sums as a (models × :attr:`kernel_types`) matrix instead (what calibration fits).
         ``deduplicate`` predicts each distinct row once (NAS batches repeat kernel configs a lot).
+        Each kernel takes at least ``weight_rate`` ms per million parameters (default: the overhead's
+        ``weight_ms_per_mparam``; see :mod:`moonlit.litepred.calibration`).
         """
         types = self.kernel_types
+        rate = self.overhead.weight_ms_per_mparam if weight_rate is None else weight_rate
         sums = np.zeros((n_models, len(types))) if by_type else np.zeros(n_models)
         for kernel_type, (X, model_index) in rows.items():
             reg = self._regressor(kernel_type)
@@ -182,9 +198,9 @@ class PlatformPredictor:
                                  f"{model_index.max()}]; expected them in [0, {n_models})")
             if deduplicate:
                 unique, inverse = np.unique(X, axis=0, return_inverse=True)
-                pred = reg.predict(unique)[inverse.reshape(-1)]
+                pred = self._weight_floor(kernel_type, unique, reg.predict(unique), rate)[inverse.reshape(-1)]
             else:
-                pred = reg.predict(X)
+                pred = self._weight_floor(kernel_type, X, reg.predict(X), rate)
             per_model = np.bincount(model_index, weights=pred, minlength=n_models)
             if by_type:
                 sums[:, types.index(kernel_type)] += per_model
@@ -193,7 +209,7 @@ class PlatformPredictor:
         return sums
 
     def kernel_sums(self, models: Sequence[ModelKernels], deduplicate: bool = True,
-                    by_type: bool = False) -> np.ndarray:
+                    by_type: bool = False, weight_rate: float | None = None) -> np.ndarray:
         """Per-model sums of kernel predictions (no overhead), one batched call per kernel type.
 
         ``by_type``: unscaled sums per kernel type, a (models × :attr:`kernel_types`) matrix.
@@ -210,7 +226,7 @@ class PlatformPredictor:
                 arrays.append(X)
                 owners.append(np.full(len(X), i, dtype=np.int64))
         rows = {t: (np.concatenate(a), np.concatenate(o)) for t, (a, o) in blocks.items()}
-        return self.kernel_sums_flat(rows, len(models), deduplicate, by_type)
+        return self.kernel_sums_flat(rows, len(models), deduplicate, by_type, weight_rate)
 
     def predict_models(self, models: Sequence[ModelKernels], apply_overhead: bool = True,
                        deduplicate: bool = True) -> np.ndarray:
@@ -223,15 +239,22 @@ class PlatformPredictor:
         return float(self.predict_models([model], apply_overhead)[0])
 
     def calibrate(self, models: Sequence[ModelKernels], measured_ms: Any, min_models: int = 5,
-                  weighting: str = "relative", per_type: bool = False, ridge: float | str = "cv") -> Overhead:
+                  weighting: str = "relative", per_type: bool = False, ridge: float | str = "cv",
+                  weight_rates: Sequence[float] = (0.0,)) -> Overhead:
         """Fit and store the overhead term from measured whole-model latencies.
 
         ``per_type=False``: one line ``a · Σ + b``; True: one factor per kernel type on top
-        (:func:`~moonlit.litepred.calibration.fit_type_scales`, ``ridge`` = its strength or "cv").
+        (:func:`~moonlit.litepred.calibration.fit_type_scales`, ``ridge`` = its strength or "cv"),
+        and the weight-read floor's rate chosen from ``weight_rates`` by leave-one-out error.
         """
         if per_type:
-            self.overhead = fit_type_scales(self.kernel_sums(models, by_type=True), measured_ms, self.kernel_types,
-                                            min_models=min_models, weighting=weighting, ridge=ridge)
+            fits = []
+            for rate in weight_rates:
+                fit = fit_type_scales(self.kernel_sums(models, by_type=True, weight_rate=float(rate)), measured_ms,
+                                      self.kernel_types, min_models=min_models, weighting=weighting, ridge=ridge)
+                fits.append(replace(fit, weight_ms_per_mparam=float(rate)))
+            self.overhead = min(fits, key=lambda f: (f.cv_error if f.cv_error is not None else np.inf,
+                                                     f.weight_ms_per_mparam))
         else:
             self.overhead = Overhead()  # the one-line fit is on unscaled sums
             self.overhead = fit_overhead(self.kernel_sums(models), measured_ms, min_models, weighting)

@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 import torch
 from moonlit.common.config import hydra_app, to_container
@@ -90,11 +91,18 @@ def _models(cfg: DictConfig) -> list[BenchModel]:
     return models
 
 
-def predict_rows(rows: list[dict[str, Any]], predictors: dict[str, str | None]) -> str:
-    """Add LitePred predictions (``predicted_<precision>_ms``, ``<precision>_prediction_error``) for
-    each precision with a predictor directory; the FP32 ONNX graph is what kernels are detected on.
-    Returns a markdown table of predicted vs measured, or "" when no predictor is given."""
-    from moonlit.litepred.pipeline import timed_predict_onnx
+def predict_rows(rows: list[dict[str, Any]], predictors: dict[str, str | None],
+                 models: list[BenchModel] | None = None, repeats: int = 2) -> str:
+    """LitePred predictions beside measurements, for each precision with a predictor directory.
+
+    Kernels are detected on the FP32 ONNX graph. The benchmark's own medians come from its INT8 route
+    and statistic; a predictor learns its platform's: its backend's quantization and the 10th
+    percentile of interleaved samples (``statistic`` in its metadata). So with ``models`` each one is
+    also measured ``repeats`` times through the predictor's backend (``<precision>_litepred_ms``,
+    the mean of the passes; the passes' agreement is the measurement ceiling) and the error is taken
+    against that. Returns a markdown table, or "" when no predictor is given.
+    """
+    from moonlit.litepred.pipeline import measure_like_predictor, timed_predict_onnx
     from moonlit.litepred.predictor import PlatformPredictor
 
     lines = []
@@ -104,31 +112,40 @@ def predict_rows(rows: list[dict[str, Any]], predictors: dict[str, str | None]) 
         if not directory:
             continue
         predictor = PlatformPredictor.load(directory)
-        platform = predictor.platform.get("rules") or predictor.platform.get("name")
-        for row in rows:
-            measured = row.get(f"{precision}_ms")
+        meta = predictor.platform
+        platform = meta.get("rules") or meta.get("name")
+        own: list[list[float]] = [[] for _ in rows]
+        if models is not None:
+            own = measure_like_predictor(meta, [(entry.model.eval(), (torch.randn(1, 3, entry.resolution, entry.resolution),))
+                                                for entry in models], repeats)
+        for row, passes in zip(rows, own):
             predicted = timed_predict_onnx(predictor, row["fp32_onnx"], platform)["latency_ms"]
             row[f"predicted_{precision}_ms"] = predicted
+            measured = float(np.mean(passes)) if passes else row.get(f"{precision}_ms")
+            if passes:
+                row[f"{precision}_litepred_ms"] = passes
             row[f"{precision}_prediction_error"] = None if not measured else predicted / measured - 1
             if measured:
-                lines.append(f"| {row['name']} | {precision.upper()} ({platform}) | {measured:.2f} | {predicted:.2f} | "
-                             f"{100 * (predicted / measured - 1):+.1f}% |")
+                agree = (f"{100 * (passes[1] / passes[0] - 1):+.1f}%" if len(passes) > 1 else "–")
+                lines.append(f"| {row['name']} | {meta['name']} | {row.get(f'{precision}_ms') or float('nan'):.2f} | "
+                             f"{measured:.2f} | {agree} | {predicted:.2f} | {100 * (predicted / measured - 1):+.1f}% |")
     if not lines:
         return ""
-    return ("\n| model | precision (predictor) | measured ms | predicted ms | error |\n|---|---|---:|---:|---:|\n"
-            + "\n".join(lines) + "\n")
+    return ("\n| model | predictor | benchmark median ms | measured, predictor's protocol ms | pass 2 vs pass 1 | "
+            "predicted ms | error |\n|---|---|---:|---:|---:|---:|---:|\n" + "\n".join(lines) + "\n")
 
 
 def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     """Export, time and report every model; returns what ``benchmark.json`` holds."""
     out_dir = Path(cfg.output_dir)
     t = cfg.timing
-    result = benchmark_models(_models(cfg), out_dir, threads=t.threads, rounds=t.rounds, warmup=t.warmup,
+    models = _models(cfg)
+    result = benchmark_models(models, out_dir, threads=t.threads, rounds=t.rounds, warmup=t.warmup,
                               burst=t.burst, calibration_count=cfg.calibration.batches,
                               calibration_batch=cfg.calibration.batch_size, seed=cfg.seed)
     rows = result["rows"]
     result["timing"] = to_container(cfg)["timing"]
-    predictions = predict_rows(rows, dict(cfg.predictors))
+    predictions = predict_rows(rows, dict(cfg.predictors), models if cfg.predictor_protocol else None)
     result["predictors"] = to_container(cfg)["predictors"]
     (out_dir / "benchmark.json").write_text(json.dumps(result, indent=1) + "\n")
     table = render_table(rows) + predictions

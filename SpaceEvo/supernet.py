@@ -53,8 +53,10 @@ __all__ = ["LAST_NORM_OF_RESIDUAL_BODY", "StaticSubnet", "Supernet", "block_spec
 
 # The BN that closes the body of each always-residual block: its gamma starts at zero, so every
 # residual block starts as its shortcut (the reference's ``zero_last_gamma``, Goyal et al. 2017).
+# Not MobileNetV1Dual: a ReLU follows its last BN, and ReLU(0) passes no gradient, so a zero gamma
+# (with its zero bias) would keep the whole body at zero for ever (the reference does zero it).
 LAST_NORM_OF_RESIDUAL_BODY = {
-    "MobileNetV1Dual": "point_conv2", "MobileNetV2Res": "point_conv2", "MobileNetV3Res": "point_conv2",
+    "MobileNetV2Res": "point_conv2", "MobileNetV3Res": "point_conv2",
     "MobileNetV2K3Res": "point_conv2", "MobileNetV3K3Res": "point_conv2", "ResNet": "conv3", "ResNetSE": "conv3",
     "FusedMBConvRes": "point_conv", "FusedMBConvSERes": "point_conv",
 }

@@ -91,3 +91,28 @@ def test_predictor_applies_type_factors_and_round_trips(predictor, tmp_path) -> 
     line = predictor.calibrate(models, measured)  # back to one line: factors dropped
     assert line.type_scales == {}
     np.testing.assert_allclose(predictor.kernel_sums(models), hand.sum(1), rtol=1e-12)
+
+
+def test_weight_read_floor_rate_is_recovered_by_calibration() -> None:
+    """Models whose latency is Σ max(kernel, rate · params) (a brute-force ground truth): the rate is chosen."""
+    from moonlit.litepred.features import feature_names
+    from moonlit.litepred.forest import ForestRegressor
+    from moonlit.litepred.predictor import PlatformPredictor
+
+    names = feature_names("fc")
+    column = names.index("params_m")
+    rng = np.random.default_rng(0)
+    X_train = rng.uniform(0.1, 1.0, (40, len(names)))
+    fc = ForestRegressor(n_estimators=2).fit(X_train, np.full(40, 0.05), names)  # every fc kernel: 0.05 ms hot
+    predictor = PlatformPredictor({"fc": fc}, {"name": "synthetic"})
+    true_rate = 0.1  # in WEIGHT_RATE_GRID
+    models, measured = [], []
+    for _ in range(30):
+        X = rng.uniform(0.1, 1.0, (int(rng.integers(2, 12)), len(names)))
+        X[:, column] = rng.uniform(0.0, 2.0, len(X))  # 0-2 M params: some kernels weight-bound, some not
+        models.append({"fc": X})
+        measured.append(1.1 * np.maximum(0.05, true_rate * X[:, column]).sum() + 0.2)
+    overhead = predictor.calibrate(models, np.array(measured), per_type=True, weight_rates=(0.0, 0.05, 0.1, 0.2))
+    assert overhead.weight_ms_per_mparam == 0.1
+    np.testing.assert_allclose(predictor.predict_models(models), measured, rtol=1e-6)
+    assert predictor.kernel_sums(models[:1], weight_rate=0.0)[0] == pytest.approx(0.05 * len(models[0]["fc"]))

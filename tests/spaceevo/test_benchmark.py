@@ -80,5 +80,16 @@ def test_predictions_beside_measurements(tmp_path):
     assert measured[0]["int8_prediction_error"] == pytest.approx(expected / 0.5 - 1)
     assert "predicted_fp32_ms" not in measured[0] and table.count("| m |") == 1
     assert predict_rows(measured, {"int8": None}) == ""
+    # measured through the predictor's own backend (here the deterministic debug one), twice
+    from moonlit.common.profiling.model_benchmark import BenchModel
+    from moonlit.litepred.profile import get_backend
+
+    PlatformPredictor(regressors, {"name": "debug", "backend": "debug", "rules": "ort-int8"}).save(tmp_path / "dbg")
+    again = [{"name": "m", "fp32_onnx": str(path), "fp32_ms": 1.0, "int8_ms": 0.5}]
+    table = predict_rows(again, {"int8": str(tmp_path / "dbg")}, [BenchModel("m", model, 16)])
+    truth = get_backend("debug").measure_many([(model, (torch.randn(1, 3, 16, 16),))])[0].p10_ms
+    assert again[0]["int8_litepred_ms"] == pytest.approx([truth, truth])
+    assert again[0]["int8_prediction_error"] == pytest.approx(expected / truth - 1)
+    assert "+0.0%" in table
     with pytest.raises(ValueError, match="fp32 and int8"):
         predict_rows(measured, {"fp16": str(tmp_path / "int8")})

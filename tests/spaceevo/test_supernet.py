@@ -10,7 +10,7 @@ import torch
 import yaml
 from moonlit.spaceevo.ops import HYPERSPACE_BLOCKS, STAGE0_BLOCKS, set_quant_mode
 from moonlit.spaceevo.space import SubnetEncoding, list_hyperspaces, load_hyperspace
-from moonlit.spaceevo.supernet import StaticSubnet, Supernet, block_spec_of
+from moonlit.spaceevo.supernet import LAST_NORM_OF_RESIDUAL_BODY, StaticSubnet, Supernet, block_spec_of
 from torch import nn
 
 SEARCH_RESULT = Path(__file__).resolve().parents[3] / "shared" / "data" / "spaceevo" / "search_result.yaml"
@@ -176,3 +176,22 @@ def test_every_hyperspace_file_builds_a_supernet() -> None:
         subnet = net.sample_active(np.random.default_rng(0))
         with torch.no_grad():
             assert net.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 3), subnet
+
+
+def test_zeroed_last_gammas_have_no_activation_after_them() -> None:
+    """A zero gamma is only harmless (the block starts as its shortcut, and learns) when nothing like a
+    ReLU follows it: ReLU(0) has zero gradient, so the body would never train (MobileNetV1Dual)."""
+    net = Supernet.from_encoding("onnxw-151122-023231")
+    zeroed = 0
+    for stage in net.stages:
+        for block in stage.blocks:
+            name = LAST_NORM_OF_RESIDUAL_BODY.get(block.name)
+            if name is None or not block.always_residual:
+                continue
+            layer = getattr(block, name)
+            assert not hasattr(layer, "act"), f"{block.name}.{name} zeroes a gamma followed by {layer.act}"
+            assert torch.count_nonzero(layer.norm.weight) == 0
+            zeroed += 1
+    assert zeroed > 0
+    dual = [b for s in net.stages for b in s.blocks if b.name == "MobileNetV1Dual"]
+    assert dual and all(torch.count_nonzero(b.point_conv2.norm.weight) > 0 for b in dual)
