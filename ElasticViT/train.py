@@ -41,7 +41,6 @@ from moonlit.common.data.synthetic import write_image_folder
 from moonlit.common.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
-    resume_or_load,
     save_checkpoint,
 )
 from moonlit.common.train.classifier import sync_buffers
@@ -49,10 +48,8 @@ from moonlit.common.train.dist import (
     DistContext,
     barrier,
     cleanup_distributed,
-    init_distributed,
 )
-from moonlit.common.train.seed import seed_everything
-from moonlit.common.train.supernet import evaluate_recalibrated
+from moonlit.common.train.supernet import check_epoch_aligned, evaluate_recalibrated, resume_ema, start_training
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
@@ -185,10 +182,7 @@ def _mixup(cfg: DictConfig, num_classes: int) -> Any:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """The work behind ``python -m moonlit.elasticvit.train``; returns the run summary."""
-    ctx = init_distributed(cfg.trainer.device, cfg.trainer.backend)
-    seed_everything(cfg.trainer.seed)
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
+    ctx = start_training(cfg.trainer)
     out_dir = Path(cfg.output_dir)
     checkpoint_dir, ema_dir = out_dir / "checkpoints", out_dir / "checkpoints_ema"
     try:
@@ -223,15 +217,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch, cfg.optim.warmup_lr / cfg.optim.lr,
             cfg.optim.min_lr / cfg.optim.lr))
         step = _resume(checkpoint_dir, supernet, optimizer, scheduler, sampler)
-        if step % steps_per_epoch:
-            raise ValueError(f"{checkpoint_dir} holds step {step}, not an epoch end of {steps_per_epoch} steps: "
-                             "was the batch size, data or max_steps_per_epoch changed?")
-        ema = None
-        if cfg.ema.enabled:
-            from timm.utils import ModelEmaV2
-
-            ema = ModelEmaV2(supernet, decay=cfg.ema.decay)
-            resume_or_load(ema_dir, ema.module, restore_rng=False)
+        check_epoch_aligned(step, steps_per_epoch, checkpoint_dir)
+        ema = resume_ema(supernet, cfg.ema.enabled, cfg.ema.decay, ema_dir)
         mixup = _mixup(cfg.mixup, num_classes)
         settings = StepSettings(**OmegaConf.to_container(cfg.step, resolve=True))
         representatives = representative_subnets(tables)

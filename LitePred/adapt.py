@@ -91,10 +91,19 @@ def measure_configs(configs: Sequence[KernelConfig], backend: Any, dataset: Prof
                          np.array([float(r.metadata.get("seconds", 0.0)) for r in records]))
 
 
-def similarity_ranking(pool: KnowledgePool, platforms: Sequence[str], probe: TargetKernels,
-                       metric: str) -> tuple[list[SimilarityScore], dict[str, PlatformPredictor]]:
+def similarity_ranking(pool: KnowledgePool, platforms: Sequence[str], probe: TargetKernels, metric: str,
+                       cache: KernelCache | None = None, model_specs: Sequence[ArchSpec] = (),
+                       model_ms: Any = None) -> tuple[list[SimilarityScore], dict[str, PlatformPredictor]]:
+    """Rank the pool on the probe kernels; with ``model_specs`` measured on the target (``model_ms``) each
+    platform's whole-model fit is scored too (:func:`~moonlit.litepred.similarity.model_line_error`)."""
+    from .similarity import model_line_error
+
     predictors = {name: pool.load(name) for name in platforms}
-    return rank_platforms(predictors, probe.configs, probe.latency_ms, metric), predictors
+    errors = None
+    if cache is not None and len(model_specs) >= 3:
+        errors = {name: model_line_error(predict_architectures(p, cache, model_specs)[0], model_ms)
+                  for name, p in predictors.items()}
+    return rank_platforms(predictors, probe.configs, probe.latency_ms, metric, errors), predictors
 
 
 def choose_configs(kernel_pool: KernelPool, n: int, sampler: str, seed: int, exclude: Sequence[str]) -> list[KernelConfig]:
@@ -183,7 +192,8 @@ def _format_ranking(ranking: Sequence[SimilarityScore], metric: str) -> str:
     lines = [f"similarity on {ranking[0].kernels} probe kernels (ranked by {metric}, most similar first):"]
     for i, r in enumerate(ranking):
         lines.append(f"  {i + 1}. {r.platform:<20} KL {r.kl:.4f}  Spearman {r.spearman:+.3f}  "
-                     f"target/source latency {r.median_ratio:.2f}x")
+                     f"target/source latency {r.median_ratio:.2f}x"
+                     + (f"  whole-model LOO error {r.model_error:.1%}" if r.model_error is not None else ""))
     return "\n".join(lines)
 
 
@@ -212,7 +222,10 @@ def run_adapt(cfg: Any) -> dict[str, Any]:
 
     probe = measure_configs(probe_configs(kernel_pool, int(a.probe), seed), backend, dataset, statistic,
                             f"probe kernels on {target}")
-    ranking, predictors = similarity_ranking(pool, platforms, probe, str(a.similarity))
+    calibration_specs = calibration_architectures(train_specs, int(a.calibration_models))
+    calibration_ms, calibration_s = measured_calibration(calibration_specs, backend, dataset, statistic)
+    ranking, predictors = similarity_ranking(pool, platforms, probe, str(a.similarity), cache, calibration_specs,
+                                             calibration_ms)
     print(_format_ranking(ranking, str(a.similarity)))
     uses_source = str(a.method) not in ("scratch", "flops-linear")
     source_name = (str(a.source) if a.source else ranking[0].platform) if uses_source else None
@@ -221,8 +234,6 @@ def run_adapt(cfg: Any) -> dict[str, Any]:
     chosen = choose_configs(kernel_pool, int(a.budget), str(a.sampler), seed, [c.key() for c in probe.configs])
     budget = measure_configs(chosen, backend, dataset, statistic, f"{a.sampler}-sampled kernels on {target}")
     data = probe + budget
-    calibration_specs = calibration_architectures(train_specs, int(a.calibration_models))
-    calibration_ms, calibration_s = measured_calibration(calibration_specs, backend, dataset, statistic)
     platform = {"name": target, **backend.metadata(), "rules": str(cfg.rules), "statistic": statistic}
     predictor, fit_s = adapt_once(target_kernels=data, source=predictors.get(source_name), method=str(a.method),
                                   cache=cache, calibration_specs=calibration_specs, calibration_ms=calibration_ms,

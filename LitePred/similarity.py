@@ -9,6 +9,12 @@ across the board, but it is the *pattern* of which kernels are slow that transfe
   lower is more similar. The reference sorted it in descending order and so transferred from the
   *least* similar platform; here the ranking sorts by how similar, best first, whatever the score.
 * ``spearman``: rank correlation of predictions and measurements; higher is more similar.
+* ``models``: a few *whole models* measured on the new platform (the calibration models the
+  adaptation measures anyway); each platform's model-level predictions are mapped onto them by a
+  line, and the leave-one-out mean relative error of that line is the score (lower is more
+  similar). What transfers to model latency is not only the kernels' pattern but how a platform's
+  kernel sum relates to its models, which kernels alone do not show (measured here: KL on
+  kernels picked the source that fine-tuned worst on two of three local targets).
 
 Platforms are compared on the same kernels: those every candidate has a regressor for.
 """
@@ -27,9 +33,9 @@ from .kernels import KernelConfig
 from .predictor import PlatformPredictor
 from .sampler import KernelPool, sample_configs
 
-__all__ = ["METRICS", "SimilarityScore", "kl_divergence", "probe_configs", "rank_platforms"]
+__all__ = ["METRICS", "SimilarityScore", "kl_divergence", "model_line_error", "probe_configs", "rank_platforms"]
 
-METRICS = ("kl", "spearman")
+METRICS = ("kl", "spearman", "models")
 
 
 def kl_divergence(measured: Any, predicted: Any) -> float:
@@ -50,6 +56,7 @@ class SimilarityScore:
     spearman: float
     kernels: int  # probe kernels scored (covered by every candidate)
     median_ratio: float  # median measured / predicted: how much faster or slower the target is
+    model_error: float | None = None  # leave-one-out relative error of a line through whole-model predictions
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,11 +80,33 @@ def _predict(predictor: PlatformPredictor, configs: Sequence[KernelConfig]) -> n
     return out
 
 
+def model_line_error(predicted_ms: Any, measured_ms: Any) -> float:
+    """Leave-one-out mean relative error of ``measured ≈ a · predicted + b`` (least squares on relative
+    residuals) over whole models: how well one platform's model predictions explain another's."""
+    from .calibration import fit_overhead
+
+    p, m = np.asarray(predicted_ms, dtype=np.float64), np.asarray(measured_ms, dtype=np.float64)
+    if p.shape != m.shape or p.ndim != 1 or len(p) < 3:
+        raise ValueError(f"predicted {p.shape} and measured {m.shape} must be 1-D, of one length, >= 3 models")
+    errors = []
+    for i in range(len(m)):
+        keep = np.arange(len(m)) != i
+        line = fit_overhead(p[keep], m[keep], min_models=2)
+        errors.append(abs(line.slope * p[i] + line.intercept - m[i]) / m[i])
+    return float(np.mean(errors))
+
+
 def rank_platforms(predictors: Mapping[str, PlatformPredictor], configs: Sequence[KernelConfig], measured_ms: Any,
-                   metric: str = "kl") -> list[SimilarityScore]:
-    """Score every platform on the probe (``configs`` measured as ``measured_ms``); most similar first."""
+                   metric: str = "kl", model_errors: Mapping[str, float] | None = None) -> list[SimilarityScore]:
+    """Score every platform on the probe (``configs`` measured as ``measured_ms``); most similar first.
+
+    ``model_errors`` (platform → :func:`model_line_error` on whole models measured on the target) is
+    recorded with each score, and ``metric="models"`` ranks by it.
+    """
     if metric not in METRICS:
         raise ValueError(f"metric = {metric!r}; expected one of {METRICS}")
+    if metric == "models" and not model_errors:
+        raise ValueError("similarity metric 'models' needs whole models measured on the target (model_errors)")
     if not predictors:
         raise ValueError("no platforms to rank: the knowledge pool is empty")
     measured = np.asarray(measured_ms, dtype=np.float64)
@@ -95,7 +124,9 @@ def rank_platforms(predictors: Mapping[str, PlatformPredictor], configs: Sequenc
         m, p = measured[covered], np.maximum(pred[covered], 1e-9)
         rho = spearmanr(m, p).statistic if np.ptp(m) > 0 and np.ptp(p) > 0 else 0.0
         scores.append(SimilarityScore(name, kl_divergence(m, p), float(rho), int(covered.sum()),
-                                      float(np.median(m / p))))
+                                      float(np.median(m / p)), (model_errors or {}).get(name)))
+    if metric == "models":
+        return sorted(scores, key=lambda s: (np.inf if s.model_error is None else s.model_error, s.platform))
     if metric == "kl":
         return sorted(scores, key=lambda s: (s.kl, s.platform))  # ascending: smallest divergence first
     return sorted(scores, key=lambda s: (-s.spearman, s.platform))  # descending: highest correlation first

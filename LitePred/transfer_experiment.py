@@ -105,7 +105,8 @@ def run_experiment(cfg: DictConfig) -> list[dict[str, Any]]:
         for seed in map(int, e.seeds):
             probe = measure_configs(probe_configs(kernel_pool, int(a.probe), seed), backend, adapt_dataset, statistic,
                                     f"probe kernels on {target}")
-            ranking, predictors = similarity_ranking(pool, platforms, probe, str(a.similarity))
+            ranking, predictors = similarity_ranking(pool, platforms, probe, str(a.similarity), cache,
+                                                     calibration_specs, calibration_ms)
             similarity = [r.to_dict() for r in ranking]
             logger.info("%s: pool ranked %s", target, [(r.platform, round(r.kl, 4)) for r in ranking])
             for s_index, sampler in enumerate(map(str, e.samplers)):
@@ -118,8 +119,9 @@ def run_experiment(cfg: DictConfig) -> list[dict[str, Any]]:
                     extra = measure_configs(chosen, backend, adapt_dataset, statistic,
                                             f"{sampler} N={budget} on {target}")
                     data: TargetKernels = probe + extra
+                    # N = 0 adapts nothing, but a source chosen on whole models paid for them
                     cal_specs, cal_ms, cal_s = ((calibration_specs, calibration_ms, calibration_s) if budget > 0
-                                                else ([], np.zeros(0), 0.0))
+                                                else ([], np.zeros(0), calibration_s if a.similarity == "models" else 0.0))
                     for method in todo:
                         source_name = ranking[-1].platform if method == "fine-tune-least" else ranking[0].platform
                         base_method = "fine-tune" if method == "fine-tune-least" else method
@@ -159,8 +161,10 @@ def render(rows: Sequence[dict[str, Any]], out: Path) -> Path:
         similarity = trows[0]["similarity"]
         parts.append(render_table({
             "caption": f"{target}: similarity of the pool on {similarity[0]['kernels']} probe kernels (most similar first)",
-            "columns": ["platform", "KL (lower = closer)", "Spearman", "target/source latency"],
-            "rows": [[s["platform"], s["kl"], s["spearman"], s["median_ratio"]] for s in similarity],
+            "columns": ["platform", "KL (lower = closer)", "Spearman", "target/source latency",
+                        "whole-model LOO error (lower = closer)"],
+            "rows": [[s["platform"], s["kl"], s["spearman"], s["median_ratio"], s.get("model_error")]
+                     for s in similarity],
             "floatfmt": ".3f"}))
         parts.append("")
         body = []

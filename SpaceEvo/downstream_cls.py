@@ -25,8 +25,8 @@ from moonlit.common.data.imagenet import build_imagenet_datasets, build_loader
 from moonlit.common.data.synthetic import write_image_folder
 from moonlit.common.train.bn_recalibration import recalibrate_batch_norm
 from moonlit.common.train.classifier import evaluate_top1, train_classifier
-from moonlit.common.train.dist import barrier, cleanup_distributed, init_distributed
-from moonlit.common.train.seed import seed_everything
+from moonlit.common.train.dist import barrier, cleanup_distributed
+from moonlit.common.train.supernet import start_training
 from moonlit.spaceevo.models import create_seqnet, resolve_model
 from moonlit.spaceevo.ops.lsq_plus import QuantLinear, set_quant_mode
 from moonlit.spaceevo.supernet import StaticSubnet
@@ -57,10 +57,7 @@ def _sgd(params: Any, lr: float, momentum: float, weight_decay: float) -> torch.
 
 def downstream_cls(cfg: DictConfig) -> dict[str, Any]:
     """Fine-tune ``cfg.model`` on ``cfg.data.root``; returns (and writes) the per-epoch validation history."""
-    ctx = init_distributed(cfg.trainer.device, cfg.trainer.backend)
-    seed_everything(cfg.trainer.seed)
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
+    ctx = start_training(cfg.trainer)
     out_dir = Path(cfg.output_dir)
     try:
         data = cfg.data

@@ -50,11 +50,13 @@ from moonlit.common.train.dist import (
     DistContext,
     barrier,
     cleanup_distributed,
-    init_distributed,
 )
 from moonlit.common.train.losses import adaptive_alpha_divergence
-from moonlit.common.train.seed import seed_everything, step_seed
+from moonlit.common.train.seed import step_seed
 from moonlit.common.train.supernet import (
+    check_epoch_aligned,
+    resume_ema,
+    start_training,
     average_bn_statistics,
     average_gradients,
     evaluate_recalibrated,
@@ -200,15 +202,8 @@ def _run_phase(phase: str, supernet: Supernet, loaders: dict[str, Any], cfg: Dic
         settings_cfg.warmup_epochs * steps_per_epoch, total_steps, cfg.optim.warmup_factor))
     checkpoint_dir = out_dir / "checkpoints" / phase
     step = resume_or_load(checkpoint_dir, supernet, optimizer, scheduler, restore_rng=True)
-    if step % steps_per_epoch:
-        raise ValueError(f"{checkpoint_dir} holds step {step}, not an epoch end of {steps_per_epoch} steps: "
-                         "was the batch size, data or max_steps_per_epoch changed?")
-    ema = None
-    if cfg.ema.enabled:
-        from timm.utils import ModelEmaV2
-
-        ema = ModelEmaV2(supernet, decay=cfg.ema.decay)
-        resume_or_load(checkpoint_dir.with_name(f"{phase}_ema"), ema.module, restore_rng=False)
+    check_epoch_aligned(step, steps_per_epoch, checkpoint_dir)
+    ema = resume_ema(supernet, cfg.ema.enabled, cfg.ema.decay, checkpoint_dir.with_name(f"{phase}_ema"))
     settings = SandwichSettings(**OmegaConf.to_container(cfg.sandwich, resolve=True))
     first_epoch = step // steps_per_epoch
     last_epoch = settings_cfg.epochs
@@ -256,10 +251,7 @@ def _run_phase(phase: str, supernet: Supernet, loaders: dict[str, Any], cfg: Dic
 
 def train_supernet(cfg: DictConfig) -> dict[str, Any]:
     """The work behind ``python -m moonlit.spaceevo.train_supernet``; returns the run summary."""
-    ctx = init_distributed(cfg.trainer.device, cfg.trainer.backend)
-    seed_everything(cfg.trainer.seed)
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
+    ctx = start_training(cfg.trainer)
     out_dir = Path(cfg.output_dir)
     try:
         if not cfg.resume and ctx.is_main and (out_dir / "checkpoints").exists():

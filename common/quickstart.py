@@ -36,8 +36,8 @@ from moonlit.common.profiling.flops import count_macs
 from moonlit.common.profiling.latency import compare_many
 from moonlit.common.report import write_section
 from moonlit.common.train.classifier import evaluate_top1, train_classifier
-from moonlit.common.train.dist import DistContext, cleanup_distributed, init_distributed
-from moonlit.common.train.seed import seed_everything
+from moonlit.common.train.dist import DistContext, cleanup_distributed
+from moonlit.common.train.supernet import start_training
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +148,7 @@ def deploy_entry(name: str, model: torch.nn.Module, example: torch.Tensor, calib
 
 def run_quickstart(cfg: DictConfig) -> dict[str, Any] | None:
     """The work behind ``python -m moonlit.common.quickstart``; returns the results on rank 0."""
-    ctx = init_distributed(cfg.trainer.device, cfg.trainer.backend)
-    seed_everything(cfg.trainer.seed)
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
+    ctx = start_training(cfg.trainer)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:

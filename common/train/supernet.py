@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +24,8 @@ from .bn_recalibration import batch_norm_layers, recalibrate_batch_norm
 from .classifier import evaluate_top1
 from .dist import DistContext
 
-__all__ = ["average_bn_statistics", "average_gradients", "batch_statistics_forward", "evaluate_recalibrated"]
+__all__ = ["average_bn_statistics", "average_gradients", "batch_statistics_forward", "check_epoch_aligned",
+           "evaluate_recalibrated", "resume_ema", "start_training"]
 
 
 @torch.no_grad()
@@ -86,3 +89,36 @@ def batch_statistics_forward(model: nn.Module) -> Iterator[nn.Module]:
                 layer.num_batches_tracked.copy_(count)
         for module, training in modes.items():
             module.training = training
+
+
+def start_training(trainer: Any) -> DistContext:
+    """The start of every training entry point: join the process group (``trainer.device``,
+    ``trainer.backend``), seed everything (``trainer.seed``), set torch's threads (``trainer.threads``)."""
+    from .dist import init_distributed
+    from .seed import seed_everything
+
+    ctx = init_distributed(trainer.device, trainer.backend)
+    seed_everything(trainer.seed)
+    if trainer.threads:
+        torch.set_num_threads(trainer.threads)
+    return ctx
+
+
+def check_epoch_aligned(step: int, steps_per_epoch: int, checkpoint_dir: str | Path) -> None:
+    """A resumed run restarts at an epoch boundary; any other step means the data or batch changed."""
+    if step % steps_per_epoch:
+        raise ValueError(f"{checkpoint_dir} holds step {step}, not an epoch end of {steps_per_epoch} steps: "
+                         "was the batch size, data or max_steps_per_epoch changed?")
+
+
+def resume_ema(model: nn.Module, enabled: bool, decay: float, ema_dir: str | Path) -> Any:
+    """timm's ``ModelEmaV2`` of ``model`` restored from ``ema_dir`` when it holds a checkpoint; None if off."""
+    if not enabled:
+        return None
+    from timm.utils import ModelEmaV2
+
+    from .checkpoint import resume_or_load
+
+    ema = ModelEmaV2(model, decay=decay)
+    resume_or_load(Path(ema_dir), ema.module, restore_rng=False)
+    return ema

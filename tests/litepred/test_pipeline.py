@@ -12,14 +12,14 @@ import pytest
 from moonlit.common.config import compose_config
 from moonlit.litepred.cli import main, resolve_spec, run_predict, run_profile
 from moonlit.litepred.dataset import ProfileDataset
-from moonlit.litepred.features import features
+from moonlit.litepred.features import feature_names, features
 from moonlit.litepred.kernels import detect_kernels
 from moonlit.litepred.pipeline import export_spec, profile_kernels
 from moonlit.litepred.predictor import PlatformPredictor
 from moonlit.litepred.profile import get_backend
 from moonlit.litepred.zoo import heldout_architectures
 
-SMALL = ["platform=debug", "architectures.train=6", "architectures.calibration=6", "budget.kernels=160",
+SMALL = ["platform=debug", "architectures.train=6", "architectures.families=null", "architectures.calibration=6", "budget.kernels=160",
          "budget.min_per_type=10", "heldout.n=4", "heldout.families=[spaceevo-like,elasticvit-like]",
          "heldout.speed_models=1", "heldout.batch_architectures=50", "heldout.kernel_remeasure=20", "regressor=forest"]
 
@@ -58,10 +58,16 @@ def test_predict_equals_the_sum_of_kernel_predictions(built: Path, tmp_path: Pat
     result = run_predict(cfg)
     predictor = PlatformPredictor.load(built / "predictors" / "debug")
     total = 0.0
+    overhead = predictor.overhead
     for kernel in detect_kernels(path, "debug").kernels:  # one kernel at a time, no batching
-        if kernel.config.type in predictor.kernel_types:
-            total += float(predictor.predict_kernels(kernel.config.type, features(kernel.config)[None])[0])
-    expected = predictor.overhead.slope * total + predictor.overhead.intercept
+        kind = kernel.config.type
+        if kind in predictor.kernel_types:
+            alone = float(predictor.predict_kernels(kind, features(kernel.config)[None])[0])
+            if "params_m" in feature_names(kind):  # the weight-read floor, by hand
+                params_m = features(kernel.config)[feature_names(kind).index("params_m")]
+                alone = max(alone, overhead.weight_ms_per_mparam * params_m)
+            total += overhead.scale(kind) * alone
+    expected = overhead.slope * total + overhead.intercept
     assert result["latency_ms"] == pytest.approx(expected, rel=1e-9)
     assert result["seconds"]["total"] > 0
 

@@ -85,6 +85,10 @@ def test_platform_built_from_the_targets_own_data_ranks_first(monkeypatch) -> No
     assert by_rho[0].platform == "target-own"
     assert by_kl[0].kl < by_kl[1].kl < by_kl[2].kl  # ascending: the reference's descending sort picks 'compute'
     assert by_kl[1].platform == "memory" and 0.3 <= by_kl[1].median_ratio <= 0.45
+    # ranked on whole models instead: the given errors decide, whatever the kernels say
+    by_models = rank_platforms(pool, configs, measured, "models", {"compute": 0.02, "memory": 0.1, "target-own": 0.05})
+    assert [s.platform for s in by_models] == ["compute", "target-own", "memory"]
+    assert by_models[0].model_error == 0.02 and by_kl[0].model_error is None
 
 
 def test_affine_recovers_a_rescaled_platform() -> None:
@@ -216,3 +220,26 @@ def test_vae_sampler_keeps_the_joint_distribution_uniform_does_not() -> None:
         return float(np.mean([abs(np.log2(c.params["h"] * c.params["cin"] / 1344)) for c in sample]))
 
     assert stage_error(vae) < 0.5 * stage_error(uniform), (stage_error(vae), stage_error(uniform))
+
+
+def test_model_line_error_is_zero_for_an_affine_platform_and_ranks_by_models() -> None:
+    from moonlit.litepred.similarity import model_line_error
+
+    rng = np.random.default_rng(0)
+    predicted = rng.uniform(1.0, 10.0, 12)
+    measured = 0.4 * predicted + 0.3  # a platform that is an affine map of the source: perfectly explained
+    assert model_line_error(predicted, measured) == pytest.approx(0.0, abs=1e-12)
+    noisy = measured * rng.uniform(0.8, 1.2, 12)
+    # brute force: leave each model out, fit the weighted line on the rest, average the relative errors
+    errors = []
+    for i in range(12):
+        keep = np.arange(12) != i
+        w = 1 / noisy[keep] ** 2
+        A = np.c_[predicted[keep], np.ones(11)] * np.sqrt(w)[:, None]
+        a, b = np.linalg.lstsq(A, noisy[keep] * np.sqrt(w), rcond=None)[0]
+        errors.append(abs(a * predicted[i] + b - noisy[i]) / noisy[i])
+    assert model_line_error(predicted, noisy) == pytest.approx(np.mean(errors), rel=1e-9)
+    with pytest.raises(ValueError, match=">= 3 models"):
+        model_line_error(predicted[:2], measured[:2])
+    with pytest.raises(ValueError, match="needs whole models"):
+        rank_platforms({"a": None}, [], [], metric="models")  # type: ignore[dict-item]
