@@ -35,12 +35,7 @@ SECTION = {"name": "elasticvit", "order": 25, "command": "python -m moonlit.elas
 
 
 def _train_config(overrides: list[str]) -> DictConfig:
-    """``configs/elasticvit/train.yaml`` with ``overrides``, inside a running Hydra app or outside one."""
-    from hydra import compose
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():  # python -m moonlit.elasticvit.quickstart: same config tree
-        return compose("train", overrides=overrides)
+    """``configs/elasticvit/train.yaml`` with ``overrides`` (inside the running quickstart app too)."""
     return compose_config("elasticvit", "train", overrides)
 
 

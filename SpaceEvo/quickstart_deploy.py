@@ -56,11 +56,6 @@ __all__ = ["compose_app_config", "deploy_best_subnet", "generated_images", "macs
 
 def compose_app_config(name: str, overrides: Sequence[str]) -> DictConfig:
     """``configs/spaceevo/<name>.yaml`` with ``overrides``, inside a running Hydra app or outside one."""
-    from hydra import compose
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():  # python -m moonlit.spaceevo.quickstart: the same config tree
-        return compose(name, overrides=list(overrides))
     return compose_config("spaceevo", name, overrides)
 
 

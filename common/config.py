@@ -53,11 +53,24 @@ def hydra_app(tree: str, config_name: str) -> Callable[[Callable[[DictConfig], A
 def compose_config(
     tree: str, config_name: str, overrides: Sequence[str] = (), *, return_hydra_config: bool = False
 ) -> DictConfig:
-    """Compose a config outside a Hydra app (tests, notebooks). Unknown keys in overrides are errors."""
-    from hydra import compose, initialize_config_dir
+    """Compose a config of any tree (tests, notebooks, or one app composing another's config, e.g. a
+    quickstart running the search app's config). Unknown keys in overrides are errors.
 
-    with initialize_config_dir(config_dir=str(config_dir(tree)), version_base=HYDRA_VERSION_BASE):
-        return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+    Inside a running Hydra app, Hydra's global state is set aside for the composition and restored.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    running = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    if running is not None:
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir(tree)), version_base=HYDRA_VERSION_BASE):
+            return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+    finally:
+        if running is not None:
+            GlobalHydra.instance().clear()
+            GlobalHydra.instance().initialize(running)
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

@@ -115,3 +115,16 @@ def test_unknown_key_is_an_error() -> None:
 def test_unknown_tree_names_known_ones() -> None:
     with pytest.raises(FileNotFoundError, match="common"):
         compose_config("no_such_paper", "train")
+
+
+def test_compose_config_inside_a_running_hydra_app_restores_its_state() -> None:
+    """A quickstart app composes another app's config (ElasticViT quickstart -> search) and goes on."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from moonlit.common.config import HYDRA_VERSION_BASE, compose_config, config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir("elasticvit")), version_base=HYDRA_VERSION_BASE):
+        running = GlobalHydra.instance().hydra
+        assert compose_config("litepred", "litepred", ["platform=debug"]).platform == "debug"
+        assert GlobalHydra.instance().hydra is running
+        assert compose("search", overrides=["fitness=proxy"]).fitness == "proxy"  # the app's own tree still composes
