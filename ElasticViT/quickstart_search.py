@@ -8,12 +8,15 @@
    builds one; when it is missing this step builds it the same way) and the MACs budget. The
    fitness is the proxy (log MACs + log params: the biggest subnet that fits), since the
    quickstart's toy supernet says nothing about ImageNet accuracy.
-3. The best subnet and the baseline are exported and timed together, interleaved: the section
-   reports predicted vs measured latency and the measured speed-up.
+3. The ``verify`` best subnets by fitness and the baseline are exported and timed together,
+   interleaved; the result is the first whose *measured* speed-up meets the target (a search exploits
+   a predictor's systematic errors, so a small predictor's pick alone is not trusted), and the
+   section reports predicted vs measured latency for each.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -87,30 +90,43 @@ def run_search_step(cfg: DictConfig, out: Path) -> dict[str, Any]:
         f"constraint.kernel_cache={out / 'part_kernels.jsonl'}", f"output_dir={out / 'search'}", "resume=false",
         *(f"evolution.{k}={v}" for k, v in s.evolution.items())])
     result = run_search(search_cfg)
-    best = decode(result["best"]["encoding"])
-    measured = measure_fp32({"searched": (build_model(best), best.resolution), s.baseline: (baseline, resolution)},
-                            rounds=int(s.rounds))
-    predicted = float(result["best"]["objectives"]["latency_ms"])
+    # Verify by measurement: the top candidates by fitness, timed beside the baseline. A search exploits
+    # any systematic gap in its predictor, so the first candidate whose *measured* speed-up meets the
+    # target is the result (or, if none does, the fastest), and every one is reported.
+    ranked = json.loads((out / "search" / "best_subnets.json").read_text())[: max(1, int(s.verify))]
+    arms = {f"candidate-{i}": (build_model(decode(r["encoding"])), decode(r["encoding"]).resolution)
+            for i, r in enumerate(ranked)}
+    measured = measure_fp32({**arms, s.baseline: (baseline, resolution)}, rounds=int(s.rounds))
+    base = measured[s.baseline]
+    candidates = [{"encoding": r["encoding"], "fitness": float(r["fitness"]), "mmacs": float(r["objectives"]["mmacs"]),
+                   "params_m": float(r["objectives"]["params_m"]), "predicted_ms": float(r["objectives"]["latency_ms"]),
+                   "measured_ms": measured[f"candidate-{i}"], "speedup": base / measured[f"candidate-{i}"]}
+                  for i, r in enumerate(ranked)]
+    for c in candidates:
+        c["prediction_error"] = c["predicted_ms"] / c["measured_ms"] - 1
+    meeting = [c for c in candidates if c["speedup"] >= float(s.speedup)]
+    chosen = meeting[0] if meeting else max(candidates, key=lambda c: c["speedup"])
     return {
         "baseline": s.baseline, "baseline_mmacs": baseline_mmacs, "baseline_ms_before": baseline_ms,
         "limit_ms": limit_ms, "target_speedup": float(s.speedup), "predictor_dir": str(predictor_dir),
-        "encoding": result["best"]["encoding"], "mmacs": float(result["best"]["objectives"]["mmacs"]),
-        "params_m": float(result["best"]["objectives"]["params_m"]), "predicted_ms": predicted,
-        "measured_ms": measured["searched"], "baseline_ms": measured[s.baseline],
-        "speedup": measured[s.baseline] / measured["searched"],
-        "prediction_error": predicted / measured["searched"] - 1,
-        "evaluated": result["evaluated"], "generations": result["generations"],
+        **{k: chosen[k] for k in ("encoding", "mmacs", "params_m", "predicted_ms", "measured_ms", "speedup",
+                                  "prediction_error")},
+        "baseline_ms": base, "met_target": bool(meeting), "rank_of_result": candidates.index(chosen),
+        "candidates": candidates, "evaluated": result["evaluated"], "generations": result["generations"],
     }
 
 
 def search_table(step: dict[str, Any], output_dir: str) -> dict[str, Any]:
-    """The report table of the search step."""
+    """The report table of the search step: the verified candidates (the result marked) and the baseline."""
+    rows = [[f"{'**result** ' if i == step['rank_of_result'] else ''}#{i + 1} `{c['encoding']}`", c["mmacs"],
+             c["predicted_ms"], c["measured_ms"], 100 * c["prediction_error"], c["speedup"]]
+            for i, c in enumerate(step["candidates"])]
+    rows.append([step["baseline"], step["baseline_mmacs"], None, step["baseline_ms"], None, 1.0])
     return {"caption": (f"Latency-constrained search: predicted ort-fp32 latency <= {step['limit_ms']:.2f} ms "
                         f"({step['baseline']} measured {step['baseline_ms_before']:.2f} ms / {step['target_speedup']:g}) "
-                        f"and MMACs <= {step['baseline_mmacs']:.0f}; then both timed interleaved (onnxruntime, 1 thread)"),
+                        f"and MMACs <= {step['baseline_mmacs']:.0f}; the top candidates by fitness then timed beside "
+                        "the baseline, interleaved (onnxruntime, 1 thread)"),
             "source": f"{output_dir}/results.json (search)",
-            "columns": ["model", "MMACs", "predicted ms", "measured ms", "prediction error %", "speed-up vs baseline"],
-            "rows": [[f"searched `{step['encoding']}`", step["mmacs"], step["predicted_ms"], step["measured_ms"],
-                      100 * step["prediction_error"], step["speedup"]],
-                     [step["baseline"], step["baseline_mmacs"], None, step["baseline_ms"], None, 1.0]],
-            "floatfmt": ".3g"}
+            "columns": ["candidate (by fitness)", "MMACs", "predicted ms", "measured ms", "prediction error %",
+                        "speed-up vs baseline"],
+            "rows": rows, "floatfmt": ".3g"}

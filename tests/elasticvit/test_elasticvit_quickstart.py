@@ -70,7 +70,8 @@ def test_search_step_finds_a_subnet_under_the_limit_and_measures_it(tmp_path: Pa
     predictor.save(tmp_path / "predictor")
     cfg = compose_config("elasticvit", "quickstart", [
         f"paths.output_root={tmp_path}", f"search.predictor_dir={tmp_path / 'predictor'}", "search.rounds=3",
-        "search.speedup=0.5", "search.evolution={population: 8, parents: 4, mutations: 2, crossovers: 2, iterations: 1}"])
+        "search.speedup=0.5", "search.verify=3",
+        "search.evolution={population: 8, parents: 4, mutations: 2, crossovers: 2, iterations: 1}"])
     step = run_search_step(cfg, tmp_path / "qs")
     assert step["predicted_ms"] <= step["limit_ms"] and step["mmacs"] <= step["baseline_mmacs"]
     best = decode(step["encoding"])
@@ -82,5 +83,14 @@ def test_search_step_finds_a_subnet_under_the_limit_and_measures_it(tmp_path: Pa
     assert step["speedup"] == pytest.approx(step["baseline_ms"] / step["measured_ms"])
     assert step["prediction_error"] == pytest.approx(step["predicted_ms"] / step["measured_ms"] - 1)
     assert step["limit_ms"] == pytest.approx(step["baseline_ms_before"] / 0.5)
+    # the verified candidates are the search's top 3 by fitness; the result is the first meeting the target
+    candidates = step["candidates"]
+    assert len(candidates) == 3 and [c["fitness"] for c in candidates] == sorted((c["fitness"] for c in candidates),
+                                                                                  reverse=True)
+    meeting = [i for i, c in enumerate(candidates) if c["speedup"] >= 0.5]
+    assert step["met_target"] == bool(meeting)
+    assert step["rank_of_result"] == (meeting[0] if meeting else max(range(3), key=lambda i: candidates[i]["speedup"]))
+    assert all(c["predicted_ms"] <= step["limit_ms"] for c in candidates)
     table = search_table(step, cfg.output_dir)
-    assert len(table["rows"]) == 2 and len(table["rows"][0]) == len(table["columns"])
+    assert len(table["rows"]) == 4 and all(len(row) == len(table["columns"]) for row in table["rows"])
+    assert table["rows"][step["rank_of_result"]][0].startswith("**result**")
