@@ -20,7 +20,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import timm
 import torch
 from omegaconf import DictConfig
@@ -28,6 +27,8 @@ from omegaconf import DictConfig
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.profiling.model_benchmark import BenchModel, benchmark_models, plot_latency_vs_macs, render_table
 from moonlit.common.report import write_section
+
+from moonlit.litepred.pipeline import protocol_summary
 
 from .models import MODEL_NAMES, build_model, named_subnet
 from .space import decode
@@ -55,7 +56,8 @@ def _models(cfg: DictConfig) -> tuple[list[BenchModel], dict[str, Any]]:
     return models, subnets
 
 
-def _predictions(cfg: DictConfig, subnets: dict[str, Any]) -> tuple[dict[str, float], dict[str, list[float]]]:
+def _predictions(cfg: DictConfig, subnets: dict[str, Any], models: list[BenchModel]
+                 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Predicted latency of each ElasticViT model and (``predictor_protocol``) its latency measured the way
     the predictor's platform measured its training data (:func:`~moonlit.litepred.pipeline.measure_like_predictor`)."""
     if not cfg.predictor_dir:
@@ -74,8 +76,8 @@ def _predictions(cfg: DictConfig, subnets: dict[str, Any]) -> tuple[dict[str, fl
     if cfg.predictor_protocol:
         from moonlit.litepred.pipeline import measure_like_predictor
 
-        items = [(build_model(subnets[n]).eval(), (torch.randn(1, 3, subnets[n].resolution, subnets[n].resolution),))
-                 for n in names]
+        built = {m.name: m.model for m in models}
+        items = [(built[n].eval(), (torch.randn(1, 3, subnets[n].resolution, subnets[n].resolution),)) for n in names]
         own = dict(zip(names, measure_like_predictor(predictor.platform, items)))
     return {n: float(p) for n, p in zip(names, predicted)}, own
 
@@ -89,11 +91,11 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
                               calibration_count=cfg.calibration.batches,
                               calibration_batch=cfg.calibration.batch_size, seed=cfg.seed)
     rows = result["rows"]
-    predicted, own = _predictions(cfg, subnets)
+    predicted, own = _predictions(cfg, subnets, models)
     for row in rows:
         if row["name"] in predicted:
             row["predicted_fp32_ms"] = predicted[row["name"]]
-            measured = float(np.mean(own[row["name"]])) if row["name"] in own else row["fp32_ms"]
+            measured, _ = protocol_summary(own.get(row["name"], []), row["fp32_ms"])
             if row["name"] in own:
                 row["fp32_litepred_ms"] = own[row["name"]]
             row["prediction_error"] = predicted[row["name"]] / measured - 1
@@ -109,9 +111,7 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
         table += ("\n| model | benchmark median ms | measured, predictor's protocol ms | pass 2 vs pass 1 | predicted ms | "
                   "error |\n|---|---:|---:|---:|---:|---:|\n")
         for r in (r for r in rows if "predicted_fp32_ms" in r):
-            passes = r.get("fp32_litepred_ms", [])
-            measured = float(np.mean(passes)) if passes else r["fp32_ms"]
-            agree = f"{100 * (passes[1] / passes[0] - 1):+.1f}%" if len(passes) > 1 else "–"
+            measured, agree = protocol_summary(r.get("fp32_litepred_ms", []), r["fp32_ms"])
             table += (f"| {r['name']} | {r['fp32_ms']:.2f} | {measured:.2f} | {agree} | {r['predicted_fp32_ms']:.2f} | "
                       f"{100 * r['prediction_error']:+.1f}% |\n")
     (out_dir / "benchmark.md").write_text(table)

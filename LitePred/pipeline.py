@@ -324,6 +324,14 @@ def measure_like_predictor(platform: Mapping[str, Any], items: Sequence[tuple[An
     return passes
 
 
+def protocol_summary(passes: Sequence[float], fallback_ms: float | None) -> tuple[float | None, str]:
+    """The latency a prediction is scored against (the mean of the protocol passes, else ``fallback_ms``)
+    and how the passes agree ("+2.1%": pass 2 vs pass 1; "–" for one pass or none)."""
+    measured = float(np.mean(passes)) if len(passes) else fallback_ms
+    agree = f"{100 * (passes[1] / passes[0] - 1):+.1f}%" if len(passes) > 1 else "–"
+    return measured, agree
+
+
 def export_spec(spec: ArchSpec, path: str | Path) -> Path:
     """``spec`` as an ``.onnx`` file (batch 1)."""
     from moonlit.common.export.onnx import export_onnx

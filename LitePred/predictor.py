@@ -18,6 +18,7 @@ types and their subfolders) and ``<dir>/kernels/<type>/`` holding each saved reg
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -107,6 +108,17 @@ def select_regressor(X: Any, y: Any, feature_names: Sequence[str], candidates: S
     return regressor, comparison
 
 
+@functools.lru_cache(maxsize=None)
+def _params_column(kernel_type: str) -> int | None:
+    """Index of ``params_m`` in a kernel type's feature vector (None: the type has no weights feature)."""
+    from .features import feature_names
+
+    try:
+        return feature_names(kernel_type).index("params_m")
+    except (KeyError, ValueError):
+        return None
+
+
 ModelKernels = Mapping[str, Any]  # {kernel_type: (rows, features) array} for one model
 
 
@@ -160,13 +172,8 @@ class PlatformPredictor:
 
     def _weight_floor(self, kernel_type: str, X: np.ndarray, pred: np.ndarray, rate: float) -> np.ndarray:
         """``max(pred, rate · params_m)`` for types whose features hold their parameter count."""
-        if rate <= 0:
-            return pred
-        from .features import feature_names
-
-        try:
-            column = feature_names(kernel_type).index("params_m")
-        except (KeyError, ValueError):
+        column = _params_column(kernel_type)
+        if rate <= 0 or column is None:
             return pred
         return np.maximum(pred, rate * X[:, column])
 

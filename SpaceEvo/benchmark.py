@@ -20,7 +20,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import timm
 import torch
 from moonlit.common.config import hydra_app, to_container
@@ -102,7 +101,7 @@ def predict_rows(rows: list[dict[str, Any]], predictors: dict[str, str | None],
     the mean of the passes; the passes' agreement is the measurement ceiling) and the error is taken
     against that. Returns a markdown table, or "" when no predictor is given.
     """
-    from moonlit.litepred.pipeline import measure_like_predictor, timed_predict_onnx
+    from moonlit.litepred.pipeline import measure_like_predictor, protocol_summary, timed_predict_onnx
     from moonlit.litepred.predictor import PlatformPredictor
 
     lines = []
@@ -121,12 +120,11 @@ def predict_rows(rows: list[dict[str, Any]], predictors: dict[str, str | None],
         for row, passes in zip(rows, own):
             predicted = timed_predict_onnx(predictor, row["fp32_onnx"], platform)["latency_ms"]
             row[f"predicted_{precision}_ms"] = predicted
-            measured = float(np.mean(passes)) if passes else row.get(f"{precision}_ms")
+            measured, agree = protocol_summary(passes, row.get(f"{precision}_ms"))
             if passes:
                 row[f"{precision}_litepred_ms"] = passes
             row[f"{precision}_prediction_error"] = None if not measured else predicted / measured - 1
             if measured:
-                agree = (f"{100 * (passes[1] / passes[0] - 1):+.1f}%" if len(passes) > 1 else "–")
                 lines.append(f"| {row['name']} | {meta['name']} | {row.get(f'{precision}_ms') or float('nan'):.2f} | "
                              f"{measured:.2f} | {agree} | {predicted:.2f} | {100 * (predicted / measured - 1):+.1f}% |")
     if not lines:

@@ -9,7 +9,7 @@ per kernel:
 * INT8 (QDQ): the float input is quantized and the output dequantized, and QLinearConv runs in
   NHWC behind two ``Transpose``; in a model, 8-bit NHWC tensors flow from kernel to kernel.
 
-Measured here (a 3x3 conv-BN-ReLU, 32 channels, 56x56): the boundary ops were 13% of the
+Measured here ad hoc (a 3x3 conv-BN-ReLU, 32 channels, 56x56): the boundary ops were 13% of the
 isolated INT8 kernel's time, and much more for cheap kernels (a 1x1 conv or an activation costs
 about what its reorders cost). :func:`strip_boundaries` takes the optimized graph onnxruntime
 builds, removes those ops where they touch the graph's inputs and outputs, and returns a graph
