@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -279,6 +280,14 @@ def _free_local_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _wait_for_files(paths: Sequence[Path], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not all(path.exists() for path in paths):
+        if time.monotonic() > deadline:
+            return  # a sibling died; the parent reports its exit code
+        time.sleep(0.02)
+
+
 def _spawn_entry(
     local_rank: int, fn: Callable[..., Any], world_size: int, port: int, args: Sequence[Any], out_dir: str
 ) -> None:
@@ -290,11 +299,26 @@ def _spawn_entry(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
+    # Share the cores instead of oversubscribing them: N processes each running the parent's
+    # thread count spin-wait on each other (a 2-process test ran 10x slower on 2 cores).
+    torch.set_num_threads(max(1, torch.get_num_threads() // world_size))
     try:
         result = fn(*args)
-    finally:
+    except BaseException:
         cleanup_distributed()
+        raise
+    # Orderly teardown. Rank 0 hosts the rendezvous store and every rank holds gloo sockets to
+    # the others: a rank that exits while a sibling is still inside a collective or inside
+    # destroy_process_group can make that sibling abort ("terminate called without an active
+    # exception", seen once in CI). So: all ranks meet, each destroys its group, and no process
+    # exits before every rank has finished destroying.
+    if _is_distributed():
+        dist.barrier()
+    cleanup_distributed()
     torch.save(result, Path(out_dir) / f"rank{local_rank}.pt")
+    done = Path(out_dir)
+    (done / f"done{local_rank}").touch()
+    _wait_for_files([done / f"done{r}" for r in range(world_size)], timeout_s=120.0)
 
 
 def spawn_local(fn: Callable[..., Any], world_size: int, args: Sequence[Any] = ()) -> list[Any]:
