@@ -48,26 +48,12 @@ def test_quickstart_writes_the_section(tmp_path: Path) -> None:
     assert set(results["adjacent_step"]["statistics"]["bank_fill"]) == {"0.6", "1", "1.4", "1.8"}
 
 
-def test_search_step_finds_a_subnet_under_the_limit_and_measures_it(tmp_path: Path) -> None:
-    from moonlit.elasticvit.latency import SubnetLatency, subnet_parts
+def test_search_step_finds_a_subnet_under_the_limit_and_measures_it(tmp_path: Path, make_stand_in_predictor) -> None:
+    from moonlit.elasticvit.latency import SubnetLatency
     from moonlit.elasticvit.quickstart_search import run_search_step, search_table
-    from moonlit.elasticvit.search import sample_subnet
-    from moonlit.litepred.forest import ForestRegressor
     from moonlit.litepred.nas import PartKernelCache
-    from moonlit.litepred.predictor import PlatformPredictor
 
-    # a stand-in predictor: a forest per kernel type on the rows of two random subnets (latency ~ size)
-    cache = PartKernelCache("ort-fp32", tmp_path / "parts.jsonl")
-    rng = np.random.default_rng(0)
-    pooled: dict[str, list[np.ndarray]] = {}
-    for _ in range(2):
-        for kernel_type, rows in cache.rows(subnet_parts(sample_subnet(rng))).items():
-            pooled.setdefault(kernel_type, []).append(rows)
-    regressors = {t: ForestRegressor(n_estimators=4).fit(np.concatenate(a), 0.01 + 1e-9 * np.abs(np.concatenate(a)).sum(1),
-                                                         [f"f{i}" for i in range(np.concatenate(a).shape[1])])
-                  for t, a in pooled.items()}
-    predictor = PlatformPredictor(regressors, {"name": "ort-fp32"})
-    predictor.save(tmp_path / "predictor")
+    predictor = make_stand_in_predictor(tmp_path)  # latency ~ kernel size, from two random subnets
     cfg = compose_config("elasticvit", "quickstart", [
         f"paths.output_root={tmp_path}", f"search.predictor_dir={tmp_path / 'predictor'}", "search.rounds=3",
         "search.speedup=0.5", "search.verify=3",

@@ -15,7 +15,7 @@ from moonlit.common.nas import EvolutionConfig, EvolutionSearch
 from moonlit.common.nas.pareto import pareto_indices
 from moonlit.common.profiling.flops import count_macs
 from moonlit.elasticvit.flops import subnet_complexity
-from moonlit.elasticvit.latency import SubnetLatency, subnet_parts
+from moonlit.elasticvit.latency import SubnetLatency
 from moonlit.elasticvit.models import build_model, named_subnet
 from moonlit.elasticvit.search import (
     build_constraint,
@@ -30,7 +30,6 @@ from moonlit.elasticvit.search import (
 from moonlit.elasticvit.space import ELASTICVIT_SPACE, check_subnet, decode, encode
 from moonlit.litepred.nas import PartKernelCache
 from moonlit.litepred.predictor import PlatformPredictor
-from moonlit.litepred.regressors import ForestRegressor
 
 SMOKE = ["fitness=proxy", "evolution.population=24", "evolution.parents=12", "evolution.mutations=8",
          "evolution.crossovers=8", "constraint.min_mmacs=150", "constraint.max_mmacs=250"]
@@ -187,20 +186,10 @@ SMALL_SPACE = dataclasses.replace(
 
 
 @pytest.fixture(scope="module")
-def small_predictor(tmp_path_factory: pytest.TempPathFactory) -> tuple[PlatformPredictor, Path]:
+def small_predictor(tmp_path_factory: pytest.TempPathFactory, make_stand_in_predictor) -> tuple[PlatformPredictor, Path]:
     """A forest per kernel type on rows of a few small-space subnets; saved, with the block cache file."""
     root = tmp_path_factory.mktemp("latency")
-    cache = PartKernelCache("ort-fp32", root / "parts.jsonl")
-    rng = np.random.default_rng(3)
-    pooled: dict[str, list[np.ndarray]] = {}
-    for _ in range(4):
-        for kernel_type, rows in cache.rows(subnet_parts(sample_subnet(rng, SMALL_SPACE), space=SMALL_SPACE)).items():
-            pooled.setdefault(kernel_type, []).append(rows)
-    regressors = {t: ForestRegressor(n_estimators=8).fit(np.concatenate(a), 0.01 + 1e-7 * np.abs(np.concatenate(a)).sum(1),
-                                                         [f"f{i}" for i in range(np.concatenate(a).shape[1])])
-                  for t, a in pooled.items()}
-    predictor = PlatformPredictor(regressors, {"name": "ort-fp32"})
-    predictor.save(root / "predictor")
+    predictor = make_stand_in_predictor(root, space=SMALL_SPACE, subnets=4, seed=3, trees=8, ms_per_unit=1e-7)
     return predictor, root
 
 
