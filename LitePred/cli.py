@@ -184,6 +184,9 @@ def run_evaluate(cfg: DictConfig, section: dict[str, Any] | None = None) -> dict
     print(f"{cfg.platform}: {a['n']} held-out models, ±5% {a['within_5pct']:.1%}, ±10% {a['within_10pct']:.1%}"
           + (f" (measurement ceiling ±10% {a['ceiling_within_10pct']:.1%})" if "ceiling_within_10pct" in a else "")
           + f", MAPE {a['mape']:.1%}; written to {cfg.output_dir}")
+    for earlier in a.get("earlier_passes", []):
+        print(f"  the same models measured {earlier['hours_before']:.1f} h earlier (pass {earlier['pass']}) agree within "
+              f"±10% for {earlier['within_10pct']:.1%}: the ceiling for a predictor built in another session")
     return results
 
 

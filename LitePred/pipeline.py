@@ -16,6 +16,7 @@ quickstart and the tests compose them:
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -36,8 +37,8 @@ from .sampler import KernelPool
 from .zoo import ArchSpec
 
 __all__ = [
-    "KernelCache", "build_pool", "calibrate_overhead", "detect_architecture", "model_rows", "predict_architectures",
-    "profile_kernels", "profile_models", "train_predictor",
+    "KernelCache", "build_pool", "calibrate_overhead", "detect_architecture", "measurement_times", "model_rows",
+    "predict_architectures", "profile_kernels", "profile_models", "train_predictor",
 ]
 
 logger = logging.getLogger(__name__)
@@ -210,6 +211,14 @@ def measured_models(dataset: ProfileDataset, backend: str, specs: Sequence[ArchS
     """Latency (ms) of each spec's ``repeat``-th measurement by ``statistic``; NaN where missing."""
     by_key = {r.key: latency_of(r, statistic) for r in dataset.records(backend=backend, kind="model")}
     return np.array([by_key.get(record_key(s.name, _model_config(s, repeat)), np.nan) for s in specs])
+
+
+def measurement_times(dataset: ProfileDataset, backend: str, specs: Sequence[ArchSpec], repeat: int = 0
+                      ) -> list[datetime.datetime | None]:
+    """When each spec's ``repeat``-th measurement was taken (UTC); None where missing."""
+    by_key = {r.key: r.time for r in dataset.records(backend=backend, kind="model")}
+    times = [by_key.get(record_key(s.name, _model_config(s, repeat))) for s in specs]
+    return [datetime.datetime.fromisoformat(t) if t else None for t in times]
 
 
 def kernel_training_data(dataset: ProfileDataset, backend: str, min_rows: int = 10, statistic: str = "p10"

@@ -12,6 +12,7 @@ import pytest
 from moonlit.common.config import compose_config
 from moonlit.litepred.cli import main, resolve_spec, run_predict, run_profile
 from moonlit.litepred.dataset import ProfileDataset
+from moonlit.litepred.evaluate import earlier_pass_agreement
 from moonlit.litepred.features import feature_names, features
 from moonlit.litepred.kernels import detect_kernels
 from moonlit.litepred.pipeline import export_spec, profile_kernels
@@ -94,6 +95,24 @@ def test_evaluate_reports_accuracy_with_the_ceiling(built: Path) -> None:
     main(["evaluate", *SMALL, f"paths.output_root={built.parent}", "heldout.first_repeat=2"])
     repeats = [r.config["repeat"] for r in ProfileDataset(built / "profile.jsonl").records(backend="debug", kind="model")]
     assert len(repeats) == before + 8 and repeats.count(2) == 4 and repeats.count(3) == 4
+    # passes 0 and 1 are an earlier session: scored as predictions of pass 2 (deterministic backend: exact)
+    second = json.loads((out / "results.json").read_text())
+    earlier = second["accuracy"]["earlier_passes"]
+    assert [e["pass"] for e in earlier] == [0, 1]
+    assert all(e["within_10pct"] == 1.0 and e["median_ratio"] == 1.0 and e["hours_before"] >= 0 for e in earlier)
+    assert "earlier_passes" in results["accuracy"] and results["accuracy"]["earlier_passes"] == []
+    notes = json.loads((out / "section.json").read_text())["notes"]
+    assert sum("(pass 0)" in n or "(pass 1)" in n for n in notes) == 2
+
+
+def test_earlier_pass_agreement_by_hand() -> None:
+    earlier = [1.0, 1.0, 1.0, 1.0]
+    now = [1.05, 1.2, 0.95, 1.0]
+    # |1 - now| / now: 0.048, 0.167, 0.053, 0 -> three of four within 10%, two within 5%
+    agreement = earlier_pass_agreement(earlier, now)
+    assert agreement["within_10pct"] == 0.75 and agreement["within_5pct"] == 0.5
+    assert agreement["median_ratio"] == pytest.approx(1.025)
+    assert agreement["mape"] == pytest.approx((0.05 / 1.05 + 0.2 / 1.2 + 0.05 / 0.95) / 4)
 
 
 class _Killed(Exception):

@@ -10,12 +10,12 @@ import pytest
 from moonlit.litepred.report import main
 
 
-def _write(root: Path, platform: str, within10: float, ceiling: float) -> None:
+def _write(root: Path, platform: str, within10: float, ceiling: float, earlier: list | None = None) -> None:
     (root / "eval" / platform).mkdir(parents=True)
     (root / "predictors" / platform).mkdir(parents=True)
     results = {"platform": platform,
                "accuracy": {"n": 120, "within_5pct": 0.5, "within_10pct": within10, "mape": 0.07,
-                            "ceiling_within_10pct": ceiling},
+                            "ceiling_within_10pct": ceiling, **({"earlier_passes": earlier} if earlier else {})},
                "single_model_seconds": [{"total": 0.020}, {"total": 0.030}, {"total": 0.040}],
                "batch": {"architectures_per_second": 2500.0},
                "by_family": {"timm-mobile": {"n": 23, "within_10pct": within10 - 0.1, "ceiling_within_10pct": ceiling}}}
@@ -26,12 +26,13 @@ def _write(root: Path, platform: str, within10: float, ceiling: float) -> None:
 
 def test_table_rows_come_from_the_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _write(tmp_path, "ort-fp32", 0.95, 0.99)
-    _write(tmp_path, "ort-int8", 0.90, 0.97)
+    _write(tmp_path, "ort-int8", 0.90, 0.97, earlier=[{"pass": 0, "within_10pct": 0.4}, {"pass": 1, "within_10pct": 0.8}])
     main([str(tmp_path)])
     table = (tmp_path / "TABLE.md").read_text()
     # kernels 3000 + 1000, 600 s = 10.0 min, percentages, median single-model time 30 ms
-    assert "| ort-fp32 | 4000 | 10.0 | 120 | 50.0 | 95.0 | 99.0 | 7.0 | 30.0 | 2500.0 |" in table
-    assert "| ort-int8 | 4000 | 10.0 | 120 | 50.0 | 90.0 | 97.0 | 7.0 | 30.0 | 2500.0 |" in table
+    # earlier session: the earliest stored pass (0), none stored for ort-fp32
+    assert "| ort-fp32 | 4000 | 10.0 | 120 | 50.0 | 95.0 | 99.0 | n/a | 7.0 | 30.0 | 2500.0 |" in table
+    assert "| ort-int8 | 4000 | 10.0 | 120 | 50.0 | 90.0 | 97.0 | 40.0 | 7.0 | 30.0 | 2500.0 |" in table
     assert "| timm-mobile | 23 | 85.0 (99.0) | 80.0 (97.0) |" in table  # the by-family table, ceiling in brackets
     assert capsys.readouterr().out.strip() == table.strip()
 
