@@ -10,10 +10,10 @@ import torch
 
 from moonlit.common.config import compose_config
 from moonlit.top.artifacts import save_pruned
-from moonlit.top.benchmark import (KeepSchedule, build_model, integer_kept_lengths, make_inputs, resample_schedule,
-                                   run_benchmark, uniform_schedule)
+from moonlit.top.benchmark import build_model, make_inputs, run_benchmark
 from moonlit.top.constraint import EncoderDims, encoder_macs
 from moonlit.top.inference import TokenDroppingModel
+from moonlit.top.keep_schedules import KeepSchedule, integer_kept_lengths, resample_schedule, uniform_schedule
 from moonlit.top.masks import TokenGates
 from moonlit.top.model import PruningConfig, ToPModel
 

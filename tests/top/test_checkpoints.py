@@ -20,8 +20,8 @@ from moonlit.top.checkpoints import (
     load_released_gates,
     released_keep_schedule,
     released_masks,
-    write_reference_style_checkpoint,
 )
+from moonlit.top.reference_writer import write_reference_style_checkpoint
 
 # Clear +10 / -10 patterns: P(z > 0) is ~1 for +10 and ~2e-4 for -10, so round(B - sum P) zeros are
 # exactly the -10 entries. Bin 0 holds the best-ranked tokens. Non-integer offsets check exact storage.

@@ -10,8 +10,8 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from moonlit.common.config import compose_config
-from moonlit.top.checkpoints import write_reference_style_checkpoint
 from moonlit.top.evaluate import run_evaluate
+from moonlit.top.reference_writer import write_reference_style_checkpoint
 
 
 def test_evaluate_released_checkpoint(tmp_path: Path, tiny_bert_dir: Path, synthetic_glue_root: Path) -> None:
