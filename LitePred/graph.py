@@ -3,10 +3,9 @@
 LitePred (like nn-Meter) predicts a model's latency as the sum of its *kernels*; finding the
 kernels starts from the deployed graph. :func:`load_graph` reads an ONNX model (a path or a
 ``ModelProto``), fixes dynamic input dimensions from ``input_shapes``, and infers every tensor's
-shape: first ``onnx.shape_inference`` with data propagation, then, if shapes computed at run time
-(``Shape → Slice → Concat → Reshape`` chains of the TorchScript exporter) are still unknown,
-onnxruntime's symbolic shape inference. A graph whose shapes cannot all be resolved is an error
-that names the tensors.
+shape (:func:`moonlit.litepred.graph_shapes.infer_static_shapes`: onnx's shape inference, then
+onnxruntime's symbolic inference for the exporter's run-time shape chains). A graph whose shapes
+cannot all be resolved is an error that names the tensors.
 
 The :class:`Graph` keeps nodes in topological order with attributes as Python values, tensor
 shapes, weight shapes, producer/consumer maps, and which tensors are *static* — computable
@@ -18,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +27,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-__all__ = ["Node", "Graph", "load_graph", "graph_from_torch", "infer_static_shapes"]
+from moonlit.litepred.graph_shapes import infer_static_shapes, set_input_shapes, value_dims
+
+__all__ = ["Node", "Graph", "load_graph", "graph_from_torch"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,18 +59,6 @@ def _attribute_value(attribute: onnx.AttributeProto) -> Any:
     if isinstance(value, list):
         return [item.decode() if isinstance(item, bytes) else item for item in value]
     return value
-
-
-def _dims(type_proto: onnx.TypeProto) -> tuple[int, ...] | None:
-    """Static dims of a tensor type, or None if the rank or any dim is unknown."""
-    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
-        return None
-    dims = []
-    for dim in type_proto.tensor_type.shape.dim:
-        if not dim.HasField("dim_value") or dim.dim_value < 0:
-            return None
-        dims.append(int(dim.dim_value))
-    return tuple(dims)
 
 
 # Value folding for small static tensors (shape arithmetic, scalar constants); weights are only
@@ -161,7 +149,7 @@ class Graph:
         self.outputs: tuple[str, ...] = tuple(value.name for value in graph.output)
         self.shapes: dict[str, tuple[int, ...]] = dict(self.initializers)
         for value in [*graph.input, *graph.value_info, *graph.output]:
-            dims = _dims(value.type)
+            dims = value_dims(value.type)
             if dims is not None:
                 self.shapes.setdefault(value.name, dims)
         self.nodes: tuple[Node, ...] = _topological(_read_nodes(graph), self.inputs, self.initializers)
@@ -319,112 +307,6 @@ def _read_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     )
 
 
-def _set_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None) -> None:
-    initializers = {tensor.name for tensor in model.graph.initializer}
-    graph_inputs = [value for value in model.graph.input if value.name not in initializers]
-    names = [value.name for value in graph_inputs]
-    input_shapes = dict(input_shapes or {})
-    unknown = sorted(set(input_shapes) - set(names))
-    if unknown:
-        raise ValueError(f"input_shapes names {unknown} are not graph inputs; the inputs are {names}")
-    for value in graph_inputs:
-        dims = value.type.tensor_type.shape.dim
-        if value.name in input_shapes:
-            wanted = [int(d) for d in input_shapes[value.name]]
-            if any(d <= 0 for d in wanted):
-                raise ValueError(f"input_shapes[{value.name!r}] = {wanted} must be positive")
-            if len(dims) and len(dims) != len(wanted):
-                raise ValueError(
-                    f"input_shapes[{value.name!r}] has rank {len(wanted)} but the graph input has rank {len(dims)}"
-                )
-            for dim, size in zip(dims, wanted):
-                if dim.HasField("dim_value") and dim.dim_value not in (size, 0):
-                    raise ValueError(
-                        f"input_shapes[{value.name!r}] = {wanted} conflicts with the graph's fixed "
-                        f"shape {[d.dim_value or d.dim_param for d in dims]}"
-                    )
-            value.type.tensor_type.shape.Clear()
-            for size in wanted:
-                value.type.tensor_type.shape.dim.add().dim_value = size
-        elif _dims(value.type) is None:
-            shown = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
-            raise ValueError(
-                f"graph input {value.name!r} has dynamic shape {shown}; pass "
-                f"input_shapes={{{value.name!r}: (...)}} with the concrete shape to analyse"
-            )
-
-
-def _unresolved(model: onnx.ModelProto) -> list[str]:
-    known = {
-        value.name
-        for value in [*model.graph.input, *model.graph.value_info, *model.graph.output]
-        if _dims(value.type) is not None
-    }
-    known.update(tensor.name for tensor in model.graph.initializer)
-    return [out for node in model.graph.node for out in node.output if out and out not in known]
-
-
-def _symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
-    """onnxruntime's symbolic shape inference, or None where it fails.
-
-    On failure it saves ``sym_shape_infer_temp.onnx`` into the working directory, so it runs
-    inside a temporary one.
-    """
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-    previous = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="litepred-shapes-") as workdir:
-        os.chdir(workdir)
-        try:
-            return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-        except Exception as error:  # noqa: BLE001 — its failures are plain Exceptions/AssertionErrors
-            logger.debug("symbolic shape inference failed: %s", error)
-            return None
-        finally:
-            os.chdir(previous)
-
-
-# Initializers above this many bytes are weights no shape depends on: shape inference runs without
-# their data, which it would otherwise serialize (most of the time of predicting a model's latency).
-_WEIGHT_BYTES = 4096
-
-
-def infer_static_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return ``model`` with a static shape for every node output, or raise ``ValueError``."""
-    for value_info in list(model.graph.value_info):  # stale partial entries block inference
-        if _dims(value_info.type) is None:
-            model.graph.value_info.remove(value_info)
-    weights = {i: tensor.raw_data for i, tensor in enumerate(model.graph.initializer)
-               if len(tensor.raw_data) > _WEIGHT_BYTES}
-    for i in weights:
-        model.graph.initializer[i].ClearField("raw_data")
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
-    finally:
-        for i, data in weights.items():
-            model.graph.initializer[i].raw_data = data
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(inferred.graph.value_info)
-    for target, source in ((model.graph.output, inferred.graph.output), (model.graph.input, inferred.graph.input)):
-        types = {value.name: value.type for value in source}
-        for value in target:
-            if value.name in types:
-                value.type.CopyFrom(types[value.name])
-    missing = _unresolved(model)
-    if missing:
-        # The TorchScript exporter computes Reshape/Expand targets from Shape ops at run time;
-        # onnxruntime's symbolic inference (which reads the weights) evaluates those chains where ONNX's gives up.
-        symbolic = _symbolic_shapes(model)
-        if symbolic is not None and len(_unresolved(symbolic)) < len(missing):
-            model, missing = symbolic, _unresolved(symbolic)
-    if missing:
-        raise ValueError(
-            f"could not infer static shapes for {len(missing)} tensors, e.g. {missing[:5]}; "
-            "kernel detection needs every shape (fix the input shapes or export with static axes)"
-        )
-    return model
-
-
 def load_graph(
     source: str | Path | onnx.ModelProto,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -435,7 +317,7 @@ def load_graph(
     symbolic or unknown dimension (e.g. a dynamic batch axis) and must agree with fixed ones.
     """
     model = _read_model(source)
-    _set_input_shapes(model, input_shapes)
+    set_input_shapes(model, input_shapes)
     return Graph(infer_static_shapes(model))
 
 

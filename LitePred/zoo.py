@@ -7,9 +7,14 @@ spaces and timm mobile models". This module is the registry those sets are drawn
 - :class:`ArchSpec` names one architecture: a family, a description string that fully
   determines it (a timm model name, an arch string of the family's grammar), an input size.
   ``build()`` returns the model with deterministic random weights (seeded from the name).
-- Families are registered by name (:func:`register_family`); the built-in ones live in
-  :mod:`moonlit.litepred.zoo_spaces` (``timm-mobile``, ``spaceevo-like``, ``elasticvit-like``,
-  ``resnet-like``). The real SpaceEvo/ElasticViT spaces plug in later as further families.
+- Families are registered by name (:func:`register_family`); the built-in ones live one per
+  module: :mod:`~moonlit.litepred.zoo_timm_mobile` (``timm-mobile``),
+  :mod:`~moonlit.litepred.zoo_spaceevo_like` (``spaceevo-like``),
+  :mod:`~moonlit.litepred.zoo_elasticvit_like` (``elasticvit-like``),
+  :mod:`~moonlit.litepred.zoo_resnet_like` (``resnet-like``) and :mod:`~moonlit.litepred.zoo_real`
+  (``spaceevo``, ``elasticvit``: the real spaces). The stand-in families document their
+  description grammar on their arch class; ``decode(encode(a)) == a`` and bad strings raise
+  ``ValueError`` naming the bad token.
 - Train/held-out disjointness is structural, not a matter of seeds: :func:`is_heldout` puts every
   spec of a held-out-only family (the named timm models) and a fixed hash-defined quarter of every
   sampled family into the held-out partition, so no seed or size can put a spec in both sets.
@@ -244,7 +249,13 @@ def _load_builtins() -> None:
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
-        from moonlit.litepred import zoo_real, zoo_spaces  # noqa: F401  (register the built-in families)
+        from moonlit.litepred import (  # noqa: F401  (register the built-in families)
+            zoo_elasticvit_like,
+            zoo_real,
+            zoo_resnet_like,
+            zoo_spaceevo_like,
+            zoo_timm_mobile,
+        )
 
 
 def get_family(name: str) -> ArchFamily:

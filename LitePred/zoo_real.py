@@ -1,9 +1,9 @@
 """The real SpaceEvo and ElasticViT search spaces as LitePred architecture families (NSDI'24 §4.3).
 
 LitePred trains its kernel predictors on kernels "that occur in real search spaces". The
-stand-ins of :mod:`moonlit.litepred.zoo_spaces` were written before the paper packages existed and
-miss kernel types the real models have (ElasticViT's attention-bias adds, ``eltwise``, and its
-head BatchNorm over tokens, ``bn``). These two families draw from the spaces themselves:
+stand-ins of :mod:`moonlit.litepred.zoo_spaceevo_like` and :mod:`moonlit.litepred.zoo_elasticvit_like`
+were written before the paper packages existed and miss kernel types the real models have
+(ElasticViT's attention-bias adds, ``eltwise``, and its head BatchNorm over tokens, ``bn``). These two families draw from the spaces themselves:
 
 - ``spaceevo``: a subnet of one of SpaceEvo's published supernets (ICCV'23, Table 2; the five
   spaces of the reference's ``search_result.yaml``), built as the supernet's static subnet

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from moonlit.common.profiling.backends import Runner, make_runner
-from moonlit.litepred.profile.base import Backend, Measurement, fixed_threads, register_backend
+from moonlit.litepred.profile.base import Backend, fixed_threads, register_backend
+from moonlit.litepred.profile.protocol import Measurement
 
 __all__ = ["TorchBackend"]
 

@@ -29,7 +29,7 @@ from moonlit.litepred.profile import (
     measure_runner,
     register_backend,
 )
-from moonlit.litepred.profile.base import MIN_LOAD_WINDOW_MS, under_load
+from moonlit.litepred.profile.protocol import MIN_LOAD_WINDOW_MS, under_load
 from moonlit.litepred.profile.ort import is_quantized
 
 FAST = {"warmup": 2, "runs": 5, "max_remeasures": 1}
@@ -117,7 +117,7 @@ def _attempt(warmup: int, timed: list[float]) -> list[float]:
     return [9.0] * warmup + timed
 
 
-def _spread(samples: list[float]) -> float:
+def measurement_spread(samples: list[float]) -> float:
     values = np.asarray(samples)
     return float((np.percentile(values, 90) - np.percentile(values, 10)) / np.median(values))
 
@@ -133,7 +133,7 @@ def test_noisy_sample_is_remeasured_and_the_clean_one_kept() -> None:
     m = measure_runner(fake.run, protocol, overhead_ms=0.5, clock=fake.clock, load_check=lambda r: False)
     assert fake.calls == 22  # two attempts of 1 warm-up + 10 runs, then it stops
     assert m.remeasured == 1 and len(m.attempts) == 2 and not m.noisy
-    assert m.attempts[0]["spread"] == pytest.approx(_spread(WIDE)) == pytest.approx(1.0)
+    assert m.attempts[0]["spread"] == pytest.approx(measurement_spread(WIDE)) == pytest.approx(1.0)
     assert m.raw_median_ms == pytest.approx(2.0) and m.median_ms == pytest.approx(1.5)
     assert m.p10_ms == pytest.approx(1.5) and m.p90_ms == pytest.approx(1.5)
     assert m.overhead_ms == 0.5 and m.runs == 10 and m.warmup == 1
@@ -144,8 +144,8 @@ def test_all_attempts_noisy_keeps_the_least_noisy() -> None:
     fake = FakeTime(WIDE + MEDIUM + WIDE)
     m = measure_runner(fake.run, protocol, clock=fake.clock, load_check=lambda r: False)
     assert fake.calls == 30 and m.remeasured == 2 and m.noisy
-    assert [a["spread"] for a in m.attempts] == pytest.approx([_spread(WIDE), _spread(MEDIUM), _spread(WIDE)])
-    assert m.spread == pytest.approx(_spread(MEDIUM))
+    assert [a["spread"] for a in m.attempts] == pytest.approx([measurement_spread(WIDE), measurement_spread(MEDIUM), measurement_spread(WIDE)])
+    assert m.spread == pytest.approx(measurement_spread(MEDIUM))
     assert m.raw_median_ms == pytest.approx(float(np.median(MEDIUM)))
 
 
