@@ -96,7 +96,7 @@ class Measurement:
 
 
 def measurement_spread(result: LatencyResult) -> float:
-    """(p90 - p10) / median of one timing: how much its samples disagree (inf when the median is 0)."""
+    """(p90 - p10) / median of one timing: how much its samples disagree (0 or inf when the median is 0)."""
     if result.median_ms > 0:
         return (result.p90_ms - result.p10_ms) / result.median_ms
     return 0.0 if result.p90_ms == result.p10_ms else math.inf
