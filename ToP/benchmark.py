@@ -45,7 +45,7 @@ from moonlit.common.profiling import compare_many, make_runner
 from moonlit.common.report import render_table, write_section
 
 from .constraint import EncoderDims, encoder_macs
-from .export import export_pruned_onnx, quantize_pruned_dynamic
+from .export import LogitsOnly, export_pruned_onnx, quantize_pruned_dynamic
 from .inference import TokenDroppingModel
 from .keep_schedules import KeepSchedule, learned_schedule, uniform_schedule
 from .model import ToPModel
@@ -83,17 +83,6 @@ def make_inputs(batch: int, real_length: int, padded_length: int, *, vocab_size:
     mask = torch.zeros((batch, padded_length), dtype=torch.long)
     mask[:, :real_length] = 1
     return {"input_ids": ids, "attention_mask": mask}
-
-
-class LogitsOnly(nn.Module):
-    """HF classifier → logits tensor (for the dense ONNX export)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
 def _macs(lengths: Sequence[int], dims: EncoderDims) -> float:

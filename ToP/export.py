@@ -36,7 +36,7 @@ from .inference import TokenDroppingModel, run_dropping_layers
 from .masks import GateValues
 from .model import ToPModel
 
-__all__ = ["OUTPUT_NAMES", "ExportableDroppingModel", "export_pruned_onnx", "quantize_pruned_dynamic"]
+__all__ = ["OUTPUT_NAMES", "ExportableDroppingModel", "LogitsOnly", "export_pruned_onnx", "quantize_pruned_dynamic"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,17 @@ class ExportableDroppingModel(nn.Module):
         hidden = top.base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         encoded = run_dropping_layers(top, hidden, present, protected, gates, self._location_after, _gather_kept)
         return top._classify(encoded.hidden), encoded.kept_counts
+
+
+class LogitsOnly(nn.Module):
+    """HF classifier → logits tensor (for the dense ONNX export)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
 def _shortest_sample(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -127,7 +127,7 @@ def measure_speedup(cfg: DictConfig, model_dir: Path, out: Path) -> dict[str, An
     from moonlit.common.profiling.backends import make_runner
     from moonlit.common.profiling.latency import compare_many
 
-    from .benchmark import LogitsOnly
+    from .export import LogitsOnly
     from .export import export_pruned_onnx, quantize_pruned_dynamic
     from .finetune import load_classifier
     from .inference import TokenDroppingModel
