@@ -46,9 +46,10 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from .ops.blocks import BlockChoice, BlockSpec, DynamicStage
+from .ops.blocks import BlockChoice
 from .ops.dynamic import DynamicConv2d
 from .ops.lsq_plus import set_quant_mode
+from .ops.stages import BlockSpec, DynamicStage
 from .space import Hyperspace, load_hyperspace
 from .teacher import (
     Teacher,

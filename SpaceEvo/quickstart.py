@@ -11,8 +11,9 @@ The SpaceEvo pipeline (ICCV'23, arXiv 2303.08308, Sec. 3.3) at toy scale on 2 CP
    LSQ+ steps (:func:`moonlit.spaceevo.block_kd.train_student`);
 4. a small LUT per (stage, block, window) (:func:`moonlit.spaceevo.lut_builder.build_luts`), latency from
    a constant ms-per-MFLOP table (or a LitePred predictor with ``latency.source=litepred``);
-5. the Q-T score + aging evolution + common-random-numbers re-rank of :mod:`moonlit.spaceevo.space_search`,
-   with constraints at quantiles of the latency of random spaces; the ranked table and the score plot;
+5. the Q-T score of :mod:`moonlit.spaceevo.qt_score` + aging evolution + common-random-numbers re-rank of
+   :mod:`moonlit.spaceevo.space_search`, with constraints at quantiles of the latency of random spaces;
+   the ranked table and the score plot;
 6. on the top-ranked space (or ``supernet.space``): a few sandwich + LSQ+ QAT steps of its supernet, an
    evolutionary subnet search with INT8 fake-quant fitness under an MMACs band, and the best subnet
    exported to INT8 ONNX with its learned LSQ+ grids and to FP32 ONNX, with the INT8-vs-fake-quant top-1
@@ -42,9 +43,10 @@ from torch.utils.data import DataLoader
 from .block_kd import KDSettings, StudentStage, train_student
 from .lut import LUTSet
 from .lut_builder import build_luts, latency_source
+from .qt_score import QTScorer
 from .quickstart_deploy import run_deploy_steps
 from .space import SpaceEncoding, load_hyperspace
-from .space_search import QTScorer, aging_evolution, evaluate_spaces
+from .space_search import aging_evolution, evaluate_spaces
 from .teacher import build_teacher, calibrate_teacher_bn
 
 __all__ = ["SECTION", "build_section", "main", "run_quickstart"]

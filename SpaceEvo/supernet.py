@@ -30,13 +30,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from moonlit.spaceevo.ops.blocks import (
-    BlockChoice,
-    BlockSpec,
-    DynamicBlock,
-    DynamicStage,
-)
+from moonlit.spaceevo.ops.blocks import BlockChoice, DynamicBlock
 from moonlit.spaceevo.ops.dynamic import DynamicConvBnAct, DynamicLinear
+from moonlit.spaceevo.ops.stages import BlockSpec, DynamicStage
 from moonlit.spaceevo.space import (
     BlockType,
     SpaceEncoding,

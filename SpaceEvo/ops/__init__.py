@@ -1,17 +1,10 @@
-"""SpaceEvo's quantizable elastic ops: LSQ+ fake quantization, dynamic convs/BN/SE and blocks (SpaceEvo §3.3)."""
+"""SpaceEvo's quantizable elastic ops: LSQ+ fake quantization, dynamic convs/BN/SE, blocks and stages (SpaceEvo §3.3)."""
 
 from moonlit.spaceevo.ops.blocks import (
     BLOCK_CLASSES,
-    HYPERSPACE_BLOCKS,
-    STAGE0_BLOCKS,
     BlockChoice,
-    BlockSpec,
     DynamicBlock,
-    DynamicStage,
-    StageChoice,
     StaticBlock,
-    block_spec,
-    build_block,
 )
 from moonlit.spaceevo.ops.dynamic import (
     DynamicBatchNorm2d,
@@ -32,6 +25,15 @@ from moonlit.spaceevo.ops.lsq_plus import (
     WeightQuantizer,
     export_quant_params,
     set_quant_mode,
+)
+from moonlit.spaceevo.ops.stages import (
+    HYPERSPACE_BLOCKS,
+    STAGE0_BLOCKS,
+    BlockSpec,
+    DynamicStage,
+    StageChoice,
+    block_spec,
+    build_block,
 )
 
 __all__ = [

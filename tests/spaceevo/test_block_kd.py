@@ -23,7 +23,7 @@ from moonlit.spaceevo.block_kd import (
     run_block_kd,
     train_student,
 )
-from moonlit.spaceevo.ops.blocks import block_spec
+from moonlit.spaceevo.ops.stages import block_spec
 from moonlit.spaceevo.space import load_hyperspace
 from moonlit.spaceevo.teacher import (
     Teacher,

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from moonlit.common.config import compose_config
 from moonlit.spaceevo.lut import BlockLUT, LUTRow, LUTSet
+from moonlit.spaceevo.qt_score import Draw, QTScorer
 from moonlit.spaceevo.space import SpaceEncoding, load_hyperspace
 from moonlit.spaceevo.space_search import (
-    Draw,
-    QTScorer,
     _mutate,
     _uniform_spaces,
     aging_evolution,
