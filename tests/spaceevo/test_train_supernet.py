@@ -101,12 +101,14 @@ def test_sandwich_step_sums_the_four_subnet_gradients() -> None:
 
 def test_smoke_run_decreases_the_loss_and_runs_qat(tmp_path: Path) -> None:
     # One batch of 8 images per epoch without augmentation: the largest subnet fits it.
-    cfg = compose_config("spaceevo", "train_supernet", _overrides(tmp_path, "fp32.epochs=10", "qat.epochs=2"))
+    # 20 steps: over 10 the loss of four sandwich subnets sharing weights is too noisy to compare
+    # (the 1-thread and 2-thread runs, which differ only in float rounding, ended at 0.75x and 0.59x).
+    cfg = compose_config("spaceevo", "train_supernet", _overrides(tmp_path, "fp32.epochs=20", "qat.epochs=2"))
     summary = train_supernet(cfg)
     fp32, qat = summary["phases"]["fp32"], summary["phases"]["qat"]
     max_losses = [step["losses"]["max"] for step in fp32["history"]]
-    assert len(max_losses) == 10 and fp32["complete"] and qat["complete"] and qat["steps"] == 2
-    assert np.mean(max_losses[-3:]) < 0.7 * np.mean(max_losses[:2])
+    assert len(max_losses) == 20 and fp32["complete"] and qat["complete"] and qat["steps"] == 2
+    assert np.mean(max_losses[-5:]) < 0.6 * np.mean(max_losses[:2])
     assert qat["lr"] == pytest.approx(fp32["lr"] / 10)
     assert set(qat["eval"]) == {"qat/max_top1", "qat/min_top1"}
     quantizers = [m for n, m in summary["supernet"].named_modules() if n.endswith("_quant")]
