@@ -186,7 +186,7 @@ def run_evaluate(cfg: DictConfig, section: dict[str, Any] | None = None) -> dict
           + f", MAPE {a['mape']:.1%}; written to {cfg.output_dir}")
     for earlier in a.get("earlier_passes", []):
         print(f"  the same models measured {earlier['hours_before']:.1f} h earlier (pass {earlier['pass']}) agree within "
-              f"±10% for {earlier['within_10pct']:.1%}: the ceiling for a predictor built in another session")
+              f"±10% for {earlier['within_10pct']:.1%} (the machine's drift between sessions)")
     return results
 
 

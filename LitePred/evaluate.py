@@ -8,8 +8,8 @@ predictor can be scored more accurate than the measurements agree with themselve
 That ceiling compares two passes a few minutes apart. A predictor is built in one session and
 used in another, and on a shared VM the machine's speed drifts between sessions. When the held-out
 set was also measured in an earlier session (``first_repeat`` > 0), each earlier pass is scored as
-if it were a prediction of today's measurement (:func:`earlier_pass_agreement`): how accurate a
-perfect copy of that session's machine would be. The report puts both beside the predictor.
+if it were a prediction of today's measurement (:func:`earlier_pass_agreement`): how far the
+machine itself moved between the sessions, reported beside the predictor.
 
 Also timed: predicting a model from its ``.onnx`` file end to end (load, shape inference, kernel
 detection, regressors) and predicting many architectures in one batch from their kernel rows
@@ -225,8 +225,8 @@ def _notes(results: dict[str, Any]) -> list[str]:
 def _earlier_pass_note(earlier: dict[str, Any]) -> str:
     return (f"The same models measured {earlier['hours_before']:.1f} h earlier (pass {earlier['pass']}), taken as a "
             f"prediction of this measurement: {earlier['within_10pct']:.0%} within ±10%, {earlier['within_5pct']:.0%} "
-            f"within ±5% (the machine ran them {earlier['median_ratio']:.2f}× as long now). A perfect predictor built "
-            f"in that session would score this; it is the ceiling for a predictor used in a later session.")
+            f"within ±5% (the machine took {earlier['median_ratio']:.2f}× as long now). That is how far the machine "
+            f"moved between sessions; a predictor calibrated in one session inherits that drift in another.")
 
 
 def _kernel_note(kernels: dict[str, Any]) -> str:
