@@ -1,10 +1,11 @@
-"""``moonlit-litepred`` (also ``python -m moonlit.litepred``): profile, build, predict, evaluate, adapt.
+"""``moonlit-litepred`` (also ``python -m moonlit.litepred``): profile, build, calibrate, predict, evaluate, adapt.
 
 Every subcommand reads ``configs/litepred/litepred.yaml`` with Hydra-style overrides::
 
     moonlit-litepred backends
     moonlit-litepred profile  platform=ort-fp32 budget.kernels=6000
     moonlit-litepred build    platform=ort-fp32
+    moonlit-litepred calibrate platform=ort-fp32 calibrate.repeat=1   # re-fit the overhead on models measured now
     moonlit-litepred predict  platform=ort-fp32 model=path/to/model.onnx
     moonlit-litepred evaluate platform=ort-fp32
     moonlit-litepred adapt    platform=ort-int8 adapt.budget=300   # transfer from the knowledge pool
@@ -16,6 +17,7 @@ Profiling appends each measurement to ``dataset`` as it is taken, so a killed ``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from moonlit.common.config import compose_config, to_container
@@ -39,7 +42,7 @@ __all__ = ["main", "run_build", "run_evaluate", "run_predict", "run_profile"]
 
 logger = logging.getLogger("moonlit.litepred")
 
-COMMANDS = ("backends", "profile", "build", "predict", "evaluate", "adapt")
+COMMANDS = ("backends", "profile", "build", "calibrate", "predict", "evaluate", "adapt")
 
 
 def _backend(cfg: DictConfig) -> Any:
@@ -116,6 +119,51 @@ def run_build(cfg: DictConfig) -> dict[str, Any]:
     (out / "build.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     logger.info("predictor for %s saved to %s (%d kernel types, overhead %.3f x + %.3f ms)", backend.name, out,
                 len(predictor.kernel_types), overhead["slope"], overhead["intercept"])
+    return summary
+
+
+def run_calibrate(cfg: DictConfig, backend: Any = None) -> dict[str, Any]:
+    """Measure the calibration models again (pass ``calibrate.repeat``) and re-fit the overhead term.
+
+    The kernel regressors are kept; only the whole-model term (slope, per-type factors, weight
+    floor) is fitted again, on measurements taken now. On a machine whose speed drifts between
+    sessions this brings a predictor built in one session to the next one's speed in the time the
+    calibration models take to measure (a few minutes), instead of a new build.
+    """
+    start = time.perf_counter()
+    repeat = int(cfg.calibrate.repeat)
+    if repeat < 0:
+        raise ValueError(f"calibrate.repeat must be >= 0, got {repeat}")
+    predictor = PlatformPredictor.load(cfg.predictor_dir)
+    backend = backend or _backend(cfg)
+    if predictor.platform.get("name", backend.name) != backend.name:
+        raise ValueError(f"the predictor in {cfg.predictor_dir} is for {predictor.platform.get('name')!r}, "
+                         f"not for platform={backend.name!r}")
+    statistic = predictor.platform.get("statistic", cfg.statistic)
+    specs = calibration_architectures(_training_specs(cfg), int(cfg.architectures.calibration))
+    dataset = ProfileDataset(cfg.dataset)
+    profiling = profile_models(specs, backend, dataset, first_repeat=repeat, desc=f"calibration models, pass {repeat}")
+    measured = measured_models(dataset, backend.name, specs, repeat, statistic=statistic)
+    built = measured_models(dataset, backend.name, specs, 0, statistic=statistic)
+    cache = KernelCache(cfg.kernel_cache, cfg.rules)
+    before = dataclasses.asdict(predictor.overhead)
+    overhead = calibrate_overhead(predictor, cache, specs, measured, per_type=bool(cfg.overhead.per_type),
+                                  ridge=cfg.overhead.ridge, weight_rates=_weight_rates(cfg.overhead.get("weight_rates")))
+    out = Path(cfg.calibrate.out_dir or cfg.predictor_dir)
+    predictor.save(out)
+    both = np.isfinite(built) & np.isfinite(measured)
+    summary = {"platform": backend.name, "repeat": repeat, "models": len(specs), "profiling": profiling,
+               "now_vs_pass0": float(np.median(measured[both] / built[both])) if both.any() and repeat else None,
+               "overhead_before": before, "overhead": overhead, "predictor_dir": str(out),
+               "seconds": time.perf_counter() - start}
+    (out / "calibrate.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    ratio = summary["now_vs_pass0"]
+    print(f"{backend.name}: overhead re-fitted on {overhead['models']} calibration models measured in pass {repeat}"
+          + (f" (they take {ratio:.2f}x as long as when the predictor was built)" if ratio else "")
+          + f"; slope {before['slope']:.3f} -> {overhead['slope']:.3f}, leave-one-out error "
+          + (f"{before['cv_error']:.1%} -> " if before.get("cv_error") is not None else "")
+          + (f"{overhead['cv_error']:.1%}" if overhead.get("cv_error") is not None else "n/a")
+          + f"; saved to {out}")
     return summary
 
 
@@ -203,8 +251,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = compose_config("litepred", "litepred", args.overrides)
     from .adapt import run_adapt
 
-    runner = {"profile": run_profile, "build": run_build, "predict": run_predict, "evaluate": run_evaluate,
-              "adapt": run_adapt}
+    runner = {"profile": run_profile, "build": run_build, "calibrate": run_calibrate, "predict": run_predict,
+              "evaluate": run_evaluate, "adapt": run_adapt}
     runner[args.command](cfg)
 
 

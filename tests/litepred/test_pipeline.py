@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -10,14 +11,16 @@ import numpy as np
 import pytest
 
 from moonlit.common.config import compose_config
-from moonlit.litepred.cli import main, resolve_spec, run_predict, run_profile
+from moonlit.litepred.cli import main, resolve_spec, run_calibrate, run_predict, run_profile
 from moonlit.litepred.dataset import ProfileDataset
 from moonlit.litepred.evaluate import earlier_pass_agreement
 from moonlit.litepred.features import feature_names, features
 from moonlit.litepred.kernels import detect_kernels
 from moonlit.litepred.pipeline import export_spec, profile_kernels
 from moonlit.litepred.predictor import PlatformPredictor
+from moonlit.litepred.pipeline import KernelCache, predict_architectures
 from moonlit.litepred.profile import get_backend
+from moonlit.litepred.profile.debug import DebugBackend, DebugCostModel
 from moonlit.litepred.zoo import heldout_architectures
 
 SMALL = ["platform=debug", "architectures.train=6", "architectures.families=null", "architectures.calibration=6", "budget.kernels=160",
@@ -50,6 +53,37 @@ def test_profile_again_measures_nothing_new(built: Path) -> None:
     assert again["kernels"]["measured"] == 0
     assert again["kernels"]["already_measured"] == again["sampled"]
     assert again["calibration_models"]["measured"] == 0
+
+
+def test_calibrate_follows_a_uniformly_slower_machine(built: Path, tmp_path: Path) -> None:
+    # another session's machine: the same synthetic platform with every cost 1.25x
+    base = DebugCostModel()
+    slower = dataclasses.replace(base, compute_fixed_ms=1.25 * base.compute_fixed_ms,
+                                 other_fixed_ms=1.25 * base.other_fixed_ms, macs_per_ms=base.macs_per_ms / 1.25,
+                                 vector_ops_per_ms=base.vector_ops_per_ms / 1.25,
+                                 bytes_per_ms=base.bytes_per_ms / 1.25, call_overhead_ms=1.25 * base.call_overhead_ms)
+    line = [*SMALL, f"paths.output_root={built.parent}", "overhead.per_type=false", "overhead.weight_rates=0"]
+    # the build's own pass (0) and a pass on the slower machine (1), each fitted with one line
+    same = run_calibrate(compose_config("litepred", "litepred", [*line, "calibrate.repeat=0",
+                                                                   f"calibrate.out_dir={tmp_path / 'pass0'}"]))
+    slow = run_calibrate(compose_config("litepred", "litepred", [*line, "calibrate.repeat=1",
+                                                                   f"calibrate.out_dir={tmp_path / 'pass1'}"]),
+                         backend=DebugBackend("debug", cost_model=slower))
+    assert same["now_vs_pass0"] is None and slow["now_vs_pass0"] == pytest.approx(1.25, rel=0.01)
+    assert slow["profiling"]["measured"] == 6 and same["profiling"]["measured"] == 0  # pass 0 was stored
+    # a least-squares line through measurements 1.25x as long is the same line 1.25x as steep and high
+    assert slow["overhead"]["slope"] == pytest.approx(1.25 * same["overhead"]["slope"], rel=0.01)
+    assert slow["overhead"]["intercept"] == pytest.approx(1.25 * same["overhead"]["intercept"], rel=0.05, abs=1e-3)
+    specs = heldout_architectures(4, families=["spaceevo-like", "elasticvit-like"])
+    cache = KernelCache(built / "kernels-debug.jsonl", "debug")
+    before, _ = predict_architectures(PlatformPredictor.load(tmp_path / "pass0"), cache, specs)
+    after, _ = predict_architectures(PlatformPredictor.load(tmp_path / "pass1"), cache, specs)
+    np.testing.assert_allclose(after / before, 1.25, rtol=0.02)
+    # the kernel regressors are kept, the original predictor is untouched
+    assert PlatformPredictor.load(tmp_path / "pass1").kernel_types == PlatformPredictor.load(built / "predictors" / "debug").kernel_types
+    assert json.loads((tmp_path / "pass1" / "calibrate.json").read_text())["repeat"] == 1
+    with pytest.raises(ValueError, match="calibrate.repeat must be >= 0"):
+        run_calibrate(compose_config("litepred", "litepred", [*line, "calibrate.repeat=-1"]))
 
 
 def test_predict_equals_the_sum_of_kernel_predictions(built: Path, tmp_path: Path) -> None:
