@@ -34,8 +34,7 @@ from moonlit.common.report import write_section
 from .dataset import ProfileDataset
 from .metrics import accuracy_report, plot_scatter
 from .pipeline import (STATISTICS, KernelCache, export_spec, latency_of, measured_models, measurement_times,
-                       model_rows,
-                       predict_architectures, profile_models, timed_predict_onnx)
+                       model_rows, predict_architectures, profile_models, timed_predict_onnx)
 from .predictor import PlatformPredictor
 from .profile import get_backend
 from .zoo import ArchSpec, heldout_architectures
