@@ -64,11 +64,12 @@ def _earlier_passes(dataset: ProfileDataset, backend: str, specs: Sequence[ArchS
         return times[len(times) // 2]  # the median: a pass may have been resumed later
 
     passes = []
+    now = pass_time(first_repeat) if first_repeat > 0 else None
     for repeat in range(first_repeat):
         earlier = measured_models(dataset, backend, specs, repeat, statistic)
         if not np.isfinite(earlier).all():
             continue
-        hours = (pass_time(first_repeat) - pass_time(repeat)).total_seconds() / 3600
+        hours = (now - pass_time(repeat)).total_seconds() / 3600
         passes.append({"pass": repeat, "hours_before": hours, **earlier_pass_agreement(earlier, truth)})
     return passes
 
