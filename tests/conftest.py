@@ -12,6 +12,25 @@ from pathlib import Path
 import pytest
 
 
+# --- property tests (hypothesis) -----------------------------------------------------------------
+
+@pytest.fixture(params=[pytest.param(100, id="fuzz100"), pytest.param(1000, id="fuzz1000", marks=pytest.mark.slow)])
+def fuzz_settings(request: pytest.FixtureRequest):
+    """Hypothesis settings for a property test: 100 examples in the default tier (same examples every
+    run), 1,000 fresh ones in the ``slow`` tier. Use as a decorator on an inner ``@given`` function::
+
+        def test_roundtrip(fuzz_settings):
+            @fuzz_settings
+            @given(st.text())
+            def check(text): ...
+            check()
+    """
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=request.param, deadline=None, derandomize=request.param <= 100, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
 # --- data fixtures (moonlit.common.data) -------------------------------------------------------
 
 @pytest.fixture(scope="session")

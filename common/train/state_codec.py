@@ -16,12 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InputError
+
 __all__ = ["CheckpointError", "decode_state", "encode_state", "storage_safe"]
 
 _TAG_TENSOR, _TAG_TUPLE, _TAG_DICT = "__tensor__", "__tuple__", "__dict__"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError):
     """A checkpoint is missing a file, has a corrupt file, or does not fit the objects given."""
 
 
