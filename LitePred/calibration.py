@@ -85,19 +85,29 @@ def _weights(m: np.ndarray, weighting: str) -> np.ndarray:
 
 
 def _line(s: np.ndarray, m: np.ndarray, w: np.ndarray) -> tuple[float, float]:
-    """Weighted least squares ``m ≈ a s + b`` with ``a >= 0``; no spread in ``s`` → through the origin."""
+    """Weighted least squares ``m ≈ a s + b`` with ``a >= 0`` and ``b >= 0``; no spread in ``s`` → through the origin.
+
+    Both bounds are physical: a model cannot get faster as its kernels get slower (``a``), and a
+    whole model cannot cost less than its kernels by a fixed amount (``b``: a negative intercept
+    predicts tiny models at negative latency). When the unconstrained optimum breaks a bound, the
+    constrained one (a two-variable non-negative least squares) lies on the edge ``a = 0`` or
+    ``b = 0``; the better of the two is taken.
+    """
     sw, mw = np.sum(w * s) / w.sum(), np.sum(w * m) / w.sum()
     var = np.sum(w * (s - sw) ** 2)
+    through_origin = (float(np.sum(w * s * m) / np.sum(w * s * s)), 0.0) if np.sum(w * s * s) > 0 else (0.0, float(mw))
     if var <= 1e-12 * max(np.sum(w * s**2), 1e-300):
-        return float(np.sum(w * s * m) / np.sum(w * s * s)), 0.0
+        return through_origin
     slope = float(np.sum(w * (s - sw) * (m - mw)) / var)
-    if slope < 0:  # the constrained optimum then lies on a = 0
-        return 0.0, float(mw)
-    return slope, float(mw - slope * sw)
+    intercept = float(mw - slope * sw)
+    if slope >= 0 and intercept >= 0:
+        return slope, intercept
+    edges = [(0.0, float(mw)), through_origin]  # a = 0 (b = weighted mean), b = 0 (a >= 0 as s, m >= 0)
+    return min(edges, key=lambda ab: float(np.sum(w * (m - ab[0] * s - ab[1]) ** 2)))
 
 
 def fit_overhead(kernel_sums: Any, measured_ms: Any, min_models: int = 5, weighting: str = "relative") -> Overhead:
-    """Least-squares fit of ``measured ≈ a · sum + b`` with ``a >= 0``.
+    """Least-squares fit of ``measured ≈ a · sum + b`` with ``a >= 0`` and ``b >= 0``.
 
     ``weighting="relative"`` minimizes squared relative residuals, ``"absolute"`` plain ones. Fewer
     than ``min_models`` pairs give the fallback (1, 0); sums that are all equal give a fit through
@@ -127,7 +137,7 @@ def _ridge_scales(S: np.ndarray, m: np.ndarray, w: np.ndarray, ridge: float) -> 
     prior = np.r_[np.full(S.shape[1], a), 0.0]
     theta = np.linalg.solve(gram + np.diag(penalty), A.T @ (w * m) + penalty * prior)
     r = np.clip(theta[:-1] / a, *SCALE_BOUNDS)
-    b = float(np.sum(w * (m - a * S @ r)) / w.sum())
+    b = max(0.0, float(np.sum(w * (m - a * S @ r)) / w.sum()))  # the best b >= 0 for these factors
     return r, a, b
 
 

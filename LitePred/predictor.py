@@ -12,6 +12,10 @@ ties). :meth:`PlatformPredictor.predict_models` is the batch mode for NAS: rows 
 from all models are concatenated, predicted in one call and summed back per model with
 ``np.bincount``.
 
+Every latency this module returns, per kernel and per model, passes through :func:`floor_latency`:
+at least :data:`MIN_LATENCY_MS` and finite, so no regressor extrapolation or calibration line can
+report a zero, negative or infinite latency.
+
 On disk: ``<dir>/platform.json`` (format, schema version, platform metadata, overhead, the kernel
 types and their subfolders) and ``<dir>/kernels/<type>/`` holding each saved regressor.
 """
@@ -30,15 +34,19 @@ from typing import Any
 
 import numpy as np
 
+from moonlit.common.errors import InputError
+
 from .calibration import Overhead, fit_overhead, fit_type_scales
 from .metrics import accuracy_report
 from .regressors import ForestRegressor, MLPRegressor, Regressor, RegressorFormatError, load_regressor
 
 __all__ = [
     "DEFAULT_REGRESSOR",
+    "MIN_LATENCY_MS",
     "Overhead",
     "PlatformPredictor",
     "fit_overhead",
+    "floor_latency",
     "make_regressor",
     "select_regressor",
 ]
@@ -51,6 +59,21 @@ PLATFORM_FILE = "platform.json"
 # ceiling was 99%: the gap is model error on random channel counts); GBDT also fits ~2.5x faster. The MLP stays the choice for cross-platform fine-tuning (forests cannot be).
 DEFAULT_REGRESSOR = "forest"  # ForestRegressor's default kind is "gbdt"
 REGRESSOR_NAMES = ("mlp", "forest", "random_forest", "extra_trees", "gbdt")
+# The smallest latency a prediction reports: 1 µs, below the per-call cost of any runtime we time
+# (a one-element Add through onnxruntime takes ~5 µs here), so it only replaces values that are
+# impossible (<= 0), never a plausible one.
+MIN_LATENCY_MS = 1e-3
+
+
+def floor_latency(values: Any, what: str = "prediction") -> np.ndarray:
+    """``max(values, MIN_LATENCY_MS)``; a NaN or infinite value is a ``ValueError`` naming ``what``
+    (features outside anything a regressor was fitted on), never a silent number."""
+    values = np.asarray(values, dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise InputError(f"{what}: {int(bad.sum())} of {values.size} latencies are not finite "
+                         f"(e.g. {values[bad].flat[0]}); expected finite predictions")
+    return np.maximum(values, MIN_LATENCY_MS)
 
 
 def make_regressor(name: str = DEFAULT_REGRESSOR, **options: Any) -> Regressor:
@@ -167,8 +190,8 @@ class PlatformPredictor:
                              f"{self.platform.get('name', '?')!r}; known types: {self.kernel_types}") from None
 
     def predict_kernels(self, kernel_type: str, X: Any) -> np.ndarray:
-        """Latency (ms) of each kernel row of one type."""
-        return self._regressor(kernel_type).predict(X)
+        """Latency (ms) of each kernel row of one type (at least :data:`MIN_LATENCY_MS`)."""
+        return floor_latency(self._regressor(kernel_type).predict(X), f"kernels of type {kernel_type!r}")
 
     def _weight_floor(self, kernel_type: str, X: np.ndarray, pred: np.ndarray, rate: float) -> np.ndarray:
         """``max(pred, rate · params_m)`` for types whose features hold their parameter count."""
@@ -203,11 +226,13 @@ class PlatformPredictor:
             if model_index.min() < 0 or model_index.max() >= n_models:
                 raise ValueError(f"model indices of {kernel_type!r} span [{model_index.min()}, "
                                  f"{model_index.max()}]; expected them in [0, {n_models})")
+            what = f"kernels of type {kernel_type!r}"
             if deduplicate:
                 unique, inverse = np.unique(X, axis=0, return_inverse=True)
-                pred = self._weight_floor(kernel_type, unique, reg.predict(unique), rate)[inverse.reshape(-1)]
+                pred = self._weight_floor(kernel_type, unique, floor_latency(reg.predict(unique), what),
+                                          rate)[inverse.reshape(-1)]
             else:
-                pred = self._weight_floor(kernel_type, X, reg.predict(X), rate)
+                pred = self._weight_floor(kernel_type, X, floor_latency(reg.predict(X), what), rate)
             per_model = np.bincount(model_index, weights=pred, minlength=n_models)
             if by_type:
                 sums[:, types.index(kernel_type)] += per_model
@@ -237,9 +262,10 @@ class PlatformPredictor:
 
     def predict_models(self, models: Sequence[ModelKernels], apply_overhead: bool = True,
                        deduplicate: bool = True) -> np.ndarray:
-        """Latency (ms) of each model: calibrated sum of its kernels' predictions (batch mode)."""
+        """Latency (ms) of each model: calibrated sum of its kernels' predictions (batch mode), at least
+        :data:`MIN_LATENCY_MS` (also for a model without predictable kernels)."""
         sums = self.kernel_sums(models, deduplicate)
-        return self.overhead.apply(sums) if apply_overhead else sums
+        return floor_latency(self.overhead.apply(sums) if apply_overhead else sums, "model latency")
 
     def predict_model(self, model: ModelKernels, apply_overhead: bool = True) -> float:
         """Latency (ms) of one model."""

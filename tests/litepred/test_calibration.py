@@ -116,3 +116,84 @@ def test_weight_read_floor_rate_is_recovered_by_calibration() -> None:
     assert overhead.weight_ms_per_mparam == 0.1
     np.testing.assert_allclose(predictor.predict_models(models), measured, rtol=1e-6)
     assert predictor.kernel_sums(models[:1], weight_rate=0.0)[0] == pytest.approx(0.05 * len(models[0]["fc"]))
+
+
+# ---- non-negative overhead and the latency floor ------------------------------------------------
+
+
+def _nnls_line(s: np.ndarray, m: np.ndarray, weighting: str) -> np.ndarray:
+    """(a, b) minimizing Σ w (m - a s - b)² over a, b >= 0, by scipy's NNLS on the sqrt(w)-scaled system."""
+    from scipy.optimize import nnls
+
+    root_w = 1 / m if weighting == "relative" else np.ones_like(m)
+    return nnls(np.c_[s, np.ones_like(s)] * root_w[:, None], m * root_w)[0]
+
+
+@pytest.mark.parametrize("weighting", ["relative", "absolute"])
+def test_negative_intercept_is_fitted_as_zero_like_nnls(weighting: str) -> None:
+    # tiny models much faster than the line through the big ones: unconstrained b = -0.7 ms
+    sums = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    measured = np.array([0.6, 1.9, 4.5, 9.6, 20.0])
+    unconstrained = np.linalg.lstsq(np.c_[sums, np.ones(5)], measured, rcond=None)[0]
+    assert unconstrained[1] < 0  # the data set does what it is meant to
+    fit = fit_overhead(sums, measured, weighting=weighting)
+    expected = _nnls_line(sums, measured, weighting)
+    assert expected[1] == 0.0
+    assert (fit.slope, fit.intercept) == pytest.approx((expected[0], 0.0), rel=1e-10)
+    # by hand on the edge b = 0: a = Σ w s m / Σ w s²
+    w = 1 / measured**2 if weighting == "relative" else np.ones(5)
+    assert fit.slope == pytest.approx(np.sum(w * sums * measured) / np.sum(w * sums**2), rel=1e-12)
+    assert np.all(fit.apply(np.array([0.0, 1e-6, 0.01])) >= 0)
+
+
+def test_line_fit_matches_nnls_on_random_data(fuzz_settings) -> None:
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    @fuzz_settings
+    @given(st.lists(st.tuples(st.floats(0.01, 100), st.floats(0.01, 100)), min_size=5, max_size=30),
+           st.sampled_from(["relative", "absolute"]))
+    def check(pairs: list[tuple[float, float]], weighting: str) -> None:
+        sums, measured = np.array(pairs).T
+        fit = fit_overhead(sums, measured, weighting=weighting)
+        assert fit.slope >= 0 and fit.intercept >= 0
+        a, b = _nnls_line(sums, measured, weighting)
+        w = 1 / measured**2 if weighting == "relative" else np.ones_like(measured)
+
+        def loss(slope: float, intercept: float) -> float:
+            return float(np.sum(w * (measured - slope * sums - intercept) ** 2))
+
+        # same optimum as NNLS (compared by objective: near-flat problems have many near-optimal lines)
+        assert loss(fit.slope, fit.intercept) <= loss(a, b) * (1 + 1e-9) + 1e-12
+
+    check()
+
+
+def test_per_type_fit_keeps_the_intercept_non_negative() -> None:
+    S = synthetic_sums(40, 7)
+    measured = S @ np.array([1.2, 1.5, 0.9]) - 0.5  # a true negative offset
+    measured = np.maximum(measured, 0.05)
+    for ridge in (1e-6, "cv"):
+        fit = fit_type_scales(S, measured, TYPES, ridge=ridge)
+        assert fit.intercept >= 0.0 and fit.slope >= 0.0
+
+
+def test_predictions_are_floored_at_the_minimum_latency(predictor) -> None:
+    from moonlit.litepred.predictor import MIN_LATENCY_MS, floor_latency
+
+    tiny = {"conv": np.array([[1.0, 1.0]])}  # ~0.1 ms of kernels
+    kernel = float(predictor.predict_kernels("conv", tiny["conv"])[0])
+    saved = predictor.overhead
+    try:
+        # an overhead stored by an older fit, with a negative intercept: the line is below 0 at this model
+        predictor.overhead = Overhead(1.291, -0.708, 12, True)
+        assert 1.291 * kernel - 0.708 < 0
+        assert predictor.predict_model(tiny) == MIN_LATENCY_MS
+        assert predictor.predict_models([tiny, {}]).tolist() == [MIN_LATENCY_MS, MIN_LATENCY_MS]
+        predictor.overhead = Overhead(1.0, 0.0)
+        assert predictor.predict_model(tiny) == pytest.approx(kernel)  # a valid value is untouched
+    finally:
+        predictor.overhead = saved
+    np.testing.assert_array_equal(floor_latency([-3.0, 0.0, 2.0]), [MIN_LATENCY_MS, MIN_LATENCY_MS, 2.0])
+    with pytest.raises(ValueError, match="not finite"):
+        floor_latency([1.0, np.inf])
