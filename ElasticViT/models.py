@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from moonlit.common.errors import InputError
 from torch import nn
 
 from .ops import (
@@ -109,6 +110,8 @@ def build_model(subnet: Subnet, num_classes: int = 1000, token_norm: TokenNormKi
 
 
 def _canonical_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise InputError(f"an ElasticViT model name must be a string, got {type(name).__name__} {name!r:.80}")
     key = name.strip().lower().replace(".", "_").replace("-", "_")
     for prefix in ("elasticvit_", "elastic_"):
         key = key.removeprefix(prefix)
@@ -119,7 +122,7 @@ def named_subnet(name: str) -> Subnet:
     """The architecture of a named model (``elasticvit_t1``, ``T1``, ``elastic_L1.5`` …)."""
     key = _canonical_name(name)
     if key not in NAMED_SUBNETS:
-        raise ValueError(f"unknown ElasticViT model {name!r}; known: {', '.join(MODEL_NAMES)}")
+        raise InputError(f"unknown ElasticViT model {name!r:.80}; known: {', '.join(MODEL_NAMES)}")
     return decode(NAMED_SUBNETS[key])
 
 

@@ -10,7 +10,11 @@ piece of the network::
     conv        := "c" WIDTH "d" DEPTH "e" EXPAND "k" KERNEL
     trans       := "t" WIDTH "d" DEPTH "m" MLP_RATIO "v" V_SCALE
 
+    RES, WIDTH, ... := [1-9] [0-9]{0,4}     ASCII digits, no leading zero, at most 99999
+
 e.g. ``r128_s16d1k3_c24d2e3k3_c32d3e3k3_t64d1m2v2_t96d1m2v2_t176d1m3v2_t272d1m4v2`` (ElasticViT-T1).
+Nothing else is accepted (no whitespace, no other digits); ``encode(decode(s)) == s`` for every string
+``decode`` accepts, and any other string raises :class:`~moonlit.common.errors.InputError` naming the part.
 The stem width equals the first conv's width. A transformer stage of depth ``d`` is one MBConv
 reduction block (expand 6, 3x3, SE) followed by ``d`` attention+FFN pairs with ``width / 16`` heads.
 
@@ -28,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from moonlit.common.errors import InputError
+
 __all__ = [
     "ELASTICVIT_SPACE",
     "ConvStage",
@@ -43,6 +49,7 @@ __all__ = [
     "max_subnet",
     "min_subnet",
     "random_subnet",
+    "search_space_from_dict",
     "stage_sides",
     "to_reference_arch",
 ]
@@ -185,30 +192,56 @@ def encode(subnet: Subnet) -> str:
     return "_".join(parts)
 
 
+MAX_NUMBER = 99_999          # largest number an encoding may hold (5 digits)
+MAX_ENCODING_CHARS = 1024     # longer strings are refused before parsing
+_NUMBER = r"([0-9]+)"
 _PART_PATTERNS = {
-    "resolution": (re.compile(r"^r(\d+)$"), "r<resolution>"),
-    "stem": (re.compile(r"^s(\d+)d(\d+)k(\d+)$"), "s<width>d<depth>k<kernel>"),
-    "conv": (re.compile(r"^c(\d+)d(\d+)e(\d+)k(\d+)$"), "c<width>d<depth>e<expand>k<kernel>"),
-    "trans": (re.compile(r"^t(\d+)d(\d+)m(\d+)v(\d+)$"), "t<width>d<depth>m<mlp_ratio>v<v_scale>"),
+    "resolution": (re.compile(rf"r{_NUMBER}"), "r<resolution>", ("resolution",)),
+    "stem": (re.compile(rf"s{_NUMBER}d{_NUMBER}k{_NUMBER}"), "s<width>d<depth>k<kernel>", ("width", "depth", "kernel")),
+    "conv": (re.compile(rf"c{_NUMBER}d{_NUMBER}e{_NUMBER}k{_NUMBER}"), "c<width>d<depth>e<expand>k<kernel>",
+             ("width", "depth", "expand", "kernel")),
+    "trans": (re.compile(rf"t{_NUMBER}d{_NUMBER}m{_NUMBER}v{_NUMBER}"), "t<width>d<depth>m<mlp_ratio>v<v_scale>",
+              ("width", "depth", "mlp_ratio", "v_scale")),
 }
 
 
+def _clip(text: str, limit: int = 80) -> str:
+    """``repr`` of ``text``, shortened so that an error message stays one readable line."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}… ({len(text)} characters)"
+
+
 def _parse_part(text: str, kind: str, where: str, encoding: str) -> tuple[int, ...]:
-    pattern, form = _PART_PATTERNS[kind]
-    match = pattern.match(text)
+    pattern, form, names = _PART_PATTERNS[kind]
+    match = pattern.fullmatch(text)
     if match is None:
-        raise ValueError(f"part {text!r} ({where}) of subnet {encoding!r} does not match {form}")
-    return tuple(int(group) for group in match.groups())
+        raise InputError(f"part {_clip(text)} ({where}) of subnet {_clip(encoding)} does not match {form} "
+                         "(ASCII digits)")
+    values = []
+    for name, digits in zip(names, match.groups()):
+        if digits.startswith("0") or len(digits) > len(str(MAX_NUMBER)):
+            problem = "has a leading zero" if digits.startswith("0") else f"exceeds {MAX_NUMBER}"
+            raise InputError(f"{name} {_clip(digits)} in part {_clip(text)} ({where}) of subnet {_clip(encoding)} "
+                             f"{problem}; expected an integer 1-{MAX_NUMBER} without leading zeros")
+        values.append(int(digits))
+    return tuple(values)
 
 
 def decode(encoding: str, space: SearchSpace = ELASTICVIT_SPACE) -> Subnet:
-    """Parse a subnet string and check it against ``space`` (ValueError naming the bad part)."""
-    parts = encoding.strip().split("_")
+    """Parse a subnet string and check it against ``space`` (InputError naming the bad part).
+
+    The grammar is in the module docstring; ``encode(decode(s)) == s`` for every accepted ``s``.
+    """
+    if not isinstance(encoding, str):
+        raise InputError(f"a subnet encoding must be a string, got {type(encoding).__name__} "
+                         f"{_clip(repr(encoding))}")
+    if len(encoding) > MAX_ENCODING_CHARS:
+        raise InputError(f"subnet {_clip(encoding)} is longer than {MAX_ENCODING_CHARS} characters")
+    parts = encoding.split("_")
     num_conv, num_trans = len(space.conv_stages), len(space.transformer_stages)
     expected_parts = 2 + num_conv + num_trans
     if len(parts) != expected_parts:
-        raise ValueError(
-            f"subnet {encoding!r} has {len(parts)} '_'-separated parts, expected {expected_parts}: "
+        raise InputError(
+            f"subnet {_clip(encoding)} has {len(parts)} '_'-separated parts, expected {expected_parts}: "
             f"r<res>, stem, {num_conv} conv stages, {num_trans} transformer stages")
     (resolution,) = _parse_part(parts[0], "resolution", "resolution", encoding)
     stem_width, stem_depth, stem_kernel = _parse_part(parts[1], "stem", "stem", encoding)
@@ -225,14 +258,14 @@ def decode(encoding: str, space: SearchSpace = ELASTICVIT_SPACE) -> Subnet:
 
 def _check_choice(value: int, choices: Sequence[int], what: str, subnet: Subnet) -> None:
     if value not in choices:
-        raise ValueError(f"{what} {value} is not one of {tuple(choices)} in subnet {encode(subnet)!r}")
+        raise InputError(f"{what} {value} is not one of {tuple(choices)} in subnet {encode(subnet)!r}")
 
 
 def check_subnet(subnet: Subnet, space: SearchSpace = ELASTICVIT_SPACE) -> None:
-    """Raise ValueError naming the first choice outside ``space`` or a width that decreases."""
+    """Raise InputError naming the first choice outside ``space`` or a width that decreases."""
     if len(subnet.conv_stages) != len(space.conv_stages) or len(subnet.transformer_stages) != len(
             space.transformer_stages):
-        raise ValueError(
+        raise InputError(
             f"subnet has {len(subnet.conv_stages)} conv and {len(subnet.transformer_stages)} transformer "
             f"stages, expected {len(space.conv_stages)} and {len(space.transformer_stages)}")
     _check_choice(subnet.resolution, space.resolutions, "resolution", subnet)
@@ -256,7 +289,7 @@ def check_subnet(subnet: Subnet, space: SearchSpace = ELASTICVIT_SPACE) -> None:
     names = ("stem", *(stage.name for stage in space.stages))
     for index in range(1, len(subnet.widths)):
         if subnet.widths[index] < subnet.widths[index - 1]:
-            raise ValueError(
+            raise InputError(
                 f"width {subnet.widths[index]} of {names[index]} is below width {subnet.widths[index - 1]} of "
                 f"{names[index - 1]} in subnet {encode(subnet)!r}: widths never decrease across stages")
 
@@ -317,18 +350,18 @@ def random_subnet(rng: random.Random, space: SearchSpace = ELASTICVIT_SPACE) -> 
 
 def _shared(values: Sequence[int], what: str) -> int:
     if len(values) == 0 or any(value != values[0] for value in values):
-        raise ValueError(f"{what} {list(values)} must hold one value repeated per layer (stage-wise choices)")
+        raise InputError(f"{what} {list(values)} must hold one value repeated per layer (stage-wise choices)")
     return values[0]
 
 
 def from_reference_arch(arch: Sequence[Any], space: SearchSpace = ELASTICVIT_SPACE) -> Subnet:
     """Read the reference's 10-list arch (its eval config, tables and memory banks)."""
     if len(arch) != 10:
-        raise ValueError(f"reference arch must have 10 entries, got {len(arch)}: {arch!r}")
+        raise InputError(f"reference arch must have 10 entries, got {len(arch)}: {arch!r}")
     resolution, channels, depths, conv_ratios, kernels, mlp_ratios, _num_heads, _windows, qk_scales, v_scales = arch
     num_conv, num_trans = len(space.conv_stages), len(space.transformer_stages)
     if len(channels) != 1 + num_conv + num_trans or len(depths) != 1 + num_conv + num_trans:
-        raise ValueError(f"reference arch needs {1 + num_conv + num_trans} channels and depths, "
+        raise InputError(f"reference arch needs {1 + num_conv + num_trans} channels and depths, "
                          f"got {list(channels)} and {list(depths)}")
     conv_layers = sum(depths[:1 + num_conv])
     trans_layers = sum(depths[1 + num_conv:])
@@ -336,12 +369,12 @@ def from_reference_arch(arch: Sequence[Any], space: SearchSpace = ELASTICVIT_SPA
                                    ("mlp_ratios", mlp_ratios, trans_layers), ("qk_scales", qk_scales, trans_layers),
                                    ("v_scales", v_scales, trans_layers)):
         if len(values) != expected:
-            raise ValueError(f"reference arch {name} has {len(values)} entries, expected one per layer ({expected})")
+            raise InputError(f"reference arch {name} has {len(values)} entries, expected one per layer ({expected})")
     if any(scale != 1 for scale in qk_scales):
-        raise ValueError(f"qk_scales {list(qk_scales)} must all be 1 (Q/K have head_dim dims per head)")
+        raise InputError(f"qk_scales {list(qk_scales)} must all be 1 (Q/K have head_dim dims per head)")
     stem_depth = depths[0]
     if _shared(conv_ratios[:stem_depth], "stem conv_ratios") != 1:
-        raise ValueError(f"stem conv_ratios {list(conv_ratios[:stem_depth])} must be 1 (depthwise-separable)")
+        raise InputError(f"stem conv_ratios {list(conv_ratios[:stem_depth])} must be 1 (depthwise-separable)")
     conv_stages, offset = [], stem_depth
     for index in range(num_conv):
         depth = depths[1 + index]
@@ -381,3 +414,78 @@ def to_reference_arch(subnet: Subnet, space: SearchSpace = ELASTICVIT_SPACE) -> 
     depths = (subnet.stem_depth, *(stage.depth for stage in subnet.stages))
     return (subnet.resolution, subnet.widths, depths, tuple(conv_ratios), tuple(kernels), tuple(mlp_ratios),
             tuple(num_heads), (1,) * trans_layers, (1,) * trans_layers, tuple(v_scales))
+
+
+# --- a search space from a config node -------------------------------------------------------------
+
+_CONV_STAGE_KEYS = ("name", "widths", "depths", "downsample", "se")
+_TRANSFORMER_STAGE_KEYS = ("name", "widths", "depths", "downsample")
+_SCALAR_FIELDS = ("head_dim", "reduction_expand", "reduction_kernel", "head_width_multiplier", "head_hidden")
+
+
+def _config_ints(value: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not value or any(
+            isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_NUMBER for v in value):
+        raise InputError(f"{where} is {_clip(repr(value))}; expected a non-empty list of integers 1-{MAX_NUMBER}")
+    if list(value) != sorted(set(value)):
+        raise InputError(f"{where} {list(value)} is not strictly increasing")
+    return tuple(value)
+
+
+def _config_stage(entry: Any, keys: tuple[str, ...], where: str) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        raise InputError(f"{where} is {_clip(repr(entry))}; expected a mapping with keys {list(keys)}")
+    missing, unknown = [k for k in keys if k not in entry], [k for k in entry if k not in keys]
+    if missing or unknown:
+        raise InputError(f"{where} " + (f"lacks key(s) {missing}" if missing else f"has unknown key(s) {unknown}")
+                         + f"; expected exactly {list(keys)}")
+    if not isinstance(entry["name"], str) or not entry["name"]:
+        raise InputError(f"{where}.name is {_clip(repr(entry['name']))}; expected a non-empty string")
+    for flag in keys[3:]:
+        if not isinstance(entry[flag], bool):
+            raise InputError(f"{where}.{flag} is {_clip(repr(entry[flag]))}; expected true or false")
+    fields = dict(entry)
+    fields["widths"] = _config_ints(entry["widths"], f"{where}.widths")
+    fields["depths"] = _config_ints(entry["depths"], f"{where}.depths")
+    return fields
+
+
+def search_space_from_dict(node: Any, source: str = "space config") -> SearchSpace:
+    """The :class:`SearchSpace` a config mapping describes; ``source`` names it in errors.
+
+    Every field of :class:`SearchSpace` is required and no other key is allowed. List fields are
+    strictly increasing integers 1-99999; ``conv_stages`` / ``transformer_stages`` are non-empty lists
+    of ``{name, widths, depths, downsample, se}`` / ``{name, widths, depths, downsample}`` with unique
+    names; transformer widths are multiples of ``head_dim``. Anything else raises InputError naming the key.
+    """
+    if not isinstance(node, dict):
+        raise InputError(f"{source} is {_clip(repr(node))}; expected a mapping of the SearchSpace fields")
+    expected = list(SearchSpace.__dataclass_fields__)
+    missing, unknown = [k for k in expected if k not in node], [k for k in node if k not in expected]
+    if missing or unknown:
+        raise InputError(f"{source} " + (f"lacks key(s) {missing}" if missing else f"has unknown key(s) {unknown}")
+                         + f"; expected exactly {expected}")
+    fields: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in ("conv_stages", "transformer_stages"):
+            keys = _CONV_STAGE_KEYS if key == "conv_stages" else _TRANSFORMER_STAGE_KEYS
+            if not isinstance(value, (list, tuple)) or not value:
+                raise InputError(f"{source}: {key} is {_clip(repr(value))}; expected a non-empty list of stages")
+            stages = [_config_stage(entry, keys, f"{source}: {key}[{i}]") for i, entry in enumerate(value)]
+            make = ConvStageSpace if key == "conv_stages" else TransformerStageSpace
+            fields[key] = tuple(make(**stage) for stage in stages)
+        elif key in _SCALAR_FIELDS:
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_NUMBER:
+                raise InputError(f"{source}: {key} is {_clip(repr(value))}; expected an integer 1-{MAX_NUMBER}")
+            fields[key] = value
+        else:
+            fields[key] = _config_ints(value, f"{source}: {key}")
+    names = [stage.name for stage in (*fields["conv_stages"], *fields["transformer_stages"])]
+    if len(set(names)) != len(names):
+        raise InputError(f"{source}: stage names {names} are not unique")
+    for index, stage in enumerate(fields["transformer_stages"]):
+        bad = [w for w in stage.widths if w % fields["head_dim"]]
+        if bad:
+            raise InputError(f"{source}: transformer_stages[{index}].widths {bad} are not multiples of head_dim "
+                             f"{fields['head_dim']} (heads = width / head_dim)")
+    return SearchSpace(**fields)
