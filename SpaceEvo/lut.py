@@ -10,10 +10,24 @@ reference's, so its released LUTs and ours are interchangeable:
   the stage's input shape, then four numbers with 4 decimals.
 
 The input height of a row identifies its resolution: ``H * (product of the strides before the stage)``.
+
+The reader accepts exactly this grammar (printable ASCII; ``INT`` = ``[1-9][0-9]{0,4}``)::
+
+    file    := (row? EOL)+              EOL = "\n" or "\r\n"; empty lines are skipped; the last row
+                                        must end with EOL (a file cut mid-row is refused)
+    row     := block ("_" block)* "," "1x" INT "x" INT "x" INT "," NUMBER "," NUMBER "," NUMBER "," NUMBER
+    block   := INT "#" INT "#" ("None" | INT | DECIMAL)     DECIMAL as Python prints a float (1.0, 0.5)
+    NUMBER  := [0-9]+ ("." [0-9]+)?    at most 20 characters: NSR, MFLOPs, Mparams, latency_ms, all >= 0
+
+Zero is accepted in every number (the writer rounds to 4 decimals, so a tiny latency prints as
+0.0000); NaN, infinities, negative values, exponents and non-ASCII digits are not. Lines are at
+most 4096 characters. Anything else raises :class:`~moonlit.common.errors.InputError` naming the
+file, line and cell.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -21,12 +35,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from moonlit.common.errors import InputError
 
 from .space import Hyperspace, load_hyperspace
 
 __all__ = ["BlockLUT", "LUTRow", "LUTSet", "format_expand", "lut_file_name", "parse_lut_file_name"]
 
-_FILE_PATTERN = re.compile(r"^stage(?P<stage>\d+)_(?P<block>\d+)_(?P<window>\d+)\.csv$")
+_FILE_PATTERN = re.compile(r"stage(?P<stage>[1-9])_(?P<block>0|[1-9][0-9]?)_(?P<window>0|[1-9][0-9]?)\.csv")
+_INT = re.compile(r"[1-9][0-9]{0,4}")
+_DECIMAL = re.compile(r"[0-9]+\.[0-9]+")
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+MAX_LINE_CHARS = 4096
+MAX_NUMBER_CHARS = 20
+NUMBER_CELLS = ("NSR", "MFLOPs", "Mparams", "latency_ms")
 BlockChoice = tuple[int, int, int | float | None]  # kernel, width, expand
 
 
@@ -35,9 +56,11 @@ def lut_file_name(stage: int, block: int, window: int) -> str:
 
 
 def parse_lut_file_name(name: str) -> tuple[int, int, int]:
-    match = _FILE_PATTERN.match(name)
+    """``(stage, block, window)`` of ``stage<i>_<block>_<window>.csv`` (no leading zeros, ASCII digits)."""
+    match = _FILE_PATTERN.fullmatch(name)
     if match is None:
-        raise ValueError(f"LUT file name '{name}' does not match 'stage<i>_<block>_<window>.csv'")
+        raise InputError(f"LUT file name {name!r:.100} does not match 'stage<i>_<block>_<window>.csv' "
+                         "(i 1-9, block and window 0-99 without leading zeros)")
     return int(match["stage"]), int(match["block"]), int(match["window"])
 
 
@@ -45,13 +68,33 @@ def format_expand(expand: float | None) -> str:
     return "None" if expand is None else str(expand)
 
 
+def _clip(text: str, limit: int = 40) -> str:
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}… ({len(text)} characters)"
+
+
+def _parse_int(text: str, what: str, where: str) -> int:
+    if _INT.fullmatch(text) is None:
+        raise InputError(f"{where}: {what} {_clip(text)} is not an integer 1-99999 (ASCII digits, no leading zero)")
+    return int(text)
+
+
 def _parse_expand(text: str, where: str) -> int | float | None:
     if text == "None":
         return None
-    try:
-        return float(text) if any(c in text for c in ".eE") else int(text)
-    except ValueError:
-        raise ValueError(f"expand '{text}' in {where} is not a number or None") from None
+    if _INT.fullmatch(text):
+        return int(text)
+    if _DECIMAL.fullmatch(text) and len(text) <= MAX_NUMBER_CHARS and float(text) > 0 and str(float(text)) == text:
+        return float(text)
+    raise InputError(f"{where}: expand {_clip(text)} is not None, a positive integer or a positive float as "
+                     "Python prints it (e.g. 4, 1.0)")
+
+
+def _parse_number(text: str, what: str, where: str) -> float:
+    if _NUMBER.fullmatch(text) and len(text) <= MAX_NUMBER_CHARS:
+        return float(text)
+    problem = "is negative" if text.startswith("-") else "is not a finite decimal number"
+    raise InputError(f"{where}: {what} {_clip(text)} {problem}; expected a number >= 0 written with ASCII "
+                     f"digits, e.g. 0.4991")
 
 
 @dataclass(frozen=True)
@@ -65,6 +108,11 @@ class LUTRow:
     mparams: float
     latency_ms: float
 
+    def __post_init__(self) -> None:
+        for name, value in zip(NUMBER_CELLS, (self.nsr, self.mflops, self.mparams, self.latency_ms)):
+            if not (math.isfinite(value) and value >= 0):
+                raise InputError(f"LUT row {self.blocks}: {name} {value!r} is not a finite number >= 0")
+
     def to_line(self) -> str:
         config = "_".join(f"{k}#{w}#{format_expand(e)}" for k, w, e in self.blocks)
         shape = "x".join(map(str, self.input_shape))
@@ -72,28 +120,28 @@ class LUTRow:
 
     @classmethod
     def from_line(cls, line: str, where: str = "a LUT line") -> LUTRow:
-        cells = line.rstrip("\r\n").split(",")
+        """One row of the grammar in the module docstring (a trailing ``\n`` or ``\r\n`` is dropped)."""
+        line = line.removesuffix("\n").removesuffix("\r")
+        if len(line) > MAX_LINE_CHARS:
+            raise InputError(f"{where} has {len(line)} characters, more than a LUT row's {MAX_LINE_CHARS}")
+        cells = line.split(",")
         if len(cells) != 6:
-            raise ValueError(f"{where} has {len(cells)} comma-separated cells, expected 6 "
-                             f"(k#w#e_…, 1xCxHxW, NSR, MFLOPs, Mparams, latency_ms): '{line.rstrip()}'")
+            raise InputError(f"{where} has {len(cells)} comma-separated cells, expected 6 "
+                             f"(k#w#e_…, 1xCxHxW, NSR, MFLOPs, Mparams, latency_ms): {_clip(line, 100)}")
         config, shape, *numbers = cells
         blocks = []
         for block in config.split("_"):
             parts = block.split("#")
             if len(parts) != 3:
-                raise ValueError(f"block '{block}' in {where} is not k#w#e")
-            try:
-                blocks.append((int(parts[0]), int(parts[1]), _parse_expand(parts[2], where)))
-            except ValueError as exc:
-                raise ValueError(f"block '{block}' in {where}: {exc}") from None
+                raise InputError(f"{where}: block {_clip(block)} is not k#w#e")
+            blocks.append((_parse_int(parts[0], "kernel", where), _parse_int(parts[1], "width", where),
+                           _parse_expand(parts[2], where)))
         dims = shape.split("x")
-        if len(dims) != 4 or not all(d.isdigit() for d in dims):
-            raise ValueError(f"input shape '{shape}' in {where} is not 1xCxHxW")
-        try:
-            nsr, mflops, mparams, latency = (float(v) for v in numbers)
-        except ValueError:
-            raise ValueError(f"numbers {numbers} in {where} are not all floats") from None
-        return cls(tuple(blocks), tuple(int(d) for d in dims), nsr, mflops, mparams, latency)  # type: ignore[arg-type]
+        if len(dims) != 4 or dims[0] != "1":
+            raise InputError(f"{where}: input shape {_clip(shape)} is not 1xCxHxW")
+        input_shape = (1, *(_parse_int(d, f"input shape {_clip(shape)} dimension", where) for d in dims[1:]))
+        nsr, mflops, mparams, latency = (_parse_number(text, name, where) for text, name in zip(numbers, NUMBER_CELLS))
+        return cls(tuple(blocks), input_shape, nsr, mflops, mparams, latency)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -111,12 +159,25 @@ class BlockLUT:
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> BlockLUT:
+        """Read one LUT file (grammar in the module docstring); InputError names file, line and cell."""
         path = Path(path)
         stage, block, window = parse_lut_file_name(path.name)
-        with open(path, newline="") as f:
-            rows = [LUTRow.from_line(line, f"line {n} of {path}") for n, line in enumerate(f, 1) if line.strip()]
+        data = path.read_bytes()
+        bad = re.search(rb"[^\x20-\x7e\r\n]", data)
+        if bad is not None:
+            line = data.count(b"\n", 0, bad.start()) + 1
+            column = bad.start() - (data.rfind(b"\n", 0, bad.start()) + 1) + 1
+            raise InputError(f"{path}, line {line}, column {column}: byte {bad.group()!r} is not printable ASCII; "
+                             "a LUT is ASCII text")
+        text = data.decode("ascii")
+        lines = text.split("\n")
+        if lines[-1] != "":
+            raise InputError(f"{path}, line {len(lines)}: the last line {_clip(lines[-1])} does not end with a "
+                             "newline; the file looks truncated")
+        rows = [LUTRow.from_line(line, f"{path}, line {n}") for n, line in enumerate(lines[:-1], 1)
+                if line not in ("", "\r")]
         if not rows:
-            raise ValueError(f"LUT {path} has no rows")
+            raise InputError(f"LUT {path} has no rows")
         return cls(stage, block, window, rows)
 
     def write(self, folder: str | os.PathLike[str]) -> Path:
@@ -135,7 +196,7 @@ class BlockLUT:
         found = np.array([row.input_shape[2] * factor for row in self.rows])
         unknown = sorted(set(found.tolist()) - set(spec.lut_resolutions))
         if unknown:
-            raise ValueError(f"{self.file_name}: input heights give resolutions {unknown}, expected only "
+            raise InputError(f"{self.file_name}: input heights give resolutions {unknown}, expected only "
                              f"{list(spec.lut_resolutions)} of '{spec.name}'")
         return found
 
@@ -154,7 +215,7 @@ class LUTSet:
             stage_spec = self.spec.stages[stage + 1] if 1 <= stage <= 6 else None
             if stage_spec is None or not (0 <= block < len(self.spec.block_types)) \
                     or not (0 <= window < stage_spec.num_windows):
-                raise ValueError(f"LUT {lut_file_name(stage, block, window)} is not a (stage, block, window) "
+                raise InputError(f"LUT {lut_file_name(stage, block, window)} is not a (stage, block, window) "
                                  f"of '{hyperspace}' (blocks 0-{len(self.spec.block_types) - 1}, "
                                  f"windows per stage {list(self.spec.num_windows)})")
 
@@ -163,7 +224,7 @@ class LUTSet:
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"LUT folder {folder} does not exist")
-        files = sorted(p for p in folder.iterdir() if _FILE_PATTERN.match(p.name))
+        files = sorted(p for p in folder.iterdir() if _FILE_PATTERN.fullmatch(p.name))
         if not files:
             raise FileNotFoundError(f"no stage<i>_<block>_<window>.csv files in {folder}")
         return cls(hyperspace, (BlockLUT.read(p) for p in files))

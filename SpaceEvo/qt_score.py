@@ -20,7 +20,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import math
+import numbers
+
 import numpy as np
+from moonlit.common.errors import InputError
 
 from .lut import LUTSet
 from .space import SEARCHABLE_STAGES, SpaceEncoding
@@ -56,15 +60,24 @@ class QTScorer:
         self.spec = luts.spec
         self.resolutions = self.spec.lut_resolutions
         if len(other_latency_ms) != len(self.resolutions):
-            raise ValueError(f"{len(other_latency_ms)} other-latency values {list(other_latency_ms)}, expected one "
+            raise InputError(f"{len(other_latency_ms)} other-latency values {list(other_latency_ms)}, expected one "
                              f"per LUT resolution {list(self.resolutions)}")
         if not constraints_ms:
-            raise ValueError("no latency constraint given; expected at least one, e.g. [10, 15]")
+            raise InputError("no latency constraint given; expected at least one, e.g. [10, 15]")
+        for name, values, low in (("other_latency_ms", other_latency_ms, 0.0), ("constraints_ms", constraints_ms, None),
+                                  ("t", [t], None), ("a", [a], None)):
+            for value in values:
+                if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+                        or not math.isfinite(value) or (value < low if low is not None else value <= 0):
+                    raise InputError(f"{name} {list(values) if len(values) > 1 else value!r} holds {value!r}; "
+                                     f"expected finite numbers {'>= 0' if low is not None else '> 0'}")
+        if isinstance(top, bool) or not isinstance(top, numbers.Integral) or top < 1:
+            raise InputError(f"top {top!r} is not a positive integer (the number of smallest losses averaged)")
         if num_samples % batch_size or num_samples <= 0:
-            raise ValueError(f"num_samples {num_samples} is not a positive multiple of batch_size {batch_size}")
+            raise InputError(f"num_samples {num_samples} is not a positive multiple of batch_size {batch_size}")
         missing = luts.missing()
         if missing:
-            raise ValueError(f"LUT set for '{self.spec.name}' lacks {len(missing)} tables, e.g. {missing[:3]}")
+            raise InputError(f"LUT set for '{self.spec.name}' lacks {len(missing)} tables, e.g. {missing[:3]}")
         self.other_latency_ms = np.asarray(other_latency_ms, dtype=np.float64)
         self.constraints_ms = tuple(float(c) for c in constraints_ms)
         self.t, self.a, self.top = float(t), float(a), int(top)
@@ -79,7 +92,7 @@ class QTScorer:
             for r in self.resolutions:
                 rows = np.flatnonzero(resolution == r)
                 if rows.size == 0:
-                    raise ValueError(f"{lut.file_name} has no rows at resolution {r}")
+                    raise InputError(f"{lut.file_name} has no rows at resolution {r}")
                 losses.append(loss[rows])
                 latencies.append(latency[rows])
                 bounds.append((offset, rows.size))
@@ -108,7 +121,7 @@ class QTScorer:
                      ) -> tuple[np.ndarray, np.ndarray]:
         """Total (loss, latency) of the N sampled subnets; ``cache`` reuses stage samples of the same draw."""
         if space.hyperspace != self.spec.name:
-            raise ValueError(f"space '{space}' is not of hyperspace '{self.spec.name}' of these LUTs")
+            raise InputError(f"space '{space}' is not of hyperspace '{self.spec.name}' of these LUTs")
         loss = np.zeros(self.num_samples)
         latency = np.repeat(self.other_latency_ms, draw.samples_per_resolution)
         for stage, (block, window) in enumerate(zip(space.blocks, space.windows), 1):
