@@ -6,20 +6,30 @@ RTE: entailment 0, not_entailment 1; hidden test labels -1) and ``idx`` (the row
 its file). Without network it reads the classic GLUE download instead (``<Folder>/train.tsv``,
 ``dev.tsv``, ``test.tsv``; MNLI ``dev_matched.tsv`` ...), tab-separated without quoting, as the
 Hub's own GLUE loading script does. Metrics live in ``glue_metrics``.
+
+What a TSV file must be, exactly: UTF-8 text (an initial byte-order mark is dropped); lines end in
+``\n``, ``\r\n`` or ``\r``; blank lines are skipped; a header row (except CoLA train/dev) naming the
+task's columns; every row has as many tab-separated fields as the header; no field is longer than
+the ``csv`` module's limit (131,072 characters; the limit is kept, GLUE sentences are far shorter);
+no NUL characters. Labels: STS-B ``score`` is a decimal ``[0-9]+(.[0-9]+)?`` in [0, 5]; a
+classification label is one of the task's label names or its id written ``0`` … ``n-1``. Anything
+else raises :class:`~moonlit.common.errors.InputError` naming the file, line and column.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
-import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import datasets
+from moonlit.common.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +99,7 @@ def get_glue_task(task: str | GlueTask) -> GlueTask:
         return task
     found = _BY_ALIAS.get(task.strip().lower()) if isinstance(task, str) else None
     if found is None:
-        raise ValueError(f"unknown GLUE task {task!r}; expected one of {', '.join(GLUE_TASKS)} "
+        raise InputError(f"unknown GLUE task {task!r:.80}; expected one of {', '.join(GLUE_TASKS)} "
                          f"(or the folder names {', '.join(t.folder for t in _TASKS)})")
     return found
 
@@ -132,60 +142,93 @@ def glue_features(task: str | GlueTask) -> datasets.Features:
     return datasets.Features(features)
 
 
+_SCORE = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+STSB_RANGE = (0.0, 5.0)
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}… ({len(text)} characters)"
+
+
 def _parse_label(value: str, spec: GlueTask, where: str) -> int | float:
     if spec.is_regression:
-        try:
-            score = float(value)
-        except ValueError:
-            score = math.nan
-        if not math.isfinite(score):
-            raise ValueError(f"{where}: score {value!r} is not a finite number; expected a float in [0, 5]")
-        return score
+        low, high = STSB_RANGE
+        if _SCORE.fullmatch(value) is None or len(value) > 20 or not low <= float(value) <= high:
+            raise InputError(f"{where}: score {_clip(value)} is not a decimal number in [{low:g}, {high:g}] "
+                             "(ASCII digits, e.g. 3.800)")
+        return float(value)
     if value in spec.label_names:
         return spec.label_names.index(value)
-    if value.isdigit() and int(value) < spec.num_labels:
+    ids = [str(i) for i in range(spec.num_labels)]
+    if value in ids:
         return int(value)
-    raise ValueError(f"{where}: label {value!r} is not one of {list(spec.label_names)} "
+    raise InputError(f"{where}: label {_clip(value)} is not one of {list(spec.label_names)} "
                      f"or an id in 0..{spec.num_labels - 1}")
+
+
+def _decoded(path: Path) -> str:
+    """The file's text; a byte that is not UTF-8 raises InputError naming its line."""
+    data = path.read_bytes()
+    try:
+        # utf-8-sig: some GLUE files (MRPC) start with a byte-order mark before the header.
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"{path}, line {line}: byte {data[exc.start:exc.start + 1]!r} is not UTF-8 "
+                         f"({exc.reason}); GLUE files are UTF-8 text") from None
+
+
+def _rows(reader: Any, path: Path) -> Iterator[list[str]]:
+    """The reader's rows; the csv module's errors (field over its size limit, NUL) become InputError."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise InputError(f"{path}, line {reader.line_num}: {exc}; expected tab-separated UTF-8 text without "
+                             f"NUL characters and fields of at most {csv.field_size_limit()} characters") from None
+        yield row
 
 
 def _read_tsv(path: Path, spec: GlueTask, fmt: _TsvFormat, labelled: bool, skip_malformed: bool) -> dict[str, list]:
     columns: dict[str, list] = {key: [] for key in (*spec.text_keys, "label", "idx")}
     skipped = 0
-    # utf-8-sig: some GLUE files (MRPC) start with a byte-order mark before the header.
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = list(fmt.headerless_columns) if path.name in fmt.headerless_files else next(reader, None)
-        if not header:
-            raise ValueError(f"{path} is empty; expected a header row naming the columns "
-                             f"{', '.join(fmt.text_columns)}")
-        missing = [column for column in fmt.text_columns if column not in header]
-        if missing:
-            raise ValueError(f"{path}: header {header} lacks the column(s) {missing} that {spec.folder} needs")
-        text_positions = [header.index(column) for column in fmt.text_columns]
-        label_position = header.index(fmt.label_column) if fmt.label_column in header else None
-        if label_position is None and labelled:
-            raise ValueError(f"{path}: header {header} lacks the label column {fmt.label_column!r}")
-        row_index = -1
-        for row in reader:
-            if not row:  # blank line
-                continue
-            row_index += 1  # like the Hub script, idx counts skipped rows too
-            where = f"{path}, line {reader.line_num}"
-            try:
-                if len(row) != len(header):
-                    raise ValueError(f"{where}: {len(row)} tab-separated fields, expected {len(header)} "
-                                     f"({', '.join(header)})")
-                label = -1 if label_position is None else _parse_label(row[label_position], spec, where)
-            except ValueError:
-                if not skip_malformed:
-                    raise
-                skipped += 1
-                continue
-            for key, position in zip(spec.text_keys, text_positions):
-                columns[key].append(row[position])
-            columns["label"].append(label)
-            columns["idx"].append(row_index)
+    reader = csv.reader(io.StringIO(_decoded(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    rows = _rows(reader, path)
+    header = list(fmt.headerless_columns) if path.name in fmt.headerless_files else next(rows, None)
+    if not header:
+        raise InputError(f"{path} is empty; expected a header row naming the columns "
+                         f"{', '.join(fmt.text_columns)}")
+    missing = [column for column in fmt.text_columns if column not in header]
+    if missing:
+        raise InputError(f"{path}: header {_clip(str(header), 200)} lacks the column(s) {missing} that "
+                         f"{spec.folder} needs")
+    text_positions = [header.index(column) for column in fmt.text_columns]
+    label_position = header.index(fmt.label_column) if fmt.label_column in header else None
+    if label_position is None and labelled:
+        raise InputError(f"{path}: header {_clip(str(header), 200)} lacks the label column {fmt.label_column!r}")
+    row_index = -1
+    for row in rows:
+        if not row:  # blank line
+            continue
+        row_index += 1  # like the Hub script, idx counts skipped rows too
+        where = f"{path}, line {reader.line_num}"
+        try:
+            if len(row) != len(header):
+                raise InputError(f"{where}: {len(row)} tab-separated fields, expected {len(header)} "
+                                 f"({_clip(', '.join(header), 200)})")
+            label = -1 if label_position is None else \
+                _parse_label(row[label_position], spec, f"{where}, column {fmt.label_column!r}")
+        except InputError:
+            if not skip_malformed:
+                raise
+            skipped += 1
+            continue
+        for key, position in zip(spec.text_keys, text_positions):
+            columns[key].append(row[position])
+        columns["label"].append(label)
+        columns["idx"].append(row_index)
     if skipped:
         logger.warning("skipped %d malformed rows of %s", skipped, path)
     return columns
@@ -221,8 +264,9 @@ def load_glue(task: str | GlueTask, data_dir: str | Path | None = None, *,
     With ``data_dir``, read the classic TSVs from ``data_dir/<Folder>/`` or from ``data_dir``
     itself; the training and evaluation files are required, test files are loaded when present.
     Without it, download from the Hub. A row with the wrong number of fields or a bad label
-    raises ``ValueError`` naming file and line, unless ``skip_malformed`` drops such rows (which
-    is what the Hub's loading script does silently).
+    raises ``InputError`` naming file and line, unless ``skip_malformed`` drops such rows (which
+    is what the Hub's loading script does silently); bytes that are not UTF-8, NUL characters and
+    over-long fields always raise (file format in the module docstring).
     """
     spec = get_glue_task(task)
     if data_dir is None:
@@ -259,13 +303,13 @@ def tokenize_glue(
     """
     spec = get_glue_task(task)
     if not isinstance(max_length, int) or max_length < 2:
-        raise ValueError(f"max_length must be an int >= 2 (room for the special tokens), got {max_length!r}")
+        raise InputError(f"max_length must be an int >= 2 (room for the special tokens), got {max_length!r}")
     column_names = dataset.column_names
     per_split = column_names if isinstance(column_names, dict) else {"dataset": column_names}
     for split, names in per_split.items():
         missing = [key for key in spec.text_keys if key not in names]
         if missing:
-            raise ValueError(f"{spec.name} split {split!r} lacks the text column(s) {missing}; "
+            raise InputError(f"{spec.name} split {split!r} lacks the text column(s) {missing}; "
                              f"it has {names}")
 
     def encode(batch: dict[str, list]) -> Any:

@@ -164,7 +164,7 @@ def test_malformed_rows(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="lacks the label column 'label'"):
         load_glue("sst2", tmp_path)
     train.write_text("sentence\tlabel\nfine\t2\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"line 2: label '2' is not one of \['negative', 'positive'\]"):
+    with pytest.raises(ValueError, match=r"line 2, column 'label': label '2' is not one of \['negative', 'positive'\]"):
         load_glue("sst2", tmp_path)
 
 
