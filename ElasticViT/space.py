@@ -193,7 +193,7 @@ def encode(subnet: Subnet) -> str:
 
 
 MAX_NUMBER = 99_999          # largest number an encoding may hold (5 digits)
-MAX_ENCODING_CHARS = 1024     # longer strings are refused before parsing
+MAX_ENCODING_CHARS = 100_000  # longer strings are refused before parsing
 _NUMBER = r"([0-9]+)"
 _PART_PATTERNS = {
     "resolution": (re.compile(rf"r{_NUMBER}"), "r<resolution>", ("resolution",)),
@@ -208,6 +208,12 @@ _PART_PATTERNS = {
 def _clip(text: str, limit: int = 80) -> str:
     """``repr`` of ``text``, shortened so that an error message stays one readable line."""
     return repr(text) if len(text) <= limit else f"{text[:limit]!r}… ({len(text)} characters)"
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr`` of any value, shortened like :func:`_clip`."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 def _parse_part(text: str, kind: str, where: str, encoding: str) -> tuple[int, ...]:
@@ -233,7 +239,7 @@ def decode(encoding: str, space: SearchSpace = ELASTICVIT_SPACE) -> Subnet:
     """
     if not isinstance(encoding, str):
         raise InputError(f"a subnet encoding must be a string, got {type(encoding).__name__} "
-                         f"{_clip(repr(encoding))}")
+                         f"{_show((encoding))}")
     if len(encoding) > MAX_ENCODING_CHARS:
         raise InputError(f"subnet {_clip(encoding)} is longer than {MAX_ENCODING_CHARS} characters")
     parts = encoding.split("_")
@@ -426,7 +432,7 @@ _SCALAR_FIELDS = ("head_dim", "reduction_expand", "reduction_kernel", "head_widt
 def _config_ints(value: Any, where: str) -> tuple[int, ...]:
     if not isinstance(value, (list, tuple)) or not value or any(
             isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_NUMBER for v in value):
-        raise InputError(f"{where} is {_clip(repr(value))}; expected a non-empty list of integers 1-{MAX_NUMBER}")
+        raise InputError(f"{where} is {_show((value))}; expected a non-empty list of integers 1-{MAX_NUMBER}")
     if list(value) != sorted(set(value)):
         raise InputError(f"{where} {list(value)} is not strictly increasing")
     return tuple(value)
@@ -434,16 +440,16 @@ def _config_ints(value: Any, where: str) -> tuple[int, ...]:
 
 def _config_stage(entry: Any, keys: tuple[str, ...], where: str) -> dict[str, Any]:
     if not isinstance(entry, dict):
-        raise InputError(f"{where} is {_clip(repr(entry))}; expected a mapping with keys {list(keys)}")
+        raise InputError(f"{where} is {_show((entry))}; expected a mapping with keys {list(keys)}")
     missing, unknown = [k for k in keys if k not in entry], [k for k in entry if k not in keys]
     if missing or unknown:
         raise InputError(f"{where} " + (f"lacks key(s) {missing}" if missing else f"has unknown key(s) {unknown}")
                          + f"; expected exactly {list(keys)}")
     if not isinstance(entry["name"], str) or not entry["name"]:
-        raise InputError(f"{where}.name is {_clip(repr(entry['name']))}; expected a non-empty string")
+        raise InputError(f"{where}.name is {_show((entry['name']))}; expected a non-empty string")
     for flag in keys[3:]:
         if not isinstance(entry[flag], bool):
-            raise InputError(f"{where}.{flag} is {_clip(repr(entry[flag]))}; expected true or false")
+            raise InputError(f"{where}.{flag} is {_show((entry[flag]))}; expected true or false")
     fields = dict(entry)
     fields["widths"] = _config_ints(entry["widths"], f"{where}.widths")
     fields["depths"] = _config_ints(entry["depths"], f"{where}.depths")
@@ -459,7 +465,7 @@ def search_space_from_dict(node: Any, source: str = "space config") -> SearchSpa
     names; transformer widths are multiples of ``head_dim``. Anything else raises InputError naming the key.
     """
     if not isinstance(node, dict):
-        raise InputError(f"{source} is {_clip(repr(node))}; expected a mapping of the SearchSpace fields")
+        raise InputError(f"{source} is {_show((node))}; expected a mapping of the SearchSpace fields")
     expected = list(SearchSpace.__dataclass_fields__)
     missing, unknown = [k for k in expected if k not in node], [k for k in node if k not in expected]
     if missing or unknown:
@@ -470,13 +476,13 @@ def search_space_from_dict(node: Any, source: str = "space config") -> SearchSpa
         if key in ("conv_stages", "transformer_stages"):
             keys = _CONV_STAGE_KEYS if key == "conv_stages" else _TRANSFORMER_STAGE_KEYS
             if not isinstance(value, (list, tuple)) or not value:
-                raise InputError(f"{source}: {key} is {_clip(repr(value))}; expected a non-empty list of stages")
+                raise InputError(f"{source}: {key} is {_show((value))}; expected a non-empty list of stages")
             stages = [_config_stage(entry, keys, f"{source}: {key}[{i}]") for i, entry in enumerate(value)]
             make = ConvStageSpace if key == "conv_stages" else TransformerStageSpace
             fields[key] = tuple(make(**stage) for stage in stages)
         elif key in _SCALAR_FIELDS:
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_NUMBER:
-                raise InputError(f"{source}: {key} is {_clip(repr(value))}; expected an integer 1-{MAX_NUMBER}")
+                raise InputError(f"{source}: {key} is {_show((value))}; expected an integer 1-{MAX_NUMBER}")
             fields[key] = value
         else:
             fields[key] = _config_ints(value, f"{source}: {key}")

@@ -21,7 +21,7 @@ The reader accepts exactly this grammar (printable ASCII; ``INT`` = ``[1-9][0-9]
 
 Zero is accepted in every number (the writer rounds to 4 decimals, so a tiny latency prints as
 0.0000); NaN, infinities, negative values, exponents and non-ASCII digits are not. Lines are at
-most 4096 characters. Anything else raises :class:`~moonlit.common.errors.InputError` naming the
+most 65,536 characters. Anything else raises :class:`~moonlit.common.errors.InputError` naming the
 file, line and cell.
 """
 
@@ -45,7 +45,7 @@ _FILE_PATTERN = re.compile(r"stage(?P<stage>[1-9])_(?P<block>0|[1-9][0-9]?)_(?P<
 _INT = re.compile(r"[1-9][0-9]{0,4}")
 _DECIMAL = re.compile(r"[0-9]+\.[0-9]+")
 _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
-MAX_LINE_CHARS = 4096
+MAX_LINE_CHARS = 65_536
 MAX_NUMBER_CHARS = 20
 NUMBER_CELLS = ("NSR", "MFLOPs", "Mparams", "latency_ms")
 BlockChoice = tuple[int, int, int | float | None]  # kernel, width, expand
@@ -92,7 +92,8 @@ def _parse_expand(text: str, where: str) -> int | float | None:
 def _parse_number(text: str, what: str, where: str) -> float:
     if _NUMBER.fullmatch(text) and len(text) <= MAX_NUMBER_CHARS:
         return float(text)
-    problem = "is negative" if text.startswith("-") else "is not a finite decimal number"
+    problem = "is negative" if text.startswith("-") else f"is longer than {MAX_NUMBER_CHARS} characters" \
+        if _NUMBER.fullmatch(text) else "is not a finite decimal number"
     raise InputError(f"{where}: {what} {_clip(text)} {problem}; expected a number >= 0 written with ASCII "
                      f"digits, e.g. 0.4991")
 

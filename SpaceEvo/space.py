@@ -54,7 +54,7 @@ __all__ = [
 
 SEARCHABLE_STAGES = 6  # stages 1–6 carry a block-type and a window digit
 MAX_INT = 99_999        # largest depth/kernel/width/resolution an encoding may hold (5 digits)
-MAX_ENCODING_CHARS = 4096  # longer strings are refused before parsing (a mobilew max subnet is ~330 chars)
+MAX_ENCODING_CHARS = 100_000  # longer strings are refused before parsing (a mobilew max subnet is ~330 chars)
 _SPACE_PATTERN = re.compile(r"(?:(?P<hyperspace>[a-z][a-z0-9_]*)-)?(?P<blocks>[0-9]+)(?P<sep>[-_])(?P<windows>[0-9]+)")
 _INT_PATTERN = re.compile(r"[1-9][0-9]{0,4}")
 _EXPAND_PATTERN = re.compile(r"[0-9]+\.[0-9]+")
@@ -65,9 +65,15 @@ def _clip(text: str, limit: int = 80) -> str:
     return repr(text) if len(text) <= limit else f"{text[:limit]!r}… ({len(text)} characters)"
 
 
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr`` of any value, shortened like :func:`_clip`."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 def _check_text(text: object, what: str) -> str:
     if not isinstance(text, str):
-        raise InputError(f"{what} must be a string, got {type(text).__name__} {_clip(repr(text))}")
+        raise InputError(f"{what} must be a string, got {type(text).__name__} {_show((text))}")
     if len(text) > MAX_ENCODING_CHARS:
         raise InputError(f"{what} {_clip(text)} is longer than {MAX_ENCODING_CHARS} characters")
     return text
@@ -187,7 +193,7 @@ _STAGE_NAMES = ("first_conv", "stage0", *(f"stage{i}" for i in range(1, SEARCHAB
 
 def _mapping(value: Any, keys: tuple[str, ...], where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise InputError(f"{where} is {type(value).__name__} {_clip(repr(value))}; expected a mapping with keys "
+        raise InputError(f"{where} is {type(value).__name__} {_show((value))}; expected a mapping with keys "
                          f"{list(keys)}")
     missing, unknown = [k for k in keys if k not in value], [k for k in value if k not in keys]
     if missing or unknown:
@@ -198,13 +204,13 @@ def _mapping(value: Any, keys: tuple[str, ...], where: str) -> dict[str, Any]:
 
 def _positive_int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INT:
-        raise InputError(f"{where} is {_clip(repr(value))}; expected an integer 1-{MAX_INT}")
+        raise InputError(f"{where} is {_show((value))}; expected an integer 1-{MAX_INT}")
     return value
 
 
 def _int_list(value: Any, where: str, unique: bool = True) -> tuple[int, ...]:
     if not isinstance(value, list) or not value:
-        raise InputError(f"{where} is {_clip(repr(value))}; expected a non-empty list of integers 1-{MAX_INT}")
+        raise InputError(f"{where} is {_show((value))}; expected a non-empty list of integers 1-{MAX_INT}")
     values = tuple(_positive_int(v, f"{where}[{i}]") for i, v in enumerate(value))
     if unique and list(values) != sorted(set(values)):
         raise InputError(f"{where} {list(values)} is not strictly increasing")
@@ -213,7 +219,7 @@ def _int_list(value: Any, where: str, unique: bool = True) -> tuple[int, ...]:
 
 def _name(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
-        raise InputError(f"{where} is {_clip(repr(value))}; expected a non-empty string")
+        raise InputError(f"{where} is {_show((value))}; expected a non-empty string")
     return value
 
 
@@ -222,10 +228,10 @@ def _block(value: Any, where: str) -> BlockType:
     expands = entry["expands"]
     if not isinstance(expands, list) or any(isinstance(e, bool) or not isinstance(e, (int, float))
                                             or not math.isfinite(e) or not 0 < e <= MAX_INT for e in expands):
-        raise InputError(f"{where}.expands is {_clip(repr(expands))}; expected a list (possibly empty) of positive "
+        raise InputError(f"{where}.expands is {_show((expands))}; expected a list (possibly empty) of positive "
                          "numbers")
     if not isinstance(entry["se"], bool):
-        raise InputError(f"{where}.se is {_clip(repr(entry['se']))}; expected true or false")
+        raise InputError(f"{where}.se is {_show((entry['se']))}; expected true or false")
     return BlockType(_name(entry["type"], f"{where}.type"), _int_list(entry["kernels"], f"{where}.kernels"),
                      tuple(expands), _name(entry["activation"], f"{where}.activation"), entry["se"])
 
@@ -248,23 +254,23 @@ def hyperspace_from_dict(data: Any, source: str = "hyperspace") -> Hyperspace:
                          f"{list(resolutions)}")
     entries = data["stages"]
     if not isinstance(entries, list) or len(entries) != len(_STAGE_NAMES):
-        raise InputError(f"{source}: stages is {_clip(repr(entries))}; expected a list of {len(_STAGE_NAMES)} "
+        raise InputError(f"{source}: stages is {_show((entries))}; expected a list of {len(_STAGE_NAMES)} "
                          f"stages {list(_STAGE_NAMES)}")
     stages = []
     for index, (entry, expected) in enumerate(zip(entries, _STAGE_NAMES)):
         where = f"{source}: stages[{index}]"
         entry = _mapping(entry, _STAGE_KEYS, where)
         if entry["name"] != expected:
-            raise InputError(f"{where}.name is {_clip(repr(entry['name']))}; expected {expected!r}")
+            raise InputError(f"{where}.name is {_show((entry['name']))}; expected {expected!r}")
         widths = _int_list(entry["widths"], f"{where}.widths")
         if entry["stride"] not in (1, 2) or isinstance(entry["stride"], bool):
-            raise InputError(f"{where}.stride is {_clip(repr(entry['stride']))}; expected 1 or 2")
+            raise InputError(f"{where}.stride is {_show((entry['stride']))}; expected 1 or 2")
         window = entry["window"]
         fixed = expected in ("first_conv", "stage0")
         if fixed and window is not None:
             raise InputError(f"{where}.window is {window!r}; expected null (a fixed stage uses all its widths)")
         if not fixed and (isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= len(widths)):
-            raise InputError(f"{where}.window is {_clip(repr(window))}; expected an integer 1-{len(widths)}")
+            raise InputError(f"{where}.window is {_show((window))}; expected an integer 1-{len(widths)}")
         if not fixed and len(widths) - window + 1 > 10:
             raise InputError(f"{where}: {len(widths) - window + 1} width windows; a space digit allows at most 10")
         stages.append(StageSpec(expected, widths, _int_list(entry["depths"], f"{where}.depths"), int(entry["stride"]),
@@ -272,7 +278,7 @@ def hyperspace_from_dict(data: Any, source: str = "hyperspace") -> Hyperspace:
     fixed_blocks = _mapping(data["fixed_blocks"], ("first_conv", "stage0"), f"{source}: fixed_blocks")
     block_types = data["block_types"]
     if not isinstance(block_types, list) or not 1 <= len(block_types) <= 10:
-        raise InputError(f"{source}: block_types is {_clip(repr(block_types))}; expected a list of 1-10 blocks "
+        raise InputError(f"{source}: block_types is {_show((block_types))}; expected a list of 1-10 blocks "
                          "(a space digit indexes it)")
     head = _mapping(data["head"], _HEAD_KEYS, f"{source}: head")
     for key in ("final_expand", "feature_mix", "num_classes"):

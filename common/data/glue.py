@@ -10,8 +10,8 @@ Hub's own GLUE loading script does. Metrics live in ``glue_metrics``.
 What a TSV file must be, exactly: UTF-8 text (an initial byte-order mark is dropped); lines end in
 ``\n``, ``\r\n`` or ``\r``; blank lines are skipped; a header row (except CoLA train/dev) naming the
 task's columns; every row has as many tab-separated fields as the header; no field is longer than
-the ``csv`` module's limit (131,072 characters; the limit is kept, GLUE sentences are far shorter);
-no NUL characters. Labels: STS-B ``score`` is a decimal ``[0-9]+(.[0-9]+)?`` in [0, 5]; a
+the ``csv`` module's limit (131,072 characters; the limit is kept, GLUE sentences are far shorter).
+Labels: STS-B ``score`` is a decimal ``[0-9]+(.[0-9]+)?`` in [0, 5]; a
 classification label is one of the task's label names or its id written ``0`` … ``n-1``. Anything
 else raises :class:`~moonlit.common.errors.InputError` naming the file, line and column.
 """
@@ -179,15 +179,15 @@ def _decoded(path: Path) -> str:
 
 
 def _rows(reader: Any, path: Path) -> Iterator[list[str]]:
-    """The reader's rows; the csv module's errors (field over its size limit, NUL) become InputError."""
+    """The reader's rows; the csv module's errors (a field over its size limit) become InputError."""
     while True:
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            raise InputError(f"{path}, line {reader.line_num}: {exc}; expected tab-separated UTF-8 text without "
-                             f"NUL characters and fields of at most {csv.field_size_limit()} characters") from None
+            raise InputError(f"{path}, line {reader.line_num}: {exc}; expected tab-separated UTF-8 text with "
+                             f"fields of at most {csv.field_size_limit()} characters") from None
         yield row
 
 
@@ -265,8 +265,8 @@ def load_glue(task: str | GlueTask, data_dir: str | Path | None = None, *,
     itself; the training and evaluation files are required, test files are loaded when present.
     Without it, download from the Hub. A row with the wrong number of fields or a bad label
     raises ``InputError`` naming file and line, unless ``skip_malformed`` drops such rows (which
-    is what the Hub's loading script does silently); bytes that are not UTF-8, NUL characters and
-    over-long fields always raise (file format in the module docstring).
+    is what the Hub's loading script does silently); bytes that are not UTF-8 and over-long fields
+    always raise (file format in the module docstring).
     """
     spec = get_glue_task(task)
     if data_dir is None:
