@@ -73,3 +73,20 @@ def tiny_roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from moonlit.common.data.synthetic import write_tiny_roberta
 
     return write_tiny_roberta(tmp_path_factory.mktemp("roberta-tiny"), seed=0)
+
+
+# --- real data (scripts/get_data.sh) ------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def real_artefact():
+    """``real_artefact(name)`` -> the folder of a fetched artefact; skips the test with the reason when
+    ``scripts/get_data.sh`` has not brought it (tests using it carry the ``real_data`` marker)."""
+    from moonlit.common.data.real import artefact_dir, data_root, read_manifest
+
+    def require(name: str) -> Path:
+        folder = artefact_dir(name)
+        if name not in read_manifest() or not folder.is_dir():
+            pytest.skip(f"real data '{name}' is not in {data_root().resolve()}: run bash scripts/get_data.sh")
+        return folder
+
+    return require
