@@ -196,9 +196,10 @@ def _read_tsv(path: Path, spec: GlueTask, fmt: _TsvFormat, labelled: bool, skip_
     skipped = 0
     reader = csv.reader(io.StringIO(_decoded(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     rows = _rows(reader, path)
-    header = list(fmt.headerless_columns) if path.name in fmt.headerless_files else next(rows, None)
+    header = list(fmt.headerless_columns) if path.name in fmt.headerless_files else \
+        next((row for row in rows if row), None)  # blank lines before the header are skipped too
     if not header:
-        raise InputError(f"{path} is empty; expected a header row naming the columns "
+        raise InputError(f"{path} has no header row; expected a header row naming the columns "
                          f"{', '.join(fmt.text_columns)}")
     missing = [column for column in fmt.text_columns if column not in header]
     if missing:
