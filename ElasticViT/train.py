@@ -15,8 +15,10 @@ RandAugment ``rand-n1-m1-mstd0.5-inc1``, mixup/cutmix 0.01, no dropout while tra
 
 Every rank draws the same subnets (the sampler is seeded by the step and its bank scores are
 all-reduced); gradients are averaged once per step after the backward passes. A checkpoint at every
-epoch end holds the supernet, optimizer, scheduler, RNG states and the sampler's state (walk
-position, banks); ``resume=true`` continues from it bit for bit. Evaluation (every
+epoch end holds, in one atomic ``checkpoints/step_N/``, the supernet, its EMA, optimizer, scheduler,
+RNG states and the sampler's state (walk position, banks); ``resume=true`` continues from it bit for
+bit. Every input (space, teachers, data, tables, checkpoint) is checked before anything is written;
+``resume=false`` over an earlier run moves its checkpoints aside (``checkpoints.replaced-<UTC time>``). Evaluation (every
 ``eval.every_epochs``) measures, per FLOPs level, the table's median-MACs subnet as a static copy
 whose BN statistics are re-estimated on training batches, leaving the supernet's own untouched.
 The FLOPs tables come from ``tables.path`` (built there first when missing).
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +37,31 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from moonlit.common.config import hydra_app, to_container
-from moonlit.common.data.imagenet import build_imagenet_datasets, build_loader
-from moonlit.common.data.loaders import set_epoch
-from moonlit.common.data.synthetic import write_image_folder
-from moonlit.common.train.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
+from moonlit.common.data.imagenet import (
+    build_imagenet_datasets,
+    build_loader,
+    check_generated_root,
+    check_image_root,
+    generate_image_root,
 )
+from moonlit.common.data.loaders import set_epoch
+from moonlit.common.errors import InputError
+from moonlit.common.train.checkpoint import move_aside, save_checkpoint
 from moonlit.common.train.classifier import sync_buffers
 from moonlit.common.train.dist import (
     DistContext,
     barrier,
     cleanup_distributed,
 )
-from moonlit.common.train.supernet import check_epoch_aligned, evaluate_recalibrated, resume_ema, start_training
+from moonlit.common.train.supernet import (
+    build_ema,
+    check_epoch_aligned,
+    check_resumable,
+    ema_modules,
+    evaluate_recalibrated,
+    resume_training,
+    start_training,
+)
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
@@ -89,22 +101,48 @@ class ResizedInput(nn.Module):
         return self.model(x)
 
 
-def load_or_build_tables(node: DictConfig, space: SearchSpace, num_classes: int, ctx: DistContext) -> FlopsTables:
-    """The FLOPs tables at ``node.path``; rank 0 builds and saves them first when missing and allowed."""
+def check_tables(node: DictConfig, space: SearchSpace, num_classes: int) -> FlopsTables | None:
+    """The FLOPs tables at ``node.path`` if they exist and fit; None if they are to be built; writes nothing."""
     path = Path(node.path)
     if not path.exists():
         if not node.build_if_missing:
-            raise FileNotFoundError(f"no FLOPs tables at {path}; build them with python -m moonlit.elasticvit.tables "
-                                    "or set tables.build_if_missing=true")
-        if ctx.is_main:
-            build_tables(tuple(node.levels), int(node.per_level), band=float(node.band), counter=str(node.counter),
-                         seed=int(node.seed), num_classes=num_classes, space=space).save(path)
-        barrier()
+            raise InputError(f"tables.path: no FLOPs tables at {path}; build them with python -m "
+                             "moonlit.elasticvit.tables or set tables.build_if_missing=true")
+        return None
     tables = FlopsTables.load(path, space)
     if tables.num_classes != num_classes:
-        raise ValueError(f"FLOPs tables {path} count a {tables.num_classes}-class head; the supernet has "
-                         f"{num_classes} classes (build tables for it, or point tables.path elsewhere)")
+        raise InputError(f"tables.path: FLOPs tables {path} count a {tables.num_classes}-class head; the supernet "
+                         f"has {num_classes} classes (build tables for it, or point tables.path elsewhere)")
     return tables
+
+
+def load_or_build_tables(node: DictConfig, space: SearchSpace, num_classes: int, ctx: DistContext) -> FlopsTables:
+    """The FLOPs tables at ``node.path``; rank 0 builds and saves them first when missing and allowed."""
+    if not Path(node.path).exists() and node.build_if_missing:
+        if ctx.is_main:
+            build_tables(tuple(node.levels), int(node.per_level), band=float(node.band), counter=str(node.counter),
+                         seed=int(node.seed), num_classes=num_classes, space=space).save(node.path)
+        barrier()
+    tables = check_tables(node, space, num_classes)
+    assert tables is not None
+    return tables
+
+
+def check_teachers(specs: Sequence[Mapping[str, Any]]) -> None:
+    """Each ``teachers.models`` entry names a timm model and an existing weights file (or null); writes nothing."""
+    import timm
+
+    for index, spec in enumerate(specs):
+        field = f"teachers.models[{index}]"
+        if not isinstance(spec, Mapping) or "name" not in spec:
+            raise InputError(f"{field} is {spec!r}; expected {{name, pretrained}}")
+        if not timm.is_model(str(spec["name"])):
+            raise InputError(f"{field}.name: {spec['name']!r} is not a timm model name "
+                             "(see timm.list_models())")
+        pretrained = spec.get("pretrained")
+        if pretrained and not Path(str(pretrained)).is_file():
+            raise InputError(f"{field}.pretrained: {pretrained} is not a file; expected the teacher's weights "
+                             "(.safetensors/.pth), or null for random weights")
 
 
 def representative_subnets(tables: FlopsTables) -> dict[float, Subnet]:
@@ -146,27 +184,21 @@ def sampler_statistics(history: list[dict[str, Any]], sampler: ComplexityAwareSa
     return stats
 
 
+def _check_data(data: DictConfig) -> None:
+    if data.generate is None:
+        check_image_root(data.root)
+    else:
+        check_generated_root(data.root)
+
+
 def _datasets(cfg: DictConfig, ctx: DistContext) -> dict[str, Any]:
     data = cfg.data
-    root = Path(data.root)
     if data.generate is not None:
-        if ctx.is_main and not (root / "val").is_dir():
-            gen = data.generate
-            write_image_folder(root, num_classes=gen.num_classes, image_size=gen.image_size, seed=gen.seed,
-                               images_per_class={"train": gen.train_per_class, "val": gen.val_per_class})
+        if ctx.is_main:
+            generate_image_root(data.root, data.generate)
         barrier()
-    return build_imagenet_datasets(root, img_size=data.img_size, train_aug=OmegaConf.to_container(data.train_aug,
-                                                                                                   resolve=True))
-
-
-def _resume(directory: Path, supernet: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-            sampler: ComplexityAwareSampler) -> int:
-    if latest_checkpoint(directory) is None:
-        return 0
-    state = load_checkpoint(directory, supernet, optimizer, scheduler, restore_rng=True)
-    sampler.load_state_dict(state.extra["sampler"])
-    log.info("resumed from %s at step %d", state.path, state.step)
-    return state.step
+    return build_imagenet_datasets(data.root, img_size=data.img_size,
+                                   train_aug=OmegaConf.to_container(data.train_aug, resolve=True))
 
 
 def _mixup(cfg: DictConfig, num_classes: int) -> Any:
@@ -184,21 +216,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """The work behind ``python -m moonlit.elasticvit.train``; returns the run summary."""
     ctx = start_training(cfg.trainer)
     out_dir = Path(cfg.output_dir)
-    checkpoint_dir, ema_dir = out_dir / "checkpoints", out_dir / "checkpoints_ema"
+    checkpoint_dir = out_dir / "checkpoints"
     try:
-        if not cfg.resume and ctx.is_main:
-            for folder in (checkpoint_dir, ema_dir):
-                shutil.rmtree(folder, ignore_errors=True)
-        barrier()
+        # Every input is checked before anything is written, moved or generated.
         space = space_from_config(None if cfg.space is None else OmegaConf.to_container(cfg.space, resolve=True))
         num_classes = int(cfg.supernet.num_classes)
-        datasets = _datasets(cfg, ctx)
-        tables = load_or_build_tables(cfg.tables, space, num_classes, ctx)
+        teacher_specs = OmegaConf.to_container(cfg.teachers.models, resolve=True)
+        check_teachers(teacher_specs)
+        _check_data(cfg.data)
+        check_tables(cfg.tables, space, num_classes)
+        if cfg.resume:
+            check_resumable(checkpoint_dir, cfg.ema.enabled)
         supernet = ElasticViTSupernet(space, num_classes, cfg.supernet.token_norm, cfg.supernet.dropout).to(ctx.device)
-        teachers = build_teachers(OmegaConf.to_container(cfg.teachers.models, resolve=True),
-                                  float(cfg.teachers.temperature), num_classes)
+        teachers = build_teachers(teacher_specs, float(cfg.teachers.temperature), num_classes)
         if teachers is not None:
             teachers.to(ctx.device)
+        if not cfg.resume and ctx.is_main:
+            move_aside(checkpoint_dir)
+        barrier()
+        datasets = _datasets(cfg, ctx)
+        tables = load_or_build_tables(cfg.tables, space, num_classes, ctx)
         sampler = build_sampler(cfg.sampling, tables, seed=int(cfg.trainer.seed), space=space)
         loader = build_loader(datasets["train"], cfg.data.batch_size, shuffle=True, seed=cfg.trainer.seed,
                               drop_last=True, num_workers=cfg.trainer.num_workers, rank=ctx.rank,
@@ -216,9 +253,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_lr(
             cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch, cfg.optim.warmup_lr / cfg.optim.lr,
             cfg.optim.min_lr / cfg.optim.lr))
-        step = _resume(checkpoint_dir, supernet, optimizer, scheduler, sampler)
+        ema = build_ema(supernet, cfg.ema.enabled, cfg.ema.decay)
+        resumed = resume_training(checkpoint_dir, supernet, optimizer, scheduler, ema) if cfg.resume else None
+        step = 0
+        if resumed is not None:
+            step = resumed.step
+            sampler.load_state_dict(resumed.extra["sampler"])
         check_epoch_aligned(step, steps_per_epoch, checkpoint_dir)
-        ema = resume_ema(supernet, cfg.ema.enabled, cfg.ema.decay, ema_dir)
         mixup = _mixup(cfg.mixup, num_classes)
         settings = StepSettings(**OmegaConf.to_container(cfg.step, resolve=True))
         representatives = representative_subnets(tables)
@@ -260,12 +301,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 if ctx.is_main:
                     extra = {"epoch": epoch + 1, "sampler": sampler.state_dict()}
                     save_checkpoint(checkpoint_dir, step=step, model=supernet, optimizer=optimizer, scheduler=scheduler,
-                                    arch={"space": repr(space), "num_classes": num_classes,
-                                          "token_norm": cfg.supernet.token_norm},
+                                    modules=ema_modules(ema), arch={"space": repr(space), "num_classes": num_classes,
+                                                                    "token_norm": cfg.supernet.token_norm},
                                     config=to_container(cfg), extra=extra, keep_last=cfg.keep_last)
-                    if ema is not None:
-                        save_checkpoint(ema_dir, step=step, model=ema.module, extra={"epoch": epoch + 1},
-                                        keep_last=cfg.keep_last)
                 barrier()
             statistics = sampler_statistics(history, sampler)
             logger.log_summary({"steps": step, **{k: v for k, v in statistics.items()

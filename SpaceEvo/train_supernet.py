@@ -13,8 +13,11 @@ warm-up (from 0.001x) times a half cosine over all steps, per step; base lr 0.1 
 
 Phase ``fp32`` (360 epochs at paper scale) is followed by phase ``qat``: ``set_quant_mode`` (8-bit
 LSQ+), lr / 10, 3 warm-up epochs, 50 epochs, starting from the FP32 weights — the reference's
-``checkpoint.pth`` then ``lsq.pth``. Each phase checkpoints into its own folder at every epoch end
-and resumes from it.
+``checkpoint.pth`` then ``lsq.pth``. Each phase checkpoints into its own folder
+(``checkpoints/{fp32,qat}/step_N/``) at every epoch end — supernet, EMA (``ema.enabled``),
+optimizer, scheduler and RNG states in one atomic checkpoint — and resumes from it bit for bit.
+Every input (space, data, checkpoints) is checked before anything is written; ``resume=false`` over
+an earlier run moves its checkpoints aside (``checkpoints.replaced-<UTC time>``).
 
 Differences from the reference, on purpose: subnets are sampled from ``step_seed(seed, step)``
 (every rank draws the same subnet without a shared global RNG; a resumed run draws what the
@@ -31,7 +34,6 @@ import dataclasses
 import json
 import logging
 import math
-import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -41,10 +43,15 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from moonlit.common.config import hydra_app, to_container
-from moonlit.common.data.imagenet import build_imagenet_datasets, build_loader
+from moonlit.common.data.imagenet import (
+    build_imagenet_datasets,
+    build_loader,
+    check_generated_root,
+    check_image_root,
+    generate_image_root,
+)
 from moonlit.common.data.loaders import set_epoch
-from moonlit.common.data.synthetic import write_image_folder
-from moonlit.common.train.checkpoint import resume_or_load, save_checkpoint
+from moonlit.common.train.checkpoint import move_aside, save_checkpoint
 from moonlit.common.train.classifier import sync_buffers
 from moonlit.common.train.dist import (
     DistContext,
@@ -54,12 +61,15 @@ from moonlit.common.train.dist import (
 from moonlit.common.train.losses import adaptive_alpha_divergence
 from moonlit.common.train.seed import step_seed
 from moonlit.common.train.supernet import (
-    check_epoch_aligned,
-    resume_ema,
-    start_training,
     average_bn_statistics,
     average_gradients,
+    build_ema,
+    check_epoch_aligned,
+    check_resumable,
+    ema_modules,
     evaluate_recalibrated,
+    resume_training,
+    start_training,
 )
 from moonlit.spaceevo.ops.lsq_plus import set_quant_mode
 from moonlit.spaceevo.space import SubnetEncoding
@@ -154,16 +164,20 @@ def evaluate_subnet(supernet: Supernet, subnet: SubnetEncoding, val_loader: Iter
 
 # --- the app ----------------------------------------------------------------------------------------
 
+def _check_data(data: DictConfig) -> None:
+    if data.generate is None:
+        check_image_root(data.root)
+    else:
+        check_generated_root(data.root)
+
+
 def _datasets(cfg: DictConfig, ctx: DistContext) -> dict[str, Any]:
     data = cfg.data
-    root = Path(data.root)
     if data.generate is not None:
         if ctx.is_main:
-            gen = data.generate
-            write_image_folder(root, num_classes=gen.num_classes, image_size=gen.image_size, seed=gen.seed,
-                               images_per_class={"train": gen.train_per_class, "val": gen.val_per_class})
+            generate_image_root(data.root, data.generate)
         barrier()
-    return build_imagenet_datasets(root, img_size=data.img_size, holdout_per_class=data.holdout_per_class,
+    return build_imagenet_datasets(data.root, img_size=data.img_size, holdout_per_class=data.holdout_per_class,
                                    train_aug=OmegaConf.to_container(data.train_aug, resolve=True))
 
 
@@ -201,9 +215,10 @@ def _run_phase(phase: str, supernet: Supernet, loaders: dict[str, Any], cfg: Dic
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         settings_cfg.warmup_epochs * steps_per_epoch, total_steps, cfg.optim.warmup_factor))
     checkpoint_dir = out_dir / "checkpoints" / phase
-    step = resume_or_load(checkpoint_dir, supernet, optimizer, scheduler, restore_rng=True)
+    ema = build_ema(supernet, cfg.ema.enabled, cfg.ema.decay)
+    resumed = resume_training(checkpoint_dir, supernet, optimizer, scheduler, ema) if cfg.resume else None
+    step = 0 if resumed is None else resumed.step
     check_epoch_aligned(step, steps_per_epoch, checkpoint_dir)
-    ema = resume_ema(supernet, cfg.ema.enabled, cfg.ema.decay, checkpoint_dir.with_name(f"{phase}_ema"))
     settings = SandwichSettings(**OmegaConf.to_container(cfg.sandwich, resolve=True))
     first_epoch = step // steps_per_epoch
     last_epoch = settings_cfg.epochs
@@ -238,12 +253,10 @@ def _run_phase(phase: str, supernet: Supernet, loaders: dict[str, Any], cfg: Dic
         if ctx.is_main:
             extra = {"phase": phase, "epoch": epoch + 1, "space": str(supernet.space)}
             save_checkpoint(checkpoint_dir, step=step, model=supernet, optimizer=optimizer, scheduler=scheduler,
-                            arch={"space": str(supernet.space), "num_classes": supernet.num_classes,
-                                  "resolutions": list(supernet.resolutions)},
+                            modules=ema_modules(ema), arch={"space": str(supernet.space),
+                                                            "num_classes": supernet.num_classes,
+                                                            "resolutions": list(supernet.resolutions)},
                             config=to_container(cfg), extra=extra, keep_last=cfg.keep_last)
-            if ema is not None:
-                save_checkpoint(checkpoint_dir.with_name(f"{phase}_ema"), step=step, model=ema.module,
-                                extra=extra, keep_last=cfg.keep_last)
         barrier()
     return {"steps": step, "total_steps": total_steps, "complete": step == total_steps, "lr": lr,
             "steps_per_epoch": steps_per_epoch, "eval": evaluation, "history": history, "ema": ema}
@@ -254,13 +267,18 @@ def train_supernet(cfg: DictConfig) -> dict[str, Any]:
     ctx = start_training(cfg.trainer)
     out_dir = Path(cfg.output_dir)
     try:
-        if not cfg.resume and ctx.is_main and (out_dir / "checkpoints").exists():
-            shutil.rmtree(out_dir / "checkpoints")
-        barrier()
-        datasets = _datasets(cfg, ctx)
+        # Every input is checked before anything is written, moved or generated.
         sc = cfg.supernet
         supernet = Supernet.from_encoding(cfg.space, num_classes=sc.num_classes, dropout=cfg.sandwich.dropout,
                                           resolutions=None if sc.resolutions is None else list(sc.resolutions))
+        _check_data(cfg.data)
+        if cfg.resume:
+            for phase in PHASES:
+                check_resumable(out_dir / "checkpoints" / phase, cfg.ema.enabled)
+        if not cfg.resume and ctx.is_main:
+            move_aside(out_dir / "checkpoints")
+        barrier()
+        datasets = _datasets(cfg, ctx)
         supernet.to(ctx.device)
         summary: dict[str, Any] = {"space": cfg.space, "phases": {}}
         with instantiate(cfg.logger)(out_dir, run_name=f"supernet-{cfg.space}", config=to_container(cfg)) as logger:

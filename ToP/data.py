@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from transformers import DataCollatorWithPadding
 
 from moonlit.common.data.glue import GlueTask, get_glue_task, load_glue, tokenize_glue
-from moonlit.common.data.loaders import resolve_rank_world
+from moonlit.common.data.loaders import EpochLoader, resolve_rank_world
 
 # The padded lengths the paper's FLOPs-reduction column is measured against (ToP notes).
 PADDED_LENGTH = {"cola": 64, "sst2": 64, "stsb": 64, "qqp": 128, "mrpc": 128, "mnli": 128, "qnli": 128, "rte": 256}
@@ -73,7 +73,7 @@ def glue_loader(dataset: datasets.Dataset, tokenizer: Any, batch_size: int, *, s
 
     Shuffled order comes from a ``DistributedSampler`` (also with one process): it depends on
     (seed, epoch) only, so call ``set_epoch(loader, epoch)`` each epoch and a resumed run replays
-    the order of the epoch it resumes at.
+    the order of the epoch it resumes at. The loader draws nothing from the global RNGs.
     """
     columns = [c for c in ("input_ids", "attention_mask", "token_type_ids", "label") if c in dataset.column_names]
     collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
@@ -82,7 +82,7 @@ def glue_loader(dataset: datasets.Dataset, tokenizer: Any, batch_size: int, *, s
     sampler = None
     if shuffle or world_size > 1:
         sampler = DistributedSampler(formatted, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
-    return DataLoader(formatted, batch_size=batch_size, sampler=sampler, collate_fn=collator)
+    return EpochLoader(formatted, batch_size=batch_size, sampler=sampler, collate_fn=collator, seed=seed, rank=rank)
 
 
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 from typing import Any
 
 import torch
@@ -30,7 +29,7 @@ from tqdm import tqdm
 
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.loaders import set_epoch
-from moonlit.common.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from moonlit.common.train.checkpoint import latest_checkpoint, load_checkpoint, move_aside, save_checkpoint
 
 from .artifacts import load_pruned, save_pruned
 from .constraint import LagrangianConstraint, encoder_macs, expected_lengths
@@ -146,12 +145,14 @@ def run_prune(cfg: DictConfig) -> dict[str, Any]:
                                 constant_groups=2)
     ranking_layers = list(cfg.prune.ranking_layers or default_ranking_layers(student.config.num_hidden_layers))
 
-    # Everything a resumed run needs, checkpointed atomically at each epoch end.
+    # Everything a resumed run needs, checkpointed atomically at each epoch end (the loaders draw
+    # nothing from the global RNGs, which the checkpoint restores). The inputs (teacher, data) were
+    # all read above: only now is an earlier run's checkpoint folder moved aside for a fresh start.
     state = torch.nn.ModuleDict({"student": student, "gates": gates, "constraint": constraint})
     checkpoint_dir = out_dir / "checkpoints"
     step, best, history = 0, None, []
-    if not cfg.resume and checkpoint_dir.exists():
-        shutil.rmtree(checkpoint_dir)
+    if not cfg.resume:
+        move_aside(checkpoint_dir)
     if cfg.resume and latest_checkpoint(checkpoint_dir) is not None:
         resumed = load_checkpoint(checkpoint_dir, state, optimizer, scheduler, restore_rng=True)
         step, best, history = resumed.step, resumed.extra.get("best"), resumed.extra.get("history", [])

@@ -11,16 +11,20 @@ shard with ``DistributedSampler`` across ranks.
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from .loaders import resolve_rank_world, set_epoch  # noqa: F401  (set_epoch re-exported)
+from moonlit.common.errors import InputError
+
+from .loaders import EpochLoader, resolve_rank_world, set_epoch  # noqa: F401  (set_epoch re-exported)
 from torchvision.datasets import ImageFolder
 
 
@@ -47,14 +51,70 @@ def build_transform(
                             std=tuple(std), crop_pct=crop_pct, **train_aug)
 
 
+class ImageRootError(InputError, FileNotFoundError):
+    """An image root that is missing or lacks the ``{train,val}/<class>/<image>`` layout."""
+
+
+def check_image_root(root: str | Path) -> Path:
+    """``root`` if it holds ``train/`` and ``val/`` folders, else :class:`ImageRootError` (writes nothing)."""
+    root = Path(root)
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise ImageRootError(f"image root {root}: {root / split} is not a directory; expected an ImageNet-style "
+                                 f"folder {root}/{{train,val}}/<class>/<image>")
+    return root
+
+
 def _image_folder(split_dir: Path) -> ImageFolder:
     if not split_dir.is_dir():
-        raise FileNotFoundError(f"{split_dir} not found; expected an ImageNet-style folder "
-                                f"{split_dir.parent}/{{train,val}}/<class>/<image>")
+        raise ImageRootError(f"{split_dir} not found; expected an ImageNet-style folder "
+                             f"{split_dir.parent}/{{train,val}}/<class>/<image>")
     try:
         return ImageFolder(str(split_dir))
     except FileNotFoundError as exc:  # no class folders, or a class folder without images
-        raise FileNotFoundError(f"{split_dir}: {exc}") from exc
+        raise ImageRootError(f"{split_dir}: {exc}") from exc
+
+
+def check_generated_root(root: str | Path) -> Path:
+    """``root`` is absent, empty, or a complete generated folder (``train/`` and ``val/``); writes nothing."""
+    root = Path(root)
+    if not root.exists():
+        return root
+    if not root.is_dir():
+        raise ImageRootError(f"image root {root} is a file; expected a folder to generate images into")
+    splits = [(root / split).is_dir() for split in ("train", "val")]
+    if splits == [False, False] and any(root.iterdir()):
+        raise ImageRootError(f"image root {root} is not empty but has no train/ and val/ folders; images are "
+                             "generated only into a missing or empty folder: remove it or point data.root elsewhere")
+    if splits in ([True, False], [False, True]):
+        raise ImageRootError(f"image root {root} holds only one of train/ and val/; expected both: remove it "
+                             "or point data.root elsewhere")
+    return root
+
+
+def generate_image_root(root: str | Path, generate: Mapping[str, Any]) -> Path:
+    """Write ``moonlit.common.data.synthetic`` images to ``root`` unless it already holds them.
+
+    ``generate`` holds ``num_classes``, ``train_per_class``, ``val_per_class``, ``image_size``,
+    ``seed``. The images are written into a temporary folder beside ``root`` and renamed into
+    place, so an interrupted run leaves no half-written data set behind.
+    """
+    from .synthetic import write_image_folder
+
+    root = check_generated_root(root)
+    if (root / "train").is_dir():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        write_image_folder(tmp, num_classes=generate["num_classes"], image_size=generate["image_size"],
+                           seed=generate["seed"], images_per_class={"train": generate["train_per_class"],
+                                                                    "val": generate["val_per_class"]})
+        os.replace(tmp, root)  # also replaces an empty root
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
 
 
 def holdout_indices(targets: list[int] | np.ndarray, per_class: int, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -97,7 +157,7 @@ def build_imagenet_datasets(
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image root {root} does not exist; expected {root}/train and {root}/val")
+        raise ImageRootError(f"image root {root} does not exist; expected {root}/train and {root}/val")
     train_folder, val_folder = _image_folder(root / "train"), _image_folder(root / "val")
     if train_folder.classes != val_folder.classes:
         only_train = sorted(set(train_folder.classes) - set(val_folder.classes))
@@ -130,8 +190,11 @@ def build_loader(
 
     Shuffling (and any sharding over world size > 1) goes through ``DistributedSampler``, whose
     order is a function of (seed, epoch) alone, so every rank agrees and a resumed run replays
-    the same order. Unshuffled single-process loading is sequential. Like any DistributedSampler,
-    an unshuffled sharded evaluation pads the last shard with repeated samples unless drop_last.
+    the same order. The workers' augmentation RNGs are seeded from (seed, rank, epoch) by
+    ``set_epoch`` (workers restart each epoch); with ``num_workers=0`` augmentation draws from the
+    global RNGs, which checkpoints save and restore. Unshuffled single-process loading is
+    sequential. Like any DistributedSampler, an unshuffled sharded evaluation pads the last shard
+    with repeated samples unless drop_last.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -140,8 +203,5 @@ def build_loader(
     if shuffle or world_size > 1:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
                                      drop_last=drop_last)
-    # Seeds the workers' RNGs (augmentation) per rank; the sample order comes from the sampler.
-    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, drop_last=drop_last, generator=generator,
-                      persistent_workers=num_workers > 0)
+    return EpochLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                       pin_memory=pin_memory, drop_last=drop_last, seed=seed, rank=rank)

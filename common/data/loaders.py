@@ -1,9 +1,18 @@
-"""Loader plumbing shared by the data modules: rank/world resolution and per-epoch reshuffling."""
+"""Loader plumbing shared by the data modules: rank/world resolution and per-epoch reseeding.
+
+A resumed run must see, from the epoch it resumes at, exactly the batches of the uninterrupted run:
+the sample order *and* the random augmentation. :class:`EpochLoader` makes both a function of
+(seed, rank, epoch): ``set_epoch`` reshuffles the sampler and reseeds the generator from which
+every iterator draws its workers' seeds (workers are not persistent, so each epoch starts fresh).
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
+
+__all__ = ["EpochLoader", "epoch_seed", "resolve_rank_world", "set_epoch"]
 
 
 def resolve_rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -19,7 +28,38 @@ def resolve_rank_world(rank: int | None = None, world_size: int | None = None) -
     return rank, world_size
 
 
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """The seed of ``rank``'s loader generator in ``epoch`` (numpy ``SeedSequence([seed, rank, epoch])``)."""
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader whose randomness is a function of (seed, rank, epoch) once ``set_epoch`` is called.
+
+    Each iterator draws its worker base seed (workers seed torch, ``random`` and numpy from it;
+    with no workers the draw is made but augmentation uses the main process's global RNGs) from
+    ``self.generator``, which ``set_epoch`` reseeds; the sampler, if it has ``set_epoch``, reshuffles.
+    """
+
+    def __init__(self, *args, seed: int = 0, rank: int = 0, **kwargs) -> None:
+        if kwargs.get("persistent_workers"):
+            raise ValueError("EpochLoader reseeds its workers every epoch; persistent_workers must be False")
+        super().__init__(*args, generator=torch.Generator(), **kwargs)
+        self.seed, self.rank = seed, rank
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+        self.epoch = epoch
+        self.generator.manual_seed(epoch_seed(self.seed, self.rank, epoch))
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
 def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Reshuffle for ``epoch``: forwards to the sampler's ``set_epoch`` when it has one."""
-    if hasattr(loader.sampler, "set_epoch"):
+    """Prepare ``loader`` for ``epoch``: reseed an :class:`EpochLoader`, else reshuffle its sampler."""
+    if isinstance(loader, EpochLoader):
+        loader.set_epoch(epoch)
+    elif hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)

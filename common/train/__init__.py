@@ -9,9 +9,11 @@ generators).
 from .checkpoint import (
     CheckpointError,
     CheckpointState,
+    checkpoint_meta,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    move_aside,
     resume_or_load,
     save_checkpoint,
 )
@@ -45,6 +47,7 @@ __all__ = [
     "all_reduce_mean",
     "barrier",
     "broadcast_object",
+    "checkpoint_meta",
     "cleanup_distributed",
     "get_rank",
     "get_rng_state",
@@ -55,6 +58,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "load_foreign_checkpoint",
+    "move_aside",
     "rank_zero_only",
     "resolve_device",
     "resume_or_load",

@@ -4,16 +4,20 @@ Implements the repository's checkpoint convention (ARCHITECTURE.md, "Checkpoints
 is a directory ``step_{step:08d}/`` holding
 
 - ``model.safetensors``: the model's ``state_dict`` (tied/shared tensors stored as separate copies);
+- ``<name>.safetensors``: the ``state_dict`` of each named extra module (``modules={"ema": ...}``:
+  an EMA copy of the model), so that everything a resumed run needs is one atomic checkpoint;
 - ``optimizer.safetensors``: the tensors of the optimizer and scheduler state;
 - ``rng.safetensors``: torch CPU (uint8) and CUDA generator states;
 - ``state.json``: everything else of the optimizer/scheduler state (param_groups, counters) and the
   python/numpy RNG states, with ``{"__tensor__": key}`` where a tensor was (see ``state_codec``);
-- ``meta.json``: step, arch, config, extra, library versions, and the byte size of every file.
+- ``meta.json``: step, arch, config, extra (e.g. a sampler's state, the epoch), the names of the
+  extra modules, library versions, and the byte size of every file.
 
 A checkpoint is written into a hidden temporary directory beside it, fsynced, and renamed into
 place; then the ``latest`` pointer file is replaced atomically. A crash leaves at worst a hidden
 temporary directory, which lookups ignore and the next save deletes. Only one process (rank 0)
-should save into a directory.
+should save into a directory. A fresh run that must not resume moves an earlier run's checkpoints
+aside (:func:`move_aside`) instead of deleting them.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +49,11 @@ from .state_codec import CheckpointError, decode_state, encode_state, storage_sa
 __all__ = [
     "CheckpointError",
     "CheckpointState",
+    "checkpoint_meta",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "move_aside",
     "resume_or_load",
     "save_checkpoint",
 ]
@@ -57,6 +65,8 @@ FORMAT_VERSION = 1
 MODEL_FILE, OPTIMIZER_FILE, RNG_FILE = "model.safetensors", "optimizer.safetensors", "rng.safetensors"
 STATE_FILE, META_FILE, LATEST_FILE = "state.json", "meta.json", "latest"
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
+_MODULE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_RESERVED_NAMES = {"model", "optimizer", "rng"}
 _TMP_PREFIX, _TRASH_PREFIX, _LATEST_TMP_PREFIX = ".tmp-", ".trash-", ".latest.tmp-"
 
 
@@ -71,6 +81,7 @@ class CheckpointState:
     extra: Any
     versions: dict[str, str]
     rng: dict[str, Any]
+    modules: tuple[str, ...] = ()
     missing_keys: tuple[str, ...] = ()
     unexpected_keys: tuple[str, ...] = ()
 
@@ -206,6 +217,39 @@ def _prune(root: Path, keep_last: int, newest: Path) -> None:
         shutil.rmtree(old)
 
 
+def move_aside(directory: str | os.PathLike[str]) -> Path | None:
+    """Rename ``directory`` (an earlier run's checkpoints) to ``<name>.replaced-<UTC time>`` beside it.
+
+    For a fresh start (``resume=false``) over an existing run: nothing is deleted. Returns the new
+    path, or None when ``directory`` does not exist or is empty.
+    """
+    root = Path(directory)
+    if not root.exists() or (root.is_dir() and not any(root.iterdir())):
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = root.with_name(f"{root.name}.replaced-{stamp}")
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = root.with_name(f"{root.name}.replaced-{stamp}-{suffix}")
+    os.replace(root, target)
+    _log.warning("resume=false: moved the earlier checkpoints %s aside to %s", root, target)
+    return target
+
+
+def _module_file(name: str) -> str:
+    return f"{name}.safetensors"
+
+
+def _check_module_names(modules: Mapping[str, torch.nn.Module]) -> None:
+    for name, module in modules.items():
+        if not isinstance(name, str) or not _MODULE_NAME.match(name) or name in _RESERVED_NAMES:
+            raise ValueError(f"checkpoint module name {name!r} must match [a-z][a-z0-9_]* and not be one of "
+                             f"{sorted(_RESERVED_NAMES)}")
+        if not isinstance(module, torch.nn.Module):
+            raise ValueError(f"checkpoint module {name!r} must be a torch.nn.Module, got {type(module).__name__}")
+
+
 # ---- save / load -----------------------------------------------------------------------------
 
 
@@ -216,6 +260,7 @@ def save_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any | None = None,
+    modules: Mapping[str, torch.nn.Module] | None = None,
     arch: Any = None,
     config: Any = None,
     extra: Any = None,
@@ -224,24 +269,31 @@ def save_checkpoint(
     """Write ``directory/step_{step:08d}/`` atomically, point ``latest`` at it, prune old ones.
 
     ``step`` is the number of optimisation steps done; ``resume_or_load`` returns it as the step to
-    continue from. ``arch``/``config``/``extra`` must be JSON-serialisable (OmegaConf is converted).
-    ``keep_last=None`` keeps every checkpoint. A checkpoint of the same step is replaced.
+    continue from. ``modules`` are further models saved beside ``model`` in the same checkpoint
+    (``{"ema": ema_model}`` → ``ema.safetensors``). ``arch``/``config``/``extra`` must be
+    JSON-serialisable (OmegaConf is converted). ``keep_last=None`` keeps every checkpoint. A
+    checkpoint of the same step is replaced.
     """
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be a non-negative int, got {step!r}")
     if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1):
         raise ValueError(f"keep_last must be a positive int or None, got {keep_last!r}")
+    modules = dict(modules or {})
+    _check_module_names(modules)
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(root)
     name = f"step_{step:08d}"
     meta: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": step,
                             "arch": _plain(arch, "arch"), "config": _plain(config, "config"),
-                            "extra": _plain(extra, "extra"), "versions": _versions(), "created": time.time()}
+                            "extra": _plain(extra, "extra"), "modules": sorted(modules), "versions": _versions(),
+                            "created": time.time()}
 
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{name}-", dir=root))
     try:
         _write_tensors(tmp / MODEL_FILE, _unwrap(model).state_dict())
+        for module_name, module in sorted(modules.items()):
+            _write_tensors(tmp / _module_file(module_name), _unwrap(module).state_dict())
         train_tensors: dict[str, torch.Tensor] = {}
         rng_tensors: dict[str, torch.Tensor] = {}
         state: dict[str, Any] = {"rng": encode_state(get_rng_state(), "rng", rng_tensors)}
@@ -287,6 +339,32 @@ def _checkpoint_dir(path: Path) -> Path:
     return found
 
 
+def checkpoint_meta(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint ``path`` names (itself, or the latest under it) and its verified ``meta.json``.
+
+    Checks the format, the step, and every listed file's presence and byte size, reading no
+    tensors: a cheap way to validate a resume before anything is written.
+    """
+    ckpt = _checkpoint_dir(Path(path))
+    meta = _read_json(ckpt / META_FILE)
+    if meta.get("format") != FORMAT or not isinstance(meta.get("step"), int) or not isinstance(meta.get("files"), dict):
+        raise CheckpointError(f"{ckpt / META_FILE} is not a {FORMAT} meta file (needs 'format', int 'step', 'files')")
+    modules = meta.get("modules", [])
+    if not isinstance(modules, list) or not all(isinstance(m, str) and _MODULE_NAME.match(m) for m in modules):
+        raise CheckpointError(f"{ckpt / META_FILE} has 'modules' {modules!r}; expected a list of module names")
+    for name, size in meta["files"].items():
+        file = ckpt / name
+        if not file.is_file():
+            raise CheckpointError(f"{file} is missing but {META_FILE} lists it; the checkpoint is incomplete")
+        if file.stat().st_size != size:
+            raise CheckpointError(f"{file} has {file.stat().st_size} bytes but {META_FILE} records {size}; "
+                                  "it is truncated or was modified")
+    for name in modules:
+        if _module_file(name) not in meta["files"]:
+            raise CheckpointError(f"{ckpt / META_FILE} names module {name!r} but lists no {_module_file(name)}")
+    return ckpt, meta
+
+
 def load_checkpoint(
     path: str | os.PathLike[str],
     model: torch.nn.Module | None = None,
@@ -295,23 +373,23 @@ def load_checkpoint(
     strict: bool = True,
     map_location: str | torch.device = "cpu",
     restore_rng: bool = False,
+    modules: Mapping[str, torch.nn.Module] | None = None,
 ) -> CheckpointState:
     """Load a checkpoint directory (or the latest one in a directory of checkpoints).
 
-    Loads tensors into whichever of ``model``/``optimizer``/``scheduler`` are given and restores
-    the global RNGs when ``restore_rng``. Every file's size is checked against ``meta.json`` first.
+    Loads tensors into whichever of ``model``/``optimizer``/``scheduler``/``modules`` are given and
+    restores the global RNGs when ``restore_rng``. Every file's size is checked against
+    ``meta.json`` first. A module asked for that the checkpoint was saved without is an error.
     """
-    ckpt = _checkpoint_dir(Path(path))
-    meta = _read_json(ckpt / META_FILE)
-    if meta.get("format") != FORMAT or not isinstance(meta.get("step"), int) or not isinstance(meta.get("files"), dict):
-        raise CheckpointError(f"{ckpt / META_FILE} is not a {FORMAT} meta file (needs 'format', int 'step', 'files')")
-    for name, size in meta["files"].items():
-        file = ckpt / name
-        if not file.is_file():
-            raise CheckpointError(f"{file} is missing but {META_FILE} lists it; the checkpoint is incomplete")
-        if file.stat().st_size != size:
-            raise CheckpointError(f"{file} has {file.stat().st_size} bytes but {META_FILE} records {size}; "
-                                  "it is truncated or was modified")
+    ckpt, meta = checkpoint_meta(path)
+    modules = dict(modules or {})
+    _check_module_names(modules)
+    saved_modules = tuple(meta.get("modules", ()))
+    absent = sorted(set(modules) - set(saved_modules))
+    if absent:
+        raise CheckpointError(f"checkpoint {ckpt} has no {absent} weights (it holds model"
+                              f"{''.join(', ' + m for m in saved_modules)}): it was saved with them switched off; "
+                              "resume with the settings it was saved with, or start afresh with resume=false")
     state_path = ckpt / STATE_FILE
     state = _read_json(state_path)
 
@@ -324,6 +402,12 @@ def load_checkpoint(
         except RuntimeError as err:
             raise CheckpointError(f"{ckpt / MODEL_FILE} does not fit the model: {err}") from err
         missing, unexpected = tuple(result.missing_keys), tuple(result.unexpected_keys)
+    for module_name, module in modules.items():
+        file = ckpt / _module_file(module_name)
+        try:
+            _unwrap(module).load_state_dict(_read_tensors(file, map_location), strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"{file} does not fit the {module_name!r} module: {err}") from err
 
     if optimizer is not None or scheduler is not None:
         train_tensors = _read_tensors(ckpt / OPTIMIZER_FILE, map_location)
@@ -344,7 +428,7 @@ def load_checkpoint(
         set_rng_state(rng)
     return CheckpointState(path=ckpt, step=meta["step"], arch=meta.get("arch"), config=meta.get("config"),
                            extra=meta.get("extra"), versions=meta.get("versions", {}), rng=rng,
-                           missing_keys=missing, unexpected_keys=unexpected)
+                           modules=saved_modules, missing_keys=missing, unexpected_keys=unexpected)
 
 
 def resume_or_load(
@@ -354,6 +438,7 @@ def resume_or_load(
     scheduler: Any | None = None,
     restore_rng: bool = True,
     *,
+    modules: Mapping[str, torch.nn.Module] | None = None,
     strict: bool = True,
     map_location: str | torch.device = "cpu",
 ) -> int:
@@ -371,6 +456,6 @@ def resume_or_load(
     if not is_checkpoint and path.is_dir() and latest_checkpoint(path) is None:
         return 0
     state = load_checkpoint(path, model, optimizer, scheduler, strict=strict, map_location=map_location,
-                            restore_rng=restore_rng)
+                            restore_rng=restore_rng, modules=modules)
     _log.info("resumed from %s at step %d", state.path, state.step)
     return state.step

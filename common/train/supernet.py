@@ -7,12 +7,15 @@ runs all its backward passes, and the gradients are averaged once (:func:`averag
 Evaluation re-estimates a subnet's BN statistics on its own shard and averages them over ranks
 (:func:`average_bn_statistics`, :func:`evaluate_recalibrated`). :func:`batch_statistics_forward`
 runs an extra scoring forward (ElasticViT's bank scores) with batch statistics while leaving every
-running statistic and the training flags as they were.
+running statistic and the training flags as they were. An EMA of the supernet (:func:`build_ema`)
+is saved inside the training checkpoint (``modules={"ema": ...}``), so a resumed run gets the
+supernet, optimizer, sampler, RNGs and EMA of one step, or none of them (:func:`resume_training`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,11 +24,17 @@ import torch
 from torch import nn
 
 from .bn_recalibration import batch_norm_layers, recalibrate_batch_norm
+from .checkpoint import CheckpointError, CheckpointState, checkpoint_meta, latest_checkpoint, load_checkpoint
 from .classifier import evaluate_top1
 from .dist import DistContext
 
-__all__ = ["average_bn_statistics", "average_gradients", "batch_statistics_forward", "check_epoch_aligned",
-           "evaluate_recalibrated", "resume_ema", "start_training"]
+__all__ = ["EMA_MODULE", "average_bn_statistics", "average_gradients", "batch_statistics_forward", "build_ema",
+           "check_epoch_aligned", "check_resumable", "evaluate_recalibrated", "ema_modules", "resume_training",
+           "start_training"]
+
+log = logging.getLogger(__name__)
+
+EMA_MODULE = "ema"  # the name of the EMA weights in a checkpoint (ema.safetensors)
 
 
 @torch.no_grad()
@@ -111,14 +120,47 @@ def check_epoch_aligned(step: int, steps_per_epoch: int, checkpoint_dir: str | P
                          "was the batch size, data or max_steps_per_epoch changed?")
 
 
-def resume_ema(model: nn.Module, enabled: bool, decay: float, ema_dir: str | Path) -> Any:
-    """timm's ``ModelEmaV2`` of ``model`` restored from ``ema_dir`` when it holds a checkpoint; None if off."""
+def build_ema(model: nn.Module, enabled: bool, decay: float) -> Any:
+    """timm's ``ModelEmaV2`` of ``model`` (a copy of its current weights), or None when EMA is off."""
     if not enabled:
         return None
     from timm.utils import ModelEmaV2
 
-    from .checkpoint import resume_or_load
+    return ModelEmaV2(model, decay=decay)
 
-    ema = ModelEmaV2(model, decay=decay)
-    resume_or_load(Path(ema_dir), ema.module, restore_rng=False)
-    return ema
+
+def ema_modules(ema: Any) -> dict[str, nn.Module]:
+    """The ``modules`` argument of save/load_checkpoint for ``ema`` (empty when it is None)."""
+    return {} if ema is None else {EMA_MODULE: ema.module}
+
+
+def check_resumable(checkpoint_dir: str | Path, ema_enabled: bool) -> Path | None:
+    """The checkpoint a resume would load from ``checkpoint_dir`` (None: a fresh start), verified.
+
+    Reads only ``meta.json`` and file sizes, so it can run before anything is written: a truncated
+    checkpoint, or one without EMA weights while EMA is on, raises :class:`CheckpointError` here.
+    """
+    if latest_checkpoint(checkpoint_dir) is None:
+        return None
+    path, meta = checkpoint_meta(checkpoint_dir)
+    if ema_enabled and EMA_MODULE not in meta.get("modules", []):
+        raise CheckpointError(f"checkpoint {path} has no EMA weights but ema.enabled=true: it was saved with "
+                              "EMA off; resume with ema.enabled=false, or start afresh with resume=false")
+    return path
+
+
+def resume_training(checkpoint_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    ema: Any = None) -> CheckpointState | None:
+    """Load the latest checkpoint of ``checkpoint_dir`` into model, optimizer, scheduler, RNGs and ``ema``.
+
+    Returns what was loaded (``extra`` holds e.g. the sampler's state), or None when there is no
+    checkpoint yet. EMA weights in the checkpoint while ``ema`` is None are ignored, with a warning.
+    """
+    if check_resumable(checkpoint_dir, ema is not None) is None:
+        return None
+    state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, restore_rng=True, modules=ema_modules(ema))
+    if ema is None and EMA_MODULE in state.modules:
+        log.warning("checkpoint %s holds EMA weights but EMA is off: they are ignored, and later checkpoints "
+                    "have none", state.path)
+    log.info("resumed from %s at step %d", state.path, state.step)
+    return state

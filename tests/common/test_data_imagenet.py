@@ -6,17 +6,23 @@ pipeline written out by hand; sampler shards are checked for disjointness and co
 
 from __future__ import annotations
 
+import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 from torchvision import transforms as T
 
-from moonlit.common.data.imagenet import (build_imagenet_datasets, build_loader, build_transform,
+from moonlit.common.data.imagenet import (ImageRootError, build_imagenet_datasets, build_loader, build_transform,
+                                          check_generated_root, check_image_root, generate_image_root,
                                           holdout_indices, resolve_rank_world, set_epoch)
+from moonlit.common.data.loaders import epoch_seed
+from moonlit.common.errors import InputError
+from moonlit.common.train.seed import get_rng_state, set_rng_state
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -81,7 +87,7 @@ def test_train_augmentation_knobs_pass_through(synthetic_image_root: Path) -> No
 
 
 def test_folder_errors(tmp_path: Path, synthetic_image_root: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ImageRootError, match="does not exist"):
         build_imagenet_datasets(tmp_path / "missing")
     root = tmp_path / "root"
     shutil.copytree(synthetic_image_root / "train", root / "train")
@@ -97,6 +103,77 @@ def test_folder_errors(tmp_path: Path, synthetic_image_root: Path) -> None:
         build_imagenet_datasets(root)
     with pytest.raises(ValueError, match="not more than the 8 to hold out"):
         build_imagenet_datasets(synthetic_image_root, holdout_per_class=8)
+
+
+class RandomDraws(Dataset):
+    """Item i: i and one draw from each of torch's, python's and numpy's global RNGs (augmentation's sources)."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor([index, torch.rand(()).item(), random.random(), np.random.rand()], dtype=torch.float64)
+
+
+def _epoch_draws(loader, epoch: int) -> torch.Tensor:
+    set_epoch(loader, epoch)
+    return torch.cat(list(loader))
+
+
+@pytest.mark.parametrize("num_workers", [2, 0])
+def test_augmentation_rng_depends_on_seed_rank_and_epoch_only(num_workers: int) -> None:
+    def loader(rank: int = 0):
+        return build_loader(RandomDraws(), batch_size=4, shuffle=True, seed=5, num_workers=num_workers,
+                            rank=rank, world_size=2)
+
+    torch.manual_seed(0), random.seed(0), np.random.seed(0)
+    straight = loader()
+    epochs = [_epoch_draws(straight, epoch) for epoch in range(2)]
+    saved = get_rng_state()  # what a checkpoint at the end of epoch 1 holds
+    epochs.append(_epoch_draws(straight, 2))
+    after = [torch.rand(()), random.random(), np.random.rand()]
+    torch.manual_seed(1), random.seed(1), np.random.seed(1)
+    resumed = loader()  # a run resumed at epoch 2: a fresh loader, the global RNGs restored (workers=0 needs them)
+    if num_workers == 0:
+        set_rng_state(saved)
+    assert torch.equal(_epoch_draws(resumed, 2), epochs[2])
+    assert not torch.equal(epochs[1][:, 1:], epochs[0][:, 1:]) and not torch.equal(epochs[2][:, 1:], epochs[0][:, 1:])
+    assert not torch.equal(_epoch_draws(loader(rank=1), 2)[:, 1:], epochs[2][:, 1:])  # ranks draw differently
+    if num_workers:  # the workers' draws left the main process's RNGs alone
+        set_rng_state(saved)
+        assert after == [torch.rand(()), random.random(), np.random.rand()]
+        # each worker seeds torch from base_seed + worker id, base_seed the first draw of the epoch's generator
+        base_seed = torch.empty((), dtype=torch.int64).random_(
+            generator=torch.Generator().manual_seed(epoch_seed(5, 0, 2))).item()
+        first = epochs[2][0]  # batch 0 comes from worker 0
+        torch.manual_seed(base_seed)
+        assert first[1].item() == torch.rand(()).item()
+
+
+def test_image_root_checks_write_nothing(tmp_path: Path, synthetic_image_root: Path) -> None:
+    assert check_image_root(synthetic_image_root) == synthetic_image_root
+    with pytest.raises(ImageRootError, match="missing/train is not a directory") as caught:
+        check_image_root(tmp_path / "missing")
+    assert isinstance(caught.value, InputError) and isinstance(caught.value, FileNotFoundError)
+    assert check_generated_root(tmp_path / "absent") == tmp_path / "absent"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty but has no train/ and val/"):
+        check_generated_root(tmp_path / "other")
+    (tmp_path / "half" / "train").mkdir(parents=True)
+    with pytest.raises(InputError, match="only one of train/ and val/"):
+        check_generated_root(tmp_path / "half")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["half", "other"]
+
+
+def test_generated_root_is_written_once_and_whole(tmp_path: Path) -> None:
+    generate = {"num_classes": 2, "train_per_class": 3, "val_per_class": 1, "image_size": 16, "seed": 0}
+    root = generate_image_root(tmp_path / "images", generate)
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
+    assert len(files) == 2 * 3 + 2 * 1 and sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*.jpg")}
+    generate_image_root(root, {**generate, "train_per_class": 5})  # present: left as it is
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*.jpg")} == stamps
 
 
 def _order(loader) -> list[int]:

@@ -22,9 +22,11 @@ from torch import nn
 from moonlit.common.train import checkpoint as ckpt_module
 from moonlit.common.train.checkpoint import (
     CheckpointError,
+    checkpoint_meta,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    move_aside,
     resume_or_load,
     save_checkpoint,
 )
@@ -177,6 +179,74 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path: Path, monkeypatch
     fresh, fresh_optimizer, fresh_scheduler = _setup(5)
     assert resume_or_load(tmp_path, fresh, fresh_optimizer, fresh_scheduler, restore_rng=False) == 1
     assert torch.equal(fresh.hidden.weight, saved_weight)
+
+
+def test_extra_modules_live_in_the_same_checkpoint(tmp_path: Path) -> None:
+    model, optimizer, scheduler = _setup(0)
+    ema = nn.Linear(3, 2)
+    with torch.no_grad():
+        ema.weight.copy_(torch.arange(6.0).view(2, 3))
+        ema.bias.fill_(-1.0)
+    path = save_checkpoint(tmp_path, step=3, model=model, optimizer=optimizer, scheduler=scheduler,
+                           modules={"ema": ema})
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["modules"] == ["ema"]
+    assert meta["files"]["ema.safetensors"] == (path / "ema.safetensors").stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000003"]  # no second folder
+    restored = nn.Linear(3, 2)
+    state = load_checkpoint(tmp_path, modules={"ema": restored})
+    assert state.modules == ("ema",)
+    assert torch.equal(restored.weight, torch.arange(6.0).view(2, 3)) and torch.equal(restored.bias, -torch.ones(2))
+    assert checkpoint_meta(tmp_path) == (path, meta)
+
+    with pytest.raises(CheckpointError, match=r"has no \['teacher'\] weights \(it holds model, ema\)"):
+        load_checkpoint(tmp_path, modules={"teacher": nn.Linear(3, 2)})
+    with pytest.raises(CheckpointError, match="ema.safetensors does not fit the 'ema' module"):
+        load_checkpoint(tmp_path, modules={"ema": nn.Linear(4, 2)})
+    for bad in ("model", "Ema", "ema-2", ""):
+        with pytest.raises(ValueError, match="module name"):
+            save_checkpoint(tmp_path, step=4, model=model, modules={bad: ema})
+    (path / "ema.safetensors").write_bytes(b"truncated")
+    with pytest.raises(CheckpointError, match="ema.safetensors has 9 bytes"):
+        checkpoint_meta(tmp_path)
+
+
+def test_crash_inside_a_save_with_modules_keeps_model_and_ema_paired(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    model, ema = nn.Linear(2, 2), nn.Linear(2, 2)
+    save_checkpoint(tmp_path, step=1, model=model, modules={"ema": ema})
+    real_write = ckpt_module._write_tensors
+
+    def crash_after_model(path: Path, tensors: dict) -> None:
+        real_write(path, tensors)
+        if path.name == "model.safetensors":
+            raise OSError("killed (simulated)")
+
+    monkeypatch.setattr(ckpt_module, "_write_tensors", crash_after_model)
+    with torch.no_grad():
+        model.weight.fill_(7.0)
+    with pytest.raises(OSError, match="simulated"):
+        save_checkpoint(tmp_path, step=2, model=model, modules={"ema": ema})
+    monkeypatch.undo()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000001"]
+    assert load_checkpoint(tmp_path, nn.Linear(2, 2), modules={"ema": nn.Linear(2, 2)}).step == 1
+
+
+def test_move_aside_renames_and_never_deletes(tmp_path: Path) -> None:
+    assert move_aside(tmp_path / "missing") is None
+    (tmp_path / "empty").mkdir()
+    assert move_aside(tmp_path / "empty") is None and (tmp_path / "empty").is_dir()
+    runs = tmp_path / "run"
+    save_checkpoint(runs / "checkpoints", step=5, model=nn.Linear(2, 2))
+    before = sorted((str(p.relative_to(runs / "checkpoints")), p.stat().st_size)
+                    for p in (runs / "checkpoints").rglob("*") if p.is_file())
+    first = move_aside(runs / "checkpoints")
+    assert not (runs / "checkpoints").exists() and first.name.startswith("checkpoints.replaced-")
+    assert before == sorted((str(p.relative_to(first)), p.stat().st_size) for p in first.rglob("*") if p.is_file())
+    save_checkpoint(runs / "checkpoints", step=1, model=nn.Linear(2, 2))
+    second = move_aside(runs / "checkpoints")  # the same second: a distinct name, nothing overwritten
+    assert second != first and first.is_dir() and second.is_dir()
+    assert latest_checkpoint(first).name == "step_00000005" and latest_checkpoint(second).name == "step_00000001"
 
 
 def test_leftover_temp_dir_is_ignored_then_cleaned(tmp_path: Path) -> None:

@@ -145,7 +145,7 @@ def test_step_gradients_equal_one_summed_loss() -> None:
     loss = adaptive_alpha_divergence(net(images), (sum(probs) / 3).log(), -1.0, 1.0, 5.0)
     expected_losses.append(loss.item())
     (total + loss).backward()
-    assert list(result["losses"].values()) == pytest.approx(expected_losses, rel=1e-5)
+    assert list(result["losses"].values()) == pytest.approx(expected_losses, rel=1e-5, abs=1e-6)  # float32 sums
     expected = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
     assert expected.keys() == grads.keys()
     for name, grad in grads.items():
@@ -228,7 +228,9 @@ def test_smoke_run_decreases_the_loss(tmp_path: Path, smoke_tables: Path) -> Non
     assert stats["max_level_change"] <= 1 and 0 < stats["bank_fill"]["0.6"] + stats["bank_fill"]["1"] + \
         stats["bank_fill"]["1.4"] + stats["bank_fill"]["1.8"]
     out = Path(cfg.output_dir)
-    assert (out / "checkpoints" / "latest").is_file() and (out / "checkpoints_ema" / "latest").is_file()
+    latest = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
+    assert (latest / "model.safetensors").is_file() and (latest / "ema.safetensors").is_file()
+    assert not (out / "checkpoints_ema").exists()
     assert (out / "train.json").is_file() and (out / "metrics.json").is_file()
 
 

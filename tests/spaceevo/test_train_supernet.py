@@ -22,6 +22,7 @@ from moonlit.spaceevo.train_supernet import (
     train_supernet,
     warmup_cosine,
 )
+from safetensors.torch import load_file
 
 SEARCH_RESULT = Path(__file__).resolve().parents[3] / "shared" / "data" / "spaceevo" / "search_result.yaml"
 SMALL_SPACE = "onnxw-000000-000000"  # MobileNetV1Dual everywhere: 5.8M parameters, fast on one core
@@ -131,7 +132,13 @@ def test_resumed_run_equals_the_uninterrupted_run(tmp_path: Path) -> None:
     assert expected.keys() == actual.keys()
     for key, value in expected.items():
         torch.testing.assert_close(actual[key], value, rtol=0, atol=0, msg=key)
-    assert (tmp_path / "b" / "spaceevo" / "supernet" / "smoke" / "checkpoints" / "qat_ema" / "latest").is_file()
+    emas = []
+    for run in ("a", "b"):  # the EMA is saved inside each qat checkpoint
+        qat = tmp_path / run / "spaceevo" / "supernet" / "smoke" / "checkpoints" / "qat"
+        emas.append(load_file(str(qat / (qat / "latest").read_text().strip() / "ema.safetensors")))
+    assert emas[0].keys() == emas[1].keys()
+    for key, value in emas[0].items():
+        torch.testing.assert_close(emas[1][key], value, rtol=0, atol=0, msg=f"ema: {key}")
 
 
 def _ddp_worker(output_root: str) -> dict:
