@@ -5,7 +5,8 @@ Kernel detection needs every tensor's shape. :func:`infer_static_shapes` infers 
 run time (``Shape → Slice → Concat → Reshape`` chains of the TorchScript exporter) are still
 unknown, onnxruntime's symbolic shape inference; a model whose shapes cannot all be resolved is an
 error that names the tensors. Dynamic graph-input dimensions are fixed beforehand from the caller's
-``input_shapes`` (:func:`moonlit.litepred.graph.load_graph`).
+``input_shapes`` (:func:`moonlit.litepred.graph.load_graph`). Every problem with the model or the
+shapes given is an :class:`~moonlit.common.errors.InputError`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import tempfile
 from collections.abc import Mapping, Sequence
 
 import onnx
+
+from moonlit.common.errors import InputError
 
 __all__ = ["infer_static_shapes", "set_input_shapes", "value_dims"]
 
@@ -34,38 +37,52 @@ def value_dims(type_proto: onnx.TypeProto) -> tuple[int, ...] | None:
     return tuple(dims)
 
 
+def _wanted_shape(name: str, shape: object) -> list[int]:
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise InputError(f"input_shapes[{name!r}] = {shape!r}; expected a list of positive ints")
+    if any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape):
+        raise InputError(f"input_shapes[{name!r}] = {list(shape)} must be positive ints")
+    return [int(d) for d in shape]
+
+
 def set_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None) -> None:
+    """Give every graph input a static shape: ``input_shapes[name]`` where given (it must agree with the
+    graph's fixed dims), else the graph's own, which must then be static with no zero dims."""
     initializers = {tensor.name for tensor in model.graph.initializer}
     graph_inputs = [value for value in model.graph.input if value.name not in initializers]
     names = [value.name for value in graph_inputs]
+    if input_shapes is not None and not isinstance(input_shapes, Mapping):
+        raise InputError(f"input_shapes = {input_shapes!r}; expected {{input name: shape}}")
     input_shapes = dict(input_shapes or {})
-    unknown = sorted(set(input_shapes) - set(names))
+    unknown = sorted(set(input_shapes) - set(names), key=str)
     if unknown:
-        raise ValueError(f"input_shapes names {unknown} are not graph inputs; the inputs are {names}")
+        raise InputError(f"input_shapes names {unknown} are not graph inputs; the inputs are {names}")
     for value in graph_inputs:
         dims = value.type.tensor_type.shape.dim
+        shown = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
         if value.name in input_shapes:
-            wanted = [int(d) for d in input_shapes[value.name]]
-            if any(d <= 0 for d in wanted):
-                raise ValueError(f"input_shapes[{value.name!r}] = {wanted} must be positive")
+            wanted = _wanted_shape(value.name, input_shapes[value.name])
             if len(dims) and len(dims) != len(wanted):
-                raise ValueError(
+                raise InputError(
                     f"input_shapes[{value.name!r}] has rank {len(wanted)} but the graph input has rank {len(dims)}"
                 )
             for dim, size in zip(dims, wanted):
                 if dim.HasField("dim_value") and dim.dim_value not in (size, 0):
-                    raise ValueError(
-                        f"input_shapes[{value.name!r}] = {wanted} conflicts with the graph's fixed "
-                        f"shape {[d.dim_value or d.dim_param for d in dims]}"
+                    raise InputError(
+                        f"input_shapes[{value.name!r}] = {wanted} conflicts with the graph's fixed shape {shown}"
                     )
             value.type.tensor_type.shape.Clear()
             for size in wanted:
                 value.type.tensor_type.shape.dim.add().dim_value = size
         elif value_dims(value.type) is None:
-            shown = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
-            raise ValueError(
+            raise InputError(
                 f"graph input {value.name!r} has dynamic shape {shown}; pass "
                 f"input_shapes={{{value.name!r}: (...)}} with the concrete shape to analyse"
+            )
+        elif 0 in value_dims(value.type):
+            raise InputError(
+                f"graph input {value.name!r} has shape {shown} with a zero-sized dimension; pass "
+                f"input_shapes={{{value.name!r}: (...)}} with positive sizes (e.g. batch 1)"
             )
 
 
@@ -105,7 +122,7 @@ _WEIGHT_BYTES = 4096
 
 
 def infer_static_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return ``model`` with a static shape for every node output, or raise ``ValueError``."""
+    """Return ``model`` with a static shape for every node output, or raise :class:`InputError`."""
     for value_info in list(model.graph.value_info):  # stale partial entries block inference
         if value_dims(value_info.type) is None:
             model.graph.value_info.remove(value_info)
@@ -115,6 +132,11 @@ def infer_static_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         model.graph.initializer[i].ClearField("raw_data")
     try:
         inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as error:
+        # onnx's own parser of the model: an inconsistent graph it cannot type (e.g. a node of an opset not imported)
+        message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        message = message if message.isprintable() else repr(message)
+        raise InputError(f"ONNX shape inference failed: {message}") from error
     finally:
         for i, data in weights.items():
             model.graph.initializer[i].raw_data = data
@@ -133,7 +155,7 @@ def infer_static_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         if symbolic is not None and len(_unresolved(symbolic)) < len(missing):
             model, missing = symbolic, _unresolved(symbolic)
     if missing:
-        raise ValueError(
+        raise InputError(
             f"could not infer static shapes for {len(missing)} tensors, e.g. {missing[:5]}; "
             "kernel detection needs every shape (fix the input shapes or export with static axes)"
         )

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from moonlit.common.errors import InputError
 from moonlit.litepred.fusion_match import GraphView, Match, NotApplicable
 from moonlit.litepred.fusion_predicates import reduce_axes, softmax_axis
 
@@ -59,10 +60,22 @@ def _act(match: Match) -> str:
     return "none" if unit is None else unit.op
 
 
-def _window(node_attrs: dict, kernel: list[int], in_hw: Sequence[int], out_hw: Sequence[int]) -> tuple:
+def _check_window(node_name: str, op_type: str, values: dict[str, Sequence[int]]) -> None:
+    """Kernel sizes, strides and dilations >= 1, pads >= 0: the schema does not bound them, shape
+    inference may pass them, and a kernel's features (square roots, divisions) need them."""
+    for name, numbers in values.items():
+        least = 0 if name == "pads" else 1
+        if any(int(v) < least for v in numbers):
+            raise InputError(f"node {node_name!r} ({op_type!r}) has {name} {list(numbers)}; expected ints >= {least}")
+
+
+def _window(node_attrs: dict, kernel: list[int], in_hw: Sequence[int], out_hw: Sequence[int],
+            node_name: str, op_type: str) -> tuple:
     """(strides, begin pads, dilations) of a 2-D Conv/Pool, with auto_pad resolved."""
     strides = list(node_attrs.get("strides", [1] * len(kernel)))
     dilations = list(node_attrs.get("dilations", [1] * len(kernel)))
+    _check_window(node_name, op_type, {"kernel_shape": kernel, "strides": strides, "dilations": dilations,
+                                       "pads": list(node_attrs.get("pads", []))})
     auto_pad = node_attrs.get("auto_pad", "NOTSET")
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         pads = []
@@ -85,13 +98,18 @@ def _conv_geometry(match: Match) -> Params:
     if len(x) not in (3, 4):
         raise NotApplicable(f"{len(x) - 2}-D convolution (input shape {list(x)})")
     kernel = list(anchor.main.attrs.get("kernel_shape", weight[2:]))
-    strides, pads, dilations = _window(anchor.main.attrs, kernel, x[2:], y[2:])
+    strides, pads, dilations = _window(anchor.main.attrs, kernel, x[2:], y[2:], anchor.main.name,
+                                       anchor.main.op_type)
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (_as_2d(v, f) for v, f in
                                               ((kernel, 1), (strides, 1), (pads, 0), (dilations, 1)))
     hw, out_hw = _as_2d(x[2:], 1), _as_2d(y[2:], 1)
+    groups = int(anchor.main.attrs.get("group", 1))
+    if groups < 1 or x[1] % groups or weight[0] % groups:
+        raise InputError(f"node {anchor.main.name!r} (Conv) has group={groups} for {x[1]} input and {weight[0]} "
+                         "output channels; expected a positive divisor of both")
     return {"batch": x[0], "h": hw[0], "w": hw[1], "cin": x[1], "cout": weight[0], "kh": kh, "kw": kw,
             "sh": sh, "sw": sw, "ph": ph, "pw": pw, "dh": dh, "dw": dw,
-            "groups": int(anchor.main.attrs.get("group", 1)), "hout": out_hw[0], "wout": out_hw[1]}
+            "groups": groups, "hout": out_hw[0], "wout": out_hw[1]}
 
 
 def _conv(match: Match) -> Params:
@@ -196,7 +214,7 @@ def _pool(match: Match) -> Params:
     if len(x) not in (3, 4):
         raise NotApplicable(f"{len(x) - 2}-D pooling (input shape {list(x)})")
     kernel = list(anchor.main.attrs["kernel_shape"])
-    strides, pads, _ = _window(anchor.main.attrs, kernel, x[2:], y[2:])
+    strides, pads, _ = _window(anchor.main.attrs, kernel, x[2:], y[2:], anchor.main.name, anchor.main.op_type)
     (kh, kw), (sh, sw), (ph, pw) = (_as_2d(v, f) for v, f in ((kernel, 1), (strides, 1), (pads, 0)))
     hw, out_hw = _as_2d(x[2:], 1), _as_2d(y[2:], 1)
     return {**_nchw(x[0], x[1], hw[0], hw[1]), "kh": kh, "kw": kw, "sh": sh, "sw": sw, "ph": ph, "pw": pw,

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from moonlit.common.errors import InputError
+
 from .dataset import ProfileDataset, ProfileRecord, record_key
 from .features import feature_matrix, feature_names
 from .kernels import Detection, KernelConfig, detect_kernels
@@ -296,16 +298,23 @@ def calibrate_overhead(predictor: PlatformPredictor, cache: KernelCache, specs: 
 
 def timed_predict_onnx(predictor: PlatformPredictor, path: str | Path, platform: str,
                        input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
-    """Predict one ``.onnx`` file end to end (load, shapes, kernels, regressors) and time each part."""
+    """Predict one ``.onnx`` file end to end (load, shapes, kernels, regressors) and time each part.
+
+    The latency is finite and at least :data:`~moonlit.litepred.predictor.MIN_LATENCY_MS`; a file that
+    cannot be predicted raises :class:`~moonlit.common.errors.InputError` naming it.
+    """
     from .graph import load_graph
 
     start = time.perf_counter()
-    graph = load_graph(path, input_shapes)
+    graph = load_graph(path, input_shapes)  # an InputError naming the file for a broken one
     loaded = time.perf_counter()
-    detection = detect_kernels(graph, platform)
-    detected = time.perf_counter()
-    rows, unknown = model_rows((k.config for k in detection.kernels), predictor.kernel_types)
-    latency = predictor.predict_model(rows)
+    try:
+        detection = detect_kernels(graph, platform)
+        detected = time.perf_counter()
+        rows, unknown = model_rows((k.config for k in detection.kernels), predictor.kernel_types)
+        latency = predictor.predict_model(rows)
+    except InputError as error:  # a node attribute or size no kernel can have: name the file too
+        raise InputError(f"{path}: {error}") from error
     done = time.perf_counter()
     return {"latency_ms": latency, "kernels": len(detection.kernels), "unpredicted_kernels": unknown,
             "unassigned_nodes": [[u.node, u.op_type, u.reason] for u in detection.unassigned],
