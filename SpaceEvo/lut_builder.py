@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,7 @@ from typing import Any, Protocol
 import torch
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.imagenet import build_imagenet_datasets
+from moonlit.common.errors import InputError
 from moonlit.common.profiling.flops import count_macs
 from moonlit.common.train.seed import step_seed
 from omegaconf import DictConfig, OmegaConf
@@ -75,9 +77,17 @@ class ConstantLatency:
     """
 
     def __init__(self, table: Mapping[str, float] | float) -> None:
-        self.table = {"*": float(table)} if isinstance(table, (int, float)) else {k: float(v) for k, v in table.items()}
-        if any(v < 0 for v in self.table.values()):
-            raise ValueError(f"latency table {self.table} has negative ms per MFLOP")
+        entries = {"*": table} if isinstance(table, (int, float)) else table
+        if not isinstance(entries, Mapping) or not entries:
+            raise InputError(f"latency table {table!r:.100} is not a number or a non-empty mapping of block type "
+                             "to ms per MFLOP")
+        self.table = {}
+        for key, value in entries.items():
+            if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or value < 0:
+                raise InputError(f"latency table entry {key!r:.60}: {value!r:.60} is not a finite number >= 0 "
+                                 "(ms per MFLOP) under a block-type name")
+            self.table[key] = float(value)
 
     def __call__(self, substage: nn.Module, input_shape: tuple[int, int, int, int], block_type: str,
                  mflops: float) -> float:
@@ -85,7 +95,7 @@ class ConstantLatency:
             return self.table[block_type] * mflops
         if "*" in self.table:
             return self.table["*"] * mflops
-        raise ValueError(f"no latency constant for block type {block_type!r}; table has {sorted(self.table)} "
+        raise InputError(f"no latency constant for block type {block_type!r}; table has {sorted(self.table)} "
                          "(add it or a '*' entry)")
 
     def describe(self) -> dict[str, Any]:
@@ -108,7 +118,7 @@ class LitePredLatency:
         self.predictor = PlatformPredictor.load(self.predictor_dir)
         self.rules = platform or self.predictor.platform.get("rules")
         if not self.rules:
-            raise ValueError(f"predictor {self.predictor_dir} records no fusion rules; pass platform=<rules name>")
+            raise InputError(f"predictor {self.predictor_dir} records no fusion rules; pass platform=<rules name>")
         self.apply_overhead = apply_overhead
         self.unpredicted_kernels = 0
 
@@ -128,7 +138,7 @@ class LitePredLatency:
             logger.warning("%s sub-stage %s: kernels without a regressor left out: %s", block_type, input_shape,
                            unknown[:3])
         if not rows:
-            raise ValueError(f"no kernel of the {block_type} sub-stage at {input_shape} has a regressor in "
+            raise InputError(f"no kernel of the {block_type} sub-stage at {input_shape} has a regressor in "
                              f"{self.predictor_dir} (kernel types {self.predictor.kernel_types})")
         return self.predictor.predict_model(rows, apply_overhead=self.apply_overhead)
 
@@ -141,12 +151,15 @@ def latency_source(cfg: Mapping[str, Any]) -> LatencySource:
     """``{source: constant, table: {...}}`` or ``{source: litepred, predictor_dir, platform, apply_overhead}``."""
     kind = cfg.get("source")
     if kind == "constant":
+        if "table" not in cfg:
+            raise InputError("latency.source=constant needs latency.table=<ms per MFLOP, or "
+                             "{block type: ms per MFLOP}>")
         return ConstantLatency(cfg["table"])
     if kind == "litepred":
         if not cfg.get("predictor_dir"):
-            raise ValueError("latency.source=litepred needs latency.predictor_dir=<a built LitePred predictor>")
+            raise InputError("latency.source=litepred needs latency.predictor_dir=<a built LitePred predictor>")
         return LitePredLatency(cfg["predictor_dir"], cfg.get("platform"), bool(cfg.get("apply_overhead", False)))
-    raise ValueError(f"latency.source={kind!r}; expected 'constant' or 'litepred'")
+    raise InputError(f"latency.source={kind!r}; expected 'constant' or 'litepred'")
 
 
 class StageFeatures:
@@ -175,7 +188,7 @@ def sample_block_lut(student: StudentStage, features: StageFeatures, window: int
     downsample = spec.input_downsample(f"stage{student.stage_index}")
     bad = [r for r in resolutions if r % downsample]
     if bad:
-        raise ValueError(f"resolutions {bad} are not multiples of {downsample}, the downsampling before "
+        raise InputError(f"resolutions {bad} are not multiples of {downsample}, the downsampling before "
                          f"stage{student.stage_index} of '{spec.name}'")
     rng = random.Random(step_seed(seed, (student.stage_index * 100 + student.block) * 100 + window))
     rows = []
@@ -209,7 +222,7 @@ def build_luts(students_dir: str | Path, teacher: Teacher, hyperspace: str, out_
         for block in blocks if blocks is not None else range(len(spec.block_types)):
             student = load_student(Path(students_dir) / student_name(stage, block))
             if student.hyperspace != spec.name:
-                raise ValueError(f"student {student.name} in {students_dir} belongs to '{student.hyperspace}', "
+                raise InputError(f"student {student.name} in {students_dir} belongs to '{student.hyperspace}', "
                                  f"not '{spec.name}'")
             stage_windows = range(spec.stages[stage + 1].num_windows)
             for window in windows if windows is not None else stage_windows:
@@ -239,9 +252,14 @@ def run_lut_builder(cfg: DictConfig) -> dict[str, Any]:
     if not summary_path.is_file():
         raise FileNotFoundError(f"{summary_path} not found; run python -m moonlit.spaceevo.block_kd first "
                                 f"(or point block_kd_dir= at its output_dir)")
-    kd = json.loads(summary_path.read_text())
+    try:
+        kd = json.loads(summary_path.read_text(encoding="utf-8"))
+        kd["hyperspace"], kd["teacher"]["model"], kd["teacher"]["weights"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise InputError(f"{summary_path} is not a block-KD summary with 'hyperspace' and 'teacher' "
+                         f"{{model, weights}} ({type(exc).__name__}: {exc})") from None
     if kd["hyperspace"] != cfg.hyperspace:
-        raise ValueError(f"{summary_path} trained '{kd['hyperspace']}' students, this run asks for '{cfg.hyperspace}'")
+        raise InputError(f"{summary_path} trained '{kd['hyperspace']}' students, this run asks for '{cfg.hyperspace}'")
     info = kd["teacher"]
     teacher = build_teacher(info["model"], cfg.hyperspace, info["weights"], info.get("num_classes"),
                             info.get("segments"), info.get("stage_ends"), info.get("lsq", False),

@@ -436,7 +436,8 @@ class SubnetEncoding:
         text = _check_text(text, "subnet encoding")
         fields = text.split("_")
         if len(fields) != 5:
-            raise InputError(f"{_clip(text)} has {len(fields)} '_'-separated fields, expected 5: d…_k…_w…_e…_r…")
+            raise InputError(f"{_clip(text)} has {len(fields)} '_'-separated fields, expected 5: "
+                             "d…_k…_w…_e…_r…")
         parsed: list[list[Any]] = []
         for field, prefix in zip(fields[:4], "dkwe"):
             if not field.startswith(prefix):

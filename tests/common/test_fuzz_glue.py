@@ -91,7 +91,8 @@ def tsv_files(draw: st.DrawFn) -> tuple[str, bytes]:
         if op == "byte":
             data = data[:i] + bytes([draw(st.integers(0, 255))]) + data[i + 1:]
         elif op == "insert":
-            data = data[:i] + draw(st.sampled_from([b"\t", b"\n", b"\r", b'"', b"\xff", b"\x00", b"\xd9\xa3"])) + data[i:]
+            inserted = draw(st.sampled_from([b"\t", b"\n", b"\r", b'"', b"\xff", b"\x00", b"\xd9\xa3"]))
+            data = data[:i] + inserted + data[i:]
         elif op == "delete":
             data = data[:i] + data[i + 1:]
         elif op == "long_field":

@@ -258,7 +258,8 @@ def mapping_is_valid(d: object) -> bool:
     if not isinstance(blocks, list) or not 1 <= len(blocks) <= 10 or not all(map(block, blocks)):
         return False
     return isinstance(head, dict) and set(head) == {"final_expand", "feature_mix", "num_classes", "activation"} \
-        and all(type(head[k]) is int and 1 <= head[k] <= 99999 for k in ("final_expand", "feature_mix", "num_classes")) \
+        and all(type(head[k]) is int and 1 <= head[k] <= 99999
+                for k in ("final_expand", "feature_mix", "num_classes")) \
         and isinstance(head["activation"], str) and head["activation"] != ""
 
 
