@@ -29,6 +29,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from moonlit.common.config import compose_config, to_container
+from moonlit.common.errors import InputError
 
 from .dataset import ProfileDataset
 from .pipeline import (KernelCache, build_pool, calibrate_overhead, measured_models, profile_kernels, profile_models,
@@ -49,10 +50,30 @@ def _backend(cfg: DictConfig) -> Any:
     return get_backend(cfg.platform, **OmegaConf.to_container(cfg.backend, resolve=True))
 
 
+# Whole models measured to fit the overhead term when ``architectures.calibration`` is null: enough
+# for the per-type factors' leave-one-out choice, and never more than the training architectures.
+DEFAULT_CALIBRATION_MODELS = 60
+
+
+def _calibration_count(cfg: DictConfig) -> int:
+    """``architectures.calibration``, or ``min(DEFAULT_CALIBRATION_MODELS, architectures.train)`` when null."""
+    a = cfg.architectures
+    train = a.train
+    if isinstance(train, bool) or not isinstance(train, int) or train < 1:
+        raise InputError(f"architectures.train = {train!r}; expected an int >= 1")
+    if a.calibration is None:
+        return min(DEFAULT_CALIBRATION_MODELS, train)
+    if isinstance(a.calibration, bool) or not isinstance(a.calibration, int) or a.calibration < 0:
+        raise InputError(f"architectures.calibration = {a.calibration!r}; expected null or an int >= 0")
+    if a.calibration > train:
+        raise InputError(f"architectures.calibration ({a.calibration}) must not exceed architectures.train ({train}); "
+                         "leave it null for min(60, train)")
+    return int(a.calibration)
+
+
 def _training_specs(cfg: DictConfig) -> list[ArchSpec]:
     a = cfg.architectures
-    if a.calibration > a.train:
-        raise ValueError(f"architectures.calibration ({a.calibration}) must not exceed architectures.train ({a.train})")
+    _calibration_count(cfg)
     families = list(a.families) if a.families else None
     return training_architectures(int(a.train), seed=int(a.seed), families=families)
 
@@ -69,7 +90,7 @@ def run_profile(cfg: DictConfig, backend: Any = None) -> dict[str, Any]:
     backend = backend or _backend(cfg)
     dataset = ProfileDataset(cfg.dataset)
     kernels = profile_kernels(configs, backend, dataset)
-    models = profile_models(calibration_architectures(specs, int(cfg.architectures.calibration)), backend, dataset,
+    models = profile_models(calibration_architectures(specs, _calibration_count(cfg)), backend, dataset,
                             desc="measuring calibration models")
     summary = {"platform": backend.name, "pool": pool.summary(), "sampled": len(configs), "kernels": kernels,
                "calibration_models": models}
@@ -86,7 +107,7 @@ def _weight_rates(value: Any) -> tuple[float, ...]:
         return WEIGHT_RATE_GRID
     values = [value] if isinstance(value, (int, float)) else list(value)
     if not values or any(not isinstance(v, (int, float)) or v < 0 for v in values):
-        raise ValueError(f"overhead.weight_rates = {value!r}; expected null, a number >= 0 or a list of them")
+        raise InputError(f"overhead.weight_rates = {value!r}; expected null, a number >= 0 or a list of them")
     return tuple(float(v) for v in values)
 
 
@@ -100,7 +121,7 @@ def run_build(cfg: DictConfig) -> dict[str, Any]:
                                 options=OmegaConf.to_container(cfg.regressor_options, resolve=True),
                                 metadata={**backend.metadata(), "rules": cfg.rules}, min_rows=int(cfg.min_rows),
                                 seed=int(cfg.budget.seed), statistic=cfg.statistic)
-    specs = calibration_architectures(_training_specs(cfg), int(cfg.architectures.calibration))
+    specs = calibration_architectures(_training_specs(cfg), _calibration_count(cfg))
     cache = KernelCache(cfg.kernel_cache, cfg.rules)
     overhead = calibrate_overhead(predictor, cache, specs,
                                   measured_models(dataset, backend.name, specs, statistic=cfg.statistic),
@@ -133,14 +154,14 @@ def run_calibrate(cfg: DictConfig, backend: Any = None) -> dict[str, Any]:
     start = time.perf_counter()
     repeat = int(cfg.calibrate.repeat)
     if repeat < 0:
-        raise ValueError(f"calibrate.repeat must be >= 0, got {repeat}")
+        raise InputError(f"calibrate.repeat must be >= 0, got {repeat}")
     predictor = PlatformPredictor.load(cfg.predictor_dir)
     backend = backend or _backend(cfg)
     if predictor.platform.get("name", backend.name) != backend.name:
-        raise ValueError(f"the predictor in {cfg.predictor_dir} is for {predictor.platform.get('name')!r}, "
+        raise InputError(f"the predictor in {cfg.predictor_dir} is for {predictor.platform.get('name')!r}, "
                          f"not for platform={backend.name!r}")
     statistic = predictor.platform.get("statistic", cfg.statistic)
-    specs = calibration_architectures(_training_specs(cfg), int(cfg.architectures.calibration))
+    specs = calibration_architectures(_training_specs(cfg), _calibration_count(cfg))
     dataset = ProfileDataset(cfg.dataset)
     profiling = profile_models(specs, backend, dataset, first_repeat=repeat, desc=f"calibration models, pass {repeat}")
     measured = measured_models(dataset, backend.name, specs, repeat, statistic=statistic)
@@ -170,7 +191,7 @@ def run_calibrate(cfg: DictConfig, backend: Any = None) -> dict[str, Any]:
 def run_predict(cfg: DictConfig) -> dict[str, Any]:
     """Latency of one model (an ``.onnx`` file, or a zoo architecture name) on ``platform``."""
     if cfg.model is None:
-        raise ValueError("predict needs model=<path/to/model.onnx or a zoo name such as "
+        raise InputError("predict needs model=<path/to/model.onnx or a zoo name such as "
                          "timm-mobile/mobilenetv3_large_100@224>")
     predictor = PlatformPredictor.load(cfg.predictor_dir)
     path = Path(str(cfg.model))
@@ -209,7 +230,7 @@ def resolve_spec(text: str) -> ArchSpec:
     for spec in [*heldout_architectures(), *training_architectures(150, seed=1)]:
         if spec.name == text:
             return spec
-    raise ValueError(f"model {text!r} is neither an .onnx file nor a zoo architecture; use "
+    raise InputError(f"model {text!r} is neither an .onnx file nor a zoo architecture; use "
                      f"'<family>/<description>@<resolution>' or '<family>:<description>@<resolution>' with a family "
                      f"of {list_families()}")
 
@@ -248,12 +269,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name in list_backends():
             print(name)
         return
-    cfg = compose_config("litepred", "litepred", args.overrides)
+    from moonlit.common.errors import exit_on_user_error
+
     from .adapt import run_adapt
 
     runner = {"profile": run_profile, "build": run_build, "calibrate": run_calibrate, "predict": run_predict,
               "evaluate": run_evaluate, "adapt": run_adapt}
-    runner[args.command](cfg)
+    # a user error (bad override, missing file, bad value) is one line and exit status 2; MOONLIT_DEBUG=1 traces
+    with exit_on_user_error(parser.prog):
+        runner[args.command](compose_config("litepred", "litepred", args.overrides))
 
 
 if __name__ == "__main__":
