@@ -271,3 +271,40 @@ def test_two_process_ddp_ranks_agree(tmp_path: Path, smoke_tables: Path) -> None
     assert rank0["sampler"] == rank1["sampler"]  # banks scored with all-reduced losses
     assert rank0["names"] == rank1["names"]
     torch.testing.assert_close(rank0["weights"], rank1["weights"], rtol=0, atol=0)
+
+
+def _files(root: Path) -> list[tuple[str, int]]:
+    return sorted((p.relative_to(root).as_posix(), p.stat().st_size) for p in root.rglob("*") if p.is_file())
+
+
+def test_bad_inputs_leave_a_finished_run_untouched(tmp_path: Path, smoke_tables: Path) -> None:
+    from moonlit.common.errors import InputError
+    from moonlit.common.train.checkpoint import CheckpointError, save_checkpoint
+
+    out = tmp_path / "elasticvit" / "train" / "smoke" / "adjacent_step"
+    for step in (2, 4):  # a finished run's checkpoints (without EMA weights) and outputs
+        save_checkpoint(out / "checkpoints", step=step, model=torch.nn.Linear(2, 2), keep_last=None)
+    (out / "train.json").write_text("{}\n")
+    before = _files(tmp_path)
+    bad_inputs = {
+        "data path": ((InputError, FileNotFoundError), "missing/train is not a directory",
+                      ["resume=false", "data.generate=null", f"data.root={tmp_path / 'missing'}"]),
+        "teacher name": (InputError, r"teachers.models\[0\].name: 'resnet_nonexistent' is not a timm model",
+                         ["resume=false", "teachers.models=[{name: resnet_nonexistent}]"]),
+        "teacher weights": (InputError, r"teachers.models\[0\].pretrained: .*absent.safetensors is not a file",
+                            ["resume=false", f"teachers.models=[{{name: resnet10t, pretrained: {tmp_path}/absent.safetensors}}]"]),
+        "space": (ValueError, "space config has fields", ["resume=false", "~space.head_hidden"]),
+        "tables": (InputError, "no FLOPs tables", ["resume=false", f"tables.path={tmp_path / 'none.npz'}",
+                                                   "tables.build_if_missing=false"]),
+        "checkpoint without EMA": (CheckpointError, "no EMA weights but ema.enabled=true", ["resume=true"]),
+    }
+    for name, (error, message, overrides) in bad_inputs.items():
+        with pytest.raises(error, match=message):
+            train(compose_config("elasticvit", "train", _overrides(tmp_path, smoke_tables, *overrides)))
+        assert _files(tmp_path) == before, name  # nothing deleted, written, moved or generated
+
+    summary = train(compose_config("elasticvit", "train", _overrides(tmp_path, smoke_tables, "resume=false", "epochs=1")))
+    assert summary["complete"] and summary["steps"] == 2
+    (aside,) = out.glob("checkpoints.replaced-*")  # the earlier run's checkpoints, moved whole
+    assert _files(aside) == [(p[len("elasticvit/train/smoke/adjacent_step/checkpoints/"):], size) for p, size in before
+                             if p.startswith("elasticvit/train/smoke/adjacent_step/checkpoints/")]

@@ -172,3 +172,37 @@ def test_experiments_are_the_published_supernets() -> None:
         assert sorted(published.values()) == sorted(expected.values())
     cfg = compose_config("spaceevo", "train_supernet", ["experiment=vnni"])
     assert (cfg.fp32.epochs, cfg.qat.epochs, cfg.qat.lr_scale, cfg.optim.lr) == (360, 50, 0.1, 0.1)
+
+
+def _files(root: Path) -> list[tuple[str, int]]:
+    return sorted((p.relative_to(root).as_posix(), p.stat().st_size) for p in root.rglob("*") if p.is_file())
+
+
+def test_bad_inputs_leave_a_finished_run_untouched(tmp_path: Path) -> None:
+    from moonlit.common.errors import InputError
+    from moonlit.common.train.checkpoint import CheckpointError, save_checkpoint
+
+    out = tmp_path / "spaceevo" / "supernet" / "smoke"
+    for phase in ("fp32", "qat"):  # a finished run's checkpoints (without EMA weights) and summary
+        for step in (1, 2):
+            save_checkpoint(out / "checkpoints" / phase, step=step, model=torch.nn.Linear(2, 2), keep_last=None)
+    (out / "train_supernet.json").write_text("{}\n")
+    before = _files(tmp_path)
+    bad_inputs = {
+        "data path": ((InputError, FileNotFoundError), "missing/train is not a directory",
+                      ["resume=false", "data.generate=null", f"data.root={tmp_path / 'missing'}"]),
+        "space name": (InputError, "'onnxw-99x' is not a space encoding", ["resume=false", "space=onnxw-99x"]),
+        "checkpoint without EMA": (CheckpointError, "no EMA weights but ema.enabled=true",
+                                   ["resume=true", "ema.enabled=true"]),
+    }
+    for name, (error, message, overrides) in bad_inputs.items():
+        with pytest.raises(error, match=message):
+            train_supernet(compose_config("spaceevo", "train_supernet", _overrides(tmp_path, *overrides)))
+        assert _files(tmp_path) == before, name  # nothing deleted, written, moved or generated
+
+    summary = train_supernet(compose_config("spaceevo", "train_supernet", _overrides(
+        tmp_path, "resume=false", "fp32.epochs=1", "qat.epochs=0")))
+    assert summary["phases"]["fp32"]["complete"]
+    (aside,) = out.glob("checkpoints.replaced-*")  # the earlier run's checkpoints, moved whole
+    prefix = "spaceevo/supernet/smoke/checkpoints/"
+    assert _files(aside) == [(p[len(prefix):], size) for p, size in before if p.startswith(prefix)]

@@ -65,3 +65,25 @@ def test_roberta_prunes_end_to_end(tmp_path: Path, tiny_roberta_dir: Path, synth
     assert reported["samples"] == 40
     assert 0.0 <= reported["measured_mac_sparsity"] < 1.0
     assert reported["mean_kept_tokens_per_layer"][0] == pytest.approx(reported["mean_input_length"])
+
+
+def _files(root: Path) -> list[tuple[str, int]]:
+    return sorted((p.relative_to(root).as_posix(), p.stat().st_size) for p in root.rglob("*") if p.is_file())
+
+
+def test_bad_inputs_leave_a_finished_run_untouched(tmp_path: Path, tiny_bert_dir: Path,
+                                                   synthetic_glue_root: Path) -> None:
+    from moonlit.common.train.checkpoint import save_checkpoint
+
+    out = tmp_path / "run"
+    for step in (5, 10):  # a finished run's checkpoints and results
+        save_checkpoint(out / "checkpoints", step=step, model=torch.nn.Linear(2, 2), keep_last=None)
+    (out / "results.json").write_text("{}\n")
+    before = _files(tmp_path)
+    for name, overrides in {"data path": [f"data.data_dir={tmp_path / 'missing'}"],
+                            "teacher": [f"teacher_dir={tmp_path / 'no_teacher'}"]}.items():
+        cfg = _cfg(tmp_path, synthetic_glue_root, tiny_bert_dir, "run")
+        cfg.merge_with_dotlist(["resume=false", *overrides])
+        with pytest.raises((ValueError, OSError)):
+            prune_module.run_prune(cfg)
+        assert _files(tmp_path) == before, name  # nothing deleted, written or moved
