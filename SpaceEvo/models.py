@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 import yaml
+from moonlit.common.errors import InputError
 from moonlit.common.train.checkpoint import load_checkpoint
 from moonlit.spaceevo.checkpoints import load_reference_supernet
 from moonlit.spaceevo.ops.lsq_plus import set_quant_mode
@@ -65,20 +66,33 @@ def resolve_search_result(path: str | os.PathLike[str] | None = None) -> Path:
 
 @functools.lru_cache(maxsize=8)
 def _load(path: Path) -> dict[str, SeqnetSpec]:
-    data = yaml.safe_load(path.read_text())
+    """Read a search-result file: a mapping with two mappings, ``specific_supernet_encoding_dict``
+    (name -> space encoding string) and ``specific_subnet_encoding_dict`` (name -> [supernet name,
+    subnet encoding string]); other keys are ignored. Errors are InputErrors naming the file and entry."""
     try:
-        supernets, subnets = data["specific_supernet_encoding_dict"], data["specific_subnet_encoding_dict"]
-    except (KeyError, TypeError):
-        raise ValueError(f"{path} lacks 'specific_supernet_encoding_dict' / 'specific_subnet_encoding_dict'") from None
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"{path} is not a readable YAML file ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    keys = ("specific_supernet_encoding_dict", "specific_subnet_encoding_dict")
+    if not isinstance(data, dict) or not all(isinstance(data.get(key), dict) for key in keys):
+        raise InputError(f"{path} lacks the mappings 'specific_supernet_encoding_dict' / "
+                         "'specific_subnet_encoding_dict'")
+    supernets, subnets = data[keys[0]], data[keys[1]]
     specs = {}
     for name, entry in subnets.items():
-        if not isinstance(entry, list) or len(entry) != 2:
-            raise ValueError(f"{path}: entry of '{name}' should be [supernet name, subnet encoding], got {entry!r}")
+        if not isinstance(entry, list) or len(entry) != 2 or not all(isinstance(e, str) for e in entry):
+            raise InputError(f"{path}: entry of {name!r:.80} should be [supernet name, subnet encoding], "
+                             f"got {entry!r:.200}")
         supernet, subnet = entry
         if supernet not in supernets:
-            raise ValueError(f"{path}: '{name}' names supernet '{supernet}', not one of {sorted(supernets)}")
-        specs[name] = SeqnetSpec(name, SpaceEncoding.decode(supernets[supernet]), SubnetEncoding.decode(subnet),
-                                 supernet)
+            raise InputError(f"{path}: {name!r:.80} names supernet {supernet!r:.80}, not one of "
+                             f"{sorted(map(str, supernets))}")
+        try:
+            specs[str(name)] = SeqnetSpec(str(name), SpaceEncoding.decode(supernets[supernet]),
+                                          SubnetEncoding.decode(subnet), supernet)
+        except InputError as exc:
+            raise InputError(f"{path}: entry {name!r:.80}: {exc}") from None
     return specs
 
 
@@ -100,7 +114,7 @@ def resolve_model(model: str, search_result: str | os.PathLike[str] | None = Non
         return SeqnetSpec(model, SpaceEncoding.decode(space), SubnetEncoding.decode(subnet))
     specs = load_search_result(search_result)
     if model not in specs:
-        raise ValueError(f"unknown model '{model}'; expected one of {list(specs)} or '<space>:<subnet encoding>'")
+        raise InputError(f"unknown model '{model}'; expected one of {list(specs)} or '<space>:<subnet encoding>'")
     return specs[model]
 
 

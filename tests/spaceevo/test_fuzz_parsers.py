@@ -516,3 +516,40 @@ def test_lut_set_with_one_negative_nsr_is_refused_before_scoring(tmp_path: Path)
     target.write_text("".join(lines))
     with pytest.raises(InputError, match=r"stage2_1_0.csv, line 1: NSR '-5.0000' is negative"):
         LUTSet.read(tmp_path, "onnxw_tiny")
+
+
+# --- the search-result file of named SEQnets -------------------------------------------------------
+
+A0 = ("d1#1#2#2#2#2#2#1_k3#3#3#3#3#3#3#3#3#3#3#3#3_w16#16#32#32#64#64#112#112#144#144#240#240#320"
+      "_e0#0.5#4.0#4.0#1.0#1.0#4.0#4.0#4.0#4.0#4.0#4.0#4.0_r160")
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("a: [1, 2", "is not a readable YAML file"),
+    ("- 1\n- 2\n", "lacks the mappings"),
+    ("specific_supernet_encoding_dict: {s: onnxw-151122-023231}\nspecific_subnet_encoding_dict: {m: s}\n",
+     r"entry of 'm' should be \[supernet name, subnet encoding\]"),
+    ("specific_supernet_encoding_dict: {s: onnxw-151122-023231}\nspecific_subnet_encoding_dict: {m: [t, x]}\n",
+     "'m' names supernet 't', not one of"),
+    ("specific_supernet_encoding_dict: {s: onnxw-151122-023231}\n"
+     f"specific_subnet_encoding_dict: {{m: [s, '{A0.replace('r160', 'r１６０')}']}}\n",
+     r"entry 'm': resolution '１６０' .* is not an integer"),
+])
+def test_search_result_file_errors_name_file_and_entry(tmp_path: Path, text: str, fragment: str) -> None:
+    from moonlit.spaceevo.models import load_search_result
+
+    path = tmp_path / "search_result.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(InputError, match=fragment) as caught:
+        load_search_result(path)
+    assert str(path) in str(caught.value)
+
+
+def test_search_result_file_by_hand(tmp_path: Path) -> None:
+    from moonlit.spaceevo.models import load_search_result
+
+    path = tmp_path / "search_result.yaml"
+    path.write_text(f"specific_supernet_encoding_dict: {{s: onnxw-151122-023231}}\n"
+                    f"specific_subnet_encoding_dict: {{m: [s, '{A0}']}}\n", encoding="utf-8")
+    spec = load_search_result(path)["m"]
+    assert spec.space.blocks == (1, 5, 1, 1, 2, 2) and spec.subnet.resolution == 160 and spec.supernet == "s"
