@@ -26,6 +26,7 @@ window_sizes, qk_scales, v_scales]`` (per-layer lists), the format of its tables
 from __future__ import annotations
 
 import math
+import numbers
 import random
 import re
 from collections.abc import Sequence
@@ -362,9 +363,18 @@ def _shared(values: Sequence[int], what: str) -> int:
 
 def from_reference_arch(arch: Sequence[Any], space: SearchSpace = ELASTICVIT_SPACE) -> Subnet:
     """Read the reference's 10-list arch (its eval config, tables and memory banks)."""
-    if len(arch) != 10:
-        raise InputError(f"reference arch must have 10 entries, got {len(arch)}: {arch!r}")
-    resolution, channels, depths, conv_ratios, kernels, mlp_ratios, _num_heads, _windows, qk_scales, v_scales = arch
+    if isinstance(arch, (str, bytes)) or not isinstance(arch, Sequence) or len(arch) != 10:
+        raise InputError(f"reference arch must be a list of 10 entries [res, channels, depths, conv_ratios, "
+                         f"kernel_sizes, mlp_ratios, num_heads, window_sizes, qk_scales, v_scales], got {_show(arch)}")
+    names = ("res", "channels", "depths", "conv_ratios", "kernel_sizes", "mlp_ratios", "num_heads", "window_sizes",
+             "qk_scales", "v_scales")
+    for index, (name, value) in enumerate(zip(names, arch)):
+        values = [value] if index == 0 else value
+        if index and (isinstance(value, (str, bytes)) or not isinstance(value, Sequence)) or any(
+                isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 1 <= v <= MAX_NUMBER for v in values):
+            raise InputError(f"reference arch entry {name} is {_show(value)}; expected "
+                             f"{'an integer' if index == 0 else 'a list of integers'} 1-{MAX_NUMBER}")
+    resolution, channels, depths, conv_ratios, kernels, mlp_ratios, num_heads, windows, qk_scales, v_scales = arch
     num_conv, num_trans = len(space.conv_stages), len(space.transformer_stages)
     if len(channels) != 1 + num_conv + num_trans or len(depths) != 1 + num_conv + num_trans:
         raise InputError(f"reference arch needs {1 + num_conv + num_trans} channels and depths, "
@@ -401,6 +411,11 @@ def from_reference_arch(arch: Sequence[Any], space: SearchSpace = ELASTICVIT_SPA
     subnet = Subnet(int(resolution), channels[0], stem_depth, _shared(kernels[:stem_depth], "stem kernel_sizes"),
                     tuple(conv_stages), tuple(transformer_stages))
     check_subnet(subnet, space)
+    expected = to_reference_arch(subnet, space)
+    for name, given, wanted, rule in (("num_heads", num_heads, expected[6], "width / head_dim per layer"),
+                                      ("window_sizes", windows, expected[7], "1 per layer")):
+        if [int(v) for v in given] != list(wanted):
+            raise InputError(f"reference arch {name} {_show(list(given))} should be {rule}: {list(wanted)}")
     return subnet
 
 

@@ -20,8 +20,10 @@ from moonlit.elasticvit.space import (
     Subnet,
     decode,
     encode,
+    from_reference_arch,
     random_subnet,
     search_space_from_dict,
+    to_reference_arch,
 )
 
 NASTY = ["\u0663", "\uff12", "\u0966", "\n", "\r", "\t", " ", "\xa0", "_", "0", "9", "r", "s", "c", "t", "d"]
@@ -237,3 +239,40 @@ def test_space_mapping_errors_name_the_key(edit, fragment: str) -> None:
     edit(data)
     with pytest.raises(InputError, match=fragment):
         search_space_from_dict(data)
+
+
+# --- the reference's 10-list arch ------------------------------------------------------------------
+
+@st.composite
+def mutated_reference_arch(draw: st.DrawFn) -> list:
+    arch = [copy.deepcopy(list(v)) if isinstance(v, tuple) else v
+            for v in to_reference_arch(draw(valid_subnets))]
+    for _ in range(draw(st.integers(1, 2))):
+        index = draw(st.integers(0, len(arch) - 1))
+        op = draw(st.sampled_from(["replace_entry", "replace_item", "drop_item", "drop_entry"]))
+        bad = st.sampled_from([None, "x", -1, 0, 3.5, True, [], 10 ** 30, 2, 7])
+        if op == "replace_entry":
+            arch[index] = draw(bad)
+        elif op == "replace_item" and isinstance(arch[index], list) and arch[index]:
+            arch[index][draw(st.integers(0, len(arch[index]) - 1))] = draw(bad)
+        elif op == "drop_item" and isinstance(arch[index], list) and arch[index]:
+            arch[index].pop()
+        elif op == "drop_entry":
+            arch.pop(index)
+    return arch
+
+
+def test_reference_arch_mutations_are_a_subnet_of_the_space_or_input_error(fuzz_settings) -> None:
+    @fuzz_settings
+    @given(mutated_reference_arch())
+    def check(arch: list) -> None:
+        try:
+            subnet = from_reference_arch(arch)
+        except InputError as exc:
+            check_error(exc)
+            return
+        # accepted: a subnet of the space whose own reference form is the input (layer-wise lists agree)
+        assert is_valid(encode(subnet))
+        assert [list(v) if isinstance(v, tuple) else v for v in to_reference_arch(subnet)] == \
+            [list(v) if isinstance(v, tuple) else v for v in arch]
+    check()
