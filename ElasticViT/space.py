@@ -13,10 +13,12 @@ piece of the network::
     RES, WIDTH, ... := [1-9] [0-9]{0,4}     ASCII digits, no leading zero, at most 99999
 
 e.g. ``r128_s16d1k3_c24d2e3k3_c32d3e3k3_t64d1m2v2_t96d1m2v2_t176d1m3v2_t272d1m4v2`` (ElasticViT-T1).
-Nothing else is accepted (no whitespace, no other digits); ``encode(decode(s)) == s`` for every string
-``decode`` accepts, and any other string raises :class:`~moonlit.common.errors.InputError` naming the part.
 The stem width equals the first conv's width. A transformer stage of depth ``d`` is one MBConv
 reduction block (expand 6, 3x3, SE) followed by ``d`` attention+FFN pairs with ``width / 16`` heads.
+
+:func:`decode` accepts nothing else (no whitespace, no other digits) and then checks every choice
+against the space; ``encode(decode(s)) == s`` for every string it accepts, and any other string
+raises :class:`~moonlit.common.errors.InputError` naming the part.
 
 :func:`from_reference_arch` / :func:`to_reference_arch` convert to and from the reference's
 10-list layout ``[res, channels, depths, conv_ratios, kernel_sizes, mlp_ratios, num_heads,

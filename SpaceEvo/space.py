@@ -22,13 +22,14 @@ Grammars, exactly (ASCII only; no surrounding whitespace; ``decode(encode(x)) ==
                 | DIGIT{6} ("_" | "-") DIGIT{6}                 bare form, only with decode(..., hyperspace=)
     HYPERSPACE := [a-z] [a-z0-9_]*                              the name of a spaces/*.yaml file
     subnet     := "d" INTS "_k" INTS "_w" INTS "_e" EXPANDS "_r" INT
-    INTS       := INT ("#" INT)*                                 depths: 8; kernels, widths: sum(depths)
+    INTS       := INT ("#" INT)*                                 kernels, widths: sum(depths) entries
     INT        := [1-9] [0-9]{0,4}                               1 .. 99999, no leading zero
     EXPANDS    := EXPAND ("#" EXPAND)*                           sum(depths) entries
     EXPAND     := "0" | [0-9]+ "." [0-9]+                        a positive float in Python's repr (4.0, 0.5)
 
-Every string outside these grammars, or naming a choice the hyperspace lacks, raises
-:class:`~moonlit.common.errors.InputError` naming the bad part.
+Every string outside these grammars, or (spaces) naming a choice the hyperspace lacks, raises
+:class:`~moonlit.common.errors.InputError` naming the bad part; :func:`check_subnet` then checks a
+decoded subnet against a space (one depth per stage, each choice offered).
 """
 
 from __future__ import annotations
