@@ -491,17 +491,20 @@ def graph_from_torch(
     example_inputs: Any,
     path: str | Path | None = None,
     *,
-    opset: int = 17,
+    opset: int | None = None,
+    exporter: str = "torchscript",
 ) -> Graph:
     """Export ``model`` with :func:`moonlit.common.export.onnx.export_onnx` and load its graph.
 
-    Eval-mode export folds BatchNorm into the preceding Conv. The ``.onnx`` file is written to
-    ``path`` if given, else to a temporary directory that is removed afterwards.
+    Eval-mode export folds BatchNorm into the preceding Conv. ``opset`` defaults to the exporter's
+    (17 for TorchScript, 18 for ``exporter="dynamo"``, the one that exports ``nn.TransformerEncoderLayer``
+    and ``nn.MultiheadAttention`` with the installed torch). The ``.onnx`` file is written to ``path``
+    if given, else to a temporary directory that is removed afterwards.
     """
     from moonlit.common.export.onnx import export_onnx
 
+    options = {"opset": opset, "check": False, "exporter": exporter}
     if path is not None:
-        return load_graph(export_onnx(model, example_inputs, path, opset=opset, check=False))
+        return load_graph(export_onnx(model, example_inputs, path, **options))
     with tempfile.TemporaryDirectory(prefix="litepred-graph-") as workdir:
-        exported = export_onnx(model, example_inputs, Path(workdir) / "model.onnx", opset=opset, check=False)
-        return load_graph(exported)
+        return load_graph(export_onnx(model, example_inputs, Path(workdir) / "model.onnx", **options))

@@ -23,9 +23,6 @@ from torch import nn
 
 from moonlit.common.errors import InputError
 from moonlit.common.export.onnx import export_onnx
-from moonlit.litepred.features import feature_names
-from moonlit.litepred.forest import ForestRegressor
-from moonlit.litepred.kernels import KERNEL_TYPES
 from moonlit.litepred.pipeline import timed_predict_onnx
 from moonlit.litepred.predictor import PlatformPredictor
 
@@ -88,16 +85,8 @@ def onnx_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def predictor() -> PlatformPredictor:
-    """A regressor for every kernel type on synthetic rows (what is predicted does not matter here, only
-    that the file is read, checked and turned into kernels); tree ensembles stay within their leaves."""
-    rng = np.random.default_rng(0)
-    regressors = {}
-    for kernel_type in sorted(KERNEL_TYPES):
-        names = feature_names(kernel_type)
-        X = rng.uniform(0, 100, (30, len(names)))
-        regressors[kernel_type] = ForestRegressor(n_estimators=3).fit(X, 0.01 + X.mean(1) / 1000, names)
-    return PlatformPredictor(regressors, {"name": "synthetic"})
+def predictor(synthetic_predictor: PlatformPredictor) -> PlatformPredictor:
+    return synthetic_predictor
 
 
 def _predict_or_input_error(predictor: PlatformPredictor, path: Path) -> str:
