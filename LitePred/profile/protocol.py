@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from moonlit.common.profiling.backends import Runner
+from moonlit.common.profiling.environment import MIN_WINDOW_S
 from moonlit.common.profiling.latency import LatencyResult, measure_latency
 
 __all__ = ["MIN_LOAD_WINDOW_MS", "Measurement", "Protocol", "load_warnings_dropped", "measure_runner",
@@ -104,7 +105,7 @@ def measurement_spread(result: LatencyResult) -> float:
 
 # /proc/stat counts CPU time in 10 ms ticks: over a window shorter than this, one tick already
 # reads as several "competing cores", so only the spread rule applies to such short samples.
-MIN_LOAD_WINDOW_MS = 100.0
+MIN_LOAD_WINDOW_MS = 1000 * MIN_WINDOW_S
 
 
 def under_load(result: LatencyResult) -> bool:

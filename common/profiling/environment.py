@@ -7,8 +7,11 @@ plus the ``under_load`` flag.
 Rule: a measurement is under load when, during it, other processes kept more than
 :data:`COMPETING_CORES_LIMIT` (one half) of a core busy on average: system-wide busy time from
 ``/proc/stat`` (steal included: on a shared VM that is the neighbours' load) minus this process's
-own CPU time, divided by the wall time. The load average is kept for the record but is not the
-rule: it lags by about a minute, so it still counts this process's own training or previous
+own CPU time, divided by the wall time, clamped to ``[0, logical cores]``. ``/proc/stat`` counts in
+ticks of 10 ms, so over a short run one tick more or less reads as many "competing cores" (a 0.3 ms
+run with one foreign tick: 33 cores): a run shorter than :data:`MIN_WINDOW_S` is *not judged* —
+``others_cores`` is None, ``under_load`` False, and the rule says why. The load average is kept for
+the record but is not the rule: it lags by about a minute, so it still counts this process's own training or previous
 benchmark, and on a 2-core machine a job that just finished looks like competition. Where
 ``/proc/stat`` is missing (not Linux), the fallback rule is a 1-minute load average before the run
 above :data:`UNDER_LOAD_FRACTION` of the usable cores.
@@ -28,13 +31,17 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["COMPETING_CORES_LIMIT", "UNDER_LOAD_FRACTION", "CpuSnapshot", "competing_cores", "cpu_model",
-           "cpu_snapshot", "load_average", "environment_record"]
+__all__ = ["COMPETING_CORES_LIMIT", "MIN_WINDOW_S", "UNDER_LOAD_FRACTION", "CpuSnapshot", "competing_cores",
+           "cpu_model", "cpu_snapshot", "cpu_window_s", "load_average", "environment_record"]
 
 logger = logging.getLogger(__name__)
 
 COMPETING_CORES_LIMIT = 0.5  # cores kept busy by others during the run; see the module docstring
 UNDER_LOAD_FRACTION = 0.5  # fallback without /proc/stat: 1-min load average vs usable cores
+# Shortest run the /proc/stat rule judges. Each of the two snapshots can be off by about a tick (10 ms)
+# per busy core; over 0.25 s two ticks read as 0.08 cores, well under COMPETING_CORES_LIMIT. Over the
+# 0.3 ms windows of a single kernel timing the same two ticks read as 67 cores.
+MIN_WINDOW_S = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,16 +64,24 @@ def cpu_snapshot(stat_path: str = "/proc/stat") -> CpuSnapshot:
     return CpuSnapshot(busy, time.process_time(), time.monotonic())
 
 
-def competing_cores(before: CpuSnapshot, after: CpuSnapshot) -> float | None:
-    """Average number of cores that others kept busy between two snapshots (None without /proc/stat)."""
+def cpu_window_s(before: CpuSnapshot, after: CpuSnapshot) -> float | None:
+    """Wall seconds between two snapshots that both read /proc/stat (None where either could not)."""
     if before.system_busy_s is None or after.system_busy_s is None:
         return None
-    wall = after.wall_s - before.wall_s
-    if wall <= 0:
+    return after.wall_s - before.wall_s
+
+
+def competing_cores(before: CpuSnapshot, after: CpuSnapshot, min_window_s: float = MIN_WINDOW_S) -> float | None:
+    """Average number of cores that others kept busy between two snapshots, in ``[0, logical cores]``.
+
+    None without /proc/stat, and over a window shorter than ``min_window_s``, where the 10 ms ticks of
+    /proc/stat cannot resolve it (see :data:`MIN_WINDOW_S`).
+    """
+    wall = cpu_window_s(before, after)
+    if wall is None or wall <= 0 or wall < min_window_s:
         return None
     others = (after.system_busy_s - before.system_busy_s) - (after.own_cpu_s - before.own_cpu_s)
-    # /proc/stat ticks at 100 Hz: short windows carry +-0.01 s of rounding per snapshot.
-    return round(max(0.0, others) / wall, 3)
+    return round(min(max(0.0, others) / wall, float(os.cpu_count() or 1)), 3)
 
 
 def cpu_model(cpuinfo_path: str = "/proc/cpuinfo") -> str:
@@ -109,13 +124,22 @@ def environment_record(
     load_before: tuple[float, float, float] | None,
     load_after: tuple[float, float, float] | None,
     others_cores: float | None = None,
+    window_s: float | None = None,
 ) -> dict[str, Any]:
     """What a latency number depends on, recorded beside it; logs a warning when under load.
 
-    ``others_cores`` is :func:`competing_cores` over the run; without it the load-average rule applies.
+    ``others_cores`` is :func:`competing_cores` over the run and ``window_s`` the run's /proc/stat window
+    (:func:`cpu_window_s`). A window shorter than :data:`MIN_WINDOW_S` is not judged (``under_load``
+    False); without /proc/stat (``window_s`` None) the load-average rule applies.
     """
     usable = _usable_cores()
     if others_cores is not None:
+        others_cores = min(max(0.0, float(others_cores)), float(os.cpu_count() or 1))
+    if others_cores is None and window_s is not None and window_s < MIN_WINDOW_S:
+        under_load = False
+        rule = (f"not judged: the run took {window_s * 1e3:.1f} ms, shorter than the {MIN_WINDOW_S * 1e3:.0f} ms "
+                "/proc/stat's 10 ms ticks need")
+    elif others_cores is not None:
         under_load = others_cores > COMPETING_CORES_LIMIT
         rule = f"other processes kept > {COMPETING_CORES_LIMIT} cores busy during the run (/proc/stat)"
         if under_load:
@@ -138,6 +162,7 @@ def environment_record(
         "load_avg_before": list(load_before) if load_before else None,
         "load_avg_after": list(load_after) if load_after else None,
         "others_cores": others_cores,
+        "cpu_window_s": None if window_s is None else round(window_s, 6),
         "under_load": under_load,
         "under_load_rule": rule,
         "torch_version": torch.__version__,

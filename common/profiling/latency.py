@@ -37,7 +37,14 @@ from moonlit.common.profiling.backends import (
     pinned_torch_threads,
     register_backend,
 )
-from moonlit.common.profiling.environment import competing_cores, cpu_snapshot, environment_record, load_average
+from moonlit.common.profiling.environment import (
+    CpuSnapshot,
+    competing_cores,
+    cpu_snapshot,
+    cpu_window_s,
+    environment_record,
+    load_average,
+)
 
 __all__ = [
     "LatencyResult", "ComparisonResult", "MultiComparisonResult",
@@ -214,6 +221,14 @@ class MultiComparisonResult:
 # Measurement
 
 
+def _environment(threads: int | None, load_before: tuple[float, float, float] | None,
+                 cpu_before: CpuSnapshot) -> dict[str, Any]:
+    """The environment record of a run that began at ``cpu_before`` (warm-up included) and ends now."""
+    cpu_after = cpu_snapshot()
+    return environment_record(threads, load_before, load_average(), competing_cores(cpu_before, cpu_after),
+                              window_s=cpu_window_s(cpu_before, cpu_after))
+
+
 def _as_runner(target: Runner | Callable[[], Any]) -> Runner:
     if isinstance(target, Runner):
         return target
@@ -252,8 +267,7 @@ def measure_latency(
             start = clock()
             runner()
             samples_ms.append((clock() - start) / 1e6)
-    environment = environment_record(runner.threads, load_before, load_average(),
-                                     competing_cores(cpu_before, cpu_snapshot()))
+    environment = _environment(runner.threads, load_before, cpu_before)
     return LatencyResult.from_samples(
         samples_ms, warmup=warmup, threads=runner.threads, backend=runner.backend,
         environment=environment,
@@ -332,7 +346,7 @@ def compare_many(
                     elapsed_ms = (clock() - start) / 1e6
                     if round_index >= warmup and (burst == 1 or call > 0):
                         samples[name].append(elapsed_ms)
-    environment = environment_record(None, load_before, load_average(), competing_cores(cpu_before, cpu_snapshot()))
+    environment = _environment(None, load_before, cpu_before)
     results = {
         name: LatencyResult.from_samples(
             samples[name], warmup=warmup, threads=runners[name].threads,
