@@ -53,4 +53,9 @@ class LatencyConstraint(BandConstraint[C]):
     def predict(self, candidates: Sequence[C]) -> np.ndarray:
         """Predicted latency (ms) of each candidate, all kernel rows of the batch in one predictor call."""
         rows = [self.kernel_rows(c) for c in candidates]
-        return np.asarray(self.predictor.predict_models(rows, apply_overhead=self.apply_overhead), dtype=np.float64)
+        latency = np.asarray(self.predictor.predict_models(rows, apply_overhead=self.apply_overhead), dtype=np.float64)
+        if latency.shape != (len(rows),) or not np.all(np.isfinite(latency) & (latency > 0)):
+            # LitePred's predictors floor at a positive minimum; a band test on 0, a negative or NaN would pass silently
+            raise ValueError(f"{type(self.predictor).__name__}.predict_models returned {latency.ravel()[:5].tolist()} "
+                             f"(shape {latency.shape}) for {len(rows)} candidates; expected one finite latency > 0 each")
+        return latency

@@ -110,3 +110,29 @@ def test_search_under_latency_band(predictor) -> None:
     assert search.objective_names() == ["latency_ms"]
     assert search.pareto_front()[0].objectives["latency_ms"] == min(
         r.objectives["latency_ms"] for r in search.records.values())
+
+
+def test_predictions_are_positive_or_an_error(predictor) -> None:
+    from moonlit.litepred.predictor import MIN_LATENCY_MS
+
+    batch = random_widths(np.random.default_rng(3), 5)
+    saved = predictor.overhead
+    try:
+        predictor.overhead = Overhead(1.0, -100.0, 10, True)  # a stored line below zero for every candidate
+        latency = LatencyConstraint(predictor, kernel_rows, limit_ms=2.0).predict(batch)
+        np.testing.assert_array_equal(latency, np.full(5, MIN_LATENCY_MS))
+    finally:
+        predictor.overhead = saved
+
+    class Broken:
+        platform: dict = {}
+
+        def __init__(self, values: list[float]) -> None:
+            self.values = values
+
+        def predict_models(self, models, apply_overhead=True):
+            return np.array(self.values[: len(models)])
+
+    for values in ([0.5, -0.1, 0.5, 0.5, 0.5], [0.5, float("nan"), 0.5, 0.5, 0.5], [0.5, 0.5]):
+        with pytest.raises(ValueError, match="expected one finite latency > 0 each"):
+            LatencyConstraint(Broken(values), kernel_rows, limit_ms=2.0).predict(batch)
