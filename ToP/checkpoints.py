@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from moonlit.common.train.checkpoint import CheckpointError
-from moonlit.common.train.foreign import offending_globals
+from moonlit.common.train.foreign import check_archive, refused_global
 
 from .masks import LOG_ALPHA_MAX, GateValues, TokenGates, deterministic_gates, keep_ratio
 from .model import PruningConfig, ToPModel
@@ -184,12 +184,12 @@ def _load_pickle(path: Path) -> Any:
             f"pytorch_model.bin and {L0_MODULE_FILE}"
         )
     stand_ins = [(cls, name) for name, cls in FOREIGN_CLASSES.items()]
+    check_archive(path)  # a zip bomb is refused from the central directory, before torch reads a member
     try:
         with torch.serialization.safe_globals(stand_ins):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        offending = offending_globals(path, set(FOREIGN_CLASSES))
-        named = ", ".join(offending) if offending else "an object outside tensors and plain containers"
+        named = refused_global(path, err, set(FOREIGN_CLASSES)) or "an object outside tensors and plain containers"
         raise CheckpointError(
             f"{path} was refused by the restricted unpickler: it needs {named}. Only tensors, plain "
             f"containers and inert stand-ins for {', '.join(FOREIGN_CLASSES)} are admitted"
