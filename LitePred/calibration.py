@@ -5,7 +5,7 @@ things a whole model does not (cold caches, its own call, on INT8 its own Quanti
 and misses some it does (layout changes ORT schedules differently inside a graph). We correct the
 sum with a fit on a few measured whole models:
 
-* :func:`fit_overhead` — ``model_ms = a · Σ kernels + b`` (one line per platform);
+* :func:`fit_overhead` — ``model_ms = a · Σ kernels + b`` with ``a, b >= 0`` (one line per platform);
 * :func:`fit_type_scales` — ``model_ms = a · Σ_t r_t · Σ_{kernels of type t} + b``: one factor per
   kernel type, ridge-regularized towards 1 with the strength chosen by leave-one-out
   cross-validation, so a handful of calibration models gives (nearly) the one-line fit and more

@@ -24,6 +24,7 @@ per node), shapes that cannot be inferred, or an activation with no elements.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -326,16 +327,15 @@ def _shown(text: str | bytes) -> str:
     return text if isinstance(text, str) and text.isprintable() else repr(text)
 
 
-def _check_names(model: onnx.ModelProto) -> None:
+def _check_names(model: onnx.ModelProto, nodes: Sequence[Node]) -> None:
     """Every name is text: protobuf hands a string field that is not valid UTF-8 over as ``bytes``."""
     graph = model.graph
     named = [("graph input", v.name) for v in graph.input] + [("graph output", v.name) for v in graph.output]
     named += [("weight", t.name) for t in graph.initializer] + [("opset domain", o.domain) for o in model.opset_import]
-    for index, node in enumerate(graph.node):
+    for index, node in enumerate(nodes):
         named += [(f"node {index}", node.name), (f"node {index}'s op type", node.op_type),
                   (f"node {index}'s domain", node.domain)]
-        named += [(f"node {index}'s input", name) for name in node.input]
-        named += [(f"node {index}'s output", name) for name in node.output]
+        named += [(f"node {index}'s input or output", name) for name in (*node.inputs, *node.outputs)]
     for what, name in named:
         if not isinstance(name, str):
             raise InputError(f"{what} is named {name!r}, which is not UTF-8 text; expected a text name")
@@ -365,26 +365,31 @@ def _read_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     )
 
 
-def _check_initializer(tensor: onnx.TensorProto) -> None:
-    if any(d < 0 for d in tensor.dims):
-        raise InputError(f"weight {tensor.name!r} has negative dims {list(tensor.dims)}")
+@functools.lru_cache(maxsize=64)
+def _itemsize(data_type: int) -> int | None:
+    """Bytes per element of an ONNX element type; None for types without a fixed size or unknown ones."""
     try:
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-    except (KeyError, ValueError, TypeError) as error:
-        raise InputError(f"weight {tensor.name!r} has {_type_name(tensor.data_type)}; expected a numeric "
-                         "ONNX element type") from error
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(data_type)
+    except (KeyError, ValueError, TypeError):
+        return None
+    return None if dtype.kind in "OUS" else dtype.itemsize
+
+
+def _check_initializer(tensor: onnx.TensorProto) -> None:
+    dims = tuple(tensor.dims)
+    if any(d < 0 for d in dims):
+        raise InputError(f"weight {tensor.name!r} has negative dims {list(dims)}")
+    itemsize = _itemsize(tensor.data_type)
+    if itemsize is None:
+        raise InputError(f"weight {tensor.name!r} has element type {_type_name(tensor.data_type)}; expected a "
+                         "numeric ONNX element type")
     if tensor.data_location == TensorProto.EXTERNAL:
         return  # onnx.load already read (or failed to read) the external file
-    if tensor.HasField("raw_data"):
-        if len(tensor.raw_data) != int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize:
-            raise InputError(f"weight {tensor.name!r} holds {len(tensor.raw_data)} bytes; its shape "
-                             f"{list(tensor.dims)} of {_type_name(tensor.data_type)} needs "
-                             f"{int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize}")
-    else:
+    if not tensor.HasField("raw_data"):  # raw bytes: their size is checked where shape inference reads them
         try:
             numpy_helper.to_array(tensor)  # typed fields: small tensors only (exporters write raw_data)
         except (ValueError, TypeError, KeyError) as error:
-            raise InputError(f"weight {tensor.name!r} does not match its shape {list(tensor.dims)} "
+            raise InputError(f"weight {tensor.name!r} does not match its shape {list(dims)} "
                              f"({type(error).__name__}: {_shown(str(error))})") from error
 
 
@@ -393,7 +398,10 @@ def _validate_model(model: onnx.ModelProto) -> None:
     graph = model.graph
     if not model.HasField("graph") or not graph.node:
         raise InputError("the model has no graph nodes (an empty or non-ONNX file?); expected an ONNX ModelProto")
-    _check_names(model)
+    # each node's fields read once (protobuf accessors are slow); attributes are not needed here
+    nodes = [Node(node.name or index, node.op_type, node.domain, tuple(node.input), tuple(node.output), {})
+             for index, node in enumerate(graph.node)]
+    _check_names(model, nodes)
     opsets = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
     if "ai.onnx" not in opsets:
         raise InputError(f"the model imports no default-domain opset (imports {sorted(opsets)}); expected one")
@@ -412,28 +420,26 @@ def _validate_model(model: onnx.ModelProto) -> None:
             raise InputError(f"graph input {value.name!r} has element type {_type_name(elem_type)}; expected one of "
                              f"{sorted(_type_name(t) for t in INPUT_ELEMENT_TYPES)}")
     writer: dict[str, str] = {}
-    for index, node in enumerate(graph.node):
-        for output in node.output:
+    for node in nodes:
+        for output in node.outputs:
             if not output:
                 continue
             if output in writer or output in provided:
                 first = writer.get(output, "a graph input or weight")
-                raise InputError(f"tensor {output!r} is written by node {node.name or index!r} ({_shown(node.op_type)}) and by "
+                raise InputError(f"tensor {output!r} is written by node {node.name!r} ({_shown(node.op_type)}) and by "
                                  f"{first}; expected each tensor written once")
-            writer[output] = repr(node.name or index)
+            writer[output] = repr(node.name)
     known = provided | set(writer)
-    for index, node in enumerate(graph.node):
-        for name in node.input:
+    for node in nodes:
+        for name in node.inputs:
             if name and name not in known:
-                raise InputError(f"node {node.name or index!r} ({_shown(node.op_type)}) reads {name!r}, which no node, graph "
+                raise InputError(f"node {node.name!r} ({_shown(node.op_type)}) reads {name!r}, which no node, graph "
                                  "input or weight provides; expected a connected graph")
     for value in graph.output:
         if value.name not in known:
             raise InputError(f"graph output {value.name!r} is produced by no node; expected a connected graph")
     _check_node_schemas(model, opsets)
-    # a cycle, before shape inference meets it (attributes are not needed to order the nodes)
-    _topological([Node(node.name or f"{node.op_type}_{i}", node.op_type, node.domain, tuple(node.input),
-                       tuple(node.output), {}) for i, node in enumerate(graph.node)], (), {})
+    _topological(nodes, (), {})  # a cycle, before shape inference meets it
 
 
 def _check_node_schemas(model: onnx.ModelProto, opsets: Mapping[str, int]) -> None:

@@ -12,6 +12,7 @@ shapes given is an :class:`~moonlit.common.errors.InputError`.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -121,13 +122,32 @@ def _symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
 _WEIGHT_BYTES = 4096
 
 
+def _check_raw_size(tensor: onnx.TensorProto, size: int) -> None:
+    """A weight stored as raw bytes holds exactly its shape's worth (types without a fixed size: not checked)."""
+    if not size or tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return  # an unknown element type is reported by the graph's checks
+    needed = math.prod(tensor.dims) * itemsize
+    if size != needed:
+        name = onnx.TensorProto.DataType.Name(tensor.data_type)
+        raise InputError(f"weight {tensor.name!r} holds {size} bytes; its shape {list(tensor.dims)} of {name} "
+                         f"needs {needed}")
+
+
 def infer_static_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return ``model`` with a static shape for every node output, or raise :class:`InputError`."""
     for value_info in list(model.graph.value_info):  # stale partial entries block inference
         if value_dims(value_info.type) is None:
             model.graph.value_info.remove(value_info)
-    weights = {i: tensor.raw_data for i, tensor in enumerate(model.graph.initializer)
-               if len(tensor.raw_data) > _WEIGHT_BYTES}
+    weights = {}
+    for i, tensor in enumerate(model.graph.initializer):
+        data = tensor.raw_data  # a copy: read once here, where every weight's size is checked too
+        _check_raw_size(tensor, len(data))
+        if len(data) > _WEIGHT_BYTES:
+            weights[i] = data
     for i in weights:
         model.graph.initializer[i].ClearField("raw_data")
     try:
