@@ -88,6 +88,10 @@ class QTScorer:
         for lut in luts:
             resolution = lut.resolutions(self.spec)
             loss, latency = lut.arrays()
+            if (loss <= 0).any():  # A_c is a mean of summed NSRs and the score divides by it
+                rows = (np.flatnonzero(loss <= 0) + 1).tolist()
+                raise InputError(f"{lut.file_name}: NSR 0 in row(s) {rows[:5]}; the Q-T score needs NSRs > 0 "
+                                 "(a block-KD student never matches its teacher exactly)")
             bounds = []
             for r in self.resolutions:
                 rows = np.flatnonzero(resolution == r)

@@ -494,7 +494,7 @@ def test_lut_cut_mid_row_or_with_bad_bytes_is_refused(tmp_path: Path) -> None:
 
 
 def test_lut_set_with_one_negative_nsr_is_refused_before_scoring(tmp_path: Path) -> None:
-    """A complete onnxw_tiny LUT set scores; the same set with one NSR of -5 is refused at reading."""
+    """A complete onnxw_tiny LUT set scores; with one NSR of 0 the scorer refuses it, with one of -5 the reader."""
     spec = load_hyperspace("onnxw_tiny")
     rng = np.random.default_rng(0)
     luts = []
@@ -509,7 +509,11 @@ def test_lut_set_with_one_negative_nsr_is_refused_before_scoring(tmp_path: Path)
     scorer = QTScorer(LUTSet.read(tmp_path, "onnxw_tiny"), [0.05, 0.1], [3.0], num_samples=1000, batch_size=500)
     assert scorer.score(SpaceEncoding.decode("onnxw_tiny-151122-010101"), np.random.default_rng(0)).score > 0
     target = tmp_path / "stage2_1_0.csv"
-    lines = target.read_text().splitlines(keepends=True)
+    original = target.read_text()
+    target.write_text(original.replace(original.split(",")[2], "0.0000", 1))
+    with pytest.raises(InputError, match=r"stage2_1_0.csv: NSR 0 in row\(s\) \[1\]; the Q-T score needs NSRs > 0"):
+        QTScorer(LUTSet.read(tmp_path, "onnxw_tiny"), [0.05, 0.1], [3.0], num_samples=1000, batch_size=500)
+    lines = original.splitlines(keepends=True)
     cells = lines[0].split(",")
     cells[2] = "-5.0000"
     lines[0] = ",".join(cells)
