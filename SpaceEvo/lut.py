@@ -20,7 +20,7 @@ The reader accepts exactly this grammar (printable ASCII; ``INT`` = ``[1-9][0-9]
     NUMBER  := [0-9]+ ("." [0-9]+)?    at most 20 characters: NSR, MFLOPs, Mparams, latency_ms, all >= 0
 
 Zero is accepted in every number (the writer rounds to 4 decimals, so a tiny latency prints as
-0.0000); NaN, infinities, negative values, exponents and non-ASCII digits are not. Lines are at
+0.0000; the Q-T scorer refuses an NSR of 0); NaN, infinities, negative values, exponents and non-ASCII digits are not. Lines are at
 most 65,536 characters. Anything else raises :class:`~moonlit.common.errors.InputError` naming the
 file, line and cell.
 """
