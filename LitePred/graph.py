@@ -398,8 +398,11 @@ def _validate_model(model: onnx.ModelProto) -> None:
     graph = model.graph
     if not model.HasField("graph") or not graph.node:
         raise InputError("the model has no graph nodes (an empty or non-ONNX file?); expected an ONNX ModelProto")
+    for entry in [*model.opset_import, *graph.node]:  # "ai.onnx" is the default domain "" (onnx's checker knows only "")
+        if entry.domain == "ai.onnx":
+            entry.domain = ""
     # each node's fields read once (protobuf accessors are slow); attributes are not needed here
-    nodes = [Node(node.name or index, node.op_type, node.domain, tuple(node.input), tuple(node.output), {})
+    nodes = [Node(node.name or f"#{index}", node.op_type, node.domain, tuple(node.input), tuple(node.output), {})
              for index, node in enumerate(graph.node)]
     _check_names(model, nodes)
     opsets = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
@@ -457,7 +460,8 @@ def _check_node_schemas(model: onnx.ModelProto, opsets: Mapping[str, int]) -> No
             onnx.checker.check_node(node, context, scope)
         except (onnx.checker.ValidationError, UnicodeDecodeError) as error:  # the latter: a name that is not UTF-8
             message = _shown((str(error).strip().splitlines() or [type(error).__name__])[0])
-            raise InputError(f"node {node.name or index!r} ({_shown(node.op_type)}) breaks its op's schema: {message}") from error
+            raise InputError(f"node {node.name or f'#{index}'!r} ({_shown(node.op_type)}) breaks its op's schema: "
+                             f"{message}") from error
 
 
 def _check_activations(graph: Graph) -> None:

@@ -50,10 +50,14 @@ def test_adapt_transfers_from_the_pool_and_beats_scratch(pool_root: Path) -> Non
     assert saved.platform["transfer"]["method"] == "source"
 
 
-def test_adapt_refuses_an_empty_pool(tmp_path: Path) -> None:
+def test_adapt_refuses_an_empty_pool(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "litepred" / "predictors").mkdir(parents=True)
-    with pytest.raises(ValueError, match="holds no platform other than the target"):
+    monkeypatch.delenv("MOONLIT_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exited:  # the entry point turns the user error into one line
         main(["adapt", "platform=debug-int8", *SMALL, f"paths.output_root={tmp_path}"])
+    assert exited.value.code == 2
+    assert "holds no platform other than the target" in capsys.readouterr().err
 
 
 def test_transfer_experiment_rows_table_and_plot(pool_root: Path) -> None:

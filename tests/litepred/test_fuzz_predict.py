@@ -275,6 +275,20 @@ def test_model_errors_name_the_field(tmp_path, predictor) -> None:
         timed_predict_onnx(predictor, tmp_path / "symbolic_batch.onnx", "debug", {"x": [0, 3, 8, 8]})
 
 
+def test_unnamed_nodes_and_the_explicit_default_domain_are_valid(tmp_path, predictor) -> None:
+    model = _conv_model()
+    for node in model.graph.node:
+        node.name = ""
+    model.graph.node[1].domain = "ai.onnx"
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("ai.onnx", 17))
+    result = timed_predict_onnx(predictor, _write(tmp_path, model), "debug")
+    assert result["latency_ms"] > 0 and result["kernels"] == 1 and not result["unassigned_nodes"]
+    model.graph.node[1].input[0] = "nowhere"
+    with pytest.raises(InputError, match="node '#1' \\(Relu\\) reads 'nowhere'"):
+        timed_predict_onnx(predictor, _write(tmp_path, model, "dangling.onnx"), "debug")
+
+
 def test_cli_predict_of_a_corrupt_file_is_an_input_error(tmp_path, predictor, onnx_files) -> None:
     from moonlit.common.config import compose_config
     from moonlit.litepred.cli import run_predict
