@@ -17,7 +17,7 @@ from typing import Any
 _EXPORTS = {
     "imagenet": ("build_imagenet_datasets", "build_loader", "build_transform", "holdout_indices"),
     "loaders": ("resolve_rank_world", "set_epoch"),
-    "glue": ("GLUE_TASKS", "GlueTask", "get_glue_task", "glue_features", "load_glue", "tokenize_glue"),
+    "glue": ("GLUE_TASKS", "LOCAL_TASKS", "GlueTask", "get_glue_task", "glue_features", "load_glue", "tokenize_glue"),
     "glue_metrics": ("compute_glue_metrics",),
     "synthetic": ("image_class_names", "train_bpe_tokenizer", "train_wordpiece_tokenizer", "write_fixtures",
                   "write_glue_tsvs", "write_image_folder", "write_tiny_bert", "write_tiny_roberta"),

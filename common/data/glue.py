@@ -90,7 +90,15 @@ _TASKS = (
              "accuracy", ("accuracy",)),
 )
 GLUE_TASKS: Mapping[str, GlueTask] = MappingProxyType({task.name: task for task in _TASKS})
-_BY_ALIAS = {alias: task for task in _TASKS for alias in (task.name, task.folder.lower(), *task.aliases)}
+# Real single-sentence tasks beyond GLUE, written in the SST-2 layout by scripts/get_data.sh
+# (moonlit.common.data.real): folders data/rt and data/spam. They have no Hub copy.
+_LOCAL_TASKS = (
+    GlueTask("rt", "rt", ("rotten_tomatoes",), ("sentence",), ("rotten", "fresh"), "accuracy", ("accuracy",)),
+    GlueTask("spam", "spam", ("spam_assassin",), ("sentence",), ("ham", "spam"), "accuracy", ("accuracy", "f1")),
+)
+LOCAL_TASKS: Mapping[str, GlueTask] = MappingProxyType({task.name: task for task in _LOCAL_TASKS})
+_BY_ALIAS = {alias: task for task in (*_TASKS, *_LOCAL_TASKS)
+             for alias in (task.name, task.folder.lower(), *task.aliases)}
 
 
 def get_glue_task(task: str | GlueTask) -> GlueTask:
@@ -99,7 +107,7 @@ def get_glue_task(task: str | GlueTask) -> GlueTask:
         return task
     found = _BY_ALIAS.get(task.strip().lower()) if isinstance(task, str) else None
     if found is None:
-        raise InputError(f"unknown GLUE task {task!r:.80}; expected one of {', '.join(GLUE_TASKS)} "
+        raise InputError(f"unknown GLUE task {task!r:.80}; expected one of {', '.join([*GLUE_TASKS, *LOCAL_TASKS])} "
                          f"(or the folder names {', '.join(t.folder for t in _TASKS)})")
     return found
 
@@ -129,6 +137,8 @@ _FORMATS: Mapping[str, _TsvFormat] = {
                         ("test_mismatched", "test_mismatched.tsv")), ("sentence1", "sentence2"), "gold_label"),
     "qnli": _TsvFormat(_STANDARD_FILES, ("question", "sentence"), "label"),
     "rte": _TsvFormat(_STANDARD_FILES, ("sentence1", "sentence2"), "label"),
+    "rt": _TsvFormat(_STANDARD_FILES, ("sentence",), "label"),
+    "spam": _TsvFormat(_STANDARD_FILES, ("sentence",), "label"),
 }
 
 
@@ -271,6 +281,9 @@ def load_glue(task: str | GlueTask, data_dir: str | Path | None = None, *,
     """
     spec = get_glue_task(task)
     if data_dir is None:
+        if spec.name in LOCAL_TASKS:
+            raise InputError(f"task {spec.name!r} has no Hub copy: run bash scripts/get_data.sh and pass "
+                             f"data_dir= the data folder (it holds {spec.folder}/train.tsv)")
         return _load_from_hub(spec)
     fmt = _FORMATS[spec.name]
     folder = _task_folder(Path(data_dir), spec, fmt)

@@ -285,3 +285,18 @@ def test_metric_input_errors() -> None:
         compute_glue_metrics("sst2", [0, 1], [0, 1, 1])
     with pytest.raises(ValueError, match="negative values"):
         compute_glue_metrics("stsb", [1.0, 2.0], [-1.0, -1.0])
+
+
+def test_local_sentence_tasks_read_the_sst2_layout(tmp_path):
+    from moonlit.common.data.glue import LOCAL_TASKS
+
+    folder = tmp_path / "spam"
+    folder.mkdir()
+    for name, rows in (("train", "offer now\t1\nhi bob\t0\n"), ("dev", "meet at 10\t0\n"), ("test", "win\t1\n")):
+        (folder / f"{name}.tsv").write_text("sentence\tlabel\n" + rows, encoding="utf-8")
+    loaded = load_glue("spam", data_dir=tmp_path)
+    assert loaded["train"]["label"] == [1, 0] and loaded["test"]["label"] == [1]
+    assert loaded["train"].features["label"].names == ["ham", "spam"]
+    assert set(LOCAL_TASKS) == {"rt", "spam"} and not set(LOCAL_TASKS) & set(GLUE_TASKS)
+    with pytest.raises(ValueError, match="no Hub copy"):
+        load_glue("rt")

@@ -357,6 +357,11 @@ def test_real_rt_counts_and_no_movie_in_two_splits(real_artefact):
     assert entry["summary"]["source_rows"] == {"fresh": 7403, "rotten": 5405, "plot": 1097}
     total = sum(len(_read_tsv(folder / f"{s}.tsv")) for s in ("train", "dev", "test"))
     assert 12_000 < total <= 7403 + 5405
+    from moonlit.common.data.glue import load_glue
+
+    loaded = load_glue("rt", data_dir=folder.parent)
+    assert sum(len(split) for split in loaded.values()) == total
+    assert set(loaded["test"]["label"]) == {0, 1}  # the test split keeps its labels
 
 
 @pytest.mark.real_data
