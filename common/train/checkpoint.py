@@ -233,7 +233,7 @@ def move_aside(directory: str | os.PathLike[str]) -> Path | None:
         suffix += 1
         target = root.with_name(f"{root.name}.replaced-{stamp}-{suffix}")
     os.replace(root, target)
-    _log.warning("resume=false: moved the earlier checkpoints %s aside to %s", root, target)
+    _log.warning("moved the earlier checkpoints %s aside to %s (a fresh run deletes nothing)", root, target)
     return target
 
 
