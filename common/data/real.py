@@ -89,7 +89,7 @@ class FetchError(RuntimeError):
 
 def data_root(path: str | os.PathLike[str] | None = None) -> Path:
     """The data directory: ``path``, else ``$MOONLIT_DATA``, else ``./data``."""
-    return Path(path if path is not None else os.environ.get("MOONLIT_DATA") or "data")
+    return Path(path if path not in (None, "") else os.environ.get("MOONLIT_DATA") or "data")
 
 
 def artefact_dir(name: str, root: str | os.PathLike[str] | None = None) -> Path:
@@ -270,22 +270,29 @@ def get_data(names: Sequence[str] | None = None, root: str | os.PathLike[str] | 
     return status
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m moonlit.common.data.real [artefacts=[a,b]] [data_dir=...] [offline_dir=...] [force=true]``."""
-    from moonlit.common.config import compose_config
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = compose_config("common", "get_data", list(sys.argv[1:] if argv is None else argv))
+def run(cfg: Any) -> dict[str, str]:
+    """The work behind ``python -m moonlit.common.data.real``: fetch, convert, print one line per artefact."""
     status = get_data(list(cfg.artefacts) or None, cfg.data_dir, offline_dir=cfg.offline_dir, force=bool(cfg.force),
                       keep_downloads=bool(cfg.keep_downloads))
-    root = data_root(cfg.data_dir)
+    root = data_root(cfg.data_dir).resolve()
     for name, state in status.items():
         print(f"{name:20s} {state if state in ('fetched', 'up to date') else 'FAILED: ' + state}")
     failed = [n for n, s in status.items() if s not in ("fetched", "up to date")]
-    print(f"data in {root.resolve()}, manifest {root.resolve() / MANIFEST}" +
-          (f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    print(f"data in {root}, manifest {root / MANIFEST}" + (f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""))
+    return status
+
+
+def main() -> None:
+    from moonlit.common.config import hydra_app
+
+    @hydra_app("common", "get_data")
+    def app(cfg: Any) -> None:
+        status = run(cfg)
+        if any(state not in ("fetched", "up to date") for state in status.values()):
+            sys.exit(1)
+
+    app()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
