@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from moonlit.common.config import hydra_app
 from moonlit.common.data.glue import GlueTask
 from moonlit.common.data.glue_metrics import compute_glue_metrics
+from moonlit.common.errors import InputError
 
 from .constraint import encoder_macs, expected_lengths
 from .data import model_inputs
@@ -100,7 +101,7 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate a saved pruned model (``model_dir``) on the task's eval splits."""
     from transformers import AutoTokenizer
 
-    from .artifacts import load_pruned
+    from .artifacts import from_pretrained, load_pruned
     from .checkpoints import released_top_model
     from .data import glue_loader, splits_from_config
 
@@ -109,9 +110,9 @@ def run_evaluate(cfg: DictConfig) -> dict[str, Any]:
     elif cfg.model_format == "released":  # senfu/bert-base-uncased-top-pruned-<task>, reference semantics
         model, tokenizer = released_top_model(cfg.model_dir), None
     else:
-        raise ValueError(f"model_format must be 'moonlit' or 'released', got {cfg.model_format!r}")
+        raise InputError(f"model_format must be 'moonlit' or 'released', got {cfg.model_format!r}")
     if cfg.tokenizer is not None or tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model_dir)
+        tokenizer = from_pretrained(AutoTokenizer, cfg.tokenizer or cfg.model_dir)
     splits = splits_from_config(cfg.data, tokenizer)
     results = {}
     for name, dataset in splits.eval_splits.items():

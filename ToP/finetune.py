@@ -27,6 +27,7 @@ from moonlit.common.data.loaders import set_epoch
 from moonlit.common.train.dist import resolve_device
 from moonlit.common.train.seed import seed_everything
 
+from .artifacts import from_pretrained
 from .data import glue_loader, model_inputs, splits_from_config
 from .evaluate import evaluate_top, format_result
 from .model import ToPModel
@@ -56,10 +57,11 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_s
 
 
 def load_classifier(name_or_path: str, num_labels: int) -> tuple[torch.nn.Module, Any]:
-    """HF model (eager attention: ToP reads attention probabilities) and tokenizer, hub name or folder."""
-    model = AutoModelForSequenceClassification.from_pretrained(
-        name_or_path, num_labels=num_labels, attn_implementation="eager", ignore_mismatched_sizes=True)
-    return model, AutoTokenizer.from_pretrained(name_or_path)
+    """HF model (eager attention: ToP reads attention probabilities) and tokenizer, hub name or folder;
+    a missing folder, or one without ``config.json``, raises :class:`~moonlit.common.errors.InputError`."""
+    model = from_pretrained(AutoModelForSequenceClassification, name_or_path, num_labels=num_labels,
+                            attn_implementation="eager", ignore_mismatched_sizes=True)
+    return model, from_pretrained(AutoTokenizer, name_or_path)
 
 
 def setup_run(cfg: DictConfig) -> tuple[torch.device, Path, GlueTask]:

@@ -8,14 +8,19 @@ available everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+
+from .errors import exit_on_user_error
 
 HYDRA_VERSION_BASE = "1.3"
 CONFIG_PACKAGE = "moonlit.configs"
@@ -35,19 +40,66 @@ def config_dir(tree: str) -> Path:
     return path
 
 
-def hydra_app(tree: str, config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+def hydra_app(tree: str, config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[..., Any]]:
     """``hydra.main`` bound to ``configs/<tree>/<config_name>.yaml``.
 
-    Use on a module's thin ``main(cfg)``; the real work stays in an importable function.
+    Use on a module's thin ``main(cfg)``; the real work stays in an importable function. A user error,
+    raised by the task or by Hydra while composing the config (bad override, unknown key, missing
+    group option), is printed as one line and exits with status 2
+    (:func:`moonlit.common.errors.exit_on_user_error`); ``MOONLIT_DEBUG=1`` shows the traceback.
     """
 
-    def decorate(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
-        wrapped = hydra.main(
+    def decorate(fn: Callable[[DictConfig], Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def task(cfg: DictConfig) -> Any:
+            # Inside the task, the environment is the user's again (child processes inherit it);
+            # Hydra reads HYDRA_FULL_ERROR only after the task has returned or raised.
+            with _environment_variable("HYDRA_FULL_ERROR", user_full_error), exit_on_user_error(_program(fn)):
+                return fn(cfg)
+
+        hydra_main = hydra.main(
             config_path=str(config_dir(tree)), config_name=config_name, version_base=HYDRA_VERSION_BASE
-        )(fn)
-        return functools.wraps(fn)(wrapped)
+        )(task)
+        user_full_error = os.environ.get("HYDRA_FULL_ERROR")
+
+        @functools.wraps(fn)
+        def main(cfg_passthrough: DictConfig | None = None) -> Any:
+            nonlocal user_full_error
+            user_full_error = os.environ.get("HYDRA_FULL_ERROR")
+            # HYDRA_FULL_ERROR makes Hydra re-raise composition errors instead of printing them over
+            # several lines and exiting; exit_on_user_error then reports them.
+            with exit_on_user_error(_program(fn)), _environment_variable("HYDRA_FULL_ERROR", "1"):
+                return hydra_main(cfg_passthrough)
+
+        return main
 
     return decorate
+
+
+def _program(fn: Callable[..., Any]) -> str:
+    """The app's module name (``moonlit.top.prune``), also when it runs as ``python -m`` (``__main__``)."""
+    module = fn.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        module = spec.name if spec is not None else Path(sys.argv[0]).name
+    return module
+
+
+@contextlib.contextmanager
+def _environment_variable(name: str, value: str | None) -> Iterator[None]:
+    """``os.environ[name]`` set to ``value`` (removed for None) for the block, then restored."""
+    before = os.environ.get(name)
+    try:
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def compose_config(
