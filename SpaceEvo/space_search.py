@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from moonlit.common.config import hydra_app, to_container
+from moonlit.common.errors import InputError
 from moonlit.common.report import render_table
 from omegaconf import DictConfig
 from tqdm import tqdm
@@ -208,6 +209,14 @@ def _space_from_config(value: str | int, hyperspace: str) -> SpaceEncoding:
     return SpaceEncoding.decode(str(value), hyperspace)
 
 
+def _spaces_from_config(values: Sequence[str | int], hyperspace: str, field: str) -> list[SpaceEncoding]:
+    """Every space of the config list ``field``, each of ``hyperspace``; a bad one is named with its field."""
+    try:
+        return [_space_from_config(value, hyperspace) for value in values]
+    except InputError as err:
+        raise InputError(f"{field}: {err}") from err
+
+
 def run_tag(cfg: DictConfig) -> str:
     constraints = "+".join(f"{c:g}" for c in cfg.constraints_ms)
     return f"{cfg.hyperspace}_c{constraints}_t{cfg.t:g}_a{cfg.a:g}_seed{cfg.seed}"
@@ -219,12 +228,12 @@ def search(cfg: DictConfig) -> dict[str, Any]:
     scorer = build_scorer(cfg)
     rng = np.random.default_rng(cfg.seed)
     out_dir = Path(cfg.output_dir) / run_tag(cfg)
-    tracked = [_space_from_config(s, cfg.hyperspace) for s in cfg.tracked_spaces]
+    tracked = _spaces_from_config(cfg.tracked_spaces, cfg.hyperspace, "tracked_spaces")
     result: dict[str, Any] = {"hyperspace": cfg.hyperspace, "tag": run_tag(cfg), "config": to_container(cfg),
                               "other_latency_ms": dict(zip(map(str, scorer.resolutions),
                                                            scorer.other_latency_ms.tolist()))}
     if cfg.candidates:
-        spaces = [_space_from_config(s, cfg.hyperspace) for s in cfg.candidates]
+        spaces = _spaces_from_config(cfg.candidates, cfg.hyperspace, "candidates")
         result["ranked"] = evaluate_spaces(scorer, spaces, cfg.rerank.repeats, rng)
         result["history"] = []
         result["timing"] = {"total_s": time.perf_counter() - start}

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from moonlit.common.config import compose_config
+from moonlit.common.errors import InputError
 from moonlit.spaceevo.lut import BlockLUT, LUTRow, LUTSet
 from moonlit.spaceevo.qt_score import Draw, QTScorer
 from moonlit.spaceevo.space import SpaceEncoding, load_hyperspace
@@ -26,9 +27,10 @@ PUBLISHED = "onnxw-151122-023231"
 OTHER_MS = [1.34, 1.69, 2.06]
 
 
-def _write_synthetic_luts(folder: Path, rows_per_resolution: int, seed: int, constant: bool = False) -> LUTSet:
-    """A complete onnxw LUT folder; ``constant``: every row of a table has NSR 0.1*stage, latency = stage ms."""
-    spec = load_hyperspace("onnxw")
+def _write_synthetic_luts(folder: Path, rows_per_resolution: int, seed: int, constant: bool = False,
+                          hyperspace: str = "onnxw") -> LUTSet:
+    """A complete LUT folder; ``constant``: every row of a table has NSR 0.1*stage, latency = stage ms."""
+    spec = load_hyperspace(hyperspace)
     rng = np.random.default_rng(seed)
     for stage, windows in enumerate(spec.num_windows, 1):
         factor = spec.input_downsample(f"stage{stage}")
@@ -42,7 +44,7 @@ def _write_synthetic_luts(folder: Path, rows_per_resolution: int, seed: int, con
                         rows.append(LUTRow(((3, 32, 4),), (1, 16, r // factor, r // factor), nsr, 1.0, 0.1, ms))
                 rng.shuffle(rows)  # the scorer must not rely on file order
                 BlockLUT(stage, block, window, rows).write(folder)
-    return LUTSet.read(folder, "onnxw")
+    return LUTSet.read(folder, hyperspace)
 
 
 def _loop_score(luts: LUTSet, space: SpaceEncoding, draw: Draw, constraints: list[float], t: float, a: float,
@@ -236,3 +238,22 @@ def test_default_lut_dir_resolves_from_the_repository_root() -> None:
         assert _resolve_lut_dir(cfg.lut_dir).resolve() == RELEASED.resolve()
     with pytest.raises(FileNotFoundError, match="pass an absolute lut_dir"):
         _resolve_lut_dir("no/such/luts")
+
+
+def test_tracked_spaces_follow_the_hyperspace(tmp_path: Path) -> None:
+    """hyperspace=mobilew alone tracks mobilew's published space; a space of another hyperspace is named."""
+    assert list(compose_config("spaceevo", "space_search", [])["tracked_spaces"]) == [PUBLISHED]
+    assert list(compose_config("spaceevo", "space_search", ["hyperspace=onnxw_tiny"])["tracked_spaces"]) == []
+    folder = tmp_path / "mobilew_luts"
+    _write_synthetic_luts(folder, rows_per_resolution=3, seed=2, hyperspace="mobilew")
+    small = [f"lut_dir={folder}", "num_samples=500", "batch_size=100", "evolution.population=10",
+             "evolution.tournament=4", "evolution.budget=20", "rerank.top=3", "rerank.repeats=2", "progress=false"]
+    result = search(compose_config("spaceevo", "space_search",
+                                   ["hyperspace=mobilew", f"output_dir={tmp_path / 'out'}", *small]))
+    assert [t["space"] for t in result["tracked"]] == ["mobilew-122222-155400"]  # spaceevo@pixel4
+    assert result["ranked"][0]["space"].startswith("mobilew-")
+    with pytest.raises(InputError, match=r"tracked_spaces: 'onnxw-151122-023231' is a 'onnxw' space, expected a "
+                                         r"'mobilew' space"):
+        search(compose_config("spaceevo", "space_search", ["hyperspace=mobilew", f"tracked_spaces=[{PUBLISHED}]",
+                                                           f"output_dir={tmp_path / 'bad'}", *small]))
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
