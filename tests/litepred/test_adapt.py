@@ -54,6 +54,7 @@ def test_adapt_refuses_an_empty_pool(tmp_path: Path, capsys: pytest.CaptureFixtu
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "litepred" / "predictors").mkdir(parents=True)
     monkeypatch.delenv("MOONLIT_DEBUG", raising=False)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(SystemExit) as exited:  # the entry point turns the user error into one line
         main(["adapt", "platform=debug-int8", *SMALL, f"paths.output_root={tmp_path}"])
     assert exited.value.code == 2
