@@ -17,8 +17,9 @@ with the unbiased variance over the spatial positions (``torch.var``). The refer
 *student's* variance, which lets a student lower its loss by inflating its own variance; the teacher's
 is the natural normaliser and our default, the reference's form is ``variance_of="student"``.
 
-Differences from the reference, on purpose: teacher BN in eval mode; sub-stages and data order drawn
-from per-step seeds, so every rank samples the same sub-stage and a resumed run equals an
+Differences from the reference, on purpose: teacher BN in eval mode; sub-stages, data order and each
+sample's augmentation drawn from per-step seeds, so every rank samples the same sub-stage and a
+resumed run (at any step, with any number of loader workers) equals an
 uninterrupted one (the reference's resume loop ran ``range(start, epochs - start)``); checkpoints
 through :mod:`moonlit.common.train.checkpoint`; gloo on CPU, nccl on GPU via torchrun.
 
@@ -38,6 +39,7 @@ from typing import Any
 import torch
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.imagenet import build_imagenet_datasets
+from moonlit.common.data.loaders import SeededItems
 from moonlit.common.train import checkpoint as ckpt
 from moonlit.common.train import dist as mdist
 from moonlit.common.train.seed import step_seed
@@ -217,6 +219,23 @@ class StepBatchSampler:
             yield order[offset: offset + self.batch_size].tolist()
 
 
+class _KeyedBatches:
+    """The sampler's batches as ``(index, seed)`` items for :class:`SeededItems`: each sample's
+    augmentation is seeded by (seed, step, its place in the global batch), so a run resumed at any
+    step loads exactly the images of the uninterrupted run, with any number of workers."""
+
+    def __init__(self, sampler: StepBatchSampler) -> None:
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        first = self.sampler.rank * self.sampler.batch_size
+        for step, batch in enumerate(self.sampler, start=self.sampler.start):
+            yield [(index, step_seed(self.sampler.seed, step, first + place)) for place, index in enumerate(batch)]
+
+
 def _optimizer(student: nn.Module, settings: KDSettings, phase: str) -> tuple[torch.optim.Optimizer, Any]:
     lr = settings.fp32_lr if phase == "fp32" else settings.lsq_lr
     steps = settings.fp32_steps if phase == "fp32" else settings.lsq_steps
@@ -277,7 +296,7 @@ def train_student(student: StudentStage, teacher: Teacher, dataset: Dataset, set
     model = mdist.wrap_ddp(student, ctx, find_unused_parameters=True)
     stop = settings.total_steps if stop_after is None else min(stop_after, settings.total_steps)
     sampler = StepBatchSampler(len(dataset), settings.batch_size, settings.seed, start, stop, ctx.rank, ctx.world_size)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=settings.num_workers)
+    loader = DataLoader(SeededItems(dataset), batch_sampler=_KeyedBatches(sampler), num_workers=settings.num_workers)
     arch = {"hyperspace": student.hyperspace, "stage": student.stage_index, "block": student.block,
             "teacher_in": student.in_proj.max_in_channels, "teacher_out": student.out_proj.max_out_channels}
     history = []

@@ -4,15 +4,20 @@ A resumed run must see, from the epoch it resumes at, exactly the batches of the
 the sample order *and* the random augmentation. :class:`EpochLoader` makes both a function of
 (seed, rank, epoch): ``set_epoch`` reshuffles the sampler and reseeds the generator from which
 every iterator draws its workers' seeds (workers are not persistent, so each epoch starts fresh).
+A run that resumes mid-epoch (block-wise KD) instead keys each sample's augmentation to its step:
+:class:`SeededItems` draws item ``(index, seed)`` under RNGs seeded by ``seed``.
 """
 
 from __future__ import annotations
 
+import random
+from typing import Any
+
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["EpochLoader", "epoch_seed", "resolve_rank_world", "set_epoch"]
+__all__ = ["EpochLoader", "SeededItems", "epoch_seed", "resolve_rank_world", "set_epoch"]
 
 
 def resolve_rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -63,3 +68,31 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
         loader.set_epoch(epoch)
     elif hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
+
+
+
+class SeededItems(Dataset):
+    """``dataset[index]`` for item ``(index, seed)``, drawn with python, numpy and torch seeded by ``seed``.
+
+    The random augmentation of an item is then a function of its key alone, whichever worker loads
+    it and wherever a resumed run restarted. The caller's RNG states are restored after each item.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, seed = item
+        saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        try:
+            return self.dataset[index]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])

@@ -20,7 +20,7 @@ from torchvision import transforms as T
 from moonlit.common.data.imagenet import (ImageRootError, build_imagenet_datasets, build_loader, build_transform,
                                           check_generated_root, check_image_root, generate_image_root,
                                           holdout_indices, resolve_rank_world, set_epoch)
-from moonlit.common.data.loaders import epoch_seed
+from moonlit.common.data.loaders import SeededItems, epoch_seed
 from moonlit.common.errors import InputError
 from moonlit.common.train.seed import get_rng_state, set_rng_state
 
@@ -148,6 +148,19 @@ def test_augmentation_rng_depends_on_seed_rank_and_epoch_only(num_workers: int) 
         first = epochs[2][0]  # batch 0 comes from worker 0
         torch.manual_seed(base_seed)
         assert first[1].item() == torch.rand(()).item()
+
+
+def test_seeded_items_depend_on_their_key_only() -> None:
+    items = SeededItems(RandomDraws())
+    torch.manual_seed(3), random.seed(3), np.random.seed(3)
+    caller = get_rng_state()
+    first = items[(2, 41)]
+    after = get_rng_state()
+    assert torch.equal(after["torch_cpu"], caller["torch_cpu"]) and after["python"] == caller["python"]
+    torch.manual_seed(4)  # another caller state: the same key draws the same values
+    assert torch.equal(items[(2, 41)], first) and not torch.equal(items[(2, 42)], first)
+    torch.manual_seed(41), random.seed(41), np.random.seed(41)  # by hand: the three RNGs seeded with the key
+    assert first.tolist() == [2.0, torch.rand(()).item(), random.random(), np.random.rand()]
 
 
 def test_image_root_checks_write_nothing(tmp_path: Path, synthetic_image_root: Path) -> None:
