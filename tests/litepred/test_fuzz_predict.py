@@ -262,6 +262,14 @@ def test_model_errors_name_the_field(tmp_path, predictor) -> None:
     del no_opset.opset_import[:]
     no_opset.opset_import.append(helper.make_opsetid("com.example", 1))
     cases["no_opset"] = (no_opset, "imports no default-domain opset")
+    # a Reshape whose target shape is a graph input: no static shape exists for its output
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    target = helper.make_tensor_value_info("target", TensorProto.INT64, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    cases["missing_shapes"] = (helper.make_model(
+        helper.make_graph([helper.make_node("Reshape", ["x", "target"], ["r"], name="reshape"),
+                           helper.make_node("Relu", ["r"], ["y"], name="relu")], "g", [x, target], [y]),
+        opset_imports=[helper.make_opsetid("", 17)], ir_version=8), r"could not infer static shapes for 2 tensors")
     for name, (model, message) in cases.items():
         path = _write(tmp_path, model, f"{name}.onnx")
         with pytest.raises(InputError, match=message) as caught:
