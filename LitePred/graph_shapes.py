@@ -152,8 +152,10 @@ def infer_static_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         model.graph.initializer[i].ClearField("raw_data")
     try:
         inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as error:
-        # onnx's own parser of the model: an inconsistent graph it cannot type (e.g. a node of an opset not imported)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError,
+            TypeError) as error:
+        # onnx's own reading of the model: a graph it cannot type (a node of an opset not imported, an element
+        # type number that does not exist — "Invalid tensor data type 36" is a ValueError)
         message = (str(error).strip().splitlines() or [type(error).__name__])[0]
         message = message if message.isprintable() else repr(message)
         raise InputError(f"ONNX shape inference failed: {message}") from error
