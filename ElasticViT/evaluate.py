@@ -59,8 +59,9 @@ def load_supernet(checkpoint: str | Path | None, num_classes: int = 1000, token_
 
     A directory is our safetensors format (one ``step_*`` or a run's latest); a ``.pth``/``.pt``/
     ``.pth.tar`` file is a reference checkpoint, read through the key map of
-    :func:`~moonlit.elasticvit.checkpoints.load_reference_supernet` with ``which`` = ``"ema"``
-    (its EMA weights, what the reference evaluates) or ``"model"``.
+    :func:`~moonlit.elasticvit.checkpoints.load_reference_supernet`. ``which`` = ``"ema"`` takes the
+    EMA weights (what both the reference and our training evaluate; a checkpoint trained without EMA
+    falls back to its model weights with a warning), ``"model"`` the trained weights.
     """
     supernet = ElasticViTSupernet(num_classes=num_classes, token_norm=token_norm)  # type: ignore[arg-type]
     checkpoint = checkpoint_path(checkpoint)
@@ -76,10 +77,17 @@ def load_supernet(checkpoint: str | Path | None, num_classes: int = 1000, token_
         raise ValueError(f"checkpoint file {checkpoint} is neither a reference checkpoint (a .pth, .pt or .pth.tar "
                          "file) nor a directory of our safetensors checkpoints")
     else:
-        from moonlit.common.train.checkpoint import load_checkpoint
+        from moonlit.common.train.checkpoint import checkpoint_meta, load_checkpoint
 
-        state = load_checkpoint(checkpoint, supernet)
-        logger.info("loaded supernet weights from %s (step %d)", state.path, state.step)
+        _, meta = checkpoint_meta(checkpoint)
+        if which == "ema" and "ema" in meta.get("modules", []):
+            state = load_checkpoint(checkpoint, modules={"ema": supernet})
+            logger.info("loaded the supernet's EMA weights from %s (step %d)", state.path, state.step)
+        else:
+            if which == "ema":
+                logger.warning("%s holds no EMA (trained with ema.enabled=false): using its model weights", checkpoint)
+            state = load_checkpoint(checkpoint, supernet)
+            logger.info("loaded supernet weights from %s (step %d)", state.path, state.step)
     return supernet.eval()
 
 

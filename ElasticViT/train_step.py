@@ -29,7 +29,7 @@ then ``min_lr`` for the cool-down epochs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from .ops import ElasticMBConv
 from .sampling import StepSample
-from .space import ConvStageSpace, SearchSpace, Subnet, TransformerStageSpace
+from .space import SearchSpace, Subnet
 from .supernet import ElasticViTSupernet
 from .teachers import TeacherEnsemble
 
@@ -163,35 +163,15 @@ def train_step(supernet: ElasticViTSupernet, sample: StepSample, images: Tensor,
             "levels": list(sample.levels), "from_bank": list(sample.from_bank)}
 
 
-def _stage_spaces(entries: Iterable[Mapping[str, Any]], kind: str) -> tuple[Any, ...]:
-    stages = []
-    for entry in entries:
-        fields = dict(entry)
-        fields["widths"], fields["depths"] = tuple(fields["widths"]), tuple(fields["depths"])
-        try:
-            stages.append(ConvStageSpace(**fields) if kind == "C" else TransformerStageSpace(**fields))
-        except TypeError as err:
-            raise ValueError(f"{kind} stage entry {fields} does not describe a stage: {err}") from None
-    return tuple(stages)
-
-
 def space_from_config(node: Mapping[str, Any] | None) -> SearchSpace:
     """The search space a config's ``space`` node describes; None is the paper's space.
 
     The node holds :class:`~moonlit.elasticvit.space.SearchSpace`'s fields (lists for tuples; stages
-    as lists of ``{name, widths, depths, downsample[, se]}``): a reduced space for smoke runs.
+    as lists of ``{name, widths, depths, downsample[, se]}``): a reduced space for smoke runs. It is
+    checked by :func:`~moonlit.elasticvit.space.search_space_from_dict` (InputError naming the key).
     """
-    from .space import ELASTICVIT_SPACE
+    from .space import ELASTICVIT_SPACE, search_space_from_dict
 
     if node is None:
         return ELASTICVIT_SPACE
-    fields = dict(node)
-    expected = set(SearchSpace.__dataclass_fields__)
-    if set(fields) != expected:
-        raise ValueError(f"space config has fields {sorted(fields)}; expected exactly {sorted(expected)}")
-    fields["conv_stages"] = _stage_spaces(fields["conv_stages"], "C")
-    fields["transformer_stages"] = _stage_spaces(fields["transformer_stages"], "T")
-    for key, value in fields.items():
-        if isinstance(value, (list, tuple)) and key not in ("conv_stages", "transformer_stages"):
-            fields[key] = tuple(int(v) for v in value)
-    return SearchSpace(**fields)
+    return search_space_from_dict(dict(node), "space config")

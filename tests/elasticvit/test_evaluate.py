@@ -102,6 +102,22 @@ def test_evaluate_loads_our_supernet_checkpoint(tmp_path: Path) -> None:
     assert evaluate(cfg)["checkpoint"] == str(tmp_path / "checkpoints")
 
 
+def test_evaluate_takes_the_ema_of_a_checkpoint_that_has_one(tmp_path: Path) -> None:
+    import copy
+
+    torch.manual_seed(3)
+    trained = load_supernet(None, num_classes=4)
+    ema = copy.deepcopy(trained)
+    with torch.no_grad():
+        trained.head.classifier.bias.fill_(1.0)
+        ema.head.classifier.bias.fill_(-2.0)  # the EMA differs from the trained weights
+    save_checkpoint(tmp_path / "checkpoints", step=3, model=trained, modules={"ema": ema})
+    by_default = load_supernet(tmp_path / "checkpoints", num_classes=4)
+    assert torch.all(by_default.head.classifier.bias == -2.0)
+    model_weights = load_supernet(tmp_path / "checkpoints", num_classes=4, which="model")
+    assert torch.all(model_weights.head.classifier.bias == 1.0)
+
+
 def test_search_with_supernet_fitness_on_generated_data(tmp_path: Path) -> None:
     overrides = ["fitness=supernet", "checkpoint=null", *SMALL_DATA, "data.holdout_per_class=2", "eval_batches=2",
                  "evolution.population=4", "evolution.parents=2", "evolution.mutations=2", "evolution.crossovers=1",

@@ -293,7 +293,7 @@ def test_bad_inputs_leave_a_finished_run_untouched(tmp_path: Path, smoke_tables:
                          ["resume=false", "teachers.models=[{name: resnet_nonexistent}]"]),
         "teacher weights": (InputError, r"teachers.models\[0\].pretrained: .*absent.safetensors is not a file",
                             ["resume=false", f"teachers.models=[{{name: resnet10t, pretrained: {tmp_path}/absent.safetensors}}]"]),
-        "space": (ValueError, "space config has fields", ["resume=false", "~space.head_hidden"]),
+        "space": (ValueError, r"space config lacks key\(s\) \[.head_hidden.\]", ["resume=false", "~space.head_hidden"]),
         "tables": (InputError, "no FLOPs tables", ["resume=false", f"tables.path={tmp_path / 'none.npz'}",
                                                    "tables.build_if_missing=false"]),
         "checkpoint without EMA": (CheckpointError, "no EMA weights but ema.enabled=true", ["resume=true"]),
