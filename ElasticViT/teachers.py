@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from moonlit.common.errors import InputError
 from moonlit.common.train.pretrained import load_local_weights
 from torch import Tensor, nn
 
@@ -32,6 +33,8 @@ def build_teacher(name: str, pretrained: str | os.PathLike[str] | None = None, n
     kwargs = dict(model_kwargs or {})
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
+    if not timm.is_model(name):
+        raise InputError(f"teacher {name!r} is not a timm model name (timm.list_models() lists them)")
     model = timm.create_model(name, pretrained=False, **kwargs)
     if pretrained:
         load_local_weights(model, pretrained)
@@ -74,6 +77,6 @@ def build_teachers(specs: Sequence[Mapping[str, Any]], temperature: float, num_c
     for spec in specs:
         unknown = set(spec) - {"name", "pretrained", "kwargs"}
         if unknown or "name" not in spec:
-            raise ValueError(f"teacher entry {dict(spec)} must have 'name' and only 'pretrained'/'kwargs' besides")
+            raise InputError(f"teacher entry {dict(spec)} must have 'name' and only 'pretrained'/'kwargs' besides")
         teachers.append(build_teacher(str(spec["name"]), spec.get("pretrained"), num_classes, spec.get("kwargs")))
     return TeacherEnsemble(teachers, temperature)

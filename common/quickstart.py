@@ -35,6 +35,7 @@ from moonlit.common.profiling.backends import make_runner
 from moonlit.common.profiling.flops import count_macs
 from moonlit.common.profiling.latency import compare_many
 from moonlit.common.report import write_section
+from moonlit.common.train.checkpoint import move_aside
 from moonlit.common.train.classifier import evaluate_top1, train_classifier
 from moonlit.common.train.dist import DistContext, cleanup_distributed
 from moonlit.common.train.supernet import start_training
@@ -67,10 +68,8 @@ def train(cfg: DictConfig, ctx: DistContext, datasets: dict[str, Any], out_dir: 
                                 num_workers=cfg.trainer.num_workers, rank=ctx.rank, world_size=ctx.world_size)
     val_loader = build_loader(datasets["val"], clf.batch_size, shuffle=False, rank=ctx.rank, world_size=ctx.world_size)
     checkpoint_dir = out_dir / "checkpoints"
-    if not cfg.resume and ctx.is_main and checkpoint_dir.exists():
-        import shutil
-
-        shutil.rmtree(checkpoint_dir)
+    if not cfg.resume and ctx.is_main:
+        move_aside(checkpoint_dir)  # a fresh start keeps the earlier run's checkpoints beside it
     with instantiate(cfg.logger)(out_dir, run_name="quickstart-common", config=to_container(cfg)) as logger:
         run = train_classifier(
             model, train_loader, val_loader, ctx=ctx, make_optimizer=instantiate(clf.optimizer),
