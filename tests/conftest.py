@@ -90,3 +90,19 @@ def real_artefact():
         return folder
 
     return require
+
+
+# --- kill-and-resume tests ----------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def kill_resume():
+    """``tests/common/kill_resume_driver.py`` as a module (run a recipe as a subprocess, SIGKILL, compare)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent / "common" / "kill_resume_driver.py"
+    spec = importlib.util.spec_from_file_location("kill_resume_driver", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)
+    spec.loader.exec_module(module)
+    return module

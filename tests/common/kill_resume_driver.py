@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,3 +179,19 @@ def checkpoint_differences(run_a: Path, run_b: Path) -> dict[str, float]:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+def assert_resumes_bit_for_bit(args_of: Callable[[Path], list[str]], tmp_path: Path, kills: Sequence[Kill],
+                               required: Iterable[str] = ("model.safetensors", "optimizer.safetensors"),
+                               checkpoint_dirs: Sequence[str] = ("checkpoints",)) -> tuple[Path, Path]:
+    """Run ``args_of(folder)`` straight through and with ``kills``; every tensor of the last checkpoint
+    in each of ``checkpoint_dirs`` must be equal (max |a - b| = 0.0). Returns the two run folders."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_until_complete(args_of(straight), tmp_path / "straight.log")
+    run = run_until_complete(args_of(killed), tmp_path / "killed.log", list(kills))
+    assert run["outcomes"][0] == -signal.SIGKILL, run  # the first start was killed
+    for folder in checkpoint_dirs:
+        diffs = checkpoint_differences(straight / folder, killed / folder)
+        assert {name.split(":")[0] for name in diffs} >= set(required), (folder, sorted(diffs)[:5])
+        assert max(diffs.values()) == 0.0, (folder, {k: v for k, v in diffs.items() if v})
+    return straight, killed
