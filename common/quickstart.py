@@ -259,9 +259,10 @@ def build_section(results: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
     training = results["training"]
     epochs = ", ".join(f"{h['val/top1']:.3f}" for h in training["history"]) or "none (resumed after the last epoch)"
     notes = [
-        f"CPU: {env.get('cpu_model', '?')}; threads pinned to {cfg.latency.threads}; other processes kept "
-        f"{env.get('others_cores')} cores busy during the worst timing run (load average before it: "
-        f"{env.get('load_avg_before')}); "
+        f"CPU: {env.get('cpu_model', '?')}; threads pinned to {cfg.latency.threads}; "
+        + (f"other processes kept {env['others_cores']:.2f} cores busy during the worst timing run"
+           if env.get("others_cores") is not None else "competing load not judged (every timing run was too short)")
+        + f" (load average before it: {env.get('load_avg_before')}); "
         + ("**measured under load: ratios less trustworthy**" if env.get("under_load") else "no competing load flagged")
         + ".",
         "INT8 = static QDQ (uint8 activations, int8 per-channel weights) after "
