@@ -70,7 +70,7 @@ def _train_fixture(tmp_path_factory):
             optimizer.step()
         model.eval()
 
-    train(40)
+    train(100)  # 40 steps reached only 77% top-1 with today's library versions (other JPEG bytes)
     set_quant_mode(model, 8)
     with torch.no_grad():
         model(train_x[:64])  # min-max initialisation, then a few LSQ+ steps move the scales
