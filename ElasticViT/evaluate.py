@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from moonlit.common.config import hydra_app, to_container
+from moonlit.common.errors import InputError
 from moonlit.common.train.bn_recalibration import recalibrate_batch_norm
 from omegaconf import DictConfig
 
@@ -167,6 +168,10 @@ def build_data(data: DictConfig, run_dir: Path, split: str, calibration_batches:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.model`` from ``cfg.checkpoint``; writes and returns ``metrics.json``."""
     subnet = resolve_subnet(cfg.model)
+    checkpoint = checkpoint_path(cfg.checkpoint)
+    if checkpoint is not None and not checkpoint.exists():  # checked before any data is built or written
+        raise InputError(f"checkpoint {checkpoint} does not exist; expected a checkpoint folder of "
+                         "moonlit.elasticvit.train or a reference .pth file")
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)

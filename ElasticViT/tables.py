@@ -407,6 +407,8 @@ def build_tables(levels: Sequence[float] = DEFAULT_LEVELS, per_level: int = 10_0
                  counter: str = "exact", seed: int = 0, num_classes: int = 1000,
                  space: SearchSpace = ELASTICVIT_SPACE, show_progress: bool = False) -> FlopsTables:
     """One table per level (see :func:`build_level`); build time and yields go into ``meta``."""
+    if counter not in COUNTERS:  # checked before the progress bar starts
+        raise ValueError(f"counter {counter!r} is not one of {COUNTERS}")
     start = time.perf_counter()
     arrays, macs, level_stats = {}, {}, {}
     with tqdm(total=per_level * len(levels), desc="FLOPs tables", unit="subnet", disable=not show_progress) as bar:

@@ -39,6 +39,7 @@ from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
 from moonlit.common.config import hydra_app, to_container
+from moonlit.common.errors import InputError
 from moonlit.common.export.int8 import quantize_dynamic_int8
 from moonlit.common.export.onnx import export_onnx
 from moonlit.common.profiling import compare_many, make_runner
@@ -153,6 +154,10 @@ def _learned_schedules(cfg: DictConfig, num_layers: int, skipped: list[dict[str,
 def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     """Build the model and schedules, time every arm, write results.json / table.md / speedup.png."""
     cases = _input_cases(cfg)
+    for key in ("targets", "profile_targets"):  # checked before any model is built or file written
+        for target in cfg.get(key) or ():
+            if isinstance(target, bool) or not isinstance(target, (int, float)) or not target >= 1:
+                raise InputError(f"{key} holds {target!r}; expected MAC reductions as numbers >= 1 (dense = 1)")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     hf_model = build_model(cfg.model, cfg.seed)
