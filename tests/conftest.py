@@ -75,6 +75,45 @@ def tiny_roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_roberta(tmp_path_factory.mktemp("roberta-tiny"), seed=0)
 
 
+@pytest.fixture(scope="session")
+def text_mutations():
+    """``text_mutations(valid, nasty)``: a strategy of ``valid`` with 1-3 edits (insert / delete / replace a
+    character, a Unicode digit for an ASCII one, a trailing newline, surrounding space, a leading zero, a
+    5,000-digit number); ``nasty`` lists the characters that break a grammar's naive parsers."""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def mutated(draw, valid: str, nasty: list[str]) -> str:
+        text = valid
+        for _ in range(draw(st.integers(1, 3))):
+            op = draw(st.sampled_from(["insert", "delete", "replace", "unicode_digit", "newline", "space",
+                                       "leading_zero", "huge"]))
+            i = draw(st.integers(0, len(text)))
+            digits = [j for j, c in enumerate(text) if c in "0123456789"]
+            if op == "insert":
+                text = text[:i] + draw(st.sampled_from(nasty) | st.characters()) + text[i:]
+            elif op == "delete" and text:
+                text = text[:i] + text[i + 1:]
+            elif op == "replace" and text:
+                text = text[:i] + draw(st.sampled_from([*nasty, *"0123456789"])) + text[i + 1:]
+            elif op == "unicode_digit" and digits:
+                j = draw(st.sampled_from(digits))  # Arabic-Indic, fullwidth, Devanagari forms of the digit
+                text = text[:j] + chr(draw(st.sampled_from([0x0660, 0xFF10, 0x0966])) + int(text[j])) + text[j + 1:]
+            elif op == "newline":
+                text += "\n"
+            elif op == "space":
+                text = draw(st.sampled_from([" " + text, text + " "]))
+            elif op == "leading_zero" and digits:
+                j = draw(st.sampled_from(digits))
+                text = text[:j] + "0" + text[j:]
+            elif op == "huge" and digits:
+                j = draw(st.sampled_from(digits))
+                text = text[:j] + "9" * 5000 + text[j:]
+        return text
+
+    return mutated
+
+
 # --- real data (scripts/get_data.sh) ------------------------------------------------------------
 
 @pytest.fixture(scope="session")

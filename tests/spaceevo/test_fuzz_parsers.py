@@ -42,38 +42,6 @@ def check_error(exc: InputError) -> None:
     assert message and "\n" not in message and len(message) < 1000, message
 
 
-@st.composite
-def mutated(draw: st.DrawFn, valid: str) -> str:
-    """``valid`` with 1-3 edits: insert/delete/replace a character, Unicode digit swap, a trailing newline,
-    surrounding space, a leading zero, a 5,000-digit number."""
-    text = valid
-    for _ in range(draw(st.integers(1, 3))):
-        op = draw(st.sampled_from(["insert", "delete", "replace", "unicode_digit", "newline", "space",
-                                   "leading_zero", "huge"]))
-        i = draw(st.integers(0, len(text)))
-        digits = [j for j, c in enumerate(text) if c in "0123456789"]
-        if op == "insert":
-            text = text[:i] + draw(st.sampled_from(NASTY) | st.characters()) + text[i:]
-        elif op == "delete" and text:
-            text = text[:i] + text[i + 1:]
-        elif op == "replace" and text:
-            text = text[:i] + draw(st.sampled_from(NASTY)) + text[i + 1:]
-        elif op == "unicode_digit" and digits:
-            j = draw(st.sampled_from(digits))
-            text = text[:j] + chr(draw(st.sampled_from([0x0660, 0xFF10, 0x0966])) + int(text[j])) + text[j + 1:]
-        elif op == "newline":
-            text += "\n"
-        elif op == "space":
-            text = draw(st.sampled_from([" " + text, text + " "]))
-        elif op == "leading_zero" and digits:
-            j = draw(st.sampled_from(digits))
-            text = text[:j] + "0" + text[j:]
-        elif op == "huge" and digits:
-            j = draw(st.sampled_from(digits))
-            text = text[:j] + "9" * 5000 + text[j:]
-    return text
-
-
 # --- space encodings -------------------------------------------------------------------------------
 
 SPACE_GRAMMAR = re.compile(r"([a-z][a-z0-9_]*)-([0-9]{6})-([0-9]{6})")
@@ -115,10 +83,10 @@ def space_is_valid(text: str) -> bool:
 SPACE_SEEDS = ["onnxw-151122-023231", "mobilew-122222-155400", "onnxw-121122-133333", "onnxw_tiny-151122-010101"]
 
 
-def test_space_decode_of_any_text_is_valid_or_input_error(fuzz_settings) -> None:
+def test_space_decode_of_any_text_is_valid_or_input_error(fuzz_settings, text_mutations) -> None:
     @fuzz_settings
     @given(st.one_of(st.text(), st.text(alphabet="".join(NASTY) + "abnowxy0123456789"),
-                     st.sampled_from(SPACE_SEEDS).flatmap(mutated)))
+                     st.sampled_from(SPACE_SEEDS).flatmap(lambda text: text_mutations(text, NASTY))))
     def check(text: str) -> None:
         try:
             space = SpaceEncoding.decode(text)
@@ -179,10 +147,11 @@ def test_subnet_encode_decode_round_trip(fuzz_settings) -> None:
     check()
 
 
-def test_subnet_decode_of_any_text_is_valid_or_input_error(fuzz_settings) -> None:
+def test_subnet_decode_of_any_text_is_valid_or_input_error(fuzz_settings, text_mutations) -> None:
     @fuzz_settings
     @given(st.one_of(st.text(), st.text(alphabet="".join(NASTY) + "dkwer12345.#_"),
-                     valid_subnets().map(SubnetEncoding.encode).flatmap(mutated)))
+                     valid_subnets().map(SubnetEncoding.encode)
+                     .flatmap(lambda text: text_mutations(text, NASTY))))
     def check(text: str) -> None:
         try:
             subnet = SubnetEncoding.decode(text)
