@@ -54,6 +54,25 @@ def checkpoint_path(checkpoint: str | Path | None) -> Path | None:
     return Path(checkpoint)
 
 
+def check_checkpoint(checkpoint: str | Path | None) -> None:
+    """Refuse a checkpoint :func:`load_supernet` cannot read, reading only metadata (no tensors)."""
+    path = checkpoint_path(checkpoint)
+    if path is None:
+        return
+    if not path.exists():
+        raise InputError(f"checkpoint {path} does not exist; expected a checkpoint folder of "
+                         "moonlit.elasticvit.train or a reference .pth file")
+    from .checkpoints import is_reference_checkpoint
+
+    if path.is_dir():
+        from moonlit.common.train.checkpoint import checkpoint_meta
+
+        checkpoint_meta(path)
+    elif not is_reference_checkpoint(path):
+        raise InputError(f"checkpoint file {path} is neither a reference checkpoint (a .pth, .pt or .pth.tar "
+                         "file) nor a directory of our safetensors checkpoints")
+
+
 def load_supernet(checkpoint: str | Path | None, num_classes: int = 1000, token_norm: str = "groupnorm1",
                   which: str = "ema") -> ElasticViTSupernet:
     """The supernet, with weights from a checkpoint when given.
@@ -168,10 +187,7 @@ def build_data(data: DictConfig, run_dir: Path, split: str, calibration_batches:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.model`` from ``cfg.checkpoint``; writes and returns ``metrics.json``."""
     subnet = resolve_subnet(cfg.model)
-    checkpoint = checkpoint_path(cfg.checkpoint)
-    if checkpoint is not None and not checkpoint.exists():  # checked before any data is built or written
-        raise InputError(f"checkpoint {checkpoint} does not exist; expected a checkpoint folder of "
-                         "moonlit.elasticvit.train or a reference .pth file")
+    check_checkpoint(cfg.checkpoint)  # before any data is built or written
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
