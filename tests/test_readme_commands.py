@@ -160,11 +160,11 @@ def test_readme_command_composes(command: Command) -> None:
 # (README command, why it is cheap); each must appear verbatim in a README
 CHEAP = [
     ("moonlit-litepred backends", "lists the registered backends"),
-    ("python -m moonlit.elasticvit.tables", "8 levels x 10,000 subnets, seconds on one core"),
     ("python -m moonlit.elasticvit.models", "prints the named models' table"),
 ]
 # run in order in one output folder (the prediction uses the predictor the build wrote)
 SLOW = [
+    ("python -m moonlit.elasticvit.tables", "8 levels x 10,000 subnets, about 15 s on one core"),
     ("moonlit-litepred build platform=debug budget.kernels=300 architectures.train=12",
      "synthetic platform, about a minute"),
     ("moonlit-litepred predict platform=debug model=timm-mobile/efficientnet_b0@224", "uses the debug predictor"),

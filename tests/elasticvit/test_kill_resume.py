@@ -2,7 +2,7 @@
 
 ``moonlit.elasticvit.train`` (smoke space, EMA on, 1 thread, the default 2 loader workers) runs as
 a real subprocess (tests/common/kill_resume_driver.py), is SIGKILLed — inside a checkpoint save
-in the default tier, also at random moments in the slow tier — and restarted until it completes.
+and at random moments (slow tier) — and restarted until it completes.
 Every tensor of its last checkpoint (supernet, EMA, optimizer, RNG) must equal the uninterrupted run's.
 """
 
@@ -28,6 +28,7 @@ def _args_of(images: Path, tables: Path):
     return args
 
 
+@pytest.mark.slow  # the default tier kills the common recipe (tests/common); this paper resumes in-process there
 def test_killed_inside_a_save_resumes_bit_for_bit(tmp_path: Path, synthetic_image_root: Path, kill_resume) -> None:
     # inside epoch 2's save, after the supernet and EMA files: resumes from epoch 1's checkpoint
     # (the FLOPs tables are built by the first run and read by the others)

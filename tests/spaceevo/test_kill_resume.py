@@ -2,8 +2,8 @@
 
 ``moonlit.spaceevo.train_supernet`` (a tiny space, EMA on, 1 thread, the default 2 loader workers)
 runs as a real subprocess (tests/common/kill_resume_driver.py), is SIGKILLed — inside a checkpoint
-save in the default tier; at random moments, through the QAT phase too, in the slow tier — and
-restarted until it completes. Every tensor of each phase's last checkpoint must equal the uninterrupted run's.
+save, and at random moments through the QAT phase too (slow tier) — and restarted until it
+completes. Every tensor of each phase's last checkpoint must equal the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def _args_of(images: Path, qat_epochs: int):
     return args
 
 
+@pytest.mark.slow  # the default tier kills the common recipe (tests/common); this paper resumes in-process there
 def test_killed_inside_a_save_resumes_bit_for_bit(tmp_path: Path, synthetic_image_root: Path, kill_resume) -> None:
     # inside epoch 2's save, after the supernet and EMA files: resumes from epoch 1's checkpoint
     kill_resume.assert_resumes_bit_for_bit(_args_of(synthetic_image_root, 0), tmp_path,

@@ -1,9 +1,9 @@
 """A killed and resumed ToP pruning run ends bit for bit where an uninterrupted one ends.
 
 ``moonlit.top.prune`` (tiny BERT, synthetic SST-2, 1 thread, the default loader) runs as a real
-subprocess (tests/common/kill_resume_driver.py), is SIGKILLed — inside a checkpoint save in the
-default tier, also at random moments in the slow tier — and restarted until it completes. Every
-tensor of its last checkpoint (student, gates, lambdas, optimizer, RNG) must equal the uninterrupted run's.
+subprocess (tests/common/kill_resume_driver.py), is SIGKILLed — inside a checkpoint save and at
+random moments (slow tier) — and restarted until it completes. Every tensor of its last checkpoint
+(student, gates, lambdas, optimizer, RNG) must equal the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def _check(tmp_path: Path, teacher: Path, glue: Path, kills: list, kill_resume) 
     assert results[0] == results[1]
 
 
+@pytest.mark.slow  # the default tier kills the common recipe (tests/common); this paper resumes in-process there
 def test_killed_inside_a_save_resumes_bit_for_bit(tmp_path: Path, tiny_bert_dir: Path, synthetic_glue_root: Path,
                                                   kill_resume) -> None:
     # inside epoch 2's save, after the model file: resumes from epoch 1's checkpoint
