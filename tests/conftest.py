@@ -114,6 +114,42 @@ def text_mutations():
     return mutated
 
 
+@pytest.fixture(scope="session")
+def mapping_mutations():
+    """``mapping_mutations(base, replacements)``: a strategy of a deep copy of the config mapping ``base``
+    with 1-2 edits (delete a key, replace any nested value by one of ``replacements``, add an unknown key)."""
+    import copy
+
+    from hypothesis import strategies as st
+
+    def paths_of(node: object, prefix: tuple = ()) -> list[tuple]:
+        found = []
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+        for key, value in items:
+            found.append(prefix + (key,))
+            found += paths_of(value, prefix + (key,))
+        return found
+
+    @st.composite
+    def mutated(draw, base: dict, replacements: list) -> dict:
+        data = copy.deepcopy(base)
+        for _ in range(draw(st.integers(1, 2))):
+            path = draw(st.sampled_from(paths_of(data)))
+            parent = data
+            for key in path[:-1]:
+                parent = parent[key]
+            op = draw(st.sampled_from(["delete", "replace", "unknown"]))
+            if op == "delete" and isinstance(parent, dict):
+                del parent[path[-1]]
+            elif op == "replace":
+                parent[path[-1]] = copy.deepcopy(draw(st.sampled_from(replacements)))
+            elif op == "unknown" and isinstance(parent, dict):
+                parent["unknown_key"] = 1
+        return data
+
+    return mutated
+
+
 # --- real data (scripts/get_data.sh) ------------------------------------------------------------
 
 @pytest.fixture(scope="session")
