@@ -41,19 +41,23 @@ def gated_teacher(pruned: ToPModel, teacher: nn.Module) -> ToPModel:
 
 
 def compare_baselines(pruned: ToPModel, teacher: nn.Module, loader: Any, task: GlueTask, *,
-                      padded_length: int | None = None, random_seeds: int = 3) -> dict[str, dict[str, Any]]:
+                      padded_length: int | None = None, random_seeds: int = 3,
+                      include_dense: bool = True) -> dict[str, dict[str, Any]]:
     """Dense teacher, ToP, static top-k and random dropping evaluated on ``loader`` (same kept counts).
 
     Every row is :func:`moonlit.top.evaluate.evaluate_top`'s result; the random row's ``metric`` is
     the mean over ``random_seeds`` seeds, with ``metric_std`` and the per-seed values beside it.
+    ``include_dense=False`` leaves the dense row out (when it is evaluated once for many models).
     """
     if random_seeds < 1:
         raise ValueError(f"random_seeds must be >= 1, got {random_seeds}")
     gated = gated_teacher(pruned, teacher)
-    rows = {"dense teacher": evaluate_top(ToPModel(teacher).eval(), loader, task, padded_length=padded_length,
-                                          prune=False),
-            "ToP": evaluate_top(pruned, loader, task, padded_length=padded_length),
-            "static top-k": evaluate_top(gated, loader, task, padded_length=padded_length)}
+    rows = {}
+    if include_dense:
+        rows["dense teacher"] = evaluate_top(ToPModel(teacher).eval(), loader, task, padded_length=padded_length,
+                                             prune=False)
+    rows["ToP"] = evaluate_top(pruned, loader, task, padded_length=padded_length)
+    rows["static top-k"] = evaluate_top(gated, loader, task, padded_length=padded_length)
     gated.rank_source = "random"
     randoms = []
     for seed in range(random_seeds):

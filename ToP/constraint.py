@@ -24,6 +24,7 @@ __all__ = [
     "EncoderDims",
     "LagrangianConstraint",
     "batch_mac_sparsity",
+    "deployed_lengths",
     "encoder_macs",
     "expected_lengths",
     "layer_macs",
@@ -129,6 +130,43 @@ def expected_lengths(
     )
     alive = torch.cumprod(per_layer, dim=0)
     return protected.unsqueeze(-1) + (n0 - protected).unsqueeze(-1) * alive
+
+
+def deployed_lengths(
+    input_lengths: Tensor,
+    protected: Tensor,
+    bins: Tensor,
+    layers: Tensor,
+    prune_layers: Sequence[int],
+    num_layers: int,
+) -> Tensor:
+    """[B, num_layers] integer tokens entering each layer under deployed 0/1 gates, from lengths alone.
+
+    The count a location keeps does not depend on which tokens rank where: of ``c`` candidates
+    (alive, unprotected), rank ``r`` falls in bin ``floor(r * K / c)``, so bin ``b`` holds
+    ``ceil((b + 1) c / K) - ceil(b c / K)`` of them and the kept count is the sum over kept bins.
+    A location whose layer gate is 0 keeps everything. ``bins`` [P, K] and ``layers`` [P] are
+    0/1 (``TokenGates.deterministic()``); ``protected`` [B] counts the never-pruned tokens.
+    """
+    prune_layers = list(prune_layers)
+    if bins.ndim != 2 or bins.shape[0] != len(prune_layers) or layers.shape != (len(prune_layers),):
+        raise ValueError(f"bins must be [P, K] and layers [P] with P = {len(prune_layers)}, "
+                         f"got {tuple(bins.shape)} and {tuple(layers.shape)}")
+    n0 = input_lengths.to(torch.long)
+    fixed = protected.to(torch.long).expand_as(n0)
+    bin_num = bins.shape[1]
+    edges = torch.arange(bin_num + 1, dtype=torch.long, device=n0.device)
+    alive, counts = n0, []
+    location = {layer: p for p, layer in enumerate(prune_layers)}
+    for layer in range(num_layers):
+        p = location.get(layer)
+        if p is not None and layers[p] > 0:
+            candidates = (alive - fixed).clamp_min(0).unsqueeze(-1)
+            starts = torch.div(edges * candidates + bin_num - 1, bin_num, rounding_mode="floor")  # ceil(b c / K)
+            sizes = starts[:, 1:] - starts[:, :-1]
+            alive = fixed + (sizes * (bins[p] > 0).to(torch.long)).sum(-1)
+        counts.append(alive)
+    return torch.stack(counts, dim=1)
 
 
 def mac_sparsity(pruned_macs: Tensor | float, dense_macs: Tensor | float) -> Tensor | float:

@@ -63,7 +63,8 @@ def build_glue_splits(task: str, tokenizer: Any, *, data_dir: str | Path | None 
 def splits_from_config(data: Any, tokenizer: Any) -> GlueSplits:
     """:func:`build_glue_splits` from the ``data`` config group (``configs/top/data/glue.yaml``)."""
     return build_glue_splits(data.task, tokenizer, data_dir=data.data_dir, max_length=data.max_length,
-                             selection_fraction=data.selection_fraction, seed=data.seed,
+                             selection_fraction=data.selection_fraction,
+                             selection_max=data.selection_max, seed=data.seed,
                              max_train=data.max_train, max_eval=data.max_eval)
 
 

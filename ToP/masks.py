@@ -79,10 +79,26 @@ def prob_nonzero(log_alpha: Tensor, temperature: float = TEMPERATURE) -> Tensor:
 def _keep_highest(score: Tensor, num_kept: Tensor) -> Tensor:
     """0/1 per row of the last dim: 1 for the `num_kept` [..., 1] entries with the highest score.
 
-    Ties go to the earlier index (the reference's `topk` leaves them unspecified).
+    Ties go to the earlier index.
     """
     descending_rank = torch.argsort(score, dim=-1, descending=True, stable=True).argsort(dim=-1)
     return (descending_rank < num_kept).to(score.dtype)
+
+
+def _keep_highest_as_topk(score: Tensor, num_kept: Tensor) -> Tensor:
+    """:func:`_keep_highest` with the reference's tie order: each 1-D row zeroes the entries
+    ``torch.topk(row, k, largest=False)`` returns, k = size - kept, whatever order it gives
+    exactly equal scores (a row of equal scores that keeps one keeps neither its first nor its last).
+    """
+    size = score.shape[-1]
+    rows = score.reshape(-1, size)
+    zeros = (size - num_kept.reshape(-1)).long()
+    gates = torch.ones_like(rows)
+    for row, values in enumerate(rows):
+        k = int(zeros[row])
+        if k > 0:
+            gates[row, torch.topk(values, k=k, largest=False).indices] = 0.0
+    return gates.reshape(score.shape)
 
 
 def deterministic_gates(
@@ -95,9 +111,10 @@ def deterministic_gates(
     """Eval-time 0/1 gates of the reference, each row of the last dim on its own.
 
     In a row of size B, round(B - sum P(z > 0)) entries are zeroed (rounding half to even, as
-    Python's `round` in the reference): those with the smallest sigmoid(log_alpha / beta * 0.8);
-    the others are 1. A 0-dim `log_alpha` is a single gate (1 iff P(z > 0) >= 0.5, ties at 0.5
-    keep), and `elementwise=True` treats every entry that way (e.g. the per-location gates [L]).
+    Python's `round` in the reference): those with the smallest sigmoid(log_alpha / beta * 0.8),
+    chosen among equal scores as the reference's ``torch.topk`` chooses; the others are 1. A
+    0-dim `log_alpha` is a single gate (1 iff P(z > 0) >= 0.5, ties at 0.5 keep), and
+    `elementwise=True` treats every entry that way (e.g. the per-location gates [L]).
     """
     if magical_number <= 0:
         raise ValueError(f"magical_number must be > 0 (it scales a ranking score), got {magical_number}")
@@ -106,7 +123,7 @@ def deterministic_gates(
     rows = log_alpha.unsqueeze(-1) if single else log_alpha
     size = rows.shape[-1]
     num_zeros = torch.round(size - prob_nonzero(rows, temperature).sum(-1, keepdim=True))
-    gates = _keep_highest(torch.sigmoid(rows / temperature * magical_number), size - num_zeros)
+    gates = _keep_highest_as_topk(torch.sigmoid(rows / temperature * magical_number), size - num_zeros)
     return gates.squeeze(-1) if single else gates
 
 
@@ -225,7 +242,7 @@ class TokenGates(nn.Module):
             bins = (index < kept).to(kept.dtype)
         else:
             score = torch.sigmoid(self.bin_log_alpha / self.temperature * self.magical_number)
-            bins = _keep_highest(score, kept)
+            bins = _keep_highest_as_topk(score, kept)
         return GateValues(bins=bins, layers=layers)
 
     @torch.no_grad()

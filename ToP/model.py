@@ -54,8 +54,14 @@ class PruningConfig:
     score_rows: str = "valid"  # "valid" (padding-independent) | "all" (reference)
     soft_attention_mask: bool = True  # keep values enter attention as log-bias (ours)
     scale_hidden: bool = False  # reference: multiply hidden states by keep values in training
+    # Expected MAC sparsity of a training batch: 1 - sum(MACs) / sum(dense MACs) ("ratio_of_sums"),
+    # or the mean over samples of each sample's sparsity ("mean_of_ratios", the reference).
+    batch_sparsity: str = "ratio_of_sums"
 
     def __post_init__(self) -> None:
+        if self.batch_sparsity not in ("ratio_of_sums", "mean_of_ratios"):
+            raise ValueError(f"batch_sparsity must be 'ratio_of_sums' or 'mean_of_ratios', "
+                             f"got {self.batch_sparsity!r}")
         if not self.prune_layers:
             raise ValueError("prune_layers is empty: name at least one layer whose input is pruned")
         if min(self.prune_layers) < 1:
@@ -69,7 +75,7 @@ class PruningConfig:
     def reference_semantics(cls, prune_layers: Sequence[int], bin_num: int) -> PruningConfig:
         """The reference implementation's behaviour (for its released checkpoints and comparisons)."""
         return cls(tuple(prune_layers), bin_num, protect_special=False, score_rows="all",
-                   soft_attention_mask=False, scale_hidden=True)
+                   soft_attention_mask=False, scale_hidden=True, batch_sparsity="mean_of_ratios")
 
 
 @dataclasses.dataclass

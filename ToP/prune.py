@@ -29,14 +29,29 @@ from tqdm import tqdm
 
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.loaders import set_epoch
-from moonlit.common.train.checkpoint import latest_checkpoint, load_checkpoint, move_aside, save_checkpoint
+from moonlit.common.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    move_aside,
+    save_checkpoint,
+)
 
 from .artifacts import load_pruned, save_pruned
-from .constraint import LagrangianConstraint, encoder_macs, expected_lengths
+from .constraint import (
+    LagrangianConstraint,
+    deployed_lengths,
+    encoder_macs,
+    expected_lengths,
+)
 from .data import glue_loader, model_inputs, splits_from_config
 from .evaluate import evaluate_top, format_result
 from .finetune import linear_schedule, load_classifier, setup_run
-from .losses import prediction_distillation_loss, ranking_distillation_loss, ranking_loss_weight, regression_loss
+from .losses import (
+    prediction_distillation_loss,
+    ranking_distillation_loss,
+    ranking_loss_weight,
+    regression_loss,
+)
 from .masks import TokenGates
 from .model import PruningConfig, ToPModel
 
@@ -59,16 +74,23 @@ def build_pruning(cfg: DictConfig, tokenizer: Any, num_layers: int) -> PruningCo
 
 
 def expected_sparsity(model: ToPModel, lengths: torch.Tensor, protected: torch.Tensor) -> torch.Tensor:
-    """Differentiable expected MAC sparsity of a batch under the gates' keep probabilities."""
+    """Differentiable expected MAC sparsity of a batch under the gates' keep probabilities.
+
+    Summed MACs over summed dense MACs, or (``pruning.batch_sparsity="mean_of_ratios"``, the
+    reference) the mean of the samples' own sparsities, which weighs a short sentence as much as a long one.
+    """
     ratio = model.gates.expected_keep_ratio()
     expected = expected_lengths(lengths, protected, ratio, model.pruning.prune_layers, model.dims.num_layers)
     dense = lengths.to(expected.dtype).unsqueeze(1).expand_as(expected)
-    return 1.0 - encoder_macs(expected, model.dims).sum() / encoder_macs(dense, model.dims).sum()
+    pruned_macs, dense_macs = encoder_macs(expected, model.dims), encoder_macs(dense, model.dims)
+    if model.pruning.batch_sparsity == "mean_of_ratios":
+        return 1.0 - (pruned_macs / dense_macs).mean()
+    return 1.0 - pruned_macs.sum() / dense_macs.sum()
 
 
 @torch.no_grad()
 def calibrate_sparsity(model: ToPModel, loader: Any, task: Any, target: float, *, padded_length: int | None = None,
-                       device: torch.device | str = "cpu", max_evaluations: int = 60) -> dict[str, Any]:
+                       device: torch.device | str = "cpu", max_evaluations: int = 2000) -> dict[str, Any]:
     """Choose the deployed kept-bin count per location so the *measured* sparsity meets ``target``.
 
     Training constrains the expected sparsity; deployment rounds it to whole bins per location and
@@ -76,8 +98,19 @@ def calibrate_sparsity(model: ToPModel, loader: Any, task: Any, target: float, *
     short inputs. Starting from the gates' own counts, this greedily moves one bin at one location
     at a time (the move that lands closest to the target) until no move helps, and stores the
     counts in ``gates.deployed_kept_bins``. Run it on the selection split, never the reported one.
+
+    A candidate's measured sparsity follows from the sentence lengths alone
+    (:func:`~moonlit.top.constraint.deployed_lengths`), so the search runs no model; one model
+    evaluation at the end confirms the chosen counts give exactly the sparsity the search saw.
     """
-    gates = model.gates
+    gates, dims = model.gates, model.dims
+    lengths, protected = [], []
+    for batch in loader:
+        valid = batch["attention_mask"].bool()
+        lengths.append(valid.sum(dim=1))
+        protected.append(model._protected(batch["input_ids"], valid).sum(dim=1))
+    lengths_all, protected_all = torch.cat(lengths), torch.cat(protected)
+    dense_macs = float(encoder_macs(lengths_all.double().unsqueeze(1).expand(-1, dims.num_layers), dims).sum())
     counts = gates.deployed_bins().clone()
     evaluations = 0
 
@@ -85,7 +118,10 @@ def calibrate_sparsity(model: ToPModel, loader: Any, task: Any, target: float, *
         nonlocal evaluations
         evaluations += 1
         gates.deployed_kept_bins.copy_(candidate)
-        return evaluate_top(model, loader, task, padded_length=padded_length, device=device)["measured_mac_sparsity"]
+        values = gates.deterministic()
+        kept = deployed_lengths(lengths_all, protected_all, values.bins, values.layers, model.pruning.prune_layers,
+                                dims.num_layers)
+        return 1.0 - float(encoder_macs(kept.double(), dims).sum()) / dense_macs
 
     start = best = measured(counts)
     while evaluations < max_evaluations:
@@ -105,6 +141,10 @@ def calibrate_sparsity(model: ToPModel, loader: Any, task: Any, target: float, *
         counts = candidate
         best = measured(counts)
     gates.deployed_kept_bins.copy_(counts)
+    check = evaluate_top(model, loader, task, padded_length=padded_length, device=device)["measured_mac_sparsity"]
+    if abs(check - best) > 1e-9:
+        raise RuntimeError(f"calibration predicted measured sparsity {best:.12f} from the lengths, but the model "
+                           f"measures {check:.12f}: the count model and the model disagree")
     return {"before": start, "measured_mac_sparsity": best, "kept_bins": counts.tolist(), "evaluations": evaluations}
 
 
@@ -236,7 +276,9 @@ def run_prune(cfg: DictConfig) -> dict[str, Any]:
         summary = {"task": task.name, "target_sparsity": p.target_sparsity, "selected": best, "eval": reported,
                    "dev_selected": {"epoch": dev_selected["epoch"], **dev_selected["eval"][first_eval]},
                    "history": history, "model_dir": str(out_dir / "model"),
-                   "pruning": {"prune_layers": list(pruning.prune_layers), "bin_num": pruning.bin_num}}
+                   "pruning": {"prune_layers": list(pruning.prune_layers), "bin_num": pruning.bin_num},
+                   "prune": {"epochs": cfg.prune.epochs, "ranking_alpha": cfg.prune.ranking_alpha,
+                             "top_k": cfg.prune.top_k, "sparsity_warmup_epochs": cfg.prune.sparsity_warmup_epochs}}
         logger.log_summary({f"{name}/{task.main_metric}": r["metric"] for name, r in reported.items()}
                            | {f"{name}/measured_mac_sparsity": r["measured_mac_sparsity"] for name, r in reported.items()})
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -93,8 +93,11 @@ GLUE_TASKS: Mapping[str, GlueTask] = MappingProxyType({task.name: task for task 
 # Real single-sentence tasks beyond GLUE, written in the SST-2 layout by scripts/get_data.sh
 # (moonlit.common.data.real): folders data/rt and data/spam. They have no Hub copy.
 _LOCAL_TASKS = (
-    GlueTask("rt", "rt", ("rotten_tomatoes",), ("sentence",), ("rotten", "fresh"), "accuracy", ("accuracy",)),
-    GlueTask("spam", "spam", ("spam_assassin",), ("sentence",), ("ham", "spam"), "accuracy", ("accuracy", "f1")),
+    # Their test splits are labelled, so they are reported beside dev.
+    GlueTask("rt", "rt", ("rotten_tomatoes",), ("sentence",), ("rotten", "fresh"), "accuracy", ("accuracy",),
+             eval_splits=("validation", "test"), test_splits=()),
+    GlueTask("spam", "spam", ("spam_assassin",), ("sentence",), ("ham", "spam"), "accuracy", ("accuracy", "f1"),
+             eval_splits=("validation", "test"), test_splits=()),
 )
 LOCAL_TASKS: Mapping[str, GlueTask] = MappingProxyType({task.name: task for task in _LOCAL_TASKS})
 _BY_ALIAS = {alias: task for task in (*_TASKS, *_LOCAL_TASKS)

@@ -22,7 +22,7 @@ from torch import nn
 
 __all__ = [
     "Runner", "BackendFactory", "register_backend", "get_backend", "available_backends",
-    "make_runner", "pinned_torch_threads", "torch_runner", "onnxruntime_runner",
+    "make_runner", "pinned_torch_threads", "torch_runner", "onnxruntime_runner", "onnxruntime_session",
 ]
 
 
@@ -131,22 +131,14 @@ _ORT_OPTIMIZATION_LEVELS = {
 }
 
 
-@register_backend("onnxruntime")
-def onnxruntime_runner(
-    model: str | Path | bytes | Any,
-    inputs: Any,
-    *,
-    threads: int = 1,
-    optimization_level: str = "all",
-) -> Runner:
-    """onnxruntime CPU session: ``intra_op_num_threads=threads``, one inter-op thread, sequential.
+def onnxruntime_session(model: str | Path | bytes | Any, *, threads: int = 1, optimization_level: str = "all") -> Any:
+    """The CPU session the ``"onnxruntime"`` backend times: ``intra_op_num_threads=threads``, one
+    inter-op thread, sequential execution, graph optimization ``optimization_level``.
 
     ``model`` is an ``.onnx`` path, serialized bytes or an ``onnx.ModelProto``;
     ``optimization_level`` is one of "disable", "basic", "extended", "all".
     """
     import onnxruntime as ort
-
-    from moonlit.common.export.onnx import onnx_input_feed
 
     if optimization_level not in _ORT_OPTIMIZATION_LEVELS:
         raise ValueError(
@@ -165,7 +157,20 @@ def onnxruntime_runner(
     options.graph_optimization_level = getattr(
         ort.GraphOptimizationLevel, _ORT_OPTIMIZATION_LEVELS[optimization_level]
     )
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+@register_backend("onnxruntime")
+def onnxruntime_runner(
+    model: str | Path | bytes | Any,
+    inputs: Any,
+    *,
+    threads: int = 1,
+    optimization_level: str = "all",
+) -> Runner:
+    """onnxruntime CPU session (:func:`onnxruntime_session`) running ``inputs``."""
+    from moonlit.common.export.onnx import onnx_input_feed
+
+    session = onnxruntime_session(model, threads=threads, optimization_level=optimization_level)
     feed = onnx_input_feed(session, inputs)
     return Runner(lambda: session.run(None, feed), "onnxruntime", threads)
-

@@ -14,6 +14,7 @@ from moonlit.top.constraint import (
     EncoderDims,
     LagrangianConstraint,
     batch_mac_sparsity,
+    deployed_lengths,
     encoder_macs,
     expected_lengths,
     layer_macs,
@@ -162,3 +163,72 @@ def test_lagrangian_drives_frozen_model_gates_to_target(target: float) -> None:
     matched, threshold = deployed("match_expected"), deployed("threshold")
     print(f"target {target}: expected {history[-1]:.4f}, eval match_expected {matched:.4f}, threshold {threshold:.4f}")
     assert abs(matched - target) < 0.03
+
+
+def test_deployed_lengths_hand_counts() -> None:
+    # 10 candidates in 4 bins: ranks 0-2 | 3-4 | 5-7 | 8-9 (bin of rank r = floor(4 r / 10)).
+    lengths, protected = torch.tensor([12]), torch.tensor([2])
+    layers_on = torch.tensor([1.0])
+    for bins, kept in (([1, 1, 0, 0], 5), ([1, 0, 0, 0], 3), ([0, 1, 1, 0], 5), ([1, 1, 1, 1], 10), ([0, 0, 0, 0], 0)):
+        out = deployed_lengths(lengths, protected, torch.tensor([bins], dtype=torch.float), layers_on, [1], 3)
+        assert out.tolist() == [[12, 2 + kept, 2 + kept]], bins
+    off = deployed_lengths(lengths, protected, torch.tensor([[0.0, 0, 0, 0]]), torch.tensor([0.0]), [1], 3)
+    assert off.tolist() == [[12, 12, 12]]  # a location whose layer gate is off keeps everything
+    # Two locations cascade: 10 candidates keep 5 at layer 1; those 5 keep ceil(5 / 4) = 2 at layer 2.
+    two = deployed_lengths(lengths, protected, torch.tensor([[1.0, 1, 0, 0], [1.0, 0, 0, 0]]), torch.tensor([1.0, 1.0]),
+                           [1, 2], 3)
+    assert two.tolist() == [[12, 7, 4]]
+
+
+@pytest.mark.parametrize("monotone", [True, False])
+def test_deployed_lengths_equal_the_model_s_kept_counts(tiny_bert_dir, monotone: bool) -> None:
+    """The count model against the model itself: random gates, sentences of many lengths."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from moonlit.top.model import PruningConfig, ToPModel
+
+    torch.manual_seed(1)
+    hf = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, attn_implementation="eager").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    layers = (1,)
+    gates = TokenGates(len(layers), 7, monotone=monotone, deterministic_rule="threshold")
+    with torch.no_grad():
+        gates.bin_log_alpha.copy_(torch.randn(gates.bin_log_alpha.shape) * 3)
+        gates.layer_log_alpha.fill_(5.0)
+    model = ToPModel(hf, PruningConfig(layers, 7, special_token_ids=tuple(tokenizer.all_special_ids)), gates.eval())
+    generator = torch.Generator().manual_seed(0)
+    words = ["movie", "plot", "good", "bad", "long", "the", "a", "was", "not", "very"]
+    sentences = [" ".join(words[int(i)] for i in torch.randint(0, 10, (n,), generator=generator))
+                 for n in range(1, 40, 3)]
+    batch = tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**batch)
+    values = gates.deterministic()
+    predicted = deployed_lengths(out.input_lengths, out.protected_counts, values.bins, values.layers, layers,
+                                 model.dims.num_layers)
+    assert predicted.tolist() == out.kept_counts.tolist()
+    assert not torch.equal(out.kept_counts[:, 0], out.kept_counts[:, -1])  # something was pruned
+
+
+@pytest.mark.parametrize("mode", ["ratio_of_sums", "mean_of_ratios"])
+def test_batch_expected_sparsity_both_ways(mode: str) -> None:
+    from moonlit.top.model import PruningConfig
+    from moonlit.top.prune import expected_sparsity
+
+    dims = EncoderDims(num_layers=2, hidden_size=8, num_heads=2, head_dim=4, intermediate_size=16)
+
+    def layer(n: float, n_ffn: float) -> float:  # the MAC formula written out
+        return 2 * (3 * n * 8 * 4 + n * n * 4 + n * n + n * n * 4) + n * 8 * 8 + 2 * n_ffn * 8 * 16
+
+    # Location at layer 1 keeps half of the unprotected tokens: 10 -> 1 + 9/2 = 5.5, 40 -> 1 + 39/2 = 20.5.
+    dense = [layer(10, 10) + layer(10, 10), layer(40, 40) + layer(40, 40)]
+    pruned = [layer(10, 5.5) + layer(5.5, 5.5), layer(40, 20.5) + layer(20.5, 20.5)]
+    if mode == "ratio_of_sums":
+        want = 1 - sum(pruned) / sum(dense)
+    else:
+        want = 1 - (pruned[0] / dense[0] + pruned[1] / dense[1]) / 2
+    model = SimpleNamespace(gates=SimpleNamespace(expected_keep_ratio=lambda: torch.tensor([0.5], dtype=torch.float64)),
+                            pruning=PruningConfig((1,), 4, batch_sparsity=mode), dims=dims)
+    got = expected_sparsity(model, torch.tensor([10, 40]), torch.tensor([1, 1]))
+    assert float(got) == pytest.approx(want, rel=1e-12)
+    assert PruningConfig.reference_semantics((1,), 4).batch_sparsity == "mean_of_ratios"

@@ -245,3 +245,35 @@ def test_rank_to_bin_by_hand() -> None:
     assert rank_to_bin(torch.tensor([[3]]), torch.tensor([6]), 2).item() == 1
     with pytest.raises(ValueError, match="counts"):
         rank_to_bin(ranks, torch.tensor([6, 3]), 4)
+
+
+def _reference_deterministic_z(log_alpha: torch.Tensor) -> list[float]:
+    """The reference's eval rule for one 1-D row, step by step as its l0 module runs it: the count of
+    zeros from Python's round of (size - sum P(z > 0)), then torch.topk(largest=False) picks them."""
+    size = log_alpha.numel()
+    p_nonzero = torch.sigmoid(log_alpha - 2 / 3 * math.log(0.1 / 1.1))  # 1 - Q(z <= 0)
+    num_zeros = round(size - float(p_nonzero.sum()))
+    soft = torch.sigmoid(log_alpha / (2 / 3) * 0.8)
+    if num_zeros > 0:
+        soft[torch.topk(soft, k=num_zeros, largest=False).indices] = 0.0
+    return (soft > 0).float().tolist()
+
+
+@pytest.mark.parametrize("bin_num", [20, 25, 50])
+def test_threshold_rule_breaks_ties_as_the_reference_topk(bin_num: int) -> None:
+    clamped = torch.full((bin_num,), LOG_ALPHA_MIN)  # a row the regulariser drove to the clamp
+    rows = [clamped, torch.full((bin_num,), -1.0), torch.full((bin_num,), LOG_ALPHA_MAX)]
+    generator = torch.Generator().manual_seed(bin_num)
+    for _ in range(20):  # rows with many exact ties among few distinct values
+        values = torch.tensor([LOG_ALPHA_MIN, -2.0, 0.5, LOG_ALPHA_MAX])
+        rows.append(values[torch.randint(0, 4, (bin_num,), generator=generator)])
+    for row in rows:
+        assert deterministic_gates(row).tolist() == _reference_deterministic_z(row.clone()), row.tolist()
+    if bin_num == 25:  # the clamped row keeps one bin, and topk's tie order makes it bin 7, not bin 0
+        assert deterministic_gates(clamped).nonzero().flatten().tolist() == [7]
+    # the same through TokenGates with the reference's settings (non-monotone, threshold)
+    gates = TokenGates(len(rows), bin_num, monotone=False, deterministic_rule="threshold")
+    with torch.no_grad():
+        gates.bin_log_alpha.copy_(torch.stack(rows))
+        gates.layer_log_alpha.fill_(LOG_ALPHA_MAX)
+    assert gates.eval().deterministic().bins.tolist() == [_reference_deterministic_z(r.clone()) for r in rows]
