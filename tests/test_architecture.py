@@ -1,0 +1,205 @@
+"""Import graph between the moonlit packages: arrows point only down.
+
+``common`` ← ``litepred`` ← {``spaceevo``, ``elasticvit``}, and ``top`` beside them on ``common`` alone.
+Each package's folder and its ``tests/<package>`` folder obey the same rule;
+the files at the root of ``tests/`` belong to no package and may import anything. Every ``import`` and
+``from … import`` counts, in function bodies and under ``if TYPE_CHECKING:`` too, relative ones resolved.
+The folders come from ``pyproject.toml``'s ``[tool.setuptools] package-dir``.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+
+REPO = Path(__file__).resolve().parents[1]
+NAMESPACE = "moonlit"
+
+# The packages each package (and its tests/<package> folder) may import.
+ALLOWED: dict[str, frozenset[str]] = {
+    "common": frozenset({"common"}),
+    "litepred": frozenset({"common", "litepred"}),
+    "spaceevo": frozenset({"common", "litepred", "spaceevo"}),
+    "elasticvit": frozenset({"common", "litepred", "elasticvit"}),
+    "top": frozenset({"common", "top"}),
+}
+# Packages of package-dir that hold no code under the rule (Hydra YAML found by package name); importing them
+# is not allowed either, since no set above names them.
+DATA_PACKAGES = frozenset({"configs"})
+
+# (file, imported module) pairs that break the rule today. The list may only shrink: a pair that no longer
+# occurs fails the test until it is removed here.
+KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset({
+    # litepred -> spaceevo/elasticvit: the paper zoo families; removed when the papers register their own families
+    ("LitePred/zoo_real.py", "moonlit.elasticvit.models"),
+    ("LitePred/zoo_real.py", "moonlit.elasticvit.space"),
+    ("LitePred/zoo_real.py", "moonlit.spaceevo.models"),
+    ("LitePred/zoo_real.py", "moonlit.spaceevo.space"),
+    ("LitePred/zoo_real.py", "moonlit.spaceevo.supernet"),
+    # tests/litepred -> the papers' zoo and ElasticViT latency: removed when those tests move to the paper test folders
+    ("tests/litepred/test_nas.py", "moonlit.elasticvit.latency"),
+    ("tests/litepred/test_nas.py", "moonlit.elasticvit.models"),
+    ("tests/litepred/test_nas.py", "moonlit.elasticvit.space"),
+    ("tests/litepred/test_zoo_real.py", "moonlit.elasticvit.models"),
+    ("tests/litepred/test_zoo_real.py", "moonlit.elasticvit.space"),
+    ("tests/litepred/test_zoo_real.py", "moonlit.spaceevo.models"),
+    ("tests/litepred/test_zoo_real.py", "moonlit.spaceevo.space"),
+    # common -> litepred: LitePred's predictor type and the tests on it; removed by a Protocol in common/nas/latency.py
+    ("common/nas/latency.py", "moonlit.litepred.predictor"),
+    ("tests/common/test_nas_latency.py", "moonlit.litepred.calibration"),
+    ("tests/common/test_nas_latency.py", "moonlit.litepred.predictor"),
+    ("tests/common/test_nas_latency.py", "moonlit.litepred.regressors"),
+    # tests/common -> the papers' elastic batch norms: removed when common holds the elastic batch norm
+    ("tests/common/test_bn_recalibration.py", "moonlit.elasticvit.ops.norms"),
+    ("tests/common/test_bn_recalibration.py", "moonlit.spaceevo.ops.dynamic"),
+})
+
+
+class Edge(NamedTuple):
+    """One imported module of one import statement."""
+
+    path: str  # posix path relative to the walked root
+    line: int
+    owner: str  # the package whose rule the file obeys
+    module: str  # absolute module name
+    target: str  # the package the module belongs to
+
+
+def package_folders(root: Path) -> dict[str, Path]:
+    """``{package: folder}`` of the ``moonlit.<package>`` entries of ``[tool.setuptools] package-dir``."""
+    with open(root / "pyproject.toml", "rb") as f:
+        package_dir = tomllib.load(f)["tool"]["setuptools"]["package-dir"]
+    prefix = NAMESPACE + "."
+    return {name.removeprefix(prefix): root / folder for name, folder in package_dir.items()
+            if name.startswith(prefix)}
+
+
+def imported_modules(tree: ast.Module, module: str, is_package: bool, path: str) -> list[tuple[int, str]]:
+    """``(line, absolute module)`` of every import in ``tree``, a file of dotted name ``module``.
+
+    ``from X import a, b`` gives ``X``; where ``X`` is the namespace itself or the import is ``from . import a``,
+    it gives ``X.a`` and ``X.b`` (the names are then the modules)."""
+    package = module if is_package else module.rpartition(".")[0]
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".") if package else []
+                if node.level - 1 >= len(parts):
+                    raise ValueError(f"{path}:{node.lineno}: relative import of level {node.level} leaves "
+                                     f"package {package!r}; expected at most {len(parts)} levels")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            if node.module is None or base == NAMESPACE:
+                found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
+            else:
+                found.append((node.lineno, base))
+    return sorted(found)
+
+
+def collect_edges(root: Path, folders: Mapping[str, Path], owners: Iterable[str]) -> list[Edge]:
+    """Every import of a ``moonlit.<package>`` module in the folders of ``owners`` and their ``tests/<owner>``."""
+    edges = []
+    for owner in sorted(owners):
+        for folder, dotted in ((folders[owner], f"{NAMESPACE}.{owner}"), (root / "tests" / owner, f"tests.{owner}")):
+            for file in sorted(folder.rglob("*.py")):
+                rel = file.relative_to(folder).with_suffix("").parts
+                is_package = rel[-1] == "__init__"
+                module = ".".join((dotted,) + (rel[:-1] if is_package else rel))
+                path = file.relative_to(root).as_posix()
+                tree = ast.parse(file.read_text(encoding="utf-8"), filename=path)
+                for line, imported in imported_modules(tree, module, is_package, path):
+                    parts = imported.split(".")
+                    if parts[0] == NAMESPACE and len(parts) > 1:
+                        edges.append(Edge(path, line, owner, imported, parts[1]))
+    return edges
+
+
+def problems(edges: Iterable[Edge], allowed: Mapping[str, frozenset[str]],
+             known: frozenset[tuple[str, str]]) -> list[str]:
+    """A line per import that breaks the rule and is not in ``known``; a line per pair of ``known`` not found."""
+    lines, seen = [], set()
+    for edge in edges:
+        if edge.target in allowed[edge.owner]:
+            continue
+        seen.add((edge.path, edge.module))
+        if (edge.path, edge.module) not in known:
+            lines.append(f"{edge.path}:{edge.line} imports {edge.module}: {edge.owner} may import only "
+                         f"{', '.join(sorted(allowed[edge.owner]))}, not {edge.target}")
+    lines += [f"{path} no longer imports {module}: remove the pair from KNOWN_VIOLATIONS" for path, module in
+              sorted(known - seen)]
+    return lines
+
+
+def test_imports_point_down() -> None:
+    folders = package_folders(REPO)
+    assert set(folders) == set(ALLOWED) | DATA_PACKAGES, (
+        f"pyproject.toml package-dir has packages {sorted(folders)}; expected exactly {sorted(ALLOWED)} with a rule "
+        f"in ALLOWED plus the data packages {sorted(DATA_PACKAGES)}")
+    edges = collect_edges(REPO, folders, ALLOWED)
+    # the walk reached every package folder and every tests/<package> folder
+    assert {e.path.split("/")[0] for e in edges} >= {folders[p].name for p in ALLOWED}
+    assert {e.path.split("/")[1] for e in edges if e.path.startswith("tests/")} == set(ALLOWED)
+    report = problems(edges, ALLOWED, KNOWN_VIOLATIONS)
+    rule = "common <- litepred <- {spaceevo, elasticvit}; top -> common"
+    assert not report, f"import rule ({rule}):\n" + "\n".join(report)
+
+
+def test_walker_finds_every_kind_of_import(tmp_path: Path) -> None:
+    files = {
+        "pyproject.toml": '[tool.setuptools]\npackage-dir = { "moonlit.alpha" = "Alpha", "moonlit.beta" = "Beta", '
+                          '"other.gamma" = "Gamma" }\n',
+        "Alpha/__init__.py": "from .core import run\n",
+        "Alpha/core.py": ("from typing import TYPE_CHECKING\nimport numpy\n\nif TYPE_CHECKING:\n"
+                          "    from moonlit.beta.types import Thing\n\n\ndef run():\n"
+                          "    import moonlit.beta.engine as engine\n    return engine\n"),
+        "Beta/__init__.py": "",
+        "Beta/sub/__init__.py": "from . import leaf\n",
+        "Beta/sub/leaf.py": "from ..engine import start\nfrom ... import alpha\nimport moonlit\n",
+        "tests/alpha/test_core.py": ("from moonlit.alpha import core\n\n\nclass TestCore:\n"
+                                     "    def test_it(self):\n        from moonlit import beta, alpha\n"),
+        "tests/test_root.py": "from moonlit.beta import engine\n",  # the tests root is not walked
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    folders = package_folders(tmp_path)
+    assert folders == {"alpha": tmp_path / "Alpha", "beta": tmp_path / "Beta"}
+    edges = collect_edges(tmp_path, folders, ["alpha", "beta"])
+    assert set(edges) == {
+        Edge("Alpha/__init__.py", 1, "alpha", "moonlit.alpha.core", "alpha"),
+        Edge("Alpha/core.py", 5, "alpha", "moonlit.beta.types", "beta"),
+        Edge("Alpha/core.py", 9, "alpha", "moonlit.beta.engine", "beta"),
+        Edge("Beta/sub/__init__.py", 1, "beta", "moonlit.beta.sub.leaf", "beta"),
+        Edge("Beta/sub/leaf.py", 1, "beta", "moonlit.beta.engine", "beta"),
+        Edge("Beta/sub/leaf.py", 2, "beta", "moonlit.alpha", "alpha"),
+        Edge("tests/alpha/test_core.py", 1, "alpha", "moonlit.alpha", "alpha"),
+        Edge("tests/alpha/test_core.py", 6, "alpha", "moonlit.beta", "beta"),
+        Edge("tests/alpha/test_core.py", 6, "alpha", "moonlit.alpha", "alpha"),
+    }
+    assert len(edges) == 9
+
+    allowed = {"alpha": frozenset({"alpha"}), "beta": frozenset({"alpha", "beta"})}
+    known = frozenset({("Alpha/core.py", "moonlit.beta.types"), ("Beta/gone.py", "moonlit.gamma")})
+    assert problems(edges, allowed, known) == [
+        "Alpha/core.py:9 imports moonlit.beta.engine: alpha may import only alpha, not beta",
+        "tests/alpha/test_core.py:6 imports moonlit.beta: alpha may import only alpha, not beta",
+        "Beta/gone.py no longer imports moonlit.gamma: remove the pair from KNOWN_VIOLATIONS",
+    ]
+    full = frozenset({("Alpha/core.py", "moonlit.beta.types"), ("Alpha/core.py", "moonlit.beta.engine"),
+                      ("tests/alpha/test_core.py", "moonlit.beta")})
+    assert problems(edges, allowed, full) == []
+
+    (tmp_path / "Beta/sub/leaf.py").write_text("from .... import alpha\n")
+    with pytest.raises(ValueError) as error:
+        collect_edges(tmp_path, folders, ["beta"])
+    assert str(error.value) == ("Beta/sub/leaf.py:1: relative import of level 4 leaves package 'moonlit.beta.sub'; "
+                                "expected at most 3 levels")
