@@ -1,39 +1,46 @@
 """Predicted-latency constraint of a subnet search (SpaceEvo, ICCV'23, Sec. 4; ElasticViT's latency-limited search).
 
 SpaceEvo keeps a subnet when its predicted latency ``t`` lies in ``[c − δ, c]``: under the budget
-``c`` but not so far under it that capacity is wasted. The latency comes from a LitePred
-:class:`~moonlit.litepred.predictor.PlatformPredictor` of a local platform (NSDI'24, Sec. 4): the
-paper package supplies ``kernel_rows(candidate) -> {kernel_type: feature rows}`` (the shape of
-:func:`moonlit.litepred.pipeline.model_rows`), and the whole batch is predicted with one
+``c`` but not so far under it that capacity is wasted. The latency comes from a predictor of a local
+platform, such as LitePred's (NSDI'24, Sec. 4): the paper package supplies
+``kernel_rows(candidate) -> {kernel_type: feature rows}``, and the whole batch is predicted with one
 ``predict_models`` call, which concatenates the rows of each kernel type over all candidates.
 
-``moonlit.litepred`` is not imported here (``common`` does not depend on a paper package): any
-object with ``predict_models(list_of_rows, apply_overhead=...)`` works.
+``common`` does not depend on a paper package: any object of the shape :class:`KernelRowsPredictor` works.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .constraints import BandConstraint
 
-if TYPE_CHECKING:
-    from moonlit.litepred.predictor import PlatformPredictor
-
-__all__ = ["LatencyConstraint"]
+__all__ = ["KernelRowsPredictor", "LatencyConstraint"]
 
 C = TypeVar("C")
 KernelRows = Mapping[str, Any]  # {kernel_type: (kernels, features) array} of one candidate
 
 
+class KernelRowsPredictor(Protocol):
+    """What :class:`LatencyConstraint` uses of a latency predictor.
+
+    An optional ``platform`` mapping is read too: its ``"name"``, where set, labels the constraint's description.
+    """
+
+    def predict_models(self, models: Sequence[KernelRows], apply_overhead: bool = True) -> ArrayLike:
+        """Latency (ms) of each model, given the kernel rows of each; ``apply_overhead`` adds the calibrated
+        whole-model overhead to the sum of kernel latencies."""
+
+
 class LatencyConstraint(BandConstraint[C]):
     """Predicted latency (ms) in ``[limit_ms − delta_ms, limit_ms]``; ``delta_ms=None`` keeps only the upper bound."""
 
-    def __init__(self, predictor: PlatformPredictor, kernel_rows: Callable[[C], KernelRows], limit_ms: float,
+    def __init__(self, predictor: KernelRowsPredictor, kernel_rows: Callable[[C], KernelRows], limit_ms: float,
                  delta_ms: float | None = None, apply_overhead: bool = True, metric: str = "latency_ms") -> None:
         if not limit_ms > 0:
             raise ValueError(f"limit_ms = {limit_ms}; expected a latency budget > 0 ms")
