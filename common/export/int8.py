@@ -213,7 +213,8 @@ def quantize_static_int8(
             extra_options=extra_options,
         )
         out_path = save_onnx(onnx.load(str(quantized)), out_path)
-    logger.info("static INT8 %s -> %s: %s", fp32_path, out_path, quantization_summary(out_path))
+    if logger.isEnabledFor(logging.DEBUG):  # one line per file: thousands in a LitePred build
+        logger.debug("static INT8 %s -> %s: %s", fp32_path, out_path, quantization_summary(out_path))
     return out_path
 
 
@@ -245,7 +246,8 @@ def quantize_dynamic_int8(
             weight_type=weight_type,
         )
         out_path = save_onnx(onnx.load(str(quantized)), out_path)
-    logger.info("dynamic INT8 %s -> %s: %s", fp32_path, out_path, quantization_summary(out_path))
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("dynamic INT8 %s -> %s: %s", fp32_path, out_path, quantization_summary(out_path))
     return out_path
 
 

@@ -393,5 +393,6 @@ def export_onnx(
     finally:
         for module, training in previous_modes.items():
             module.training = training
-    logger.info("exported %s to %s (opset %d, %s exporter)", type(model).__name__, path, opset, exporter)
+    # DEBUG: one line per file, thousands in a LitePred build; a caller that wants them sets this logger's level
+    logger.debug("exported %s to %s (opset %d, %s exporter)", type(model).__name__, path, opset, exporter)
     return path
