@@ -22,18 +22,18 @@ from typing import Any
 
 import timm
 import torch
+from omegaconf import DictConfig
+from torch import nn
+
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.profiling.model_benchmark import BenchModel, benchmark_models, int8_front, render_table
-from moonlit.common.profiling.model_benchmark import export_model as bench_export
 from moonlit.common.profiling.model_benchmark import plot_latency_vs_macs as plot_models
 from moonlit.common.report import write_section
 from moonlit.spaceevo.deploy import export_lsq_qdq, quantize_with_calibration
 from moonlit.spaceevo.models import create_seqnet, load_search_result
 from moonlit.spaceevo.ops.lsq_plus import set_quant_mode
-from omegaconf import DictConfig
-from torch import nn
 
-__all__ = ["BASELINES", "export_model", "int8_front", "plot_latency_vs_macs", "render_table", "run_benchmark"]
+__all__ = ["BASELINES", "int8_front", "plot_latency_vs_macs", "render_table", "run_benchmark"]
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +52,6 @@ def _lsq_int8(model: nn.Module, path: Path, calibration: list[torch.Tensor]) -> 
 
 def _static_int8(model: nn.Module, path: Path, calibration: list[torch.Tensor]) -> Path:
     return quantize_with_calibration(model, path, calibration)
-
-
-def export_model(name: str, model: nn.Module, resolution: int, out_dir: Path, int8_route: str,
-                 calibration: list[torch.Tensor]) -> dict[str, Any]:
-    """FP32 ONNX + INT8 QDQ of ``model`` under ``out_dir`` by ``int8_route`` (static | lsq)."""
-    if int8_route not in ("static", "lsq"):
-        raise ValueError(f"INT8 route {int8_route!r} of {name} is not 'static' or 'lsq'")
-    entry = BenchModel(name, model, resolution, _family(name), _lsq_int8 if int8_route == "lsq" else _static_int8,
-                       int8_route)
-    return bench_export(entry, out_dir, calibration)
 
 
 def _family(name: str) -> str:
@@ -115,8 +105,9 @@ def predict_rows(rows: list[dict[str, Any]], predictors: dict[str, str | None],
         platform = meta.get("rules") or meta.get("name")
         own: list[list[float]] = [[] for _ in rows]
         if models is not None:
-            own = measure_like_predictor(meta, [(entry.model.eval(), (torch.randn(1, 3, entry.resolution, entry.resolution),))
-                                                for entry in models], repeats)
+            inputs = [(entry.model.eval(), (torch.randn(1, 3, entry.resolution, entry.resolution),))
+                      for entry in models]
+            own = measure_like_predictor(meta, inputs, repeats)
         for row, passes in zip(rows, own):
             predicted = timed_predict_onnx(predictor, row["fp32_onnx"], platform)["latency_ms"]
             row[f"predicted_{precision}_ms"] = predicted
