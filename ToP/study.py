@@ -337,7 +337,7 @@ def build_section(study: Mapping[str, Any], source: str, command: str) -> dict[s
                          " / ".join(f"{v:.1f}" for v in row["mean_kept_tokens_per_layer"])])
         samples = study["accuracy"][split]["dense teacher"]["samples"]
         tables.append({
-            "caption": (f"{study['task']} {SPLIT_NAMES.get(split, split)} ({samples} sentences): {metric} (%) and "
+            "caption": (f"{study['task']} {SPLIT_NAMES.get(split, split)} ({samples} samples): {metric} (%) and "
                         "MACs of every arm"),
             "columns": ["arm", "MAC-sparsity target", f"{metric} (%)", "Δ vs dense (points)", "measured MAC sparsity",
                         "MAC ÷ (unpadded)", f"MAC ÷ (padded to {padded})", "mean tokens entering each layer"],

@@ -3,7 +3,8 @@
 Teacher, pruning to 0.5 MAC sparsity, and static top-k and random dropping at the same per-layer
 token counts; the bar: teacher >= 95 % accuracy, measured sparsity within 0.01 of the target, at
 most 2 points lost, random dropping clearly worse. ``data_source=generated`` keeps it on the
-generated task even where the real data has been fetched.
+generated task even where the real data has been fetched. The quickstart takes over 3 minutes, so
+these run in the ``slow`` tier; ``test_study.py`` runs the same stages on a tiny BERT in the default tier.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "quickstart" / "top"
 
 
+@pytest.mark.slow
 def test_teacher_prune_and_random_baseline(quickstart: Path) -> None:
     results = json.loads((quickstart / "results.json").read_text())
     rows = results["comparison"]["rows"]
@@ -50,6 +52,7 @@ def test_teacher_prune_and_random_baseline(quickstart: Path) -> None:
     assert calibration["measured_mac_sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
+@pytest.mark.slow
 def test_saved_model_reloads_with_the_same_schedule(quickstart: Path) -> None:
     model, tokenizer = load_pruned(quickstart / "prune" / "model")
     results = json.loads((quickstart / "results.json").read_text())
@@ -57,6 +60,7 @@ def test_saved_model_reloads_with_the_same_schedule(quickstart: Path) -> None:
     assert tokenizer is not None
 
 
+@pytest.mark.slow
 def test_section_and_plot(quickstart: Path) -> None:
     section = json.loads((quickstart / "section.json").read_text())
     assert [row[0] for row in section["tables"][0]["rows"]] == ["dense teacher", "ToP", "static top-k", "random"]
@@ -68,6 +72,7 @@ def test_section_and_plot(quickstart: Path) -> None:
         assert mac_reduction > 1.0
 
 
+@pytest.mark.slow
 def test_onnx_models_keep_the_accuracy(quickstart: Path) -> None:
     results = json.loads((quickstart / "results.json").read_text())
     rows = results["comparison"]["rows"]
@@ -117,5 +122,8 @@ def test_quickstart_says_why_real_data_is_missing(tmp_path: Path) -> None:
     for name in ("rt/train.tsv", "rt/dev.tsv", "minilm-l6-h384/config.json", "minilm-l6-h384/model.safetensors"):
         (tmp_path / name).write_text("x")
     real, source = resolve_data_source(compose_config("top", "quickstart", [f"paths.data_dir={tmp_path}"]))
-    assert source == "real" and real.data.task == "rt" and real.data.max_train == 2000
+    assert source == "real" and real.data.task == "rt"
+    # the real: block is merged over every group it names, the speed settings included
+    assert real.data.max_train == real.real.data.max_train != auto.data.max_train
+    assert real.speed.rounds == real.real.speed.rounds != auto.speed.rounds
     assert real.model.name_or_path == str(tmp_path / "minilm-l6-h384")
