@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moonlit.common.nn.elastic import ElasticBatchNorm2d
+
 from .models import ElasticViTModel
 from .ops import (
-    ElasticBatchNorm2d,
     ElasticClassifierHead,
     ElasticConvStage,
     ElasticViTStage,

@@ -13,7 +13,6 @@ from .attention import (
 )
 from .mbconv import ElasticMBConv, MBConvBlock
 from .norms import (
-                    ElasticBatchNorm2d,
                     ElasticTokenBatchNorm,
                     ElasticTokenNorm,
                     TokenBatchNorm,
@@ -36,7 +35,7 @@ from .transformer import (
 )
 
 __all__ = [
-    "AttentionLayer", "ClassifierHead", "ElasticAttention", "ElasticBatchNorm2d", "ElasticClassifierHead",
+    "AttentionLayer", "ClassifierHead", "ElasticAttention", "ElasticClassifierHead",
     "ElasticConvStage", "ElasticFFN", "ElasticMBConv", "ElasticTokenBatchNorm", "ElasticTokenNorm",
     "ElasticTransformerBlock", "ElasticViTStage", "FeedForward", "MBConvBlock", "TokenBatchNorm", "TokenGroupNorm",
     "TokenNormKind", "TransformerBlock", "ViTStage", "levit_attention", "make_token_norm",

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from timm.layers import SEModule
 from torch import nn
 
-from .norms import ElasticBatchNorm2d
+from moonlit.common.nn.elastic import ElasticBatchNorm2d
 
 __all__ = ["ElasticMBConv", "MBConvBlock", "mbconv_shortcut_pool"]
 

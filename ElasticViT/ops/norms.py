@@ -2,7 +2,8 @@
 
 Elastic layers hold weights at the largest width and use the leading slice that the input's width
 selects (the active width is read from the input, as in the reference). ``get_active_subnet(width)``
-returns a plain static layer with those slices copied.
+returns a plain static layer with those slices copied. The elastic BatchNorm2d is
+:class:`moonlit.common.nn.elastic.ElasticBatchNorm2d`, shared with SpaceEvo.
 
 Token norms come in two variants, chosen by ``token_norm``:
 
@@ -19,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moonlit.common.nn.elastic import check_width, copy_batch_norm_slice, elastic_batch_norm
+
 __all__ = [
     "TOKEN_NORMS",
-    "ElasticBatchNorm2d",
     "ElasticTokenBatchNorm",
     "ElasticTokenNorm",
     "TokenBatchNorm",
@@ -97,38 +99,6 @@ class ElasticTokenNorm(nn.Module):
         return static
 
 
-def _elastic_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, channels: int) -> torch.Tensor:
-    """BatchNorm on the leading ``channels``; in training the running-stat slices update in place."""
-    if bn.training and bn.track_running_stats:
-        bn.num_batches_tracked.add_(1)
-    momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-    use_batch_stats = bn.training or not bn.track_running_stats
-    return F.batch_norm(x, bn.running_mean[:channels], bn.running_var[:channels], bn.weight[:channels],
-                        bn.bias[:channels], use_batch_stats, momentum, bn.eps)
-
-
-def _copy_batch_norm(source: nn.modules.batchnorm._BatchNorm, target: nn.modules.batchnorm._BatchNorm,
-                     channels: int) -> None:
-    target.weight.data.copy_(source.weight.data[:channels])
-    target.bias.data.copy_(source.bias.data[:channels])
-    target.running_mean.copy_(source.running_mean[:channels])
-    target.running_var.copy_(source.running_var[:channels])
-    target.num_batches_tracked.copy_(source.num_batches_tracked)
-    target.momentum, target.eps = source.momentum, source.eps
-
-
-class ElasticBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d at max width; the active width is the input's channel count."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _elastic_batch_norm(self, x, x.shape[1])
-
-    def get_active_subnet(self, channels: int) -> nn.BatchNorm2d:
-        static = nn.BatchNorm2d(channels)
-        _copy_batch_norm(self, static, channels)
-        return static
-
-
 class TokenBatchNorm(nn.BatchNorm1d):
     """BatchNorm1d over the channels of (B, N, C) tokens (statistics over B x N)."""
 
@@ -140,9 +110,10 @@ class ElasticTokenBatchNorm(nn.BatchNorm1d):
     """:class:`TokenBatchNorm` at max width; the active width is the input's last dimension."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _elastic_batch_norm(self, x.flatten(0, 1), x.shape[-1]).reshape_as(x)
+        return elastic_batch_norm(self, x.flatten(0, 1), x.shape[-1], "ElasticTokenBatchNorm").reshape_as(x)
 
     def get_active_subnet(self, channels: int) -> TokenBatchNorm:
-        static = TokenBatchNorm(channels)
-        _copy_batch_norm(self, static, channels)
+        check_width(channels, self.num_features, "ElasticTokenBatchNorm")
+        static = TokenBatchNorm(channels, self.eps, self.momentum)
+        copy_batch_norm_slice(self, static, channels)
         return static

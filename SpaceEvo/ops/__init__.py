@@ -7,7 +7,6 @@ from moonlit.spaceevo.ops.blocks import (
     StaticBlock,
 )
 from moonlit.spaceevo.ops.dynamic import (
-    DynamicBatchNorm2d,
     DynamicConv2d,
     DynamicConvBnAct,
     DynamicDepthwiseConv2d,
@@ -39,7 +38,7 @@ from moonlit.spaceevo.ops.stages import (
 __all__ = [
     "BLOCK_CLASSES", "HYPERSPACE_BLOCKS", "STAGE0_BLOCKS", "BlockChoice", "BlockSpec", "DynamicBlock",
     "DynamicStage", "StageChoice", "StaticBlock", "block_spec", "build_block",
-    "DynamicBatchNorm2d", "DynamicConv2d", "DynamicConvBnAct", "DynamicDepthwiseConv2d", "DynamicLinear",
+    "DynamicConv2d", "DynamicConvBnAct", "DynamicDepthwiseConv2d", "DynamicLinear",
     "DynamicSqueezeExcite", "DynamicStackedDepthwiseConv2d", "SqueezeExcite", "make_divisible",
     "ActivationQuantizer", "QuantConv2d", "QuantLinear", "QuantParams", "WeightQuantizer",
     "export_quant_params", "set_quant_mode",

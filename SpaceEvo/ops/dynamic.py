@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moonlit.common.nn.elastic import ElasticBatchNorm2d
 from moonlit.spaceevo.ops.lsq_plus import ActivationQuantizer, QuantConv2d, QuantLinear, WeightQuantizer
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "DynamicConv2d",
     "DynamicDepthwiseConv2d",
     "DynamicStackedDepthwiseConv2d",
-    "DynamicBatchNorm2d",
     "DynamicLinear",
     "DynamicConvBnAct",
     "DynamicSqueezeExcite",
@@ -232,37 +232,6 @@ class DynamicStackedDepthwiseConv2d(nn.Module):
         return nn.Sequential(*(conv.get_active_subnet(in_channels) for conv in self.active_convs()))
 
 
-class DynamicBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm over the first C channels of its max-size statistics and affine parameters."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        channels = x.shape[1]
-        _check_channels(channels, self.num_features, "DynamicBatchNorm2d")
-        momentum = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average, as nn.BatchNorm2d
-                momentum = 1.0 / float(self.num_batches_tracked)
-        use_batch_stats = self.training or self.running_mean is None
-        # Sliced running buffers are views, so F.batch_norm updates the shared statistics in place.
-        return F.batch_norm(
-            x,
-            None if self.running_mean is None else self.running_mean[:channels],
-            None if self.running_var is None else self.running_var[:channels],
-            None if self.weight is None else self.weight[:channels],
-            None if self.bias is None else self.bias[:channels],
-            use_batch_stats, momentum, self.eps,
-        )
-
-    def get_active_subnet(self, channels: int) -> nn.BatchNorm2d:
-        _check_channels(channels, self.num_features, "DynamicBatchNorm2d")
-        static = nn.BatchNorm2d(channels, self.eps, self.momentum, self.affine, self.track_running_stats)
-        state = {name: value[:channels] if value.dim() == 1 else value
-                 for name, value in self.state_dict().items()}
-        static.load_state_dict(state)
-        return static
-
-
 class DynamicLinear(_DynamicQuantOp):
     """Linear with elastic output features; input features follow the input."""
 
@@ -297,7 +266,7 @@ class DynamicConvBnAct(nn.Module):
         super().__init__()
         self.conv_name = "conv" if isinstance(conv, DynamicConv2d) else "dwconv"
         self.add_module(self.conv_name, conv)
-        self.norm = DynamicBatchNorm2d(max_out_channels)
+        self.norm = ElasticBatchNorm2d(max_out_channels)
         self.activation = activation
         act = make_activation(activation)
         if act is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from moonlit.common.nn.elastic import ElasticBatchNorm2d
 from moonlit.common.train.bn_recalibration import (
     recalibrate_batch_norm,
     reset_batch_norm_stats,
@@ -61,26 +62,22 @@ def test_running_stats_are_the_cumulative_average_of_batch_statistics() -> None:
     assert model[1].momentum == 0.3
 
 
-def test_elastic_batch_norms_recalibrate_their_active_slice() -> None:
-    from moonlit.elasticvit.ops.norms import ElasticBatchNorm2d
-    from moonlit.spaceevo.ops.dynamic import DynamicBatchNorm2d
-
+def test_elastic_batch_norm_recalibrates_its_active_slice() -> None:
     torch.manual_seed(1)
     weight = torch.randn(3, 3, 1, 1)
     data = [x for x, _ in batches(3, seed=1)]
     mean, var = hand_statistics(weight, data)
-    for norm_class in (ElasticBatchNorm2d, DynamicBatchNorm2d):
-        norm = norm_class(6)  # max width 6, active width 3 (the conv's output)
-        norm.running_mean.fill_(5.0)
-        model = nn.Sequential(nn.Conv2d(3, 3, 1, bias=False), norm).eval()
-        model[0].weight.data.copy_(weight)
-        recalibrate_batch_norm(model, data, num_batches=10)  # more than available: uses all 3
-        torch.testing.assert_close(norm.running_mean[:3].double(), mean, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(norm.running_var[:3].double(), var, rtol=1e-5, atol=1e-5)
-        # inactive channels were reset, not left stale
-        torch.testing.assert_close(norm.running_mean[3:], torch.zeros(3))
-        torch.testing.assert_close(norm.running_var[3:], torch.ones(3))
-        assert not norm.training
+    norm = ElasticBatchNorm2d(6)  # max width 6, active width 3 (the conv's output)
+    norm.running_mean.fill_(5.0)
+    model = nn.Sequential(nn.Conv2d(3, 3, 1, bias=False), norm).eval()
+    model[0].weight.data.copy_(weight)
+    recalibrate_batch_norm(model, data, num_batches=10)  # more than available: uses all 3
+    torch.testing.assert_close(norm.running_mean[:3].double(), mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(norm.running_var[:3].double(), var, rtol=1e-5, atol=1e-5)
+    # inactive channels were reset, not left stale
+    torch.testing.assert_close(norm.running_mean[3:], torch.zeros(3))
+    torch.testing.assert_close(norm.running_var[3:], torch.ones(3))
+    assert not norm.training
 
 
 def test_forward_override_reset_and_errors() -> None:

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moonlit.common.nn.elastic import ElasticBatchNorm2d
 from moonlit.spaceevo.ops import (
     HYPERSPACE_BLOCKS,
     STAGE0_BLOCKS,
     BlockChoice,
-    DynamicBatchNorm2d,
     DynamicDepthwiseConv2d,
     DynamicLinear,
     DynamicStage,
@@ -254,7 +254,7 @@ def test_bad_choices_and_inputs_name_the_value() -> None:
 
 def test_dynamic_batchnorm_trains_only_the_active_channels() -> None:
     torch.manual_seed(0)
-    dynamic, reference = DynamicBatchNorm2d(10), nn.BatchNorm2d(6)
+    dynamic, reference = ElasticBatchNorm2d(10), nn.BatchNorm2d(6)
     _randomize_norms(dynamic, 0)
     before = dynamic.running_mean.clone()
     reference.load_state_dict({k: v[:6] if v.dim() == 1 else v for k, v in dynamic.state_dict().items()})
