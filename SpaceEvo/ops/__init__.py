@@ -1,4 +1,4 @@
-"""SpaceEvo's quantizable elastic ops: LSQ+ fake quantization, dynamic convs/BN/SE, blocks and stages (SpaceEvo §3.3)."""
+"""SpaceEvo's quantizable elastic ops: LSQ+ fake quantization, dynamic convs/SE, blocks and stages (SpaceEvo §3.3)."""
 
 from moonlit.spaceevo.ops.blocks import (
     BLOCK_CLASSES,

@@ -5,19 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from moonlit.common.nn.elastic import ElasticBatchNorm2d
 from moonlit.common.train.bn_recalibration import (
     recalibrate_batch_norm,
     reset_batch_norm_stats,
 )
-from torch import nn
 
 
 def batches(count: int, channels: int = 3, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
     # batches of different sizes and offsets, so a per-sample average would differ from the per-batch one
-    return [(torch.randn(2 + i, channels, 5, 5, generator=generator) * (1 + i) + i, torch.zeros(2 + i, dtype=torch.long))
-            for i in range(count)]
+    return [(torch.randn(2 + i, channels, 5, 5, generator=generator) * (1 + i) + i,
+             torch.zeros(2 + i, dtype=torch.long)) for i in range(count)]
 
 
 def hand_statistics(weight: torch.Tensor, data: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

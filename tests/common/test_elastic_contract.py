@@ -8,10 +8,11 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from torch import nn
+
 from moonlit.common.errors import InputError
 from moonlit.common.nn import elastic
 from moonlit.common.nn.elastic import ElasticBatchNorm2d, ElasticModule
-from torch import nn
 
 
 def _randomized_bn(max_width: int, seed: int, **flags: bool) -> ElasticBatchNorm2d:
