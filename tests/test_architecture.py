@@ -50,9 +50,6 @@ KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset({
     ("tests/litepred/test_zoo_real.py", "moonlit.elasticvit.space"),
     ("tests/litepred/test_zoo_real.py", "moonlit.spaceevo.models"),
     ("tests/litepred/test_zoo_real.py", "moonlit.spaceevo.space"),
-    # tests/common -> the papers' elastic batch norms: removed when common holds the elastic batch norm
-    ("tests/common/test_bn_recalibration.py", "moonlit.elasticvit.ops.norms"),
-    ("tests/common/test_bn_recalibration.py", "moonlit.spaceevo.ops.dynamic"),
 })
 
 
