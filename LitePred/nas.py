@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from moonlit.common.errors import InputError
+
 from .features import feature_matrix
 from .fusion import RuleSet
 from .graph import Graph, graph_from_torch
@@ -79,11 +81,17 @@ class PartKernelCache:
     def _load(self) -> None:
         assert self.path is not None
         for number, entry in read_jsonl_cache(self.path):
-            if entry.get("format") != CACHE_FORMAT:
-                raise ValueError(f"{self.path}:{number} has format {entry.get('format')!r}; expected {CACHE_FORMAT!r}")
-            if entry["platform"] == self.platform and entry["rules"] == self.rules.source:
-                self._configs[entry["key"]] = [KernelConfig.from_dict(k) for k in entry["kernels"]]
-                self.stats["loaded"] += 1
+            where = f"{self.path}:{number}"
+            if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT:
+                found = entry.get("format") if isinstance(entry, dict) else type(entry).__name__
+                raise InputError(f"{where} has format {found!r}; expected {CACHE_FORMAT!r}")
+            try:
+                if entry["platform"] == self.platform and entry["rules"] == self.rules.source:
+                    self._configs[str(entry["key"])] = [KernelConfig.from_dict(k) for k in entry["kernels"]]
+                    self.stats["loaded"] += 1
+            except (KeyError, TypeError, AttributeError, ValueError) as error:
+                raise InputError(f"{where} is not a part-kernels entry ({type(error).__name__}: {error}); expected "
+                                 "the fields platform, rules, key and kernels") from None
 
     def __contains__(self, key: str) -> bool:
         return key in self._configs
@@ -100,13 +108,7 @@ class PartKernelCache:
     def _detect(self, part: ModelPart) -> list[KernelConfig]:
         start = time.perf_counter()
         module = part.build().eval()
-        export_logger = logging.getLogger("moonlit.common.export.onnx")
-        level = export_logger.level
-        export_logger.setLevel(max(level, logging.WARNING))  # one "exported" line per part would flood the log
-        try:
-            graph = self._export(part, module)
-        finally:
-            export_logger.setLevel(level)
+        graph = self._export(part, module)
         detection = detect_kernels(graph, self.platform, self.rules)
         self.stats["export_seconds"] += time.perf_counter() - start
         self.stats["detected"] += 1

@@ -58,7 +58,12 @@ def read_jsonl_cache(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, entry)`` of an append-only JSONL cache; a line cut by an interrupted write is skipped."""
     if not path.is_file():
         return
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); expected a JSON Lines "
+                         "cache") from None
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

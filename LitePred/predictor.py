@@ -56,7 +56,8 @@ SCHEMA_VERSION = 1
 PLATFORM_FILE = "platform.json"
 # Chosen by select_regressor on 2000 conv-relu kernels profiled with ORT FP32 (1 thread), 5 random
 # 80/20 splits: held-out ±10% accuracy GBDT 67.2%, MLP 63.7%, random forest 55.2% (the noise
-# ceiling was 99%: the gap is model error on random channel counts); GBDT also fits ~2.5x faster. The MLP stays the choice for cross-platform fine-tuning (forests cannot be).
+# ceiling was 99%: the gap is model error on random channel counts); GBDT also fits ~2.5x faster.
+# The MLP stays the choice for cross-platform fine-tuning (forests cannot be).
 DEFAULT_REGRESSOR = "forest"  # ForestRegressor's default kind is "gbdt"
 REGRESSOR_NAMES = ("mlp", "forest", "random_forest", "extra_trees", "gbdt")
 # The smallest latency a prediction reports: 1 µs, below the per-call cost of any runtime we time
@@ -181,6 +182,18 @@ class PlatformPredictor:
     @property
     def kernel_types(self) -> list[str]:
         return sorted(self.regressors)
+
+    @property
+    def rules(self) -> str:
+        """The fusion rules its kernels were detected under: ``platform["rules"]``, else ``platform["name"]``.
+
+        Every caller that detects kernels for this predictor uses this one choice.
+        """
+        rules = self.platform.get("rules") or self.platform.get("name")
+        if not rules:
+            raise InputError(f"the predictor's platform metadata {sorted(self.platform)} records neither 'rules' nor "
+                             "'name'; expected one of them (or pass the fusion rules explicitly)")
+        return str(rules)
 
     def _regressor(self, kernel_type: str) -> Regressor:
         try:
