@@ -30,9 +30,8 @@ from omegaconf import DictConfig
 
 from moonlit.common.config import compose_config
 from moonlit.common.export.onnx import export_onnx
-from moonlit.common.profiling.backends import make_runner
+from moonlit.common.profiling.compare import Arm, median_ms, time_arms
 from moonlit.common.profiling.flops import count_macs
-from moonlit.common.profiling.latency import compare_many, measure_latency
 
 from .models import build_model
 from .space import decode
@@ -64,12 +63,8 @@ def measure_fp32(models: dict[str, tuple[torch.nn.Module, int]], *, rounds: int,
         for name, (model, resolution) in models.items():
             image = torch.randn(1, 3, resolution, resolution)
             path = export_onnx(model.eval(), (image,), Path(workdir) / f"{name}.onnx", check=False)
-            arms[name] = make_runner("onnxruntime", path, image, threads=threads)
-        if len(arms) == 1:
-            ((name, runner),) = arms.items()
-            return {name: measure_latency(runner, warmup=warmup, runs=rounds * burst).median_ms}
-        timing = compare_many(arms, rounds=rounds, warmup=warmup, burst=burst)
-    return {name: timing.results[name].median_ms for name in models}
+            arms[name] = Arm("onnxruntime", path, [image])
+        return median_ms(time_arms(arms, threads=threads, rounds=rounds, warmup=warmup, burst=burst))
 
 
 def run_search_step(cfg: DictConfig, out: Path) -> dict[str, Any]:
@@ -123,7 +118,8 @@ def search_table(step: dict[str, Any], output_dir: str) -> dict[str, Any]:
             for i, c in enumerate(step["candidates"])]
     rows.append([step["baseline"], step["baseline_mmacs"], None, step["baseline_ms"], None, 1.0])
     return {"caption": (f"Latency-constrained search: predicted ort-fp32 latency <= {step['limit_ms']:.2f} ms "
-                        f"({step['baseline']} measured {step['baseline_ms_before']:.2f} ms / {step['target_speedup']:g}) "
+                        f"({step['baseline']} measured {step['baseline_ms_before']:.2f} ms "
+                        f"/ {step['target_speedup']:g}) "
                         f"and MMACs <= {step['baseline_mmacs']:.0f}; the top candidates by fitness then timed beside "
                         "the baseline, interleaved (onnxruntime, 1 thread)"),
             "source": f"{output_dir}/results.json (search)",

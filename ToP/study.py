@@ -39,7 +39,7 @@ from moonlit.common.config import hydra_app
 from moonlit.common.data.glue import GlueTask, get_glue_task
 from moonlit.common.data.glue_metrics import compute_glue_metrics
 from moonlit.common.errors import InputError
-from moonlit.common.profiling.backends import Runner, make_runner, onnxruntime_session
+from moonlit.common.profiling.compare import Arm, median_ms, time_arms
 from moonlit.common.report import write_section
 
 from .artifacts import load_pruned
@@ -149,21 +149,6 @@ def onnx_metrics(paths: Mapping[str, Path], loader: Any, task: GlueTask,
 # ---------------------------------------------------------------------------------------------
 # Latency on real batches
 
-def batches_runner(backend: str, model: Any, batches: Sequence[Mapping[str, torch.Tensor]], *,
-                   threads: int = 1) -> Runner:
-    """One call runs ``model`` over every batch in turn (one session / one module for all of them)."""
-    if not batches:
-        raise ValueError("batches_runner needs at least one batch")
-    if backend == "onnxruntime":
-        session = onnxruntime_session(model, threads=threads)
-        feeds = [{key: np.ascontiguousarray(batch[key].numpy()) for key in ONNX_INPUTS} for batch in batches]
-        return Runner(lambda: [session.run(None, feed) for feed in feeds], backend, threads)
-    runners = [make_runner(backend, model, {k: b[k] for k in ONNX_INPUTS}, threads=threads) for b in batches]
-    first = runners[0]
-    return Runner(lambda: [runner.fn() for runner in runners], first.backend, first.threads, first.torch_threads,
-                  first.context)
-
-
 def batch_macs(kept_counts: torch.Tensor, dims: Any) -> float:
     """MACs one batch really computes: every layer runs on the batch's longest kept count.
 
@@ -190,18 +175,16 @@ def measure_latency(teacher: torch.nn.Module, pruned: Mapping[str, ToPModel], on
                     batches: Sequence[Mapping[str, torch.Tensor]], *, threads: int, rounds: int, warmup: int,
                     int8: bool) -> dict[str, Any]:
     """Median latency (ms per pass over ``batches``) of every arm, interleaved, and each model's speedup."""
-    from moonlit.common.profiling.latency import compare_many
-
     modules = {"dense": teacher.eval()} | {name: TokenDroppingModel(model).eval() for name, model in pruned.items()}
     backends = {"torch": None, "ORT": "fp32"} | ({"ORT-INT8": "int8"} if int8 else {})
+    inputs = [{key: batch[key] for key in ONNX_INPUTS} for batch in batches]  # one timed call runs them all
     arms = {}
     for name, module in modules.items():
         for backend, precision in backends.items():
-            target = module if precision is None else onnx[name][precision]
-            arms[f"{name} {backend}"] = batches_runner("torch" if precision is None else "onnxruntime", target,
-                                                       batches, threads=threads)
-    comparison = compare_many(arms, rounds=rounds, warmup=warmup, baseline="dense torch")
-    medians = {arm: result.median_ms for arm, result in comparison.results.items()}
+            arms[f"{name} {backend}"] = (Arm("torch", module, inputs) if precision is None
+                                         else Arm("onnxruntime", onnx[name][precision], inputs))
+    comparison = time_arms(arms, threads=threads, rounds=rounds, warmup=warmup, baseline="dense torch")
+    medians = median_ms(comparison)
     speedup = {name: {backend: medians[f"dense {backend}"] / medians[f"{name} {backend}"] for backend in backends}
                for name in pruned}
     return {"median_ms": medians, "speedup": speedup, "batches": len(batches),

@@ -31,9 +31,8 @@ from moonlit.common.data.imagenet import build_imagenet_datasets, build_loader
 from moonlit.common.data.synthetic import write_image_folder
 from moonlit.common.export.int8 import quantization_summary, quantize_static_int8
 from moonlit.common.export.onnx import export_onnx, onnx_input_feed
-from moonlit.common.profiling.backends import make_runner
+from moonlit.common.profiling.compare import Arm, time_arms
 from moonlit.common.profiling.flops import count_macs
-from moonlit.common.profiling.latency import compare_many
 from moonlit.common.report import write_section
 from moonlit.common.train.checkpoint import move_aside
 from moonlit.common.train.classifier import evaluate_top1, train_classifier
@@ -106,16 +105,18 @@ def export_and_quantize(model: torch.nn.Module, name: str, example: torch.Tensor
     return fp32, int8
 
 
-def time_arms(model: torch.nn.Module, fp32: Path, int8: Path, example: torch.Tensor, cfg: DictConfig) -> dict[str, Any]:
+def time_precisions(model: torch.nn.Module, fp32: Path, int8: Path, example: torch.Tensor,
+                    cfg: DictConfig) -> dict[str, Any]:
+    """torch FP32 / ORT FP32 / ORT INT8 of one model, timed interleaved by
+    :func:`moonlit.common.profiling.compare.time_arms`."""
     lat = cfg.latency
+    ort_options = {"optimization_level": lat.optimization_level}
     arms = {
-        "torch FP32": make_runner("torch", model, example, threads=lat.threads),
-        "ORT FP32": make_runner("onnxruntime", fp32, example, threads=lat.threads,
-                                optimization_level=lat.optimization_level),
-        "ORT INT8": make_runner("onnxruntime", int8, example, threads=lat.threads,
-                                optimization_level=lat.optimization_level),
+        "torch FP32": Arm("torch", model, [example]),
+        "ORT FP32": Arm("onnxruntime", fp32, [example], ort_options),
+        "ORT INT8": Arm("onnxruntime", int8, [example], ort_options),
     }
-    comparison = compare_many(arms, rounds=lat.rounds, warmup=lat.warmup, baseline="ORT FP32")
+    comparison = time_arms(arms, threads=lat.threads, rounds=lat.rounds, warmup=lat.warmup, baseline="ORT FP32")
     result = comparison.to_dict()
     result["median_ms"] = {arm: comparison.results[arm].median_ms for arm in ARMS}
     result["p10_ms"] = {arm: comparison.results[arm].p10_ms for arm in ARMS}
@@ -141,7 +142,7 @@ def deploy_entry(name: str, model: torch.nn.Module, example: torch.Tensor, calib
         "uncounted_ops": complexity.uncounted_ops,
         "onnx": {"fp32": fp32.name, "int8": int8.name},
         "quantization": quantization_summary(int8).to_dict(),
-        "latency": time_arms(model, fp32, int8, example, cfg),
+        "latency": time_precisions(model, fp32, int8, example, cfg),
     }
 
 
