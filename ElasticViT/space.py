@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from moonlit.common.errors import InputError
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "max_subnet",
     "min_subnet",
     "random_subnet",
+    "sample_subnet",
     "search_space_from_dict",
     "stage_sides",
     "to_reference_arch",
@@ -338,7 +341,10 @@ def max_subnet(space: SearchSpace = ELASTICVIT_SPACE) -> Subnet:
 
 
 def random_subnet(rng: random.Random, space: SearchSpace = ELASTICVIT_SPACE) -> Subnet:
-    """Uniform over every choice, widths drawn stage by stage among those >= the previous width."""
+    """Uniform over every choice, widths drawn stage by stage among those >= the previous width.
+
+    The engine behind :func:`sample_subnet`; code that holds a ``numpy`` generator calls that.
+    """
     stem_width = rng.choice(space.first_conv_widths)
     previous_width = stem_width
     conv_stages = []
@@ -355,6 +361,14 @@ def random_subnet(rng: random.Random, space: SearchSpace = ELASTICVIT_SPACE) -> 
         previous_width = width
     return Subnet(rng.choice(space.resolutions), stem_width, rng.choice(space.stem_depths),
                   rng.choice(space.stem_kernels), tuple(conv_stages), tuple(transformer_stages))
+
+
+def sample_subnet(space: SearchSpace, rng: np.random.Generator) -> Subnet:
+    """A uniformly random subnet of ``space`` drawn from ``rng``: the one sampler of ElasticViT.
+
+    One 63-bit draw from ``rng`` seeds :func:`random_subnet`, the engine that draws the choices.
+    """
+    return random_subnet(random.Random(int(rng.integers(2 ** 63))), space)
 
 
 def _shared(values: Sequence[int], what: str) -> int:

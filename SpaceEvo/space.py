@@ -35,16 +35,17 @@ decoded subnet against a space (one depth per stage, each choice offered).
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import numbers
-import math
-
 import numpy as np
 import yaml
+
 from moonlit.common.errors import InputError
 
 __all__ = [
@@ -520,11 +521,20 @@ def max_subnet(space: SpaceEncoding, resolution: int | None = None) -> SubnetEnc
     return _extreme_subnet(space, max, resolution)
 
 
-def sample_subnet(space: SpaceEncoding, rng: np.random.Generator) -> SubnetEncoding:
-    """Uniform depth per stage, then uniform kernel, width and expand per block, uniform resolution."""
+def sample_subnet(space: SpaceEncoding, rng: np.random.Generator,
+                  resolutions: Sequence[int] | None = None) -> SubnetEncoding:
+    """A uniformly random subnet of ``space``: the one sampler of SpaceEvo's training and search.
+
+    Draw order (part of the contract: a seed gives one subnet everywhere): per stage a uniform depth,
+    then per block a uniform kernel, width and expand ratio (a stage without expand ratios draws
+    none), then one uniform resolution from ``resolutions`` (default: the hyperspace's).
+    """
+    choices = tuple(space.spec.resolutions if resolutions is None else resolutions)
+    if not choices:
+        raise InputError(f"no resolutions to sample for '{space}'; expected a non-empty list")
     depths, kernels, widths, expands = [], [], [], []
 
-    def choose(values: tuple) -> Any:
+    def choose(values: Sequence[Any]) -> Any:
         return values[int(rng.integers(len(values)))]
 
     for stage in stage_options(space):
@@ -534,5 +544,4 @@ def sample_subnet(space: SpaceEncoding, rng: np.random.Generator) -> SubnetEncod
             kernels.append(choose(stage.kernels))
             widths.append(choose(stage.widths))
             expands.append(float(choose(stage.expands)) if stage.expands else None)
-    return SubnetEncoding(tuple(depths), tuple(kernels), tuple(widths), tuple(expands),
-                          choose(space.spec.resolutions))
+    return SubnetEncoding(tuple(depths), tuple(kernels), tuple(widths), tuple(expands), int(choose(choices)))

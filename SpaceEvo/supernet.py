@@ -30,6 +30,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from moonlit.spaceevo.ops.blocks import BlockChoice, DynamicBlock
 from moonlit.spaceevo.ops.dynamic import DynamicConvBnAct, DynamicLinear
 from moonlit.spaceevo.ops.stages import BlockSpec, DynamicStage
@@ -43,7 +45,6 @@ from moonlit.spaceevo.space import (
     sample_subnet,
     stage_options,
 )
-from torch import Tensor, nn
 
 __all__ = ["LAST_NORM_OF_RESIDUAL_BODY", "StaticSubnet", "Supernet", "block_spec_of"]
 
@@ -160,9 +161,8 @@ class Supernet(nn.Module):
         return SubnetEncoding(tuple(depths), tuple(kernels), tuple(widths), tuple(expands), self.active_resolution)
 
     def sample_active(self, rng: np.random.Generator) -> SubnetEncoding:
-        """Activate a uniformly random subnet (see ``space.sample_subnet``) at a random resolution of ours."""
-        subnet = sample_subnet(self.space, rng)
-        subnet = dataclasses.replace(subnet, resolution=self.resolutions[int(rng.integers(len(self.resolutions)))])
+        """Activate a uniformly random subnet (``space.sample_subnet``, resolution drawn once from ours)."""
+        subnet = sample_subnet(self.space, rng, self.resolutions)
         self.set_active(subnet)
         return subnet
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
+
 from moonlit.elasticvit.models import MODEL_NAMES, named_subnet
 from moonlit.elasticvit.space import (
     ELASTICVIT_SPACE,
@@ -18,6 +20,7 @@ from moonlit.elasticvit.space import (
     max_subnet,
     min_subnet,
     random_subnet,
+    sample_subnet,
     stage_sides,
     to_reference_arch,
 )
@@ -65,6 +68,19 @@ def test_encode_decode_round_trip_on_random_subnets() -> None:
         check_subnet(subnet)
         assert decode(encode(subnet)) == subnet
         assert from_reference_arch(to_reference_arch(subnet)) == subnet
+
+
+def test_sample_subnet_seeds_the_engine_with_one_draw_of_the_generator() -> None:
+    rng = np.random.default_rng(3)
+    drawn = [sample_subnet(ELASTICVIT_SPACE, rng) for _ in range(200)]
+    # the documented derivation, replayed by hand: one 63-bit integer per subnet seeds random.Random
+    replay = np.random.default_rng(3)
+    assert drawn == [random_subnet(random.Random(int(replay.integers(2 ** 63)))) for _ in range(200)]
+    assert rng.integers(2 ** 32) == replay.integers(2 ** 32)  # nothing else was drawn
+    for subnet in drawn:
+        check_subnet(subnet)
+    assert len(set(drawn)) == len(drawn)
+    assert {s.resolution for s in drawn} == set(ELASTICVIT_SPACE.resolutions)
 
 
 def test_random_subnets_reach_every_choice() -> None:

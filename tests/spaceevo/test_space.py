@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from moonlit.spaceevo.space import (
     SpaceEncoding,
     SubnetEncoding,
@@ -160,3 +161,25 @@ def test_random_subnets_are_legal_round_trip_and_cover_the_choices(text: str) ->
             seen_kernels.update((options.name, k) for k, _, _ in blocks)
     wanted = {(o.name, k) for o in stage_options(space) for k in o.kernels}
     assert seen_kernels == wanted
+
+
+@pytest.mark.parametrize("text", ["onnxw-151122-023231", "mobilew-654321-155432"])
+def test_sample_subnet_draws_the_resolution_once_from_the_given_list(text: str) -> None:
+    space = SpaceEncoding.decode(text)
+    resolutions = (32, 48, 64)
+    seen = set()
+    for seed in range(60):
+        subnet = sample_subnet(space, np.random.default_rng(seed), resolutions)
+        default = sample_subnet(space, np.random.default_rng(seed))
+        # the blocks are drawn before the resolution, so they do not depend on the resolution list
+        assert subnet.stages() == default.stages()
+        assert default.resolution in space.spec.resolutions
+        # a one-element list is drawn without touching the generator's state (Generator.integers(1)), so
+        # the resolution is the very next draw after the blocks: one draw, from our list
+        replay = np.random.default_rng(seed)
+        assert sample_subnet(space, replay, (7,)).resolution == 7
+        assert subnet.resolution == resolutions[int(replay.integers(len(resolutions)))]
+        seen.add(subnet.resolution)
+    assert seen == set(resolutions)
+    with pytest.raises(ValueError, match="no resolutions to sample"):
+        sample_subnet(space, np.random.default_rng(0), ())

@@ -8,10 +8,21 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from moonlit.spaceevo.ops import HYPERSPACE_BLOCKS, STAGE0_BLOCKS, set_quant_mode
-from moonlit.spaceevo.space import SubnetEncoding, list_hyperspaces, load_hyperspace
-from moonlit.spaceevo.supernet import LAST_NORM_OF_RESIDUAL_BODY, StaticSubnet, Supernet, block_spec_of
 from torch import nn
+
+from moonlit.spaceevo.ops import HYPERSPACE_BLOCKS, STAGE0_BLOCKS, set_quant_mode
+from moonlit.spaceevo.space import (
+    SubnetEncoding,
+    list_hyperspaces,
+    load_hyperspace,
+    sample_subnet,
+)
+from moonlit.spaceevo.supernet import (
+    LAST_NORM_OF_RESIDUAL_BODY,
+    StaticSubnet,
+    Supernet,
+    block_spec_of,
+)
 
 SEARCH_RESULT = Path(__file__).resolve().parents[3] / "shared" / "data" / "spaceevo" / "search_result.yaml"
 # Published in the reference's data/search_result.yaml (spaceevo@vnni and spaceevo@pixel4-tiny with the
@@ -128,6 +139,16 @@ def test_set_active_reads_back_and_sampling_is_seeded(supernet: Supernet) -> Non
     supernet.set_active(first.encode())
     assert supernet.active_encoding() == first
     assert supernet.set_max().depths == tuple(max(o.depths) for o in supernet.options)
+
+
+def test_sample_active_is_the_space_sampler_over_our_resolutions(supernet: Supernet) -> None:
+    for seed in range(20):
+        ours, reference = np.random.default_rng(seed), np.random.default_rng(seed)
+        subnet = supernet.sample_active(ours)
+        assert subnet == sample_subnet(supernet.space, reference, SMALL_RESOLUTIONS)
+        assert subnet.resolution in SMALL_RESOLUTIONS
+        # nothing else is drawn: both generators continue with the same stream
+        assert ours.integers(2 ** 32) == reference.integers(2 ** 32)
 
 
 def test_bad_subnets_are_rejected_with_the_reason(supernet: Supernet) -> None:
