@@ -18,8 +18,8 @@ all-reduced); gradients are averaged once per step after the backward passes. A 
 epoch end holds, in one atomic ``checkpoints/step_N/``, the supernet, its EMA, optimizer, scheduler,
 RNG states and the sampler's state (walk position, banks); ``resume=true`` continues from it bit for
 bit. Every input (space, teachers, data, tables, checkpoint) is checked before anything is written;
-``resume=false`` over an earlier run moves its checkpoints aside (``checkpoints.replaced-<UTC time>``). Evaluation (every
-``eval.every_epochs``) measures, per FLOPs level, the table's median-MACs subnet as a static copy
+``resume=false`` over an earlier run moves its checkpoints aside (``checkpoints.replaced-<UTC time>``).
+Evaluation (every ``eval.every_epochs``) measures, per FLOPs level, the table's median-MACs subnet as a static copy
 whose BN statistics are re-estimated on training batches, leaving the supernet's own untouched.
 The FLOPs tables come from ``tables.path`` (built there first when missing).
 """
@@ -53,6 +53,8 @@ from moonlit.common.train.dist import (
     barrier,
     cleanup_distributed,
 )
+from moonlit.common.train.optim import build_optimizer, one_dim_or_in
+from moonlit.common.train.schedules import warmup_cosine
 from moonlit.common.train.supernet import (
     build_ema,
     check_epoch_aligned,
@@ -73,11 +75,10 @@ from .tables import FlopsTables, build_tables, subnets_to_array, total_macs
 from .teachers import build_teachers
 from .train_step import (
     StepSettings,
-    build_optimizer,
+    conv_block_parameters,
     make_scorer,
     space_from_config,
     train_step,
-    warmup_cosine_lr,
 )
 
 __all__ = ["ResizedInput", "evaluate_levels", "load_or_build_tables", "representative_subnets", "sampler_statistics",
@@ -249,10 +250,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         epochs = cfg.epochs + cfg.cooldown_epochs
         total_steps = epochs * steps_per_epoch
         lr = cfg.optim.lr * ctx.world_size * cfg.data.batch_size / REFERENCE_BATCH
-        optimizer = build_optimizer(supernet, lr, cfg.optim.weight_decay, tuple(cfg.optim.betas), cfg.optim.eps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_lr(
-            cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch, cfg.optim.warmup_lr / cfg.optim.lr,
-            cfg.optim.min_lr / cfg.optim.lr))
+        optimizer = build_optimizer(supernet, "adamw", lr, cfg.optim.weight_decay,
+                                    no_decay=one_dim_or_in(conv_block_parameters(supernet)),
+                                    betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
+            cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch, style="timm",
+            warmup_start=cfg.optim.warmup_lr / cfg.optim.lr, min_ratio=cfg.optim.min_lr / cfg.optim.lr))
         ema = build_ema(supernet, cfg.ema.enabled, cfg.ema.decay)
         resumed = resume_training(checkpoint_dir, supernet, optimizer, scheduler, ema) if cfg.resume else None
         step = 0

@@ -18,12 +18,14 @@ the reference, on purpose: its scoring forward ran in train mode and so moved th
 running statistics (and its dropout, had it been on); here the scoring forward leaves no trace.
 
 AdamW's weight decay (0.05) skips the convolutional part — the first conv and every MBConv block
-(stem, C stages, the transformer stages' reduction blocks), as the paper's Sec. 4 and the
-reference's ``no_weight_decay`` list — and every 1-D parameter (norms, biases), as timm does.
-The learning rate follows timm's ``CosineLRScheduler`` as the reference configures it, per step:
-linear warm-up from ``warmup_lr`` to ``lr``, then ``min_lr + (lr - min_lr)(1 + cos(pi t / T)) / 2``
-with ``t`` counted from step 0 (timm's ``warmup_prefix=False``) up to ``T`` = the cosine epochs,
-then ``min_lr`` for the cool-down epochs.
+(stem, C stages, the transformer stages' reduction blocks; :func:`conv_block_parameters`), as the
+paper's Sec. 4 and the reference's ``no_weight_decay`` list — and every 1-D parameter (norms,
+biases), as timm does (:func:`moonlit.common.train.optim.build_optimizer`). The learning rate
+follows timm's ``CosineLRScheduler`` as the reference configures it, per step
+(:func:`moonlit.common.train.schedules.warmup_cosine`, ``style="timm"``): linear warm-up from
+``warmup_lr`` to ``lr``, then ``min_lr + (lr - min_lr)(1 + cos(pi t / T)) / 2`` with ``t`` counted
+from step 0 (timm's ``warmup_prefix=False``) up to ``T`` = the cosine epochs, then ``min_lr`` for
+the cool-down epochs.
 """
 
 from __future__ import annotations
@@ -49,8 +51,7 @@ from .space import SearchSpace, Subnet
 from .supernet import ElasticViTSupernet
 from .teachers import TeacherEnsemble
 
-__all__ = ["StepSettings", "build_optimizer", "conv_block_parameters", "make_scorer", "space_from_config",
-           "train_step", "warmup_cosine_lr"]
+__all__ = ["StepSettings", "conv_block_parameters", "make_scorer", "space_from_config", "train_step"]
 
 
 @dataclass(frozen=True)
@@ -71,33 +72,6 @@ def conv_block_parameters(supernet: nn.Module) -> set[int]:
     if first_conv is not None:
         ids |= {id(p) for p in first_conv.parameters()}
     return ids
-
-
-def build_optimizer(supernet: nn.Module, lr: float, weight_decay: float = 0.05,
-                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
-    """AdamW; decay on the >= 2-D parameters of the transformer stages and the head only."""
-    exempt = conv_block_parameters(supernet)
-    params = [p for p in supernet.parameters() if p.requires_grad]
-    decayed = [p for p in params if p.dim() > 1 and id(p) not in exempt]
-    decayed_ids = {id(p) for p in decayed}
-    plain = [p for p in params if id(p) not in decayed_ids]
-    return torch.optim.AdamW([{"params": decayed, "weight_decay": weight_decay},
-                              {"params": plain, "weight_decay": 0.0}], lr=lr, betas=betas, eps=eps)
-
-
-def warmup_cosine_lr(warmup_steps: int, cosine_steps: int, warmup_ratio: float, min_ratio: float
-                     ) -> Callable[[int], float]:
-    """lr / base lr at a step (module docstring); ratios are ``warmup_lr / lr`` and ``min_lr / lr``."""
-    if cosine_steps < 1 or warmup_steps < 0:
-        raise ValueError(f"cosine_steps {cosine_steps} must be >= 1 and warmup_steps {warmup_steps} >= 0")
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return warmup_ratio + (1.0 - warmup_ratio) * step / warmup_steps
-        progress = min(step, cosine_steps) / cosine_steps
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def make_scorer(supernet: ElasticViTSupernet, images: Tensor, labels: Tensor,

@@ -18,7 +18,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.imagenet import build_imagenet_datasets, build_loader
@@ -26,6 +25,7 @@ from moonlit.common.data.synthetic import write_image_folder
 from moonlit.common.train.bn_recalibration import recalibrate_batch_norm
 from moonlit.common.train.classifier import evaluate_top1, train_classifier
 from moonlit.common.train.dist import barrier, cleanup_distributed
+from moonlit.common.train.optim import build_optimizer
 from moonlit.common.train.supernet import start_training
 from moonlit.spaceevo.models import create_seqnet, resolve_model
 from moonlit.spaceevo.ops.lsq_plus import QuantLinear, set_quant_mode
@@ -48,11 +48,6 @@ def replace_classifier(model: StaticSubnet, num_classes: int, head_only: bool = 
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(not head_only or name.startswith("classifier."))
     return model
-
-
-def _sgd(params: Any, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    trainable = [p for p in params if p.requires_grad]
-    return torch.optim.SGD(trainable, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
 
 
 def downstream_cls(cfg: DictConfig) -> dict[str, Any]:
@@ -82,8 +77,9 @@ def downstream_cls(cfg: DictConfig) -> dict[str, Any]:
             recalibrate_batch_norm(model, train_loader, cfg.bn_calibration_batches)
         model = replace_classifier(model, num_classes, cfg.head_only).to(ctx.device)
         optim = cfg.optim
-        make_optimizer = functools.partial(_sgd, lr=optim.lr, momentum=optim.momentum,
-                                           weight_decay=optim.weight_decay)
+        # decay on every trainable parameter, as the reference's downstream recipe
+        make_optimizer = functools.partial(build_optimizer, name="sgd", lr=optim.lr, weight_decay=optim.weight_decay,
+                                           no_decay=None, momentum=optim.momentum, nesterov=True)
         with instantiate(cfg.logger)(out_dir, run_name=f"downstream-{cfg.model}", config=to_container(cfg)) as logger:
             run = train_classifier(model, train_loader, val_loader, ctx=ctx, make_optimizer=make_optimizer,
                                    epochs=cfg.epochs, checkpoint_dir=out_dir / "checkpoints", logger=logger,

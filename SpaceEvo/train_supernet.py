@@ -19,7 +19,7 @@ optimizer, scheduler and RNG states in one atomic checkpoint — and resumes fro
 Every input (space, data, checkpoints) is checked before anything is written; ``resume=false`` over
 an earlier run moves its checkpoints aside (``checkpoints.replaced-<UTC time>``).
 
-Differences from the reference, on purpose: subnets are sampled from ``step_seed(seed, step)``
+Differences from the reference, on purpose: subnets are sampled from ``step_rng(seed, step)``
 (every rank draws the same subnet without a shared global RNG; a resumed run draws what the
 uninterrupted run would have), at the space's resolutions (the reference hard-coded 192/208/224 for
 random subnets); weight decay skips every 1-D parameter (BN affine, biases, LSQ+ scales/offsets;
@@ -33,8 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +58,9 @@ from moonlit.common.train.dist import (
     cleanup_distributed,
 )
 from moonlit.common.train.losses import adaptive_alpha_divergence
-from moonlit.common.train.seed import step_seed
+from moonlit.common.train.optim import build_optimizer
+from moonlit.common.train.schedules import warmup_cosine
+from moonlit.common.train.seed import step_rng
 from moonlit.common.train.supernet import (
     average_bn_statistics,
     average_gradients,
@@ -78,8 +79,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-__all__ = ["SandwichSettings", "average_bn_statistics", "average_gradients", "build_optimizer", "evaluate_subnet",
-           "sandwich_step", "train_supernet", "warmup_cosine"]
+__all__ = ["SandwichSettings", "average_bn_statistics", "average_gradients", "evaluate_subnet", "sandwich_step",
+           "train_supernet"]
 
 log = logging.getLogger(__name__)
 
@@ -97,33 +98,6 @@ class SandwichSettings:
     alpha_max: float = 1.0
     clip: float = 5.0
     grad_clip_value: float | None = 1.0
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int, warmup_factor: float = 0.001) -> Callable[[int], float]:
-    """lr factor at a step: linear warm-up from ``warmup_factor`` times ``0.5 (1 + cos(pi step / total))``.
-
-    The cosine runs over all steps, warm-up included (the reference's ``WarmupCosineLR``).
-    """
-    if total_steps < 1 or warmup_steps < 0:
-        raise ValueError(f"total_steps {total_steps} must be >= 1 and warmup_steps {warmup_steps} >= 0")
-
-    def factor(step: int) -> float:
-        warm = 1.0
-        if step < warmup_steps:
-            progress = step / warmup_steps
-            warm = warmup_factor * (1.0 - progress) + progress
-        return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-
-    return factor
-
-
-def build_optimizer(model: nn.Module, lr: float, momentum: float = 0.9, nesterov: bool = True,
-                    weight_decay: float = 1e-5) -> torch.optim.SGD:
-    """SGD; weight decay on conv/linear weights only (1-D parameters — BN, biases, LSQ+ — get none)."""
-    decayed = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
-    plain = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
-    return torch.optim.SGD([{"params": decayed, "weight_decay": weight_decay},
-                            {"params": plain, "weight_decay": 0.0}], lr=lr, momentum=momentum, nesterov=nesterov)
 
 
 def sandwich_step(supernet: Supernet, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
@@ -211,9 +185,12 @@ def _run_phase(phase: str, supernet: Supernet, loaders: dict[str, Any], cfg: Dic
     global_batch = loader.batch_size * ctx.world_size
     # The reference scales lr 0.1 linearly with the global batch over 256 (never below 1x).
     lr = cfg.optim.lr * max(1, global_batch // 256) * settings_cfg.lr_scale
-    optimizer = build_optimizer(supernet, lr, cfg.optim.momentum, cfg.optim.nesterov, cfg.optim.weight_decay)
+    # weight decay on conv/linear weights only: 1-D parameters (BN, biases, LSQ+ scales/offsets) get none
+    optimizer = build_optimizer(supernet, "sgd", lr, cfg.optim.weight_decay, momentum=cfg.optim.momentum,
+                                nesterov=cfg.optim.nesterov)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
-        settings_cfg.warmup_epochs * steps_per_epoch, total_steps, cfg.optim.warmup_factor))
+        settings_cfg.warmup_epochs * steps_per_epoch, total_steps, style="multiply",
+        warmup_start=cfg.optim.warmup_factor))
     checkpoint_dir = out_dir / "checkpoints" / phase
     ema = build_ema(supernet, cfg.ema.enabled, cfg.ema.decay)
     resumed = resume_training(checkpoint_dir, supernet, optimizer, scheduler, ema) if cfg.resume else None
@@ -234,7 +211,7 @@ def _run_phase(phase: str, supernet: Supernet, loaders: dict[str, Any], cfg: Dic
             if batch_index >= steps_per_epoch:
                 break
             global_step = step_offset + step
-            rng = np.random.default_rng(step_seed(cfg.trainer.seed, global_step))
+            rng = step_rng(cfg.trainer.seed, global_step)
             result = sandwich_step(supernet, images.to(ctx.device), labels.to(ctx.device), optimizer, rng, settings,
                                    ctx)
             scheduler.step()

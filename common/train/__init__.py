@@ -36,7 +36,7 @@ from .dist import (
 )
 from .foreign import load_foreign_checkpoint
 from .loggers import RunLogger
-from .seed import get_rng_state, seed_everything, set_rng_state, step_generator, step_seed
+from .seed import get_rng_state, seed_everything, set_rng_state, step_generator, step_rng, step_seed
 
 __all__ = [
     "CheckpointError",
@@ -68,6 +68,7 @@ __all__ = [
     "setup_logging",
     "spawn_local",
     "step_generator",
+    "step_rng",
     "step_seed",
     "wrap_ddp",
 ]

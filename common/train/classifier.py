@@ -3,13 +3,12 @@
 A plain recipe — DDP-aware loaders, AdamW-style optimizer built by the caller, cosine schedule over
 steps, a checkpoint at every epoch end (atomic, keep-last-k) and resume from the last one — that the
 quickstart uses to get a *trained* model to export, and that the vision papers reuse for evaluation
-(``evaluate_top1``: sharded over ranks, counts all-reduced).
+(``evaluate_top1``, defined in :mod:`.evaluate` and importable from here: sharded over ranks, counts all-reduced).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,9 @@ from moonlit.common.data.loaders import set_epoch
 
 from .checkpoint import resume_or_load, save_checkpoint
 from .dist import DistContext, barrier, wrap_ddp
+from .evaluate import evaluate_top1
 from .loggers import RunLogger
+from .schedules import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +39,6 @@ class ClassifierRun:
     epochs_run: list[int] = field(default_factory=list)
     resumed_from: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-@torch.no_grad()
-def evaluate_top1(model: nn.Module, loader: Iterable, device: torch.device, ctx: DistContext | None = None) -> dict[str, float]:
-    """Top-1 accuracy and mean cross-entropy over ``loader`` (summed over ranks when distributed)."""
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # correct, loss sum, count
-    for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
-        logits = model(images)
-        totals[0] += (logits.argmax(1) == labels).sum()
-        totals[1] += F.cross_entropy(logits, labels, reduction="sum")
-        totals[2] += labels.numel()
-    if ctx is not None and ctx.is_distributed:
-        torch.distributed.all_reduce(totals)
-    model.train(was_training)
-    if totals[2] == 0:
-        raise ValueError("evaluate_top1 got an empty loader")
-    return {"top1": float(totals[0] / totals[2]), "loss": float(totals[1] / totals[2]), "count": int(totals[2])}
 
 
 def train_classifier(
@@ -90,7 +71,8 @@ def train_classifier(
         raise ValueError("the training loader is empty: fewer images than one batch with drop_last?")
     total_steps = epochs * steps_per_epoch
     optimizer = make_optimizer(model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(warmup_steps, total_steps))
+    schedule = warmup_cosine(warmup_steps, total_steps, style="after_warmup")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
     step = resume_or_load(checkpoint_dir, model, optimizer, scheduler)
     if step % steps_per_epoch:
@@ -144,13 +126,3 @@ def sync_buffers(model: nn.Module, ctx: DistContext) -> None:
         return
     for buffer in model.buffers():
         torch.distributed.broadcast(buffer, src=0)
-
-
-def _warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor

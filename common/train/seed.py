@@ -18,7 +18,7 @@ import torch
 
 from .dist import get_rank
 
-__all__ = ["get_rng_state", "seed_everything", "set_rng_state", "step_generator", "step_seed"]
+__all__ = ["get_rng_state", "seed_everything", "set_rng_state", "step_generator", "step_rng", "step_seed"]
 
 _log = logging.getLogger(__name__)
 
@@ -96,6 +96,11 @@ def step_seed(base_seed: int, step: int, rank: int | None = None) -> int:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
     text = f"{base_seed}:{step}" if rank is None else f"{base_seed}:{step}:{rank}"
     return int.from_bytes(hashlib.sha256(text.encode("ascii")).digest()[:8], "little")
+
+
+def step_rng(base_seed: int, step: int, rank: int | None = None) -> np.random.Generator:
+    """A numpy ``Generator`` seeded with :func:`step_seed`: the same on every rank unless ``rank`` is given."""
+    return np.random.default_rng(step_seed(base_seed, step, rank))
 
 
 def step_generator(

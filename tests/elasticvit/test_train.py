@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from moonlit.common.config import compose_config
 from moonlit.common.train.dist import spawn_local
 from moonlit.common.train.losses import adaptive_alpha_divergence
+from moonlit.common.train.optim import build_optimizer, one_dim_or_in
+from moonlit.common.train.schedules import warmup_cosine
 from moonlit.elasticvit.sampling import ComplexityAwareSampler, StepSample
 from moonlit.elasticvit.space import (
     ConvStageSpace,
@@ -28,11 +30,10 @@ from moonlit.elasticvit.teachers import TeacherEnsemble, build_teacher, build_te
 from moonlit.elasticvit.train import representative_subnets, sampler_statistics, train
 from moonlit.elasticvit.train_step import (
     StepSettings,
-    build_optimizer,
+    conv_block_parameters,
     make_scorer,
     space_from_config,
     train_step,
-    warmup_cosine_lr,
 )
 from safetensors.torch import save_file
 from timm.scheduler import CosineLRScheduler
@@ -86,7 +87,8 @@ def test_paper_config_is_the_reference_recipe() -> None:
 def test_schedule_equals_timm_cosine_scheduler() -> None:
     # timm's CosineLRScheduler as the reference configures it, stepped per update: a second implementation
     lr, min_lr, warmup_lr, warmup, cosine, total = 0.5, 0.005, 0.001, 7, 40, 46
-    factor = warmup_cosine_lr(warmup, cosine, warmup_lr / lr, min_lr / lr)
+    # the schedule train builds
+    factor = warmup_cosine(warmup, cosine, style="timm", warmup_start=warmup_lr / lr, min_ratio=min_lr / lr)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
     timm_scheduler = CosineLRScheduler(optimizer, t_initial=cosine, lr_min=min_lr, warmup_t=warmup,
                                        warmup_lr_init=warmup_lr, t_in_epochs=False)
@@ -100,7 +102,9 @@ def test_schedule_equals_timm_cosine_scheduler() -> None:
 
 def test_weight_decay_skips_conv_blocks_norms_and_biases() -> None:
     net = ElasticViTSupernet(SMOKE_SPACE, num_classes=4)
-    decayed, plain = build_optimizer(net, 1e-3, 0.05).param_groups
+    # the optimizer train builds
+    decayed, plain = build_optimizer(net, "adamw", 1e-3, 0.05, no_decay=one_dim_or_in(conv_block_parameters(net)),
+                                     betas=(0.9, 0.999), eps=1e-8).param_groups
     assert (decayed["weight_decay"], plain["weight_decay"]) == (0.05, 0.0)
     decayed_ids = {id(p) for p in decayed["params"]}
     for name, param in net.named_parameters():

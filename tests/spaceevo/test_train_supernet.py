@@ -15,12 +15,12 @@ from moonlit.common.train.dist import spawn_local
 from moonlit.common.train.losses import adaptive_alpha_divergence
 from moonlit.spaceevo.space import SubnetEncoding
 from moonlit.spaceevo.supernet import Supernet
+from moonlit.common.train.optim import build_optimizer
+from moonlit.common.train.schedules import warmup_cosine
 from moonlit.spaceevo.train_supernet import (
     SandwichSettings,
-    build_optimizer,
     sandwich_step,
     train_supernet,
-    warmup_cosine,
 )
 from safetensors.torch import load_file
 
@@ -44,19 +44,21 @@ def _state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_warmup_cosine_matches_the_formula() -> None:
-    factor = warmup_cosine(10, 100, 0.001)
+    # the schedule train_supernet builds: the reference's WarmupCosineLR (warm-up and cosine multiply)
+    factor = warmup_cosine(10, 100, style="multiply", warmup_start=0.001)
     assert factor(0) == pytest.approx(0.001)
     # step 5: halfway through the linear warm-up, times the cosine at 5 / 100
     assert factor(5) == pytest.approx((0.001 * 0.5 + 0.5) * 0.5 * (1 + math.cos(math.pi * 0.05)))
     assert factor(10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.1)))
     assert factor(50) == pytest.approx(0.5)
     assert factor(100) == pytest.approx(0.0)
-    assert warmup_cosine(0, 4)(0) == 1.0
+    assert warmup_cosine(0, 4, style="multiply", warmup_start=0.001)(0) == 1.0
 
 
 def test_weight_decay_only_on_conv_and_linear_weights() -> None:
     net = Supernet.from_encoding(SMALL_SPACE, num_classes=4, resolutions=[32])
-    decayed, plain = build_optimizer(net, 0.1).param_groups
+    # the optimizer train_supernet builds (configs/spaceevo/train_supernet.yaml's optim values)
+    decayed, plain = build_optimizer(net, "sgd", 0.1, 1e-5, momentum=0.9, nesterov=True).param_groups
     assert decayed["weight_decay"] == 1e-5 and plain["weight_decay"] == 0.0
     assert decayed["nesterov"] and decayed["momentum"] == 0.9
     decayed_ids = {id(p) for p in decayed["params"]}
