@@ -28,7 +28,7 @@ whose transformer MACs come most from width rather than depth is kept (:func:`wi
 only once the bank is half full, as the reference). :meth:`PerformanceAwareSampler.observe` scores
 each newly drawn subnet and lets it replace the worst bank entry if it is better.
 
-All randomness of step ``t`` comes from ``numpy.random.default_rng([seed, t])``: every DDP rank
+All randomness of step ``t`` comes from :func:`moonlit.common.train.seed.step_rng` ``(seed, t)``: every DDP rank
 draws the same subnets as long as the scores it observes agree (the scorer must all-reduce them).
 The walk position and the banks are in ``state_dict()`` (plain JSON data) for resume.
 """
@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from moonlit.common.train.seed import step_rng
 
 from .space import ELASTICVIT_SPACE, SearchSpace, Subnet, decode, min_subnet, random_subnet
 from .tables import FlopsTables, subnets_to_array, total_macs
@@ -55,7 +56,6 @@ __all__ = [
     "build_sampler",
     "simulate",
     "softmax_draw",
-    "step_rng",
     "width_preference",
 ]
 
@@ -71,13 +71,6 @@ REFERENCE_MIN_SUBNETS: dict[int, str] = {
     800: "r224_s16d1k3_c24d3e3k3_c32d3e3k3_t64d2m2v2_t96d2m2v2_t192d2m2v2_t256d2m2v2",
 }
 REFERENCE_FLOPS_BOUND = 10  # MMACs; its select_min_arch shifts every key by 2 x bound
-
-
-def step_rng(seed: int, step: int) -> np.random.Generator:
-    """The generator of one training step; identical on every rank."""
-    if seed < 0 or step < 0:
-        raise ValueError(f"seed {seed} and step {step} must be non-negative")
-    return np.random.default_rng([seed, step])
 
 
 def reference_min_key(mmacs: float) -> int:

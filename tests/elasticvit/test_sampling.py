@@ -3,13 +3,16 @@ preference, per-step seeding (DDP agreement) and resume."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 from dataclasses import replace
 from itertools import pairwise
 
 import numpy as np
 import pytest
 from moonlit.common.config import compose_config
+from moonlit.common.train.seed import step_rng
 from moonlit.elasticvit.flops import reference_mmacs, subnet_complexity
 from moonlit.elasticvit.sampling import (
     REFERENCE_MIN_SUBNETS,
@@ -21,10 +24,9 @@ from moonlit.elasticvit.sampling import (
     reference_min_key,
     simulate,
     softmax_draw,
-    step_rng,
     width_preference,
 )
-from moonlit.elasticvit.space import check_subnet, decode, from_reference_arch, min_subnet
+from moonlit.elasticvit.space import check_subnet, decode, from_reference_arch, min_subnet, random_subnet
 from moonlit.elasticvit.tables import DEFAULT_LEVELS, FlopsTables, build_tables
 
 
@@ -130,6 +132,30 @@ def test_same_seed_and_step_give_the_same_subnets_on_every_rank(tables: FlopsTab
     assert rank0 == rank1
     assert rank0 != other
     assert np.array_equal(step_rng(3, 17).random(4), step_rng(3, 17).random(4))
+
+
+def _replayed_rng(seed: int, step: int) -> np.random.Generator:
+    # the per-step stream, derived here from its definition: SHA-256 of "seed:step", first 8 bytes little-endian
+    digest = hashlib.sha256(f"{seed}:{step}".encode("ascii")).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def test_each_step_draws_from_the_shared_step_stream(tables: FlopsTables) -> None:
+    uniform = ComplexityAwareSampler(None, policy="uniform", seed=5)
+    for step in (0, 3, 11):
+        python_rng = random.Random(int(_replayed_rng(5, step).integers(0, 2 ** 63)))
+        expected = tuple(random_subnet(python_rng) for _ in range(3))
+        assert uniform.sample(step).uniform == expected, step
+    walk = ComplexityAwareSampler(tables, seed=6)
+    level_index = 0
+    for step in range(12):
+        rng = _replayed_rng(6, step)
+        level_index = min(max(level_index + int(rng.integers(-1, 2)), 0), len(tables.levels) - 1)
+        level = tables.levels[level_index]
+        rows = rng.choice(tables.size(level), size=3, replace=3 > tables.size(level))
+        sample = walk.sample(step)
+        assert sample.level == level and sample.uniform == tuple(tables.subnet(level, int(r)) for r in rows), step
+    assert np.array_equal(step_rng(6, 4).random(3), _replayed_rng(6, 4).random(3))
 
 
 def test_resume_continues_exactly(tables: FlopsTables) -> None:
