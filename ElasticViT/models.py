@@ -5,18 +5,24 @@
 first conv 3x3/2 + BN + Hardswish, the stem, six stages, the classifier head (all layers static).
 
 The nine searched models of the reference's eval config (``elastic_T1`` … ``elastic_L3``) are
-registered as ``elasticvit_t1`` … ``elasticvit_l3``; the paper's short names (``T1``, ``L1.5``)
-and the reference's (``elastic_L1.5``) are accepted too.
+registered in the model registry (:mod:`moonlit.common.models`, and with timm) as ``elasticvit_t1``
+… ``elasticvit_l3``, with the paper's short names (``T1``, ``L1.5``) and the reference's
+(``elastic_L1.5``) as aliases: ``create_model("elasticvit_s1")``, ``create_model("S1")``,
+``timm.create_model("elasticvit_s1")``. Any subnet is ``create_model("elasticvit:<encoding>")``.
+Weights come from a supernet checkpoint (``checkpoint=``), cut down to the subnet.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
-from moonlit.common.errors import InputError
 from torch import nn
+
+from moonlit.common import models as registry
+from moonlit.common.errors import InputError
 
 from .ops import (
     AttentionLayer,
@@ -37,7 +43,8 @@ from .space import (
     stage_sides,
 )
 
-__all__ = ["MODEL_NAMES", "NAMED_SUBNETS", "ElasticViTModel", "build_model", "create_model", "named_subnet"]
+__all__ = ["MODEL_NAMES", "NAMED_SUBNETS", "ElasticViTModel", "build_model", "create_model", "display_name",
+           "named_subnet"]
 
 # From the reference's configs/final_3min_space_eval.yaml, converted with space.from_reference_arch
 # (tests/elasticvit/test_space.py checks the conversion against the reference's lists).
@@ -126,21 +133,21 @@ def named_subnet(name: str) -> Subnet:
     return decode(NAMED_SUBNETS[key])
 
 
-def create_model(name: str, pretrained: bool = False, num_classes: int = 1000,
-                 token_norm: TokenNormKind = "groupnorm1", dropout: float = 0.2,
-                 checkpoint: str | Path | None = None) -> ElasticViTModel:
-    """A named model: fresh weights, or (``pretrained=True``) cut from a supernet ``checkpoint``.
+def display_name(name: str) -> str:
+    """The paper's short name of a registered model: ``elasticvit_l1_5`` -> ``L1.5``."""
+    return name.removeprefix("elasticvit_").upper().replace("_", ".")
 
-    ``checkpoint`` is the reference's released supernet file (``.pth``/``.pth.tar``, read through the
-    restricted loader and key map of :mod:`moonlit.elasticvit.checkpoints`; its EMA weights) or one of
-    our checkpoint directories. Nothing is downloaded.
-    """
-    subnet = named_subnet(name)
-    if not pretrained:
-        return build_model(subnet, num_classes=num_classes, token_norm=token_norm, dropout=dropout)
+
+def _from_subnet(subnet: Subnet, label: str, pretrained: bool, checkpoint: str | Path | None, *,
+                 num_classes: int = 1000, token_norm: TokenNormKind = "groupnorm1",
+                 dropout: float = 0.2) -> ElasticViTModel:
+    """Fresh weights, or (``checkpoint`` given) the subnet cut from a supernet checkpoint."""
     if checkpoint is None:
-        raise ValueError(f"pretrained weights for {name!r} come from a supernet checkpoint: pass checkpoint=<the "
-                         "reference's released supernet .pth(.tar) or one of our checkpoint directories>")
+        if pretrained:
+            raise InputError(f"no local weights for ElasticViT model {label!r}: pretrained=True needs "
+                             "checkpoint=<the reference's released supernet .pth(.tar) or one of our checkpoint "
+                             "directories>")
+        return build_model(subnet, num_classes=num_classes, token_norm=token_norm, dropout=dropout)
     from .evaluate import load_supernet
 
     supernet = load_supernet(checkpoint, num_classes=num_classes, token_norm=token_norm)
@@ -148,13 +155,54 @@ def create_model(name: str, pretrained: bool = False, num_classes: int = 1000,
     return supernet.get_active_subnet().eval()
 
 
+def _register_named(name: str) -> None:
+    short = display_name(name)
+
+    @registry.register_model(name, family="elasticvit", paper="elasticvit", loads_weights=True,
+                             aliases=(short, "elastic_" + short),
+                             description=f"ElasticViT {short} ({NAMED_SUBNETS[name].split('_')[0][1:]} px)")
+    def build(pretrained: bool = False, checkpoint: Path | None = None, *, num_classes: int = 1000,
+              token_norm: TokenNormKind = "groupnorm1", dropout: float = 0.2) -> ElasticViTModel:
+        return _from_subnet(named_subnet(name), name, pretrained, checkpoint, num_classes=num_classes,
+                            token_norm=token_norm, dropout=dropout)
+
+
+for _model_name in MODEL_NAMES:
+    _register_named(_model_name)
+del _model_name
+
+
+@registry.register_family("elasticvit", paper="elasticvit", description="'elasticvit:<subnet encoding>'")
+def elasticvit_from_encoding(encoding: str, pretrained: bool = False, checkpoint: Path | None = None, *,
+                             num_classes: int = 1000, token_norm: TokenNormKind = "groupnorm1",
+                             dropout: float = 0.2) -> ElasticViTModel:
+    """Any subnet of the space, ``encoding`` as :func:`moonlit.elasticvit.space.decode` reads it."""
+    return _from_subnet(decode(encoding), encoding, pretrained, checkpoint, num_classes=num_classes,
+                        token_norm=token_norm, dropout=dropout)
+
+
+def create_model(name: str, pretrained: bool = False, num_classes: int = 1000,
+                 token_norm: TokenNormKind = "groupnorm1", dropout: float = 0.2,
+                 checkpoint: str | Path | None = None) -> ElasticViTModel:
+    """A named model through the registry (:func:`moonlit.common.models.create_model`): fresh weights, or
+    cut from a supernet ``checkpoint`` (the reference's released supernet file, ``.pth``/``.pth.tar``,
+    read through the restricted loader and key map of :mod:`moonlit.elasticvit.checkpoints`, its EMA
+    weights; or one of our checkpoint directories). Nothing is downloaded.
+    """
+    named_subnet(name)  # an unknown name fails here, naming the known ones
+    model = registry.create_model(_canonical_name(name), pretrained=pretrained, checkpoint=checkpoint,
+                                  num_classes=num_classes, token_norm=token_norm, dropout=dropout)
+    return cast(ElasticViTModel, model)
+
 
 def named_models_table() -> str:
-    """Markdown table of the named models: encoding, resolution, MMACs (ours and the reference counter's), parameters."""
+    """Markdown table of the named models: encoding, resolution, MMACs (ours and the reference counter's),
+    parameters."""
     from .flops import reference_mmacs, subnet_complexity
     from .space import encode
 
-    lines = ["| model | encoding | res | MMACs (ours) | reference MMACs | parameters (M) |", "|---|---|---|---|---|---|"]
+    lines = ["| model | encoding | res | MMACs (ours) | reference MMACs | parameters (M) |",
+             "|---|---|---|---|---|---|"]
     for name in MODEL_NAMES:
         subnet = named_subnet(name)
         complexity = subnet_complexity(subnet)

@@ -1,0 +1,111 @@
+"""The SEQnets in the model registry and in timm (moonlit.spaceevo.models + moonlit.common.models)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from moonlit.common.errors import InputError
+from moonlit.common.models import create_model, list_models, model_entry
+from moonlit.common.train.checkpoint import save_checkpoint
+from moonlit.spaceevo.models import PUBLISHED_SEQNETS, PUBLISHED_SUPERNETS, create_seqnet
+from moonlit.spaceevo.space import SpaceEncoding, SubnetEncoding, min_subnet
+from moonlit.spaceevo.supernet import Supernet
+
+SEARCH_RESULT = Path(__file__).resolve().parents[3] / "shared" / "data" / "spaceevo" / "search_result.yaml"
+EXPECTED_NAMES = [f"seqnet_{device}_a{i}" for device in ("pixel4", "vnni") for i in range(5)]
+
+
+def _paper_subnet(space: str, subnet: str, num_classes: int | None = None) -> torch.nn.Module:
+    """The paper's own construction: the supernet of ``space`` cut to ``subnet``."""
+    encoding = SubnetEncoding.decode(subnet)
+    supernet = Supernet(SpaceEncoding.decode(space), num_classes=num_classes, resolutions=[encoding.resolution])
+    supernet.set_active(encoding)
+    return supernet.get_active_subnet().eval()
+
+
+def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+@pytest.mark.skipif(not SEARCH_RESULT.is_file(), reason="shared data folder not beside the clone")
+def test_embedded_list_equals_the_reference_search_result():
+    data = yaml.safe_load(SEARCH_RESULT.read_text())
+    assert PUBLISHED_SUPERNETS == data["specific_supernet_encoding_dict"]
+    assert {name: list(entry) for name, entry in PUBLISHED_SEQNETS.items()} == data["specific_subnet_encoding_dict"]
+
+
+def test_seqnets_are_registered_under_timm_style_names_and_display_aliases():
+    assert list_models(paper="spaceevo") == sorted(EXPECTED_NAMES)
+    assert list_models("seqnet_vnni_*") == [f"seqnet_vnni_a{i}" for i in range(5)]
+    assert model_entry("SEQnet@pixel4-A3").name == "seqnet_pixel4_a3"
+    assert all(timm.models.is_model(name) for name in EXPECTED_NAMES)
+
+
+@pytest.mark.parametrize("name, display", [
+    ("seqnet_vnni_a0", "SEQnet@vnni-A0"),
+    pytest.param("seqnet_pixel4_a1", "SEQnet@pixel4-A1", marks=pytest.mark.slow),
+])
+def test_timm_builds_the_papers_architecture(name: str, display: str):
+    supernet, subnet = PUBLISHED_SEQNETS[display]
+    reference = _paper_subnet(PUBLISHED_SUPERNETS[supernet], subnet)
+    from_timm = timm.create_model(name).eval()
+    ours = create_model(display).eval()
+    assert type(from_timm) is type(reference)
+    assert _shapes(from_timm) == _shapes(ours) == _shapes(reference)
+    from_timm.load_state_dict(reference.state_dict())
+    resolution = SubnetEncoding.decode(subnet).resolution
+    x = torch.randn(2, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(from_timm(x), reference(x), rtol=0, atol=0)
+
+
+def test_encodings_build_through_the_seqnet_family():
+    space = SpaceEncoding.decode(PUBLISHED_SUPERNETS["spaceevo@vnni"])
+    subnet = min_subnet(space, resolution=160)  # the notes: A0 is its supernet's minimum at 160 px
+    model = create_model(f"seqnet:{space}:{subnet.encode()}", num_classes=7)
+    named = create_model("seqnet_vnni_a0", num_classes=7)
+    assert _shapes(model) == _shapes(named)
+    assert _shapes(create_seqnet(f"{space}:{subnet.encode()}", num_classes=7)) == _shapes(named)
+
+
+def test_seqnet_family_fuzz(fuzz_settings):
+    @fuzz_settings
+    @given(st.text(max_size=60))
+    def check(text: str) -> None:
+        try:
+            create_model("seqnet:" + text)
+        except InputError as err:
+            assert "\n" not in str(err)
+
+    check()
+
+
+def test_pretrained_without_checkpoint_names_the_supernet_file():
+    with pytest.raises(InputError, match=r"pretrained=True needs checkpoint=<supernet spaceevo@vnni "
+                                         r"\(onnxw-151122-023231\) checkpoint.*checkpoint.pth.*lsq.pth"):
+        timm.create_model("seqnet_vnni_a0", pretrained=True)
+
+
+def test_checkpoint_round_trip_through_create_model_and_timm(tmp_path: Path):
+    torch.manual_seed(0)
+    supernet_name, subnet = PUBLISHED_SEQNETS["SEQnet@vnni-A0"]
+    supernet = Supernet(SpaceEncoding.decode(PUBLISHED_SUPERNETS[supernet_name]), num_classes=5, resolutions=[160])
+    with torch.no_grad():
+        for parameter in supernet.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    save_checkpoint(tmp_path / "ckpt", step=1, model=supernet, extra={"phase": "fp32"})
+    supernet.set_active(SubnetEncoding.decode(subnet))
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        expected = supernet.eval()(x)
+        for model in (create_model("SEQnet@vnni-A0", checkpoint=tmp_path / "ckpt", num_classes=5),
+                      timm.create_model("seqnet_vnni_a0", checkpoint=tmp_path / "ckpt", num_classes=5),
+                      create_seqnet("SEQnet@vnni-A0", tmp_path / "ckpt", num_classes=5)):
+            torch.testing.assert_close(model(x), expected)
