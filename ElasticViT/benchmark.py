@@ -1,4 +1,5 @@
-"""The named ElasticViT models (and searched ones) against timm baselines, FP32 and INT8 onnxruntime (ElasticViT, ICCV'23, Table 3).
+"""The named ElasticViT models (and searched ones) against timm baselines, FP32 and INT8 onnxruntime
+(ElasticViT, ICCV'23, Table 3).
 
 ``python -m moonlit.elasticvit.benchmark``: the nine named models T1 … L3, any extra subnet
 encodings (e.g. the result of a latency-constrained search) and the timm baselines
@@ -27,8 +28,7 @@ from omegaconf import DictConfig
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.profiling.model_benchmark import BenchModel, benchmark_models, plot_latency_vs_macs, render_table
 from moonlit.common.report import write_section
-
-from moonlit.litepred.pipeline import protocol_summary
+from moonlit.litepred.api import protocol_summary
 
 from .models import MODEL_NAMES, build_model, named_subnet
 from .space import decode
@@ -59,26 +59,22 @@ def _models(cfg: DictConfig) -> tuple[list[BenchModel], dict[str, Any]]:
 def _predictions(cfg: DictConfig, subnets: dict[str, Any], models: list[BenchModel]
                  ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Predicted latency of each ElasticViT model and (``predictor_protocol``) its latency measured the way
-    the predictor's platform measured its training data (:func:`~moonlit.litepred.pipeline.measure_like_predictor`)."""
+    the predictor's platform measured its training data (:func:`~moonlit.litepred.api.measure_like_predictor`)."""
     if not cfg.predictor_dir:
         return {}, {}
-    from moonlit.litepred.nas import PartKernelCache
-    from moonlit.litepred.predictor import PlatformPredictor
+    from moonlit.litepred.api import PartCache, load_predictor, measure_like_predictor
 
     from .latency import predict_latency
 
-    predictor = PlatformPredictor.load(cfg.predictor_dir)
-    platform = predictor.platform.get("rules") or predictor.platform.get("name", "ort-fp32")
-    cache = PartKernelCache(platform=platform, path=cfg.kernel_cache or None)
+    predictor = load_predictor(cfg.predictor_dir)
+    cache = PartCache(predictor.rules, cfg.kernel_cache or None)
     names = list(subnets)
     predicted = predict_latency([subnets[n] for n in names], predictor, cache=cache)
     own: dict[str, list[float]] = {}
     if cfg.predictor_protocol:
-        from moonlit.litepred.pipeline import measure_like_predictor
-
         built = {m.name: m.model for m in models}
         items = [(built[n].eval(), (torch.randn(1, 3, subnets[n].resolution, subnets[n].resolution),)) for n in names]
-        own = dict(zip(names, measure_like_predictor(predictor.platform, items)))
+        own = dict(zip(names, measure_like_predictor(predictor, items)))
     return {n: float(p) for n, p in zip(names, predicted)}, own
 
 
@@ -108,7 +104,8 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     (out_dir / "benchmark.json").write_text(json.dumps(result, indent=1) + "\n")
     table = render_table(rows)
     if predicted:
-        table += ("\n| model | benchmark median ms | measured, predictor's protocol ms | pass 2 vs pass 1 | predicted ms | "
+        table += ("\n| model | benchmark median ms | measured, predictor's protocol ms | pass 2 vs pass 1 | "
+                  "predicted ms | "
                   "error |\n|---|---:|---:|---:|---:|---:|\n")
         for r in (r for r in rows if "predicted_fp32_ms" in r):
             measured, agree = protocol_summary(r.get("fp32_litepred_ms", []), r["fp32_ms"])

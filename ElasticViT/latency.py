@@ -5,21 +5,22 @@ A subnet is cut into blocks (:func:`subnet_parts`): the first conv (+BN+Hardswis
 conv-stage MBConv block, each transformer stage's reduction block (with its map-to-tokens
 transpose), each attention+FFN layer, the tokens-to-map transpose closing the stage, and the
 classifier head. A block's key holds everything its kernels depend on (widths, choices, input
-side), so :class:`~moonlit.litepred.nas.PartKernelCache` exports every distinct block once and the
+side), so :class:`~moonlit.litepred.api.PartCache` exports every distinct block once and the
 whole search space needs a few thousand small exports, not one per candidate. The cuts fall where
 the static model (:func:`~moonlit.elasticvit.models.build_model`) has no fusion across them;
-tests/litepred/test_nas.py checks block-wise against whole-model kernel detection.
+tests/elasticvit/test_latency_parts.py checks block-wise against whole-model kernel detection.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
-from moonlit.litepred.nas import ModelPart, PartKernelCache
 from torch import nn
+
+from moonlit.litepred.api import ModelPart, PartCache, PartsLatency, Predictor
 
 from .ops import (
     AttentionLayer,
@@ -30,10 +31,6 @@ from .ops import (
     TransformerBlock,
 )
 from .space import ELASTICVIT_SPACE, SearchSpace, Subnet, check_subnet, stage_sides
-
-if TYPE_CHECKING:
-    from moonlit.common.nas import LatencyConstraint
-    from moonlit.litepred.predictor import PlatformPredictor
 
 __all__ = ["SubnetLatency", "predict_latency", "subnet_parts"]
 
@@ -109,38 +106,23 @@ def subnet_parts(subnet: Subnet, num_classes: int = 1000, token_norm: TokenNormK
     return parts
 
 
-class SubnetLatency:
+class SubnetLatency(PartsLatency[Subnet]):
     """Predicted latency (ms) of ElasticViT subnets on one LitePred platform, block rows cached.
 
-    ``cache`` defaults to an in-memory :class:`PartKernelCache` for the predictor's platform name
-    (``predictor.platform["name"]``, else ``"ort-fp32"``).
+    ``cache`` defaults to an in-memory :class:`~moonlit.litepred.api.PartCache` under the predictor's
+    fusion rules (:attr:`~moonlit.litepred.api.Predictor.rules`).
     """
 
-    def __init__(self, predictor: PlatformPredictor, cache: PartKernelCache | None = None, num_classes: int = 1000,
+    def __init__(self, predictor: Predictor, cache: PartCache | None = None, num_classes: int = 1000,
                  token_norm: TokenNormKind = "groupnorm1", space: SearchSpace = ELASTICVIT_SPACE) -> None:
-        self.predictor = predictor
-        self.cache = cache if cache is not None else PartKernelCache(predictor.platform.get("name", "ort-fp32"))
         self.num_classes, self.token_norm, self.space = num_classes, token_norm, space
+        super().__init__(predictor, self.subnet_parts, cache)
 
-    def kernel_rows(self, subnet: Subnet) -> dict[str, np.ndarray]:
-        """``{kernel type: feature rows}`` of ``subnet`` for the kernel types the predictor knows."""
-        parts = subnet_parts(subnet, self.num_classes, self.token_norm, self.space)
-        return self.cache.rows(parts, self.predictor.kernel_types)
-
-    def predict(self, subnets: Sequence[Subnet], apply_overhead: bool = True) -> np.ndarray:
-        """Latency (ms) of each subnet, all rows in one batched predictor call."""
-        rows = [self.kernel_rows(subnet) for subnet in subnets]
-        return np.asarray(self.predictor.predict_models(rows, apply_overhead=apply_overhead), dtype=np.float64)
-
-    def constraint(self, limit_ms: float, delta_ms: float | None = None, apply_overhead: bool = True
-                   ) -> LatencyConstraint[Subnet]:
-        """A search constraint: predicted latency in ``[limit_ms - delta_ms, limit_ms]``."""
-        from moonlit.common.nas import LatencyConstraint
-
-        return LatencyConstraint(self.predictor, self.kernel_rows, limit_ms, delta_ms, apply_overhead)
+    def subnet_parts(self, subnet: Subnet) -> list[ModelPart]:
+        return subnet_parts(subnet, self.num_classes, self.token_norm, self.space)
 
 
-def predict_latency(subnets: Sequence[Subnet], predictor: PlatformPredictor, cache: PartKernelCache | None = None,
+def predict_latency(subnets: Sequence[Subnet], predictor: Predictor, cache: PartCache | None = None,
                     **options: Any) -> np.ndarray:
     """Predicted latency (ms) of each subnet (``options``: ``num_classes``, ``token_norm``, ``space``)."""
     return SubnetLatency(predictor, cache, **options).predict(subnets)

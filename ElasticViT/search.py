@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig
+
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.nas import (
     AllConstraints,
@@ -54,7 +56,6 @@ from moonlit.common.nas import (
     MacsConstraint,
     SearchProblem,
 )
-from omegaconf import DictConfig
 
 from .flops import subnet_complexity
 from .space import (
@@ -183,17 +184,15 @@ def build_constraint(cfg: DictConfig, num_classes: int = 1000, space: SearchSpac
     if cfg.kind == "macs":
         return macs(cfg.max_mmacs, cfg.min_mmacs or 0.0)
     if cfg.kind == "latency":
-        from moonlit.litepred.nas import PartKernelCache
-        from moonlit.litepred.predictor import PlatformPredictor
+        from moonlit.litepred.api import PartCache, load_predictor
 
         from .latency import SubnetLatency
 
         if cfg.predictor_dir is None:
             raise ValueError("constraint.kind = latency needs constraint.predictor_dir (a LitePred predictor "
                              "directory, e.g. outputs/litepred/predictors/ort-fp32)")
-        predictor = PlatformPredictor.load(cfg.predictor_dir)
-        platform = cfg.platform or predictor.platform.get("name", "ort-fp32")
-        cache = PartKernelCache(platform, cfg.kernel_cache)
+        predictor = load_predictor(cfg.predictor_dir)
+        cache = PartCache(cfg.platform or predictor.rules, cfg.kernel_cache)
         latency = SubnetLatency(predictor, cache, num_classes, space=space).constraint(cfg.limit_ms, cfg.delta_ms)
         budget = cfg.get("macs_budget")
         return latency if budget is None else AllConstraints(macs(float(budget)), latency)

@@ -91,8 +91,7 @@ def predict_rows(rows: list[dict[str, Any]], predictors: dict[str, str | None],
     the mean of the passes; the passes' agreement is the measurement ceiling) and the error is taken
     against that. Returns a markdown table, or "" when no predictor is given.
     """
-    from moonlit.litepred.pipeline import measure_like_predictor, protocol_summary, timed_predict_onnx
-    from moonlit.litepred.predictor import PlatformPredictor
+    from moonlit.litepred.api import load_predictor, measure_like_predictor, predict_onnx, protocol_summary
 
     lines = []
     for precision, directory in predictors.items():
@@ -100,16 +99,15 @@ def predict_rows(rows: list[dict[str, Any]], predictors: dict[str, str | None],
             raise ValueError(f"predictors.{precision}: expected the keys fp32 and int8")
         if not directory:
             continue
-        predictor = PlatformPredictor.load(directory)
+        predictor = load_predictor(directory)
         meta = predictor.platform
-        platform = meta.get("rules") or meta.get("name")
         own: list[list[float]] = [[] for _ in rows]
         if models is not None:
             inputs = [(entry.model.eval(), (torch.randn(1, 3, entry.resolution, entry.resolution),))
                       for entry in models]
-            own = measure_like_predictor(meta, inputs, repeats)
+            own = measure_like_predictor(predictor, inputs, repeats)
         for row, passes in zip(rows, own):
-            predicted = timed_predict_onnx(predictor, row["fp32_onnx"], platform)["latency_ms"]
+            predicted = predict_onnx(predictor, row["fp32_onnx"]).latency_ms
             row[f"predicted_{precision}_ms"] = predicted
             measured, agree = protocol_summary(passes, row.get(f"{precision}_ms"))
             if passes:

@@ -12,7 +12,7 @@ the activation after it) and the next block's first conv, where no fusion rule o
 tests/spaceevo/test_spaceevo_latency.py checks block-wise against whole-model detection of the
 static subnet the supernet extracts. A block's key names everything its kernels depend on (block
 type, activation, in/out width, kernel, expand, stride, input side), so
-:class:`~moonlit.litepred.nas.PartKernelCache` exports each distinct block once.
+:class:`~moonlit.litepred.api.PartCache` exports each distinct block once.
 
 Parts are exported in FP32 with the LSQ+ quantizers off, as LitePred's ``ort-int8`` backend
 expects: it quantizes the FP32 graph itself and its fusion rules describe that graph.
@@ -22,20 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
-from moonlit.litepred.nas import ModelPart, PartKernelCache
 from torch import Tensor, nn
+
+from moonlit.litepred.api import ModelPart, PartCache, PartsLatency, Predictor
 
 from .ops.dynamic import DynamicConvBnAct, DynamicLinear
 from .space import SpaceEncoding, SubnetEncoding, check_subnet
 from .supernet import block_spec_of
-
-if TYPE_CHECKING:
-    from moonlit.common.nas import LatencyConstraint
-    from moonlit.litepred.predictor import PlatformPredictor
 
 __all__ = ["DEFAULT_PLATFORM", "SubnetLatency", "check_choices", "output_side", "predict_latency", "subnet_parts"]
 
@@ -131,43 +128,25 @@ def subnet_parts(space: SpaceEncoding, subnet: SubnetEncoding, num_classes: int 
     return parts
 
 
-class SubnetLatency:
+class SubnetLatency(PartsLatency[SubnetEncoding]):
     """Predicted latency (ms) of the subnets of one SpaceEvo search space on one LitePred platform.
 
-    ``cache`` defaults to an in-memory :class:`PartKernelCache` under the predictor's platform name
-    (its ``rules``, else ``name``, else :data:`DEFAULT_PLATFORM`). ``resolutions``: see :func:`check_choices`.
+    ``cache`` defaults to an in-memory :class:`~moonlit.litepred.api.PartCache` under the predictor's
+    fusion rules (:attr:`~moonlit.litepred.api.Predictor.rules`). ``resolutions``: see :func:`check_choices`.
     """
 
-    def __init__(self, predictor: PlatformPredictor, space: SpaceEncoding | str, cache: PartKernelCache | None = None,
+    def __init__(self, predictor: Predictor, space: SpaceEncoding | str, cache: PartCache | None = None,
                  num_classes: int | None = None, resolutions: Sequence[int] | None = None) -> None:
-        self.predictor = predictor
         self.space = SpaceEncoding.decode(space) if isinstance(space, str) else space
-        platform = predictor.platform.get("rules") or predictor.platform.get("name") or DEFAULT_PLATFORM
-        self.cache = cache if cache is not None else PartKernelCache(platform)
         self.num_classes = num_classes
         self.resolutions = None if resolutions is None else tuple(int(r) for r in resolutions)
+        super().__init__(predictor, self.subnet_parts, cache)
 
-    def parts(self, subnet: SubnetEncoding) -> list[ModelPart]:
+    def subnet_parts(self, subnet: SubnetEncoding) -> list[ModelPart]:
         return subnet_parts(self.space, subnet, self.num_classes, self.resolutions)
 
-    def kernel_rows(self, subnet: SubnetEncoding) -> dict[str, np.ndarray]:
-        """``{kernel type: feature rows}`` of ``subnet`` for the kernel types the predictor knows."""
-        return self.cache.rows(self.parts(subnet), self.predictor.kernel_types)
 
-    def predict(self, subnets: Sequence[SubnetEncoding], apply_overhead: bool = True) -> np.ndarray:
-        """Latency (ms) of each subnet, all rows in one batched predictor call."""
-        rows = [self.kernel_rows(subnet) for subnet in subnets]
-        return np.asarray(self.predictor.predict_models(rows, apply_overhead=apply_overhead), dtype=np.float64)
-
-    def constraint(self, limit_ms: float, delta_ms: float | None = None, apply_overhead: bool = True
-                   ) -> LatencyConstraint[SubnetEncoding]:
-        """A search constraint: predicted latency in ``[limit_ms - delta_ms, limit_ms]``."""
-        from moonlit.common.nas import LatencyConstraint
-
-        return LatencyConstraint(self.predictor, self.kernel_rows, limit_ms, delta_ms, apply_overhead)
-
-
-def predict_latency(space: SpaceEncoding | str, subnets: Sequence[SubnetEncoding], predictor: PlatformPredictor,
-                    cache: PartKernelCache | None = None, **options: Any) -> np.ndarray:
+def predict_latency(space: SpaceEncoding | str, subnets: Sequence[SubnetEncoding], predictor: Predictor,
+                    cache: PartCache | None = None, **options: Any) -> np.ndarray:
     """Predicted latency (ms) of each subnet of ``space`` (``options``: ``num_classes``, ``resolutions``)."""
     return SubnetLatency(predictor, space, cache, **options).predict(subnets)

@@ -1,4 +1,5 @@
-"""Block LUTs from block-wise KD students (SpaceEvo, ICCV'23, arXiv 2303.08308, Sec. 3.3; reference ``eval_block_kd.py``).
+"""Block LUTs from block-wise KD students (SpaceEvo, ICCV'23, arXiv 2303.08308, Sec. 3.3;
+reference ``eval_block_kd.py``).
 
 For each (stage, block type, width window) of a hyperspace, ``num_samples`` random sub-stages of the
 trained :class:`~moonlit.spaceevo.block_kd.StudentStage` (input width from the previous stage's widths,
@@ -34,15 +35,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.imagenet import build_imagenet_datasets
 from moonlit.common.errors import InputError
 from moonlit.common.profiling.flops import count_macs
 from moonlit.common.train.seed import step_seed
-from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from .block_kd import (
     StudentStage,
@@ -112,35 +114,34 @@ class LitePredLatency:
     """
 
     def __init__(self, predictor_dir: str | Path, platform: str | None = None, apply_overhead: bool = False) -> None:
-        from moonlit.litepred.predictor import PlatformPredictor
+        from moonlit.litepred.api import load_predictor
 
         self.predictor_dir = Path(predictor_dir)
-        self.predictor = PlatformPredictor.load(self.predictor_dir)
-        self.rules = platform or self.predictor.platform.get("rules")
-        if not self.rules:
-            raise InputError(f"predictor {self.predictor_dir} records no fusion rules; pass platform=<rules name>")
+        self.predictor = load_predictor(self.predictor_dir)
+        try:
+            self.rules = platform or self.predictor.rules
+        except InputError as error:
+            raise InputError(f"predictor {self.predictor_dir}: {error}; pass platform=<rules name>") from None
         self.apply_overhead = apply_overhead
         self.unpredicted_kernels = 0
 
     def __call__(self, substage: nn.Module, input_shape: tuple[int, int, int, int], block_type: str,
                  mflops: float) -> float:
-        from moonlit.litepred.graph import graph_from_torch
-        from moonlit.litepred.kernels import detect_kernels
-        from moonlit.litepred.pipeline import model_rows
+        from moonlit.litepred.api import predict_module
 
         model = copy.deepcopy(substage).eval()
         set_quant_mode(model, None)
-        graph = graph_from_torch(model, (torch.zeros(input_shape),))
-        detection = detect_kernels(graph, self.rules)
-        rows, unknown = model_rows((k.config for k in detection.kernels), self.predictor.kernel_types)
+        prediction = predict_module(self.predictor, model, (torch.zeros(input_shape),), rules=self.rules,
+                                    apply_overhead=self.apply_overhead)
+        unknown = prediction.unpredicted_kernels
         if unknown:
             self.unpredicted_kernels += len(unknown)
             logger.warning("%s sub-stage %s: kernels without a regressor left out: %s", block_type, input_shape,
                            unknown[:3])
-        if not rows:
+        if not prediction.predicted_kernels:
             raise InputError(f"no kernel of the {block_type} sub-stage at {input_shape} has a regressor in "
                              f"{self.predictor_dir} (kernel types {self.predictor.kernel_types})")
-        return self.predictor.predict_model(rows, apply_overhead=self.apply_overhead)
+        return prediction.latency_ms
 
     def describe(self) -> dict[str, Any]:
         return {"source": "litepred", "predictor_dir": str(self.predictor_dir), "rules": self.rules,

@@ -46,6 +46,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
+from torch.utils.data import Subset
+
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.nas import (
     Constraint,
@@ -56,8 +59,6 @@ from moonlit.common.nas import (
 )
 from moonlit.common.profiling.flops import count_macs
 from moonlit.common.train.bn_recalibration import recalibrate_batch_norm
-from omegaconf import DictConfig
-from torch.utils.data import Subset
 
 from .latency import DEFAULT_PLATFORM, check_choices, subnet_parts
 from .ops.lsq_plus import ActivationQuantizer, WeightQuantizer, set_quant_mode
@@ -93,7 +94,8 @@ def _from_stages(stages: Sequence[Sequence[Block]], resolution: int) -> SubnetEn
 
 def sample_subnet(space: SpaceEncoding, rng: np.random.Generator, resolutions: Sequence[int] | None = None
                   ) -> SubnetEncoding:
-    """Uniform depth per stage, uniform kernel/width/expand per block, uniform resolution (default: the hyperspace's)."""
+    """Uniform depth per stage, uniform kernel/width/expand per block, uniform resolution
+    (default: the hyperspace's)."""
     stages = [[_random_block(stage, rng) for _ in range(_choose(stage.depths, rng))] for stage in stage_options(space)]
     return _from_stages(stages, _choose(tuple(resolutions or space.spec.resolutions), rng))
 
@@ -109,7 +111,8 @@ def _maybe(current: Any, choices: Sequence[Any], prob: float, rng: np.random.Gen
 def mutate_subnet(subnet: SubnetEncoding, space: SpaceEncoding, rng: np.random.Generator, mutation_prob: float,
                   resolution_prob: float = RESOLUTION_MUTATION_PROB, resolutions: Sequence[int] | None = None
                   ) -> SubnetEncoding:
-    """A mutated copy: each depth, kernel, width and expand with ``mutation_prob``, the resolution with ``resolution_prob``."""
+    """A mutated copy: each depth, kernel, width and expand with ``mutation_prob``, the resolution with
+    ``resolution_prob``."""
     stages = []
     for stage, blocks in zip(stage_options(space), subnet.stages(), strict=True):
         depth = _maybe(len(blocks), stage.depths, mutation_prob, rng)
@@ -256,7 +259,8 @@ class SupernetFitness:
 
 
 def build_data(data: DictConfig, calibration_batches: int) -> tuple[Iterable[Any], Iterable[Any], int]:
-    """(calibration batches, held-out batches, number of classes) from ``data.root`` (written first with ``data.generate``).
+    """(calibration batches, held-out batches, number of classes) from ``data.root`` (written first with
+    ``data.generate``).
 
     Both use the evaluation transform; calibration draws from the training images left after the
     hold-out, in one fixed shuffled order. With ``data.cache`` both are materialized as lists once.
@@ -299,21 +303,21 @@ def build_constraint(cfg: DictConfig, space: SpaceEncoding, complexity: SubnetCo
     if cfg.kind == "macs":
         return MacsConstraint(lambda s: complexity(s)[0] / 1e6, cfg.max_mmacs, cfg.min_mmacs or 0.0, metric="mmacs")
     if cfg.kind == "latency":
-        from moonlit.litepred.nas import PartKernelCache
-        from moonlit.litepred.predictor import PlatformPredictor
+        from moonlit.litepred.api import PartCache, load_predictor
 
         from .latency import SubnetLatency
 
         predictor_dir = Path(cfg.predictor_dir) if cfg.predictor_dir else None
         if predictor_dir is None or not (predictor_dir / "platform.json").is_file():
-            raise ValueError(f"constraint.predictor_dir = {cfg.predictor_dir!r} holds no LitePred predictor; expected "
-                             f"a directory built by 'moonlit-litepred build platform={cfg.platform or DEFAULT_PLATFORM}'")
-        predictor = PlatformPredictor.load(predictor_dir)
-        platform = cfg.platform or predictor.platform.get("rules") or predictor.platform.get("name", DEFAULT_PLATFORM)
+            raise ValueError(f"constraint.predictor_dir = {cfg.predictor_dir!r} holds no LitePred predictor; "
+                             "expected a directory built by "
+                             f"'moonlit-litepred build platform={cfg.platform or DEFAULT_PLATFORM}'")
+        predictor = load_predictor(predictor_dir)
+        platform = cfg.platform or predictor.rules
         built_for = predictor.platform.get("name")
         if built_for and built_for != platform:
             logger.warning("predictor %s was built for %r, searching for %r", predictor_dir, built_for, platform)
-        latency = SubnetLatency(predictor, space, PartKernelCache(platform, cfg.kernel_cache), num_classes, resolutions)
+        latency = SubnetLatency(predictor, space, PartCache(platform, cfg.kernel_cache), num_classes, resolutions)
         return latency.constraint(cfg.limit_ms, cfg.delta_ms)
     raise ValueError(f"constraint.kind = {cfg.kind!r}; expected 'latency' or 'macs'")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from moonlit.common.config import compose_config
 from moonlit.common.nas import EvolutionConfig, EvolutionSearch
 from moonlit.common.nas.pareto import pareto_indices
@@ -28,8 +29,7 @@ from moonlit.elasticvit.search import (
     sample_subnet,
 )
 from moonlit.elasticvit.space import ELASTICVIT_SPACE, check_subnet, decode, encode
-from moonlit.litepred.nas import PartKernelCache
-from moonlit.litepred.predictor import PlatformPredictor
+from moonlit.litepred.api import PartCache, Predictor
 
 SMOKE = ["fitness=proxy", "evolution.population=24", "evolution.parents=12", "evolution.mutations=8",
          "evolution.crossovers=8", "constraint.min_mmacs=150", "constraint.max_mmacs=250"]
@@ -149,14 +149,16 @@ def test_resolution_mutates_inside_a_search() -> None:
     moved = [r for r in search.records.values()
              if r.origin == "mutation" and r.candidate.resolution != parent_resolution[r.encoding]]
     assert moved  # evaluated children whose resolution differs from their parent's
-    proposed = [encoding for encoding in parent_resolution if decode(encoding).resolution != parent_resolution[encoding]]
+    proposed = [encoding for encoding in parent_resolution
+                if decode(encoding).resolution != parent_resolution[encoding]]
     assert 0.1 < len(proposed) / len(parent_resolution) < 0.3  # ~ mutation_prob of all proposals
 
 
 def test_resume_continues_exactly(tmp_path: Path) -> None:
     straight = run_search(compose_config("elasticvit", "search",
                                          [*SMOKE, "evolution.iterations=3", f"output_dir={tmp_path / 'a'}"]))
-    run_search(compose_config("elasticvit", "search", [*SMOKE, "evolution.iterations=1", f"output_dir={tmp_path / 'b'}"]))
+    run_search(compose_config("elasticvit", "search", [*SMOKE, "evolution.iterations=1",
+                                                       f"output_dir={tmp_path / 'b'}"]))
     resumed = run_search(compose_config("elasticvit", "search",
                                         [*SMOKE, "evolution.iterations=3", f"output_dir={tmp_path / 'b'}"]))
     assert resumed["best"] == straight["best"] and resumed["evaluated"] == straight["evaluated"]
@@ -186,16 +188,16 @@ SMALL_SPACE = dataclasses.replace(
 
 
 @pytest.fixture(scope="module")
-def small_predictor(tmp_path_factory: pytest.TempPathFactory, make_stand_in_predictor) -> tuple[PlatformPredictor, Path]:
-    """A forest per kernel type on rows of a few small-space subnets; saved, with the block cache file."""
+def small_predictor(tmp_path_factory: pytest.TempPathFactory, make_stand_in_predictor) -> tuple[Predictor, Path]:
+    """A stand-in predictor (linear kernel latencies), saved; the block cache file is filled by the tests."""
     root = tmp_path_factory.mktemp("latency")
-    predictor = make_stand_in_predictor(root, space=SMALL_SPACE, subnets=4, seed=3, trees=8, ms_per_unit=1e-7)
+    predictor = make_stand_in_predictor(root, seed=3, ms_per_unit=1e-7)
     return predictor, root
 
 
 def test_latency_constrained_search_keeps_every_candidate_in_the_band(small_predictor) -> None:
     predictor, root = small_predictor
-    latency = SubnetLatency(predictor, PartKernelCache("ort-fp32", root / "parts.jsonl"), space=SMALL_SPACE)
+    latency = SubnetLatency(predictor, PartCache("ort-fp32", root / "parts.jsonl"), space=SMALL_SPACE)
     rng = np.random.default_rng(4)
     sampled = latency.predict([sample_subnet(rng, SMALL_SPACE) for _ in range(40)])
     limit = float(np.quantile(sampled, 0.6))
@@ -206,7 +208,7 @@ def test_latency_constrained_search_keeps_every_candidate_in_the_band(small_pred
                                                       iterations=3, mutation_prob=0.3))
     search.run()
     records = list(search.records.values())
-    fresh = SubnetLatency(predictor, PartKernelCache("ort-fp32"), space=SMALL_SPACE)  # re-detected from scratch
+    fresh = SubnetLatency(predictor, PartCache("ort-fp32"), space=SMALL_SPACE)  # re-detected from scratch
     recomputed = fresh.predict([r.candidate for r in records])
     stored = np.array([r.objectives["latency_ms"] for r in records])
     np.testing.assert_allclose(stored, recomputed, rtol=1e-12)
@@ -216,7 +218,8 @@ def test_latency_constrained_search_keeps_every_candidate_in_the_band(small_pred
 
 def test_latency_constraint_from_config(small_predictor) -> None:
     predictor, root = small_predictor
-    cfg = compose_config("elasticvit", "search", ["constraint.kind=latency", f"constraint.predictor_dir={root / 'predictor'}",
+    cfg = compose_config("elasticvit", "search", ["constraint.kind=latency",
+                                                  f"constraint.predictor_dir={root / 'predictor'}",
                                                   f"constraint.kernel_cache={root / 'parts.jsonl'}",
                                                   "constraint.limit_ms=1000"]).constraint
     constraint = build_constraint(cfg, space=SMALL_SPACE)
@@ -237,9 +240,20 @@ def test_latency_constraint_under_a_macs_budget(small_predictor) -> None:
     subnets = [sample_subnet(rng, SMALL_SPACE) for _ in range(12)]
     mmacs = np.array([subnet_complexity(s, 1000, SMALL_SPACE).macs / 1e6 for s in subnets])
     budget = float(np.median(mmacs))
-    cfg = compose_config("elasticvit", "search", ["constraint.kind=latency", f"constraint.predictor_dir={root / 'predictor'}",
+    cfg = compose_config("elasticvit", "search", ["constraint.kind=latency",
+                                                  f"constraint.predictor_dir={root / 'predictor'}",
                                                   f"constraint.kernel_cache={root / 'parts.jsonl'}",
-                                                  "constraint.limit_ms=1000", f"constraint.macs_budget={budget}"]).constraint
+                                                  "constraint.limit_ms=1000",
+                                                  f"constraint.macs_budget={budget}"]).constraint
     check = build_constraint(cfg, space=SMALL_SPACE).check(subnets)
     assert check.feasible.tolist() == (mmacs <= budget).tolist()  # the latency limit is loose: MACs decide
     assert np.all(np.isfinite(check.values["latency_ms"][check.feasible]))
+
+
+def test_latency_detects_kernels_under_the_predictors_rules() -> None:
+    from moonlit.litepred.testing import stand_in_predictor
+
+    recorded = stand_in_predictor(["conv"], platform={"name": "debug", "rules": "ort-int8"})
+    assert SubnetLatency(recorded, space=SMALL_SPACE).cache.platform == "ort-int8"  # the rules, not the name
+    named = stand_in_predictor(["conv"], platform={"name": "ort-fp32"})
+    assert SubnetLatency(named, space=SMALL_SPACE).cache.platform == "ort-fp32"

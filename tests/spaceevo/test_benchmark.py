@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from moonlit.common.config import compose_config
 from moonlit.spaceevo.benchmark import int8_front, render_table, run_benchmark
 
@@ -53,27 +54,22 @@ def test_benchmark_smoke_writes_outputs(tmp_path, route):
 
 
 def test_predictions_beside_measurements(tmp_path):
-    import numpy as np
     import torch
-    from moonlit.common.export.onnx import export_onnx
-    from moonlit.litepred.forest import ForestRegressor
-    from moonlit.litepred.graph import load_graph
-    from moonlit.litepred.kernels import detect_kernels
-    from moonlit.litepred.pipeline import model_rows
-    from moonlit.litepred.predictor import PlatformPredictor
-    from moonlit.spaceevo.benchmark import predict_rows
     from torch import nn
+
+    from moonlit.common.export.onnx import export_onnx
+    from moonlit.common.profiling.model_benchmark import BenchModel
+    from moonlit.litepred.testing import debug_latency_ms, stand_in_predictor
+    from moonlit.spaceevo.benchmark import predict_rows
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8, padding=1),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
     path = export_onnx(model, (torch.randn(1, 3, 16, 16),), tmp_path / "m.onnx", check=False)
-    rows, _ = model_rows((k.config for k in detect_kernels(load_graph(path), "ort-int8").kernels))
-    # each kernel type's regressor predicts a constant: 0.1 ms per conv, 0.2 ms per other kernel
-    cost = {t: 0.1 if t == "conv" else 0.2 for t in rows}
-    regressors = {t: ForestRegressor(n_estimators=2).fit(np.vstack([r, r]), np.full(2 * len(r), cost[t]),
-                                                         [f"f{i}" for i in range(r.shape[1])]) for t, r in rows.items()}
-    PlatformPredictor(regressors, {"name": "ort-int8"}).save(tmp_path / "int8")
-    expected = sum(cost[t] * len(r) for t, r in rows.items())
+    # 0.1 ms per kernel; under ort-int8 the model is four kernels:
+    # Conv+Relu, the depthwise Conv, GlobalAveragePool, Gemm
+    stand_in = stand_in_predictor(kernel_ms=0.1, ms_per_unit=0.0, platform={"name": "ort-int8"})
+    stand_in.save(tmp_path / "int8")
+    expected = 4 * 0.1
     measured = [{"name": "m", "fp32_onnx": str(path), "fp32_ms": 1.0, "int8_ms": 0.5}]
     table = predict_rows(measured, {"int8": str(tmp_path / "int8"), "fp32": None})
     assert measured[0]["predicted_int8_ms"] == pytest.approx(expected)
@@ -81,13 +77,11 @@ def test_predictions_beside_measurements(tmp_path):
     assert "predicted_fp32_ms" not in measured[0] and table.count("| m |") == 1
     assert predict_rows(measured, {"int8": None}) == ""
     # measured through the predictor's own backend (here the deterministic debug one), twice
-    from moonlit.common.profiling.model_benchmark import BenchModel
-    from moonlit.litepred.profile import get_backend
-
-    PlatformPredictor(regressors, {"name": "debug", "backend": "debug", "rules": "ort-int8"}).save(tmp_path / "dbg")
+    stand_in.platform = {"name": "debug", "backend": "debug", "rules": "ort-int8"}
+    stand_in.save(tmp_path / "dbg")
     again = [{"name": "m", "fp32_onnx": str(path), "fp32_ms": 1.0, "int8_ms": 0.5}]
     table = predict_rows(again, {"int8": str(tmp_path / "dbg")}, [BenchModel("m", model, 16)])
-    truth = get_backend("debug").measure_many([(model, (torch.randn(1, 3, 16, 16),))])[0].p10_ms
+    truth = debug_latency_ms(model, (torch.randn(1, 3, 16, 16),))
     assert again[0]["int8_litepred_ms"] == pytest.approx([truth, truth])
     assert again[0]["int8_prediction_error"] == pytest.approx(expected / truth - 1)
     assert "+0.0%" in table

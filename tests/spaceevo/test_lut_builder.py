@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
+
 from moonlit.common.config import compose_config
 from moonlit.common.export.onnx import export_onnx
 from moonlit.spaceevo.block_kd import (
@@ -32,7 +34,6 @@ from moonlit.spaceevo.lut_builder import (
 from moonlit.spaceevo.ops.dynamic import make_divisible
 from moonlit.spaceevo.ops.lsq_plus import set_quant_mode
 from moonlit.spaceevo.teacher import build_teacher, calibrate_teacher_bn
-from torch.utils.data import TensorDataset
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 RELEASED = SHARED / "data" / "spaceevo" / "block_lut" / "onnxw"
@@ -143,16 +144,13 @@ def test_latency_source_config_and_errors() -> None:
 
 @pytest.fixture(scope="module")
 def debug_predictor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from moonlit.litepred.cli import main
+    from moonlit.litepred.testing import debug_predictor_dir
 
-    root = tmp_path_factory.mktemp("litepred")
-    main(["build", "platform=debug", "architectures.train=6", "architectures.calibration=6", "budget.kernels=160",
-          "budget.min_per_type=10", "regressor=forest", f"paths.output_root={root}"])
-    return root / "litepred" / "predictors" / "debug"
+    return debug_predictor_dir(tmp_path_factory.mktemp("litepred"))
 
 
 def test_litepred_latency_equals_predicting_the_exported_onnx(debug_predictor: Path, tmp_path: Path) -> None:
-    from moonlit.litepred.pipeline import timed_predict_onnx
+    from moonlit.litepred.api import predict_onnx
 
     with_overhead = LitePredLatency(debug_predictor, apply_overhead=True)
     kernels_only = LitePredLatency(debug_predictor)
@@ -164,7 +162,7 @@ def test_litepred_latency_equals_predicting_the_exported_onnx(debug_predictor: P
         fp32 = student.get_active_substage().eval()
         set_quant_mode(fp32, None)
         path = export_onnx(fp32, (torch.zeros(shape),), tmp_path / f"block{block}.onnx", check=False)
-        expected = timed_predict_onnx(with_overhead.predictor, path, with_overhead.rules)["latency_ms"]
+        expected = predict_onnx(with_overhead.predictor, path, rules=with_overhead.rules).latency_ms
         assert with_overhead(substage, shape, student.block_spec.name, 0.0) == pytest.approx(expected, rel=1e-9)
         assert kernels_only(substage, shape, student.block_spec.name, 0.0) > 0
 

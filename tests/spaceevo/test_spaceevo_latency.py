@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from moonlit.litepred.graph import graph_from_torch
-from moonlit.litepred.kernels import detect_kernels
-from moonlit.litepred.nas import PartKernelCache
-from moonlit.litepred.pipeline import model_rows
-from moonlit.litepred.predictor import PlatformPredictor
-from moonlit.litepred.regressors import ForestRegressor
+
+from moonlit.litepred.api import ModelPart, PartCache, Predictor, predict_module
+from moonlit.litepred.testing import stand_in_predictor
 from moonlit.spaceevo.latency import (
     SubnetLatency,
     check_choices,
@@ -43,51 +39,46 @@ def static_model(space: SpaceEncoding, subnet: SubnetEncoding) -> torch.nn.Modul
     return supernet.get_active_subnet().eval()
 
 
+def whole_part(space: SpaceEncoding, subnet: SubnetEncoding) -> ModelPart:
+    """The static subnet as one part: exported and detected in one piece, no cuts."""
+    return ModelPart(f"whole:{space.encode()}:{subnet.encode()}", lambda: static_model(space, subnet),
+                     (1, 3, subnet.resolution, subnet.resolution))
+
+
 @pytest.fixture(scope="module")
-def whole_kernels() -> list[list]:
+def whole() -> PartCache:
     """Kernels of each static subnet, exported and detected in one piece under the ort-int8 rules."""
-    out = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for space, subnet in SUBNETS:
-            graph = graph_from_torch(static_model(space, subnet), (torch.zeros(1, 3, subnet.resolution, subnet.resolution),))
-            out.append([kernel.config for kernel in detect_kernels(graph, "ort-int8").kernels])
-    return out
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> PartKernelCache:
-    return PartKernelCache("ort-int8", tmp_path_factory.mktemp("parts") / "parts.jsonl")
-
-
-@pytest.fixture(scope="module")
-def predictor(cache: PartKernelCache) -> PlatformPredictor:
-    """A small forest per kernel type on the subnets' own kernels (target: a smooth function of the features)."""
-    pooled: dict[str, list[np.ndarray]] = {}
+    cache = PartCache("ort-int8")
     for space, subnet in SUBNETS:
-        for kernel_type, rows in cache.rows(subnet_parts(space, subnet)).items():
-            pooled.setdefault(kernel_type, []).append(rows)
-    regressors = {}
-    for kernel_type, arrays in pooled.items():
-        features = np.concatenate(arrays)
-        target = 0.01 + 1e-7 * np.abs(features).sum(axis=1)
-        regressors[kernel_type] = ForestRegressor(n_estimators=8).fit(
-            features, target, [f"f{i}" for i in range(features.shape[1])])
-    return PlatformPredictor(regressors, {"name": "ort-int8", "rules": "ort-int8"})
+        cache.configs(whole_part(space, subnet))
+    return cache
 
 
-def test_blockwise_kernels_equal_whole_model_detection(cache: PartKernelCache, whole_kernels: list[list]) -> None:
-    for (space, subnet), whole in zip(SUBNETS, whole_kernels):
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> PartCache:
+    return PartCache("ort-int8", tmp_path_factory.mktemp("parts") / "parts.jsonl")
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    """Linear per-kernel latencies of every kernel type (moonlit.litepred.testing)."""
+    return stand_in_predictor(seed=1, platform={"name": "ort-int8", "rules": "ort-int8"})
+
+
+def test_blockwise_kernels_equal_whole_model_detection(cache: PartCache, whole: PartCache) -> None:
+    for space, subnet in SUBNETS:
         parts = subnet_parts(space, subnet)
-        assert [c.key() for c in cache.model_configs(parts)] == [c.key() for c in whole]  # same kernels, same order
-        rows_whole, unknown = model_rows(whole)
+        one_piece = whole_part(space, subnet)
+        assert [c.key() for c in cache.model_configs(parts)] == [c.key() for c in whole.configs(one_piece)]
+        rows_whole = whole.rows([one_piece])
         rows_blocks = cache.rows(parts)
-        assert unknown == [] and sorted(rows_blocks) == sorted(rows_whole)
+        assert sorted(rows_blocks) == sorted(rows_whole)
         for kernel_type, matrix in rows_whole.items():
             np.testing.assert_array_equal(rows_blocks[kernel_type], matrix)
         # first conv + one part per block + head; repeated blocks of one shape share a key
         assert len(parts) == sum(subnet.depths) + 1
         assert len({p.key for p in parts}) <= len(parts)
+    assert not whole.unpredicted and not cache.unpredicted
 
 
 def test_part_input_shapes_follow_the_static_model() -> None:
@@ -105,8 +96,11 @@ def test_part_input_shapes_follow_the_static_model() -> None:
     assert [output_side(176, 2), output_side(11, 2), output_side(11, 1)] == [88, 6, 11]
 
 
-def test_prediction_equals_whole_model_prediction(cache, predictor, whole_kernels) -> None:
-    expected = predictor.predict_models([model_rows(k, predictor.kernel_types)[0] for k in whole_kernels])
+def test_prediction_equals_whole_model_prediction(cache, predictor) -> None:
+    # the second route: the whole static subnet exported as one module and predicted
+    expected = [predict_module(predictor, static_model(space, subnet),
+                               (torch.zeros(1, 3, subnet.resolution, subnet.resolution),)).latency_ms
+                for space, subnet in SUBNETS]
     for (space, subnet), want in zip(SUBNETS, expected):
         got = predict_latency(space, [subnet], predictor, cache)
         np.testing.assert_allclose(got, [want], rtol=1e-12)
@@ -123,9 +117,10 @@ def test_cache_file_is_reused_without_exports(cache, predictor) -> None:
     assert cache.path is not None
     subnet = SUBNETS[0][1]
     first = SubnetLatency(predictor, VNNI, cache).predict([subnet])
-    reloaded = PartKernelCache("ort-int8", cache.path)
+    reloaded = PartCache("ort-int8", cache.path)
     second = SubnetLatency(predictor, VNNI, reloaded).predict([subnet])
-    assert reloaded.stats["detected"] == 0 and reloaded.stats["loaded"] >= len({p.key for p in subnet_parts(VNNI, subnet)})
+    assert reloaded.stats["detected"] == 0
+    assert reloaded.stats["loaded"] >= len({p.key for p in subnet_parts(VNNI, subnet)})
     np.testing.assert_array_equal(first, second)
 
 
@@ -135,7 +130,8 @@ def test_choices_are_checked(tmp_path: Path) -> None:
         subnet_parts(VNNI, SubnetEncoding(subnet.depths, subnet.kernels, subnet.widths, subnet.expands, 40))
     small = SubnetEncoding(subnet.depths, subnet.kernels, subnet.widths, subnet.expands, 40)
     check_choices(VNNI, small, resolutions=[32, 40])  # a supernet with its own resolutions
-    assert subnet_parts(VNNI, small, num_classes=4, resolutions=[32, 40])[-1].input_shape == (1, 320, 2, 2)  # stage6 window 1: 320; 40 -> 20, 10, 5, 3, 2
+    # stage6 window 1: 320 channels; side 40 -> 20, 10, 5, 3, 2
+    assert subnet_parts(VNNI, small, num_classes=4, resolutions=[32, 40])[-1].input_shape == (1, 320, 2, 2)
     wide = SubnetEncoding(subnet.depths, subnet.kernels, (64,) + subnet.widths[1:], subnet.expands, 160)
     with pytest.raises(ValueError, match="width 64 of block 0 of first_conv"):
         subnet_parts(VNNI, wide)

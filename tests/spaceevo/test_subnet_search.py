@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from moonlit.common.config import compose_config
 from moonlit.common.nas import EvolutionConfig, EvolutionSearch
 from moonlit.common.profiling.flops import count_macs
 from moonlit.common.train.bn_recalibration import recalibrate_batch_norm
-from moonlit.litepred.nas import PartKernelCache
-from moonlit.litepred.predictor import PlatformPredictor
-from moonlit.litepred.regressors import ForestRegressor
+from moonlit.litepred.api import PartCache, Predictor, load_predictor
+from moonlit.litepred.testing import stand_in_predictor
 from moonlit.spaceevo.latency import SubnetLatency, check_choices, subnet_parts
 from moonlit.spaceevo.ops.lsq_plus import ActivationQuantizer, WeightQuantizer
 from moonlit.spaceevo.space import (
@@ -128,27 +128,20 @@ def test_complexity_matches_whole_model_count() -> None:
         supernet.set_active(subnet)
         report = count_macs(supernet.get_active_subnet(), torch.zeros(1, 3, subnet.resolution, subnet.resolution))
         assert complexity(subnet) == (report.macs, report.params)
-        assert complexity.proxy_fitness([subnet]) == [pytest.approx(math.log10(report.macs) + math.log10(report.params))]
+        expected = math.log10(report.macs) + math.log10(report.params)
+        assert complexity.proxy_fitness([subnet]) == [pytest.approx(expected)]
 
 
 @pytest.fixture(scope="module")
-def small_predictor(tmp_path_factory: pytest.TempPathFactory) -> tuple[PlatformPredictor, Path, list[SubnetEncoding]]:
-    """A forest per ort-int8 kernel type on rows of six tiny subnets; saved, with the block cache file."""
+def small_predictor(tmp_path_factory: pytest.TempPathFactory) -> tuple[Predictor, Path, list[SubnetEncoding]]:
+    """A stand-in ort-int8 predictor (linear kernel latencies), saved; six tiny subnets' blocks in the cache file."""
     root = tmp_path_factory.mktemp("latency")
-    cache = PartKernelCache("ort-int8", root / "parts.jsonl")
+    cache = PartCache("ort-int8", root / "parts.jsonl")
     rng = np.random.default_rng(3)
     subnets = [sample_subnet(VNNI, rng, TINY) for _ in range(6)]
-    pooled: dict[str, list[np.ndarray]] = {}
     for subnet in subnets:
-        for kernel_type, rows in cache.rows(subnet_parts(VNNI, subnet, resolutions=TINY)).items():
-            pooled.setdefault(kernel_type, []).append(rows)
-    regressors = {}
-    for kernel_type, arrays in pooled.items():
-        features = np.concatenate(arrays)
-        target = 0.01 * np.log1p(np.abs(features)).sum(1)  # varies with every feature: subnets rarely tie
-        regressors[kernel_type] = ForestRegressor(n_estimators=8).fit(
-            features, target, [f"f{i}" for i in range(features.shape[1])])
-    predictor = PlatformPredictor(regressors, {"name": "ort-int8", "rules": "ort-int8"})
+        cache.rows(subnet_parts(VNNI, subnet, resolutions=TINY))
+    predictor = stand_in_predictor(seed=3, platform={"name": "ort-int8", "rules": "ort-int8"})
     predictor.save(root / "predictor")
     return predictor, root, subnets
 
@@ -156,7 +149,7 @@ def small_predictor(tmp_path_factory: pytest.TempPathFactory) -> tuple[PlatformP
 def test_latency_constrained_search_keeps_every_candidate_in_the_band(small_predictor) -> None:
     predictor, root, subnets = small_predictor
     cache_file = root / "parts.jsonl"
-    latency = SubnetLatency(predictor, VNNI, PartKernelCache("ort-int8", cache_file), resolutions=TINY)
+    latency = SubnetLatency(predictor, VNNI, PartCache("ort-int8", cache_file), resolutions=TINY)
     seeded = latency.predict(subnets)  # the seeds' blocks are cached: few new exports in the search
     limit = float(np.quantile(seeded, 0.8))
     delta = limit - float(np.quantile(seeded, 0.2))
@@ -170,7 +163,7 @@ def test_latency_constrained_search_keeps_every_candidate_in_the_band(small_pred
     assert {"seed", "mutation", "crossover"} <= {r.origin for r in records}
     assert sum(entry.rejected for entry in search.log) > 0  # the band binds: some proposals fell outside
     # re-predicted outside the search: a second latency model on the cached block kernels, one predictor call
-    fresh = SubnetLatency(PlatformPredictor.load(root / "predictor"), VNNI, PartKernelCache("ort-int8", cache_file),
+    fresh = SubnetLatency(load_predictor(root / "predictor"), VNNI, PartCache("ort-int8", cache_file),
                           resolutions=TINY)
     recomputed = fresh.predict([SubnetEncoding.decode(r.encoding) for r in records])
     stored = np.array([r.objectives["latency_ms"] for r in records])
@@ -256,7 +249,8 @@ def test_supernet_fitness_smoke_on_generated_images(tmp_path: Path) -> None:
     holdout_images = 4 * 2
     for record in records:  # top-1 (%) over the 8 held-out images
         assert 0 <= record["fitness"] <= 100
-        assert record["fitness"] * holdout_images / 100 == pytest.approx(round(record["fitness"] * holdout_images / 100))
+        correct = record["fitness"] * holdout_images / 100
+        assert correct == pytest.approx(round(correct))
 
     # the fitness equals an independent measurement: the extracted static subnet, its BN re-estimated
     calibration, holdout, classes = build_data(cfg.data, cfg.bn_batches)
