@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+
 from moonlit.common.train.seed import step_rng
 
 from .space import ELASTICVIT_SPACE, SearchSpace, Subnet, decode, min_subnet, random_subnet

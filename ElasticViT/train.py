@@ -36,6 +36,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm import tqdm
+
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.imagenet import (
     build_imagenet_datasets,
@@ -64,9 +68,6 @@ from moonlit.common.train.supernet import (
     resume_training,
     start_training,
 )
-from omegaconf import DictConfig, OmegaConf
-from torch import nn
-from tqdm import tqdm
 
 from .sampling import ComplexityAwareSampler, PerformanceAwareSampler, build_sampler
 from .space import SearchSpace, Subnet

@@ -37,13 +37,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from moonlit.common.train.dist import DistContext, all_reduce_mean
 from moonlit.common.train.losses import (
     adaptive_alpha_divergence,
     soft_target_cross_entropy,
 )
 from moonlit.common.train.supernet import average_gradients, batch_statistics_forward
-from torch import Tensor, nn
 
 from .ops import ElasticMBConv
 from .sampling import StepSample

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.imagenet import build_imagenet_datasets, build_loader
 from moonlit.common.data.synthetic import write_image_folder
@@ -30,7 +32,6 @@ from moonlit.common.train.supernet import start_training
 from moonlit.spaceevo.models import create_seqnet, resolve_model
 from moonlit.spaceevo.ops.lsq_plus import QuantLinear, set_quant_mode
 from moonlit.spaceevo.supernet import StaticSubnet
-from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["downstream_cls", "replace_classifier"]
 

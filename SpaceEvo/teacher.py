@@ -26,25 +26,23 @@ import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from moonlit.common.train.foreign import load_foreign_checkpoint
 from torch import Tensor, nn
+
+from moonlit.common.train.pretrained import load_local_weights
 
 from .ops.lsq_plus import QuantConv2d, QuantLinear, set_quant_mode
 from .space import Hyperspace, load_hyperspace
 
 __all__ = ["StageBoundary", "Teacher", "build_teacher", "calibrate_teacher_bn", "finetune_teacher_lsq",
-           "load_teacher_weights", "quantize_teacher", "resize_images"]
+           "quantize_teacher", "resize_images"]
 
 logger = logging.getLogger("moonlit.spaceevo.teacher")
 
 TEACHER_STAGES = ("first_conv", "stage0", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6")
-# Keys under which released checkpoints nest their state dict (the reference saves {'model': ...}).
-_STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict")
 
 
 @dataclass(frozen=True)
@@ -202,24 +200,8 @@ def build_teacher(model_name: str, hyperspace: str | Hyperspace, pretrained: str
     if lsq:
         quantize_teacher(model)
     if pretrained:
-        load_teacher_weights(model, pretrained)
+        load_local_weights(model, pretrained)
     return Teacher(model, hyperspace, segments, stage_ends)
-
-
-def load_teacher_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Load a local state dict: ``.safetensors``, or a ``.pth``/``.pt``/``.bin`` via the restricted unpickler."""
-    state = load_foreign_checkpoint(Path(path))
-    for key in _STATE_DICT_KEYS:
-        if key in state and isinstance(state[key], Mapping):
-            state = state[key]
-            break
-    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, Tensor)}
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"teacher weights {path} do not fit {type(model).__name__}: missing "
-                         f"{list(result.missing_keys)[:5]}, unexpected {list(result.unexpected_keys)[:5]} "
-                         f"({len(result.missing_keys)} / {len(result.unexpected_keys)} in all)")
-    logger.info("teacher weights loaded from %s", path)
 
 
 def quantize_teacher(model: nn.Module, bits: int = 8) -> int:

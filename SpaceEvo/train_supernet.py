@@ -41,6 +41,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm import tqdm
+
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.imagenet import (
     build_imagenet_datasets,
@@ -75,9 +79,6 @@ from moonlit.common.train.supernet import (
 from moonlit.spaceevo.ops.lsq_plus import set_quant_mode
 from moonlit.spaceevo.space import SubnetEncoding
 from moonlit.spaceevo.supernet import Supernet
-from omegaconf import DictConfig, OmegaConf
-from torch import nn
-from tqdm import tqdm
 
 __all__ = ["SandwichSettings", "average_bn_statistics", "average_gradients", "evaluate_subnet", "sandwich_step",
            "train_supernet"]

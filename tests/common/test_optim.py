@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from moonlit.common.train.optim import build_optimizer, is_one_dim, one_dim_or_in
 from torch import nn
+
+from moonlit.common.train.optim import build_optimizer, is_one_dim, one_dim_or_in
 
 
 def _model() -> nn.Module:

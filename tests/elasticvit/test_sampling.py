@@ -11,6 +11,7 @@ from itertools import pairwise
 
 import numpy as np
 import pytest
+
 from moonlit.common.config import compose_config
 from moonlit.common.train.seed import step_rng
 from moonlit.elasticvit.flops import reference_mmacs, subnet_complexity

@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
+from timm.scheduler import CosineLRScheduler
+
 from moonlit.common.config import compose_config
 from moonlit.common.train.dist import spawn_local
 from moonlit.common.train.losses import adaptive_alpha_divergence
@@ -35,8 +38,6 @@ from moonlit.elasticvit.train_step import (
     space_from_config,
     train_step,
 )
-from safetensors.torch import save_file
-from timm.scheduler import CosineLRScheduler
 
 SMOKE_SPACE = SearchSpace(
     resolutions=(32, 40, 48), first_conv_widths=(8,), stem_depths=(1,), stem_kernels=(3,),

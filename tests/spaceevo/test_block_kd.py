@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import TensorDataset
+
 from moonlit.common.config import compose_config
 from moonlit.common.train.dist import init_distributed, spawn_local
 from moonlit.spaceevo.block_kd import (
@@ -31,7 +33,6 @@ from moonlit.spaceevo.teacher import (
     calibrate_teacher_bn,
     quantize_teacher,
 )
-from torch.utils.data import TensorDataset
 
 TINY = "onnxw_tiny"
 
@@ -133,6 +134,27 @@ def test_teacher_stays_in_eval_mode_and_quantizes(teacher: Teacher) -> None:
     convs = sum(type(m) is torch.nn.Conv2d for m in model.modules())
     linears = sum(type(m) is torch.nn.Linear for m in model.modules())
     assert quantize_teacher(model) == convs + linears
+
+
+def test_teacher_weights_load_from_a_local_file_and_a_wrong_head_is_one_clear_error(tmp_path: Path) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    from moonlit.common.errors import InputError
+
+    torch.manual_seed(3)
+    source = timm.create_model("efficientnet_b0", num_classes=10)
+    path = tmp_path / "teacher.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    teacher = build_teacher("efficientnet_b0", TINY, pretrained=path, num_classes=10)
+    for key, value in source.state_dict().items():
+        assert torch.equal(teacher.model.state_dict()[key], value), key
+    wrong = tmp_path / "teacher_1000.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("efficientnet_b0").state_dict().items()}, str(wrong))
+    with pytest.raises(InputError, match=r"classifier.weight \(1000, 1280\) in the file vs \(10, 1280\) in the model") \
+            as info:
+        build_teacher("efficientnet_b0", TINY, pretrained=wrong, num_classes=10)
+    assert "\n" not in str(info.value)
 
 
 # --- students ----------------------------------------------------------------------------------------

@@ -10,19 +10,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from safetensors.torch import load_file
+
 from moonlit.common.config import compose_config, config_dir
 from moonlit.common.train.dist import spawn_local
 from moonlit.common.train.losses import adaptive_alpha_divergence
-from moonlit.spaceevo.space import SubnetEncoding
-from moonlit.spaceevo.supernet import Supernet
 from moonlit.common.train.optim import build_optimizer
 from moonlit.common.train.schedules import warmup_cosine
+from moonlit.spaceevo.space import SubnetEncoding
+from moonlit.spaceevo.supernet import Supernet
 from moonlit.spaceevo.train_supernet import (
     SandwichSettings,
     sandwich_step,
     train_supernet,
 )
-from safetensors.torch import load_file
 
 SEARCH_RESULT = Path(__file__).resolve().parents[3] / "shared" / "data" / "spaceevo" / "search_result.yaml"
 SMALL_SPACE = "onnxw-000000-000000"  # MobileNetV1Dual everywhere: 5.8M parameters, fast on one core
