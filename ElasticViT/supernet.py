@@ -1,7 +1,9 @@
 """The ElasticViT hybrid CNN+ViT supernet (ICCV'23, arXiv 2303.09730, Sec. 3, Fig. 2).
 
 One network holds every subnet of :data:`~moonlit.elasticvit.space.ELASTICVIT_SPACE`: weights at
-their largest size, ``set_active(subnet)`` selects the slices, ``forward`` runs the active subnet
+their largest size, ``set_active(subnet)`` selects the slices (``sample_active(rng)``, ``set_max()``
+and ``set_min()`` pick the subnet too; the network-level contract of :mod:`moonlit.common.nn.elastic`),
+``forward`` runs the active subnet
 (resizing the input bicubically to the subnet's resolution, as the reference does, so one data
 loader feeds every sampled resolution), and ``get_active_subnet()`` extracts a static
 :class:`~moonlit.elasticvit.models.ElasticViTModel` whose output equals the supernet's.
@@ -26,11 +28,12 @@ are the reference's.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moonlit.common.nn.elastic import ElasticBatchNorm2d
+from moonlit.common.nn.elastic import ElasticBatchNorm2d, ElasticSupernet
 
 from .models import ElasticViTModel
 from .ops import (
@@ -46,13 +49,15 @@ from .space import (
     Subnet,
     check_subnet,
     max_subnet,
+    min_subnet,
+    sample_subnet,
     stage_sides,
 )
 
 __all__ = ["ElasticViTSupernet"]
 
 
-class ElasticViTSupernet(nn.Module):
+class ElasticViTSupernet(ElasticSupernet):
     def __init__(self, space: SearchSpace = ELASTICVIT_SPACE, num_classes: int = 1000,
                  token_norm: TokenNormKind = "groupnorm1", dropout: float = 0.2) -> None:
         super().__init__()
@@ -86,16 +91,39 @@ class ElasticViTSupernet(nn.Module):
     def active_subnet(self) -> Subnet:
         return self._active_subnet
 
+    @property
+    def active_resolution(self) -> int:
+        return self._active_subnet.resolution
+
     def set_active(self, subnet: Subnet) -> None:
         """Select ``subnet``'s slices in every elastic op (ValueError if it is outside the space)."""
         check_subnet(subnet, self.space)
-        self.stem.set_active(subnet.stem_width, subnet.stem_depth, 1, subnet.stem_kernel)
+        self.stem.set_active(out_channels=subnet.stem_width, depth=subnet.stem_depth, expand_ratio=1,
+                             kernel_size=subnet.stem_kernel)
         for module, stage in zip(self.stages, subnet.stages):
             if isinstance(module, ElasticViTStage):
-                module.set_active(stage.width, stage.depth, stage.mlp_ratio, stage.v_scale)
+                module.set_active(out_channels=stage.width, depth=stage.depth, mlp_ratio=stage.mlp_ratio,
+                                  v_scale=stage.v_scale)
             else:
-                module.set_active(stage.width, stage.depth, stage.expand, stage.kernel)
+                module.set_active(out_channels=stage.width, depth=stage.depth, expand_ratio=stage.expand,
+                                  kernel_size=stage.kernel)
         self._active_subnet = subnet
+
+    def sample_active(self, rng: np.random.Generator) -> Subnet:
+        """Activate a uniformly random subnet (:func:`~moonlit.elasticvit.space.sample_subnet`)."""
+        subnet = sample_subnet(self.space, rng)
+        self.set_active(subnet)
+        return subnet
+
+    def set_max(self) -> Subnet:
+        subnet = max_subnet(self.space)
+        self.set_active(subnet)
+        return subnet
+
+    def set_min(self) -> Subnet:
+        subnet = min_subnet(self.space)
+        self.set_active(subnet)
+        return subnet
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         resolution = self._active_subnet.resolution
@@ -120,7 +148,7 @@ class ElasticViTSupernet(nn.Module):
         stages: list[nn.Module] = []
         for index, (module, stage) in enumerate(zip(self.stages, subnet.stages)):
             if isinstance(module, ElasticViTStage):
-                stages.append(module.get_active_subnet(width, sides[1 + index]))
+                stages.append(module.get_active_subnet(width, side=sides[1 + index]))
             else:
                 stages.append(module.get_active_subnet(width))
             width = stage.width

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
+from moonlit.common.nn.elastic import ElasticModule
+
 from .norms import ElasticTokenNorm, TokenNormKind, make_token_norm
 
 __all__ = ["AttentionLayer", "ElasticAttention", "levit_attention", "relative_position_index", "token_grid_side"]
@@ -94,8 +96,10 @@ class AttentionLayer(nn.Module):
                                    self.proj.bias)
 
 
-class ElasticAttention(nn.Module):
+class ElasticAttention(ElasticModule):
     """Attention at ``max_width`` / max V scale / ``max_side`` grid; width and grid come from the input."""
+
+    active_choices = ("v_scale",)
 
     def __init__(self, max_width: int, v_scales: tuple[int, ...], max_side: int,
                  token_norm: TokenNormKind = "groupnorm1", head_dim: int = 16) -> None:
@@ -108,9 +112,11 @@ class ElasticAttention(nn.Module):
         self.attention_bias = nn.Parameter(torch.zeros((2 * max_side - 1) ** 2, max_width // head_dim))
         trunc_normal_(self.attention_bias, std=0.02)
         self.proj = nn.Linear(max_values, max_width)
-        self.set_active(max(v_scales))
+        self.active_v_scale = max(self.v_scales)
 
-    def set_active(self, v_scale: int) -> None:
+    def set_active(self, *, v_scale: int | None = None) -> None:
+        if v_scale is None:
+            return
         if v_scale not in self.v_scales:
             raise ValueError(f"v_scale {v_scale} is not one of {self.v_scales}")
         self.active_v_scale = v_scale
@@ -133,7 +139,10 @@ class ElasticAttention(nn.Module):
                                    self.dw_v_conv.weight[:values], self.attention_bias[:, :heads], index,
                                    self.proj.weight[:width, :values], self.proj.bias[:width])
 
-    def get_active_subnet(self, width: int, side: int) -> AttentionLayer:
+    def get_active_subnet(self, in_channels: int | None = None, side: int | None = None) -> AttentionLayer:
+        """The static layer for ``in_channels``-wide tokens on a ``side`` x ``side`` grid (default: the largest)."""
+        width = self.max_width if in_channels is None else in_channels
+        side = self.max_side if side is None else side
         if not 0 < side <= self.max_side:
             raise ValueError(f"token grid side {side} is outside 1..{self.max_side}")
         heads, values, qkv = self._active_weights(width)

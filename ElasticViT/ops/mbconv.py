@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from timm.layers import SEModule
 from torch import nn
 
-from moonlit.common.nn.elastic import ElasticBatchNorm2d
+from moonlit.common.nn.elastic import ElasticBatchNorm2d, ElasticModule, check_width
 
 __all__ = ["ElasticMBConv", "MBConvBlock", "mbconv_shortcut_pool"]
 
@@ -69,11 +69,13 @@ class MBConvBlock(nn.Module):
         return x + shortcut
 
 
-class ElasticMBConv(nn.Module):
+class ElasticMBConv(ElasticModule):
     """MBConv with elastic input width (from the input), expand ratio, kernel and output width.
 
-    ``active_expand``, ``active_kernel`` and ``active_out_channels`` are set by :meth:`set_active`.
+    ``active_expand_ratio``, ``active_kernel_size`` and ``active_out_channels`` are set by :meth:`set_active`.
     """
+
+    active_choices = ("expand_ratio", "kernel_size", "out_channels")
 
     def __init__(self, max_in_channels: int, max_out_channels: int, expands: tuple[int, ...],
                  kernels: tuple[int, ...], stride: int, se: bool) -> None:
@@ -98,21 +100,28 @@ class ElasticMBConv(nn.Module):
         if stride == 1:
             nn.init.zeros_(self.pwl_bn.weight)  # residual branch starts as identity, as in the reference
         self.shortcut_conv = nn.Conv2d(max_out_channels, max_out_channels, 1, bias=False)
-        self.set_active(max(expands), max(kernels), max_out_channels)
+        self.active_expand_ratio, self.active_kernel_size = max(expands), max(kernels)
+        self.active_out_channels = max_out_channels
 
-    def set_active(self, expand: int, kernel: int, out_channels: int) -> None:
-        if expand not in self.expands:
-            raise ValueError(f"expand {expand} is not one of {self.expands}")
-        if kernel not in self.kernels:
-            raise ValueError(f"kernel {kernel} is not one of {self.kernels}")
-        if not 0 < out_channels <= self.max_out_channels:
+    def set_active(self, *, expand_ratio: int | None = None, kernel_size: int | None = None,
+                   out_channels: int | None = None) -> None:
+        if expand_ratio is not None and expand_ratio not in self.expands:
+            raise ValueError(f"expand {expand_ratio} is not one of {self.expands}")
+        if kernel_size is not None and kernel_size not in self.kernels:
+            raise ValueError(f"kernel {kernel_size} is not one of {self.kernels}")
+        if out_channels is not None and not 0 < out_channels <= self.max_out_channels:
             raise ValueError(f"output width {out_channels} is outside 1..{self.max_out_channels}")
-        self.active_expand, self.active_kernel, self.active_out_channels = expand, kernel, out_channels
+        if expand_ratio is not None:
+            self.active_expand_ratio = expand_ratio
+        if kernel_size is not None:
+            self.active_kernel_size = kernel_size
+        if out_channels is not None:
+            self.active_out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_channels = x.shape[1]
-        inner = in_channels * self.active_expand
-        out_channels, kernel = self.active_out_channels, self.active_kernel
+        inner = in_channels * self.active_expand_ratio
+        out_channels, kernel = self.active_out_channels, self.active_kernel_size
         shortcut = x
         if hasattr(self, "pw_conv"):
             x = F.conv2d(x, self.pw_conv.weight[:inner, :in_channels])
@@ -133,15 +142,17 @@ class ElasticMBConv(nn.Module):
             shortcut = F.conv2d(shortcut, self.shortcut_conv.weight[:out_channels, :in_channels])
         return x + shortcut
 
-    def get_active_subnet(self, in_channels: int) -> MBConvBlock:
-        inner = in_channels * self.active_expand
+    def get_active_subnet(self, in_channels: int | None = None) -> MBConvBlock:
+        in_channels = self.max_in_channels if in_channels is None else in_channels
+        check_width(in_channels, self.max_in_channels, "ElasticMBConv input")
+        inner = in_channels * self.active_expand_ratio
         out_channels = self.active_out_channels
-        static = MBConvBlock(in_channels, out_channels, self.active_expand, self.active_kernel, self.stride,
-                             self.use_se)
+        static = MBConvBlock(in_channels, out_channels, self.active_expand_ratio, self.active_kernel_size,
+                             self.stride, self.use_se)
         if static.pw_conv is not None:
             static.pw_conv.weight.data.copy_(self.pw_conv.weight.data[:inner, :in_channels])
             static.pw_bn = self.pw_bn.get_active_subnet(inner)
-        static.dw_conv.weight.data.copy_(_centre_kernel(self.dw_conv.weight.data[:inner], self.active_kernel))
+        static.dw_conv.weight.data.copy_(_centre_kernel(self.dw_conv.weight.data[:inner], self.active_kernel_size))
         static.dw_bn = self.dw_bn.get_active_subnet(inner)
         if static.se is not None:
             reduced = inner // 4

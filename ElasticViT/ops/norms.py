@@ -14,13 +14,19 @@ Token norms come in two variants, chosen by ``token_norm``:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moonlit.common.nn.elastic import check_width, copy_batch_norm_slice, elastic_batch_norm
+from moonlit.common.nn.elastic import (
+    ElasticModule,
+    check_no_choices,
+    check_width,
+    copy_batch_norm_slice,
+    elastic_batch_norm,
+)
 
 __all__ = [
     "TOKEN_NORMS",
@@ -75,7 +81,7 @@ def make_token_norm(kind: TokenNormKind, channels: int) -> nn.Module:
     return TokenGroupNorm(channels) if kind == "groupnorm1" else nn.LayerNorm(channels, eps=NORM_EPS)
 
 
-class ElasticTokenNorm(nn.Module):
+class ElasticTokenNorm(ElasticModule):
     """Token norm at ``max_channels`` whose active width is the input's last dimension."""
 
     def __init__(self, max_channels: int, kind: TokenNormKind = "groupnorm1") -> None:
@@ -85,6 +91,9 @@ class ElasticTokenNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(max_channels))
         self.bias = nn.Parameter(torch.zeros(max_channels))
 
+    def set_active(self, **choices: Any) -> None:
+        check_no_choices(self, choices)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[-1]
         weight, bias = self.weight[:channels], self.bias[:channels]
@@ -92,7 +101,9 @@ class ElasticTokenNorm(nn.Module):
             return _group_norm_tokens(x, weight, bias, NORM_EPS)
         return F.layer_norm(x, (channels,), weight, bias, NORM_EPS)
 
-    def get_active_subnet(self, channels: int) -> nn.Module:
+    def get_active_subnet(self, in_channels: int | None = None) -> nn.Module:
+        channels = self.weight.shape[0] if in_channels is None else in_channels
+        check_width(channels, self.weight.shape[0], "ElasticTokenNorm")
         static = make_token_norm(self.kind, channels)
         static.weight.data.copy_(self.weight.data[:channels])
         static.bias.data.copy_(self.bias.data[:channels])
@@ -106,13 +117,17 @@ class TokenBatchNorm(nn.BatchNorm1d):
         return super().forward(x.flatten(0, 1)).reshape_as(x)
 
 
-class ElasticTokenBatchNorm(nn.BatchNorm1d):
+class ElasticTokenBatchNorm(nn.BatchNorm1d, ElasticModule):
     """:class:`TokenBatchNorm` at max width; the active width is the input's last dimension."""
+
+    def set_active(self, **choices: Any) -> None:
+        check_no_choices(self, choices)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return elastic_batch_norm(self, x.flatten(0, 1), x.shape[-1], "ElasticTokenBatchNorm").reshape_as(x)
 
-    def get_active_subnet(self, channels: int) -> TokenBatchNorm:
+    def get_active_subnet(self, in_channels: int | None = None) -> TokenBatchNorm:
+        channels = self.num_features if in_channels is None else in_channels
         check_width(channels, self.num_features, "ElasticTokenBatchNorm")
         static = TokenBatchNorm(channels, self.eps, self.momentum)
         copy_batch_norm_slice(self, static, channels)

@@ -12,9 +12,13 @@ Depth is elastic by keeping the first ``depth`` blocks.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from moonlit.common.nn.elastic import ElasticModule, check_no_choices, check_width
 
 from .mbconv import ElasticMBConv, MBConvBlock
 from .norms import ElasticTokenBatchNorm, TokenBatchNorm, TokenNormKind
@@ -28,7 +32,11 @@ def _check_depth(depth: int, max_depth: int) -> None:
         raise ValueError(f"depth {depth} is outside 1..{max_depth}")
 
 
-class ElasticConvStage(nn.Module):
+class ElasticConvStage(ElasticModule):
+    """``max_depth`` MBConv blocks sharing one width, expand ratio and kernel; the active depth keeps the first ones."""
+
+    active_choices = ("out_channels", "depth", "expand_ratio", "kernel_size")
+
     def __init__(self, max_in_channels: int, max_width: int, max_depth: int, expands: tuple[int, ...],
                  kernels: tuple[int, ...], stride: int, se: bool) -> None:
         super().__init__()
@@ -38,18 +46,34 @@ class ElasticConvStage(nn.Module):
             for index in range(max_depth))
         self.active_depth = max_depth
 
-    def set_active(self, width: int, depth: int, expand: int, kernel: int) -> None:
-        _check_depth(depth, len(self.blocks))
-        for block in self.blocks:
-            block.set_active(expand, kernel, width)
-        self.active_depth = depth
+    @property
+    def active_out_channels(self) -> int:
+        return self.blocks[0].active_out_channels
+
+    @property
+    def active_expand_ratio(self) -> int:
+        return self.blocks[0].active_expand_ratio
+
+    @property
+    def active_kernel_size(self) -> int:
+        return self.blocks[0].active_kernel_size
+
+    def set_active(self, *, out_channels: int | None = None, depth: int | None = None,
+                   expand_ratio: int | None = None, kernel_size: int | None = None) -> None:
+        if depth is not None:
+            _check_depth(depth, len(self.blocks))
+        for block in self.blocks:  # the first call validates; every block has the same choices
+            block.set_active(expand_ratio=expand_ratio, kernel_size=kernel_size, out_channels=out_channels)
+        if depth is not None:
+            self.active_depth = depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks[:self.active_depth]:
             x = block(x)
         return x
 
-    def get_active_subnet(self, in_channels: int) -> nn.Sequential:
+    def get_active_subnet(self, in_channels: int | None = None) -> nn.Sequential:
+        in_channels = self.blocks[0].max_in_channels if in_channels is None else in_channels
         blocks = []
         for block in self.blocks[:self.active_depth]:
             blocks.append(block.get_active_subnet(in_channels))
@@ -70,7 +94,11 @@ class ViTStage(nn.Module):
         return tokens.transpose(1, 2).reshape(batch, channels, height, width)
 
 
-class ElasticViTStage(nn.Module):
+class ElasticViTStage(ElasticModule):
+    """An MBConv reduction block (fixed expand and kernel) and ``max_depth`` transformer blocks."""
+
+    active_choices = ("out_channels", "depth", "mlp_ratio", "v_scale")
+
     def __init__(self, max_in_channels: int, max_width: int, max_depth: int, stride: int, max_side: int,
                  mlp_ratios: tuple[int, ...], v_scales: tuple[int, ...], token_norm: TokenNormKind = "groupnorm1",
                  reduction_expand: int = 6, reduction_kernel: int = 3, head_dim: int = 16) -> None:
@@ -82,12 +110,27 @@ class ElasticViTStage(nn.Module):
             for _ in range(max_depth))
         self.active_depth = max_depth
 
-    def set_active(self, width: int, depth: int, mlp_ratio: int, v_scale: int) -> None:
-        _check_depth(depth, len(self.blocks))
-        self.reduction.set_active(self.reduction.expands[0], self.reduction.kernels[0], width)
+    @property
+    def active_out_channels(self) -> int:
+        return self.reduction.active_out_channels
+
+    @property
+    def active_mlp_ratio(self) -> int:
+        return self.blocks[0].active_mlp_ratio
+
+    @property
+    def active_v_scale(self) -> int:
+        return self.blocks[0].active_v_scale
+
+    def set_active(self, *, out_channels: int | None = None, depth: int | None = None,
+                   mlp_ratio: int | None = None, v_scale: int | None = None) -> None:
+        if depth is not None:
+            _check_depth(depth, len(self.blocks))
+        self.reduction.set_active(out_channels=out_channels)
         for block in self.blocks:
-            block.set_active(mlp_ratio, v_scale)
-        self.active_depth = depth
+            block.set_active(mlp_ratio=mlp_ratio, v_scale=v_scale)
+        if depth is not None:
+            self.active_depth = depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.reduction(x)
@@ -97,7 +140,8 @@ class ElasticViTStage(nn.Module):
             tokens = block(tokens)
         return tokens.transpose(1, 2).reshape(batch, channels, height, width)
 
-    def get_active_subnet(self, in_channels: int, side: int) -> ViTStage:
+    def get_active_subnet(self, in_channels: int | None = None, side: int | None = None) -> ViTStage:
+        """The static stage for ``in_channels`` inputs whose token grid (after the reduction) is ``side`` wide."""
         width = self.reduction.active_out_channels
         return ViTStage(self.reduction.get_active_subnet(in_channels),
                         [block.get_active_subnet(width, side) for block in self.blocks[:self.active_depth]])
@@ -121,12 +165,13 @@ class ClassifierHead(nn.Module):
         return self.classifier(self.dropout(self.act(self.hidden_proj(pooled))))
 
 
-class ElasticClassifierHead(nn.Module):
+class ElasticClassifierHead(ElasticModule):
     """:class:`ClassifierHead` at the last stage's max width; the active width is the input's."""
 
     def __init__(self, max_in_channels: int, width_multiplier: int, hidden: int, num_classes: int,
                  dropout: float) -> None:
         super().__init__()
+        self.max_in_channels = max_in_channels
         self.width_multiplier = width_multiplier
         max_expanded = max_in_channels * width_multiplier
         self.token_proj = nn.Linear(max_in_channels, max_expanded)
@@ -144,7 +189,12 @@ class ElasticClassifierHead(nn.Module):
         hidden = F.hardswish(F.linear(pooled, self.hidden_proj.weight[:, :expanded], self.hidden_proj.bias))
         return self.classifier(self.dropout(hidden))
 
-    def get_active_subnet(self, in_channels: int) -> ClassifierHead:
+    def set_active(self, **choices: Any) -> None:
+        check_no_choices(self, choices)
+
+    def get_active_subnet(self, in_channels: int | None = None) -> ClassifierHead:
+        in_channels = self.max_in_channels if in_channels is None else in_channels
+        check_width(in_channels, self.max_in_channels, "ElasticClassifierHead")
         expanded = in_channels * self.width_multiplier
         static = ClassifierHead(in_channels, self.width_multiplier, self.hidden_proj.out_features,
                                 self.classifier.out_features, self.dropout.p)

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moonlit.common.nn.elastic import ElasticModule, check_width
+
 from .attention import AttentionLayer, ElasticAttention
 from .norms import ElasticTokenNorm, TokenNormKind, make_token_norm
 
@@ -28,8 +30,10 @@ class FeedForward(nn.Module):
         return x + self.fc2(self.act(self.fc1(self.norm1(x))))
 
 
-class ElasticFFN(nn.Module):
+class ElasticFFN(ElasticModule):
     """FFN at ``max_width`` x max ratio; the active width is the input's, the ratio ``active_mlp_ratio``."""
+
+    active_choices = ("mlp_ratio",)
 
     def __init__(self, max_width: int, mlp_ratios: tuple[int, ...], token_norm: TokenNormKind = "groupnorm1") -> None:
         super().__init__()
@@ -37,9 +41,11 @@ class ElasticFFN(nn.Module):
         self.norm1 = ElasticTokenNorm(max_width, token_norm)
         self.fc1 = nn.Linear(max_width, max_width * max(mlp_ratios))
         self.fc2 = nn.Linear(max_width * max(mlp_ratios), max_width)
-        self.set_active(max(mlp_ratios))
+        self.active_mlp_ratio = max(self.mlp_ratios)
 
-    def set_active(self, mlp_ratio: int) -> None:
+    def set_active(self, *, mlp_ratio: int | None = None) -> None:
+        if mlp_ratio is None:
+            return
         if mlp_ratio not in self.mlp_ratios:
             raise ValueError(f"MLP ratio {mlp_ratio} is not one of {self.mlp_ratios}")
         self.active_mlp_ratio = mlp_ratio
@@ -50,7 +56,9 @@ class ElasticFFN(nn.Module):
         h = F.linear(self.norm1(x), self.fc1.weight[:hidden, :width], self.fc1.bias[:hidden])
         return x + F.linear(F.hardswish(h), self.fc2.weight[:width, :hidden], self.fc2.bias[:width])
 
-    def get_active_subnet(self, width: int) -> FeedForward:
+    def get_active_subnet(self, in_channels: int | None = None) -> FeedForward:
+        width = self.fc2.out_features if in_channels is None else in_channels
+        check_width(width, self.fc2.out_features, "ElasticFFN")
         hidden = width * self.active_mlp_ratio
         static = FeedForward(width, self.active_mlp_ratio, self.norm1.kind)
         static.norm1 = self.norm1.get_active_subnet(width)
@@ -70,19 +78,33 @@ class TransformerBlock(nn.Module):
         return self.ffn(self.attn(x))
 
 
-class ElasticTransformerBlock(nn.Module):
+class ElasticTransformerBlock(ElasticModule):
+    """Attention then FFN; ``active_mlp_ratio`` and ``active_v_scale`` are its children's."""
+
+    active_choices = ("mlp_ratio", "v_scale")
+
     def __init__(self, max_width: int, mlp_ratios: tuple[int, ...], v_scales: tuple[int, ...], max_side: int,
                  token_norm: TokenNormKind = "groupnorm1", head_dim: int = 16) -> None:
         super().__init__()
         self.attn = ElasticAttention(max_width, v_scales, max_side, token_norm, head_dim)
         self.ffn = ElasticFFN(max_width, mlp_ratios, token_norm)
 
-    def set_active(self, mlp_ratio: int, v_scale: int) -> None:
-        self.attn.set_active(v_scale)
-        self.ffn.set_active(mlp_ratio)
+    @property
+    def active_mlp_ratio(self) -> int:
+        return self.ffn.active_mlp_ratio
+
+    @property
+    def active_v_scale(self) -> int:
+        return self.attn.active_v_scale
+
+    def set_active(self, *, mlp_ratio: int | None = None, v_scale: int | None = None) -> None:
+        if mlp_ratio is not None and mlp_ratio not in self.ffn.mlp_ratios:  # validate both before changing either
+            raise ValueError(f"MLP ratio {mlp_ratio} is not one of {self.ffn.mlp_ratios}")
+        self.attn.set_active(v_scale=v_scale)
+        self.ffn.set_active(mlp_ratio=mlp_ratio)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ffn(self.attn(x))
 
-    def get_active_subnet(self, width: int, side: int) -> TransformerBlock:
-        return TransformerBlock(self.attn.get_active_subnet(width, side), self.ffn.get_active_subnet(width))
+    def get_active_subnet(self, in_channels: int | None = None, side: int | None = None) -> TransformerBlock:
+        return TransformerBlock(self.attn.get_active_subnet(in_channels, side), self.ffn.get_active_subnet(in_channels))

@@ -14,6 +14,9 @@ One vocabulary across papers: ``active_out_channels``, ``active_kernel_size``,
 :class:`ElasticBatchNorm2d` is the elastic BatchNorm both supernets use: it normalises the leading
 C channels of an input with C channels, with the first C entries of its statistics and affine
 parameters, and also covers ``affine=False`` and ``track_running_stats=False``.
+
+:class:`ElasticSupernet` is the network-level side: ``set_active(subnet)``, ``active_subnet``,
+``sample_active(rng)``, ``set_max()``, ``set_min()`` and ``get_active_subnet()``.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from __future__ import annotations
 import abc
 from typing import Any, ClassVar
 
+import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moonlit.common.errors import InputError
 
-__all__ = ["ElasticBatchNorm2d", "ElasticModule", "check_width", "copy_batch_norm_slice", "elastic_batch_norm"]
+__all__ = ["ElasticBatchNorm2d", "ElasticModule", "ElasticSupernet", "check_no_choices", "check_width",
+           "copy_batch_norm_slice", "elastic_batch_norm"]
 
 
 def check_width(channels: int, max_channels: int, what: str) -> None:
@@ -52,6 +57,41 @@ class ElasticModule(nn.Module, abc.ABC):
     @abc.abstractmethod
     def get_active_subnet(self, in_channels: int | None = None) -> nn.Module:
         """A static copy of the active sub-op for inputs of ``in_channels`` channels (``None``: the largest)."""
+
+
+def check_no_choices(module: nn.Module, choices: dict[str, Any]) -> None:
+    """``set_active`` of an op whose only elastic dimension is its input width."""
+    if choices:
+        raise InputError(f"{type(module).__name__} has no choices (its width is the input's), got {sorted(choices)}")
+
+
+class ElasticSupernet(nn.Module, abc.ABC):
+    """A whole weight-sharing network: one subnet (a space's encoding object) is active at a time."""
+
+    @abc.abstractmethod
+    def set_active(self, subnet: Any) -> None:
+        """Activate ``subnet``; a subnet outside the space raises ``InputError`` and changes nothing."""
+
+    @property
+    @abc.abstractmethod
+    def active_subnet(self) -> Any:
+        """The active subnet, as the space's encoding object."""
+
+    @abc.abstractmethod
+    def sample_active(self, rng: np.random.Generator) -> Any:
+        """Activate and return a uniformly random subnet drawn from ``rng`` (the space's ``sample_subnet``)."""
+
+    @abc.abstractmethod
+    def set_max(self) -> Any:
+        """Activate and return the largest subnet."""
+
+    @abc.abstractmethod
+    def set_min(self) -> Any:
+        """Activate and return the smallest subnet."""
+
+    @abc.abstractmethod
+    def get_active_subnet(self) -> nn.Module:
+        """A static copy of the active subnet whose output equals the supernet's."""
 
 
 def elastic_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, channels: int, what: str) -> Tensor:
@@ -88,8 +128,7 @@ class ElasticBatchNorm2d(nn.BatchNorm2d, ElasticModule):
     """BatchNorm2d at max width; the active width is the input's channel count."""
 
     def set_active(self, **choices: Any) -> None:
-        if choices:
-            raise InputError(f"ElasticBatchNorm2d has no choices (its width is the input's), got {sorted(choices)}")
+        check_no_choices(self, choices)
 
     def forward(self, x: Tensor) -> Tensor:
         return elastic_batch_norm(self, x, x.shape[1], "ElasticBatchNorm2d")

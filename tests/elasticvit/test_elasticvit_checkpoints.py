@@ -246,7 +246,7 @@ def test_attention_tensors_need_no_reshape(reference_file: tuple[Path, ElasticVi
     expected = tokens + out
 
     attention = load_reference_supernet(path).stages[2].blocks[1].attn
-    attention.set_active(v_scale)
+    attention.set_active(v_scale=v_scale)
     torch.testing.assert_close(attention(tokens), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(attention.get_active_subnet(width, grid)(tokens), expected, rtol=1e-5, atol=1e-5)
 
