@@ -19,17 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
+
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.errors import InputError
 from moonlit.common.train.bn_recalibration import recalibrate_batch_norm
-from omegaconf import DictConfig
+from moonlit.common.train.evaluate import top1_percent
 
 from .flops import subnet_complexity
 from .models import MODEL_NAMES, named_subnet
 from .space import Subnet, decode, encode
 from .supernet import ElasticViTSupernet
 
-__all__ = ["SubnetEvaluator", "build_data", "checkpoint_path", "evaluate", "load_supernet", "resolve_subnet", "top1_accuracy"]
+__all__ = ["SubnetEvaluator", "build_data", "checkpoint_path", "evaluate", "load_supernet", "resolve_subnet"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,21 +113,6 @@ def load_supernet(checkpoint: str | Path | None, num_classes: int = 1000, token_
     return supernet.eval()
 
 
-@torch.no_grad()
-def top1_accuracy(model: torch.nn.Module, batches: Iterable[Any], max_batches: int | None = None) -> float:
-    """Top-1 (%) of ``model`` in eval mode over (inputs, labels) batches."""
-    model.eval()
-    correct = total = 0
-    for index, (inputs, labels) in enumerate(batches):
-        if max_batches is not None and index >= max_batches:
-            break
-        correct += int((model(inputs).argmax(dim=1) == labels).sum())
-        total += int(labels.numel())
-    if total == 0:
-        raise ValueError("the evaluation batches were empty; expected at least one labelled image")
-    return 100.0 * correct / total
-
-
 class SubnetEvaluator:
     """BN-recalibrated top-1 (%) of subnets of one supernet: the search's fitness, batched over candidates.
 
@@ -143,7 +130,7 @@ class SubnetEvaluator:
     def accuracy(self, subnet: Subnet) -> float:
         self.supernet.set_active(subnet)
         recalibrate_batch_norm(self.supernet, self.calibration, self.calibration_batches)
-        return top1_accuracy(self.supernet, self.evaluation, self.evaluation_batches)
+        return top1_percent(self.supernet.eval(), self.evaluation, max_batches=self.evaluation_batches)
 
     def __call__(self, subnets: Sequence[Subnet]) -> list[float]:
         return [self.accuracy(subnet) for subnet in subnets]
