@@ -7,6 +7,11 @@
 - :func:`debug_predictor_dir`: a small predictor built by ``moonlit-litepred build`` on the
   deterministic ``debug`` backend, for tests that need the whole build pipeline's output.
 - :func:`debug_latency_ms`: what the ``debug`` backend measures for one model (its p10).
+- For the tests of a family plug-in: the zoo's lookup and sampling (:func:`get_family`,
+  :func:`list_families`, :func:`plugins`, :func:`sample`, :func:`sample_architectures`,
+  :func:`training_architectures`, :func:`heldout_architectures`, :func:`is_heldout`), the CLI's
+  :func:`resolve_spec`, and :func:`kernel_summary` / :func:`rule_kernel_types` (the kernels LitePred
+  detects in a spec).
 """
 
 from __future__ import annotations
@@ -19,12 +24,38 @@ import numpy as np
 
 from moonlit.common.errors import InputError
 
-from .api import Predictor
+from .api import ArchSpec, Predictor
 from .features import feature_names, feature_schema
 from .regressors import FeatureTransform
 from .transfer import LinearRegressor
+from .zoo import (
+    get_family,
+    heldout_architectures,
+    is_heldout,
+    list_families,
+    plugins,
+    sample,
+    sample_architectures,
+    training_architectures,
+)
 
-__all__ = ["STAND_IN_KERNEL_TYPES", "debug_latency_ms", "debug_predictor_dir", "stand_in_predictor"]
+__all__ = [
+    "STAND_IN_KERNEL_TYPES",
+    "debug_latency_ms",
+    "debug_predictor_dir",
+    "get_family",
+    "heldout_architectures",
+    "is_heldout",
+    "kernel_summary",
+    "list_families",
+    "plugins",
+    "resolve_spec",
+    "rule_kernel_types",
+    "sample",
+    "sample_architectures",
+    "stand_in_predictor",
+    "training_architectures",
+]
 
 # every kernel type that has features: a stand-in predicts whatever a detection can produce
 STAND_IN_KERNEL_TYPES: tuple[str, ...] = tuple(sorted(feature_schema()["types"]))
@@ -81,3 +112,26 @@ def debug_latency_ms(module: Any, example_inputs: tuple[Any, ...]) -> float:
     if isinstance(measurement, Exception):
         raise measurement
     return float(measurement.p10_ms)
+
+
+def resolve_spec(text: str) -> ArchSpec:
+    """A zoo architecture from ``family/description@res``, ``family:description@res`` or a default spec's name
+    (what ``moonlit-litepred predict spec=...`` accepts)."""
+    from .cli import resolve_spec as resolve
+
+    return resolve(text)
+
+
+def kernel_summary(spec: ArchSpec, rules: str = "ort-fp32") -> dict[str, Any]:
+    """The kernels detected in ``spec`` (batch 1) under ``rules``: ``kernels``, ``by_type`` (counts),
+    ``macs`` (summed over kernels), ``unassigned_nodes`` (nodes in no kernel), …"""
+    from .pipeline import detect_architecture
+
+    return detect_architecture(spec, rules).summary()
+
+
+def rule_kernel_types(rules: str = "ort-fp32") -> set[str]:
+    """The kernel types the fusion rules ``rules`` can produce."""
+    from .kernels import load_platform_rules
+
+    return {rule.kernel for rule in load_platform_rules(rules).rules}

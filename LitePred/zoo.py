@@ -7,14 +7,16 @@ spaces and timm mobile models". This module is the registry those sets are drawn
 - :class:`ArchSpec` names one architecture: a family, a description string that fully
   determines it (a timm model name, an arch string of the family's grammar), an input size.
   ``build()`` returns the model with deterministic random weights (seeded from the name).
-- Families are registered by name (:func:`register_family`); the built-in ones live one per
+- Families are registered by name (:func:`register_family`); LitePred's own live one per
   module: :mod:`~moonlit.litepred.zoo_timm_mobile` (``timm-mobile``),
   :mod:`~moonlit.litepred.zoo_spaceevo_like` (``spaceevo-like``),
-  :mod:`~moonlit.litepred.zoo_elasticvit_like` (``elasticvit-like``),
-  :mod:`~moonlit.litepred.zoo_resnet_like` (``resnet-like``) and :mod:`~moonlit.litepred.zoo_real`
-  (``spaceevo``, ``elasticvit``: the real spaces). The stand-in families document their
-  description grammar on their arch class; ``decode(encode(a)) == a`` and bad strings raise
-  ``ValueError`` naming the bad token.
+  :mod:`~moonlit.litepred.zoo_elasticvit_like` (``elasticvit-like``) and
+  :mod:`~moonlit.litepred.zoo_resnet_like` (``resnet-like``). Other packages plug in their search
+  spaces as families: each module named by an entry point of the group :data:`PLUGIN_GROUP`
+  registers its families when imported. Both kinds are loaded on the first lookup
+  (:func:`get_family`, :func:`list_families`), so importing the zoo imports no plug-in. The
+  stand-in families document their description grammar on their arch class;
+  ``decode(encode(a)) == a`` and bad strings raise ``ValueError`` naming the bad token.
 - Train/held-out disjointness is structural, not a matter of seeds: :func:`is_heldout` puts every
   spec of a held-out-only family (the named timm models) and a fixed hash-defined quarter of every
   sampled family into the held-out partition, so no seed or size can put a spec in both sets.
@@ -24,19 +26,25 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
+import logging
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
+from moonlit.common.errors import InputError
+
 __all__ = [
     "DEFAULT_FAMILY_WEIGHTS",
     "HELDOUT_SEED",
+    "PLUGIN_GROUP",
     "TRAINING_SEED",
     "ArchFamily",
     "ArchSpec",
@@ -46,6 +54,7 @@ __all__ = [
     "is_heldout",
     "list_families",
     "load_specs",
+    "plugins",
     "register_family",
     "sample",
     "sample_architectures",
@@ -223,9 +232,14 @@ class ArchFamily(ABC):
         return list(specs.values())
 
 
+# Entry-point group of family plug-ins: each names a module that calls register_family when imported.
+PLUGIN_GROUP = "moonlit.litepred.families"
+
 _FAMILIES: dict[str, ArchFamily] = {}
+_PLUGINS: dict[str, str] = {}
 _BUILTINS_LOADED = False
 FamilyType = TypeVar("FamilyType", bound=type[ArchFamily])
+logger = logging.getLogger(__name__)
 
 
 def register_family(name: str) -> Callable[[FamilyType], FamilyType]:
@@ -246,22 +260,41 @@ def register_family(name: str) -> Callable[[FamilyType], FamilyType]:
 
 
 def _load_builtins() -> None:
+    """Import LitePred's own family modules, then every plug-in module (once per process)."""
     global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True
-        from moonlit.litepred import (  # noqa: F401  (register the built-in families)
-            zoo_elasticvit_like,
-            zoo_real,
-            zoo_resnet_like,
-            zoo_spaceevo_like,
-            zoo_timm_mobile,
-        )
+    if _BUILTINS_LOADED:
+        return
+    _BUILTINS_LOADED = True
+    from moonlit.litepred import (  # noqa: F401  (register LitePred's own families)
+        zoo_elasticvit_like,
+        zoo_resnet_like,
+        zoo_spaceevo_like,
+        zoo_timm_mobile,
+    )
+
+    for entry_point in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        try:
+            importlib.import_module(entry_point.value)
+        except Exception as error:  # a broken plug-in must not hide the other families
+            _PLUGINS[entry_point.name] = f"{entry_point.value} (failed: {type(error).__name__}: {error})"
+            logger.warning("LitePred family plug-in %r (%s) failed to import: %s: %s", entry_point.name,
+                           entry_point.value, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+        else:
+            _PLUGINS[entry_point.name] = entry_point.value
+
+
+def plugins() -> dict[str, str]:
+    """``{entry point name: module}`` of the family plug-ins (a failed import says so after the module)."""
+    _load_builtins()
+    return dict(_PLUGINS)
 
 
 def get_family(name: str) -> ArchFamily:
     _load_builtins()
     if name not in _FAMILIES:
-        raise ValueError(f"unknown architecture family {name!r}; registered: {sorted(_FAMILIES)}")
+        raise InputError(f"unknown architecture family {name!r}; registered: {sorted(_FAMILIES)}; "
+                         f"plug-ins ({PLUGIN_GROUP}): "
+                         f"{', '.join(f'{k}={v}' for k, v in sorted(_PLUGINS.items())) or 'none'}")
     return _FAMILIES[name]
 
 

@@ -70,6 +70,56 @@ def test_register_family_plugs_in_and_rejects_duplicates(monkeypatch: pytest.Mon
         zoo.register_family("tiny-test")(Tiny)
 
 
+def test_plugins_load_on_first_lookup_and_a_broken_one_is_one_line(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from importlib.metadata import EntryPoint
+
+    (tmp_path / "toy_litepred_plugin.py").write_text(
+        "import torch\nfrom moonlit.litepred.api import ArchFamily, register_family\n\n\n"
+        "@register_family('toy-plugin')\nclass Toy(ArchFamily):\n"
+        "    def build(self, description, num_classes):\n        return torch.nn.Flatten()\n\n"
+        "    def sample_one(self, rng):\n        return self.make_spec('toy', 4)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    group = zoo.PLUGIN_GROUP
+    fake = [EntryPoint("toy", "toy_litepred_plugin", group), EntryPoint("gone", "no_such_module_for_litepred", group)]
+    monkeypatch.setattr(zoo, "entry_points", lambda group: fake if group == zoo.PLUGIN_GROUP else [])
+    monkeypatch.setattr(zoo, "_FAMILIES", dict(zoo._FAMILIES))
+    monkeypatch.setattr(zoo, "_PLUGINS", {})
+    monkeypatch.setattr(zoo, "_BUILTINS_LOADED", False)
+    import sys
+
+    assert "toy_litepred_plugin" not in sys.modules
+    with caplog.at_level("WARNING", logger="moonlit.litepred.zoo"):
+        assert zoo.get_family("toy-plugin").sample_one(random.Random(0)).description == "toy"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "moonlit.litepred.zoo"]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert "'gone' (no_such_module_for_litepred) failed to import: ModuleNotFoundError" in warnings[0]
+    assert zoo.plugins()["toy"] == "toy_litepred_plugin"
+    assert zoo.plugins()["gone"].startswith("no_such_module_for_litepred (failed: ModuleNotFoundError")
+    with pytest.raises(ValueError, match=r"unknown architecture family 'nope'; registered: \[.*'toy-plugin'.*\]; "
+                                         r"plug-ins \(moonlit.litepred.families\): gone=no_such_module_for_litepred \(failed: "
+                                         r"ModuleNotFoundError.*\), toy=toy_litepred_plugin$"):
+        zoo.get_family("nope")
+    sys.modules.pop("toy_litepred_plugin", None)
+
+
+def test_the_default_build_families_are_all_registered() -> None:
+    from collections import Counter
+
+    from moonlit.common.config import compose_config
+    from moonlit.litepred.cli import _training_specs
+
+    installed = zoo.plugins()  # the entry points of this distribution resolve
+    assert not [value for value in installed.values() if "(failed" in value]
+    default = compose_config("litepred", "litepred", ["architectures.train=10", "architectures.calibration=5"])
+    families = list(default.architectures.families)
+    assert set(families) <= set(zoo.list_families())
+    assert set(families) - {"spaceevo-like", "elasticvit-like", "resnet-like"} <= set(installed)
+    # code defaults (stand-ins) stay for held-out sets, the config adds the plug-in spaces; equal shares
+    assert set(zoo.DEFAULT_FAMILY_WEIGHTS) == set(SAMPLED)
+    assert Counter(spec.family for spec in _training_specs(default)) == Counter({family: 2 for family in families})
+
+
 def test_sampling_is_deterministic_and_families_draw_independently() -> None:
     first = zoo.sample_architectures(40, seed=5)
     assert first == zoo.sample_architectures(40, seed=5)
@@ -325,5 +375,6 @@ def test_calibration_architectures_cover_every_family_round_robin() -> None:
     assert len(counts) == len({s.family for s in specs}) and max(counts.values()) - min(counts.values()) <= 1
     families = [s.family for s in chosen]
     assert families[: len(counts)] == list(dict.fromkeys(s.family for s in specs))  # one of each family first
-    assert calibration_architectures(specs, 100) == [s for s in chosen] + [s for s in calibration_architectures(specs, 100)[9:]]
+    everything = calibration_architectures(specs, 100)
+    assert everything == [s for s in chosen] + [s for s in everything[9:]]
     assert sorted(s.name for s in calibration_architectures(specs, 100)) == sorted(s.name for s in specs)

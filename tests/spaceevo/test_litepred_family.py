@@ -1,0 +1,142 @@
+"""SpaceEvo's LitePred architecture family (moonlit.spaceevo.litepred_family), plugged in by entry point.
+
+Expected values come from outside the family code: the reference's search_result.yaml (read raw
+with yaml), the SpaceEvo fact that each A0 SEQnet is its space's minimum subnet, hand counts of
+kernels from the block types (onnxw.yaml), torch's FLOP counter (MACs) against the kernel
+detector's sum, and the package's own model constructor.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import warnings
+from collections import Counter
+
+import pytest
+import torch
+import yaml
+
+from moonlit.common.profiling.flops import count_macs
+from moonlit.litepred import testing
+from moonlit.spaceevo.litepred_family import PUBLISHED_SPACEEVO_SPACES, SpaceEvoFamily, seqnet_spec
+from moonlit.spaceevo.models import create_seqnet, resolve_search_result
+from moonlit.spaceevo.space import SpaceEncoding, SubnetEncoding, check_subnet, min_subnet
+
+# SEQnet@vnni-A0 as the reference's search_result.yaml writes it, prefixed with its space (spaceevo@vnni).
+VNNI_A0 = ("onnxw-151122-023231:d1#1#2#2#2#2#2#1_k3#3#3#3#3#3#3#3#3#3#3#3#3_w16#16#32#32#64#64#112#112#144#144#240#240"
+           "#320_e0#0.5#4.0#4.0#1.0#1.0#4.0#4.0#4.0#4.0#4.0#4.0#4.0_r160")
+
+
+def _content(spec) -> tuple:
+    return spec.family, spec.description, spec.input_size
+
+
+def _search_result() -> dict:
+    return yaml.safe_load(resolve_search_result().read_text())
+
+
+def test_the_entry_point_registers_the_family() -> None:
+    assert testing.plugins()["spaceevo"] == "moonlit.spaceevo.litepred_family"
+    assert "spaceevo" in testing.list_families()
+    assert isinstance(testing.get_family("spaceevo"), SpaceEvoFamily)
+
+
+def test_published_spaces_match_the_search_result_file() -> None:
+    assert PUBLISHED_SPACEEVO_SPACES == _search_result()["specific_supernet_encoding_dict"]
+
+
+def test_sampling_is_deterministic_in_the_seed() -> None:
+    first = testing.sample("spaceevo", 12, seed=4)
+    assert first == testing.sample("spaceevo", 12, seed=4)
+    assert len({s.name for s in first}) == 12 and len({_content(s) for s in first}) == 12
+    assert not {s.name for s in first} & {s.name for s in testing.sample("spaceevo", 12, seed=5)}
+    # the family's draws do not depend on the other families sampled with it
+    mixed = testing.sample_architectures(24, seed=4, families=["resnet-like", "spaceevo"])
+    assert [s for s in mixed if s.family == "spaceevo"] == first
+
+
+def test_training_and_heldout_specs_are_disjoint() -> None:
+    training = testing.training_architectures(80, seed=1, families=["spaceevo"])
+    heldout = testing.heldout_architectures(40, seed=7, families=["spaceevo"])
+    assert Counter(s.family for s in heldout) == {"spaceevo": 40}
+    assert not {s.name for s in training} & {s.name for s in heldout}
+    assert not {_content(s) for s in training} & {_content(s) for s in heldout}
+    assert all(map(testing.is_heldout, heldout)) and not any(map(testing.is_heldout, training))
+    pool = testing.sample("spaceevo", 400, seed=11)  # the hash rule holds out about a quarter of the space
+    assert 0.18 < sum(map(testing.is_heldout, pool)) / len(pool) < 0.32
+
+
+def test_samples_are_subnets_of_the_published_spaces() -> None:
+    specs = testing.sample("spaceevo", 150, seed=2)
+    spaces: Counter[str] = Counter()
+    for spec in specs:
+        space_text, subnet_text = spec.description.split(":")
+        space, subnet = SpaceEncoding.decode(space_text), SubnetEncoding.decode(subnet_text)
+        check_subnet(subnet, space)
+        assert spec.input_size == (3, subnet.resolution, subnet.resolution)
+        assert re.fullmatch(rf"spaceevo/{space_text}-[0-9a-f]{{12}}@{subnet.resolution}", spec.name)
+        spaces[space_text] += 1
+    assert set(spaces) == set(PUBLISHED_SPACEEVO_SPACES.values())  # uniform over 5: each ~30 of 150
+    assert {spec.resolution for spec in specs} == {160, 176, 192, 208, 224}
+
+
+@pytest.mark.parametrize("description, resolution, message", [
+    (VNNI_A0.split(":")[0], 160, "has no ':'"),
+    (VNNI_A0.replace("onnxw-151122-023231", "151122_023231"), 160, "names no hyperspace"),
+    (VNNI_A0.replace("4.0", "4"), 160, "entry 2 '4' of field 'e0#.*is not an expand ratio"),
+    (VNNI_A0, 224, "resolution 224 .* carries"),
+    (VNNI_A0.replace("_r160", "_r96"), 96, "resolution 96 is not one of"),
+    (VNNI_A0.replace("_k3#", "_k4#", 1), 160, "kernel 4 of block 0 of first_conv"),
+])
+def test_bad_descriptions_name_the_bad_part(description: str, resolution: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        testing.get_family("spaceevo").make_spec(description, resolution)
+
+
+def test_named_seqnets_are_specs_of_the_family() -> None:
+    raw = _search_result()
+    for name in ("SEQnet@vnni-A0", "SEQnet@pixel4-A4"):
+        supernet, subnet = raw["specific_subnet_encoding_dict"][name]
+        space = raw["specific_supernet_encoding_dict"][supernet]
+        spec = seqnet_spec(name)
+        assert spec.family == "spaceevo" and spec.description == f"{space}:{subnet}"
+        assert spec.resolution == int(subnet.rsplit("_r", 1)[1])
+        assert testing.resolve_spec(f"spaceevo:{spec.description}@{spec.resolution}") == spec
+    a0 = seqnet_spec("SEQnet@vnni-A0")  # an A0 SEQnet is its space's minimum subnet
+    space = SpaceEncoding.decode("onnxw-151122-023231")
+    assert a0.description == f"{space}:{min_subnet(space, resolution=160).encode()}"
+
+
+def _forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model(x)
+
+
+def test_built_models_run_and_match_the_packages_constructor() -> None:
+    spec, reference = seqnet_spec("SEQnet@vnni-A0"), create_seqnet("SEQnet@vnni-A0")
+    model = spec.build()
+    assert not model.training
+    shapes = {k: v.shape for k, v in reference.state_dict().items()}
+    assert {k: v.shape for k, v in model.state_dict().items()} == shapes
+    x = spec.example_input(batch_size=2)
+    out = _forward(model, x)
+    assert out.shape == (2, 1000) and torch.isfinite(out).all()
+    assert torch.equal(out, _forward(spec.build(), x))  # the name seeds the weights
+    sampled = min(testing.sample("spaceevo", 6, seed=3), key=lambda s: s.resolution)
+    small = testing.get_family("spaceevo").make_spec(sampled.description, sampled.resolution, num_classes=10)
+    assert _forward(small.build(), small.example_input(seed=random.Random(0).randrange(9))).shape == (1, 10)
+
+
+def test_kernels_are_known_and_add_up() -> None:
+    spec = seqnet_spec("SEQnet@vnni-A0")
+    summary = testing.kernel_summary(spec, "ort-fp32")
+    counts = summary["by_type"]
+    # onnxw-151122-023231, depths 1,1,2,2,2,2,2,1: depthwise convs in the MobileNetV2Res stages 1, 3, 4
+    # and MobileNetV3Res stages 5, 6 (2+2+2+2+1); SE only in the MobileNetV3Res blocks (2+1); BN is
+    # folded into every conv, so no bn and no eltwise kernel.
+    assert counts["dwconv"] == 9 and counts["se"] == 3 and counts["fc"] == 1 and counts["gap"] == 1
+    assert "bn" not in counts and "eltwise" not in counts
+    assert set(counts) <= testing.rule_kernel_types("ort-fp32") and summary["unassigned_nodes"] == 0
+    assert summary["macs"] == count_macs(spec.build(), spec.example_input()).macs
