@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moonlit.common.nn.elastic import ElasticSupernet
 from moonlit.spaceevo.ops.blocks import BlockChoice, DynamicBlock
 from moonlit.spaceevo.ops.dynamic import DynamicConvBnAct, DynamicLinear
 from moonlit.spaceevo.ops.stages import BlockSpec, DynamicStage
@@ -91,7 +92,7 @@ class StaticSubnet(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-class Supernet(nn.Module):
+class Supernet(ElasticSupernet):
     """The supernet of ``space``; starts with its largest subnet active."""
 
     def __init__(self, space: SpaceEncoding | str, num_classes: int | None = None, dropout: float = 0.0,
@@ -109,7 +110,6 @@ class Supernet(nn.Module):
         first_options, first_stage = self.options[0], spec.stages[0]
         self.first_conv = DynamicConvBnAct.dense(3, max(first_options.widths), first_options.kernels,
                                                  first_stage.stride, spec.fixed_blocks["first_conv"].activation)
-        self.first_conv_width = max(first_options.widths)
         stages, in_channels = [], max(first_options.widths)
         for index, (options, stage) in enumerate(zip(self.options[1:], spec.stages[1:])):
             block = spec.fixed_blocks["stage0"] if index == 0 else spec.block_types[self.space.blocks[index - 1]]
@@ -144,21 +144,32 @@ class Supernet(nn.Module):
         subnet = SubnetEncoding.decode(subnet) if isinstance(subnet, str) else subnet
         self.check(subnet)
         grouped = subnet.stages()
-        (_, self.first_conv_width, _), = grouped[0]
+        (first_kernel, first_width, _), = grouped[0]
+        self.first_conv.set_active(out_channels=first_width, kernel_size=first_kernel)
         for stage, blocks in zip(self.stages, grouped[1:]):
-            stage.set_active(len(blocks), [BlockChoice(width, kernel, expand) for kernel, width, expand in blocks])
+            stage.set_active(depth=len(blocks),
+                             blocks=[BlockChoice(width, kernel, expand) for kernel, width, expand in blocks])
         self.active_resolution = subnet.resolution
 
-    def active_encoding(self) -> SubnetEncoding:
+    @property
+    def first_conv_width(self) -> int:
+        return self.first_conv.active_out_channels
+
+    @property
+    def active_subnet(self) -> SubnetEncoding:
         """The active subnet, read back from the active state of every stage and block."""
-        depths, kernels, widths, expands = [1], [self.first_conv.op.active_kernel_size], [self.first_conv_width], [None]
+        depths, kernels, widths, expands = [1], [self.first_conv.active_kernel_size], [self.first_conv_width], [None]
         for stage in self.stages:
             depths.append(stage.active_depth)
             for block in stage.active_blocks:
-                kernels.append(block.active_kernel)
-                widths.append(block.active_width)
-                expands.append(None if block.active_expand is None else float(block.active_expand))
+                kernels.append(block.active_kernel_size)
+                widths.append(block.active_out_channels)
+                expands.append(None if block.active_expand_ratio is None else float(block.active_expand_ratio))
         return SubnetEncoding(tuple(depths), tuple(kernels), tuple(widths), tuple(expands), self.active_resolution)
+
+    def active_encoding(self) -> SubnetEncoding:
+        """The active subnet (:attr:`active_subnet`; the name SpaceEvo's search and tests use)."""
+        return self.active_subnet
 
     def sample_active(self, rng: np.random.Generator) -> SubnetEncoding:
         """Activate a uniformly random subnet (``space.sample_subnet``, resolution drawn once from ours)."""
@@ -179,18 +190,18 @@ class Supernet(nn.Module):
     # --- forward and extraction ------------------------------------------------------------------
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.first_conv(_resize(x, self.active_resolution), self.first_conv_width)
+        x = self.first_conv(_resize(x, self.active_resolution))
         x = self.stages(x)
         x = self.feature_mix(self.final_expand(x).mean((2, 3), keepdim=True))
         return self.classifier(self.dropout(torch.flatten(x, 1)))
 
     def get_active_subnet(self) -> StaticSubnet:
         """A static copy of the active subnet (weights, BN statistics and LSQ+ state copied)."""
-        first_conv = self.first_conv.get_active_subnet(3, self.first_conv_width)
+        first_conv = self.first_conv.get_active_subnet(3)
         stages, in_channels = [], self.first_conv_width
         for name, stage in self.stages.named_children():
             stages.append((name, stage.get_active_subnet(in_channels)))
-            in_channels = stage.active_blocks[-1].active_width
+            in_channels = stage.active_blocks[-1].active_out_channels
         return StaticSubnet(self.active_encoding(), first_conv, nn.Sequential(OrderedDict(stages)),
                             self.final_expand.get_active_subnet(in_channels),
                             self.feature_mix.get_active_subnet(self.final_expand.op.max_out_channels),

@@ -1,9 +1,11 @@
 """Dynamic building blocks of SpaceEvo's hyperspaces (SpaceEvo §3.1 "hyperspace", §3.3).
 
-One elastic block class per block type, each with the elastic-op contract: weights at the
-largest (width, kernel, expand) choice, ``set_active(width=, kernel=, expand=)``, slicing in
-``forward`` (input channels follow the input), and ``get_active_subnet(in_channels)`` -> a
-:class:`StaticBlock` whose output equals the supernet block's (FP32 and LSQ+ quantized).
+One elastic block class per block type, each with the elastic-op contract
+(:class:`moonlit.common.nn.elastic.ElasticModule`): weights at the largest (width, kernel, expand)
+choice, ``set_active(out_channels=, kernel_size=, expand_ratio=)``, slicing in ``forward`` (input
+channels follow the input; each block sets its ops' active widths from its choice and the input
+width), and ``get_active_subnet(in_channels)`` -> a :class:`StaticBlock` whose output equals the
+supernet block's (FP32 and LSQ+ quantized).
 
 Channel arithmetic (from the reference; ``md`` = :func:`make_divisible` to 8):
 
@@ -33,6 +35,7 @@ from typing import ClassVar, NamedTuple
 
 from torch import Tensor, nn
 
+from moonlit.common.nn.elastic import ElasticModule
 from moonlit.spaceevo.ops.dynamic import (
     DynamicConvBnAct,
     DynamicSqueezeExcite,
@@ -78,12 +81,13 @@ class StaticBlock(nn.Module):
         return self.activation(x) if self.activation is not None else x
 
 
-class DynamicBlock(nn.Module):
+class DynamicBlock(ElasticModule):
     """Common state of the elastic blocks: choice lists, ``active_*`` and validation."""
 
     name: ClassVar[str]
     uses_expand: ClassVar[bool] = True
     always_residual: ClassVar[bool] = True
+    active_choices = ("out_channels", "kernel_size", "expand_ratio")
 
     def __init__(self, in_channels: int, width_list: Sequence[int], kernel_list: Sequence[int],
                  expand_list: Sequence[float] | None = None, stride: int = 1, activation: str = "relu") -> None:
@@ -102,9 +106,22 @@ class DynamicBlock(nn.Module):
         self.expand_list = tuple(expand_list) if expand_list else None
         self.stride = stride
         self.activation_name = activation
-        self.active_width = max(self.width_list)
-        self.active_kernel = max(self.kernel_list)
-        self.active_expand = max(self.expand_list) if self.expand_list else None
+        self.active_out_channels = max(self.width_list)
+        self.active_kernel_size = max(self.kernel_list)
+        self.active_expand_ratio = max(self.expand_list) if self.expand_list else None
+
+    # Read by SpaceEvo's block-wise KD (``BlockChoice`` field names).
+    @property
+    def active_width(self) -> int:
+        return self.active_out_channels
+
+    @property
+    def active_kernel(self) -> int:
+        return self.active_kernel_size
+
+    @property
+    def active_expand(self) -> float | None:
+        return self.active_expand_ratio
 
     @property
     def max_width(self) -> int:
@@ -112,25 +129,27 @@ class DynamicBlock(nn.Module):
 
     @property
     def active_choice(self) -> BlockChoice:
-        return BlockChoice(self.active_width, self.active_kernel, self.active_expand)
+        return BlockChoice(self.active_out_channels, self.active_kernel_size, self.active_expand_ratio)
 
-    def set_active(self, width: int | None = None, kernel: int | None = None, expand: float | None = None) -> None:
+    def set_active(self, out_channels: int | None = None, kernel_size: int | None = None,
+                   expand_ratio: float | None = None) -> None:
         """Select a sub-block; None keeps the current value."""
-        if width is not None and width not in self.width_list:
-            raise ValueError(f"{self.name}: width {width} is not in the width list {list(self.width_list)}")
-        if kernel is not None and kernel not in self.kernel_list:
-            raise ValueError(f"{self.name}: kernel {kernel} is not in the kernel list {list(self.kernel_list)}")
-        if expand is not None and (self.expand_list is None or expand not in self.expand_list):
-            raise ValueError(f"{self.name}: expand ratio {expand} is not in {self.expand_list}")
-        self.active_width = self.active_width if width is None else int(width)
-        if kernel is not None:
-            self.active_kernel = int(kernel)
-            self._set_kernel(self.active_kernel)
-        if expand is not None:
-            self.active_expand = expand
+        if out_channels is not None and out_channels not in self.width_list:
+            raise ValueError(f"{self.name}: width {out_channels} is not in the width list {list(self.width_list)}")
+        if kernel_size is not None and kernel_size not in self.kernel_list:
+            raise ValueError(f"{self.name}: kernel {kernel_size} is not in the kernel list {list(self.kernel_list)}")
+        if expand_ratio is not None and (self.expand_list is None or expand_ratio not in self.expand_list):
+            raise ValueError(f"{self.name}: expand ratio {expand_ratio} is not in {self.expand_list}")
+        if out_channels is not None:
+            self.active_out_channels = int(out_channels)
+        if kernel_size is not None:
+            self.active_kernel_size = int(kernel_size)
+            self._set_kernel(self.active_kernel_size)
+        if expand_ratio is not None:
+            self.active_expand_ratio = expand_ratio
 
     def set_choice(self, choice: BlockChoice) -> None:
-        self.set_active(choice.width, choice.kernel, choice.expand)
+        self.set_active(out_channels=choice.width, kernel_size=choice.kernel, expand_ratio=choice.expand)
 
     def choices(self) -> list[BlockChoice]:
         """Every (width, kernel, expand) of this block."""
@@ -144,29 +163,35 @@ class DynamicBlock(nn.Module):
         return choice
 
     def set_max(self) -> None:
-        self.set_active(max(self.width_list), max(self.kernel_list), max(self.expand_list or (None,)))
+        self.set_choice(BlockChoice(max(self.width_list), max(self.kernel_list), max(self.expand_list or (None,))))
 
     def set_min(self) -> None:
-        self.set_active(min(self.width_list), min(self.kernel_list), min(self.expand_list or (None,)))
+        self.set_choice(BlockChoice(min(self.width_list), min(self.kernel_list), min(self.expand_list or (None,))))
 
     def _set_kernel(self, kernel: int) -> None:
         raise NotImplementedError
 
+    def _activate(self, in_channels: int) -> None:
+        """Set the ops' active widths from the block's choice and an input of ``in_channels`` channels."""
+        self._check_input(in_channels)
+        if self.always_residual and not self._identity_shortcut(in_channels):
+            self.downsample.set_active(out_channels=self.active_out_channels)
+
     def _identity_shortcut(self, in_channels: int) -> bool:
-        return self.stride == 1 and in_channels == self.active_width
+        return self.stride == 1 and in_channels == self.active_out_channels
 
     def _shortcut(self, x: Tensor) -> Tensor | None:
         if self._identity_shortcut(x.shape[1]):
             return x
-        return self.downsample(x, self.active_width) if self.always_residual else None
+        return self.downsample(x) if self.always_residual else None
 
     def _static(self, in_channels: int, layers: list[tuple[str, nn.Module]],
                 activation: nn.Module | None = None) -> StaticBlock:
         identity = self._identity_shortcut(in_channels)
         downsample = None
         if self.always_residual and not identity:
-            downsample = self.downsample.get_active_subnet(in_channels, self.active_width)
-        return StaticBlock(OrderedDict(layers), self.active_width, identity or self.always_residual,
+            downsample = self.downsample.get_active_subnet(in_channels)
+        return StaticBlock(OrderedDict(layers), self.active_out_channels, identity or self.always_residual,
                            downsample, activation)
 
     def _check_input(self, in_channels: int) -> None:
@@ -194,25 +219,30 @@ class DynamicMobileNetV1DualBlock(DynamicBlock):
         self.downsample = DynamicConvBnAct.pointwise(in_channels, self.max_width, None, stride)
 
     def _set_kernel(self, kernel: int) -> None:
-        self.depth_conv1.op.set_active(kernel)
-        self.depth_conv2.op.set_active(kernel)
+        self.depth_conv1.set_active(kernel_size=kernel)
+        self.depth_conv2.set_active(kernel_size=kernel)
+
+    def _activate(self, in_channels: int) -> None:
+        super()._activate(in_channels)
+        self.point_conv1.set_active(out_channels=self.active_out_channels)
+        self.point_conv2.set_active(out_channels=self.active_out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        self._check_input(x.shape[1])
+        self._activate(x.shape[1])
         shortcut = self._shortcut(x)
-        x = self.point_conv1(self.depth_conv1(x), self.active_width)
-        x = self.point_conv2(self.depth_conv2(x), self.active_width)
+        x = self.point_conv1(self.depth_conv1(x))
+        x = self.point_conv2(self.depth_conv2(x))
         return x + shortcut
 
     def get_active_subnet(self, in_channels: int | None = None) -> StaticBlock:
         cin = self.in_channels if in_channels is None else in_channels
-        self._check_input(cin)
-        width = self.active_width
+        self._activate(cin)
+        width = self.active_out_channels
         return self._static(cin, [
             ("depth_conv1", self.depth_conv1.get_active_subnet(cin)),
-            ("point_conv1", self.point_conv1.get_active_subnet(cin, width)),
+            ("point_conv1", self.point_conv1.get_active_subnet(cin)),
             ("depth_conv2", self.depth_conv2.get_active_subnet(width)),
-            ("point_conv2", self.point_conv2.get_active_subnet(width, width)),
+            ("point_conv2", self.point_conv2.get_active_subnet(width)),
         ])
 
 
@@ -236,35 +266,43 @@ class _DynamicInvertedResidual(DynamicBlock):
             self.downsample = DynamicConvBnAct.pointwise(in_channels, self.max_width, None, stride)
 
     def hidden_channels(self, in_channels: int) -> int:
-        return make_divisible(in_channels * self.active_expand)
+        return make_divisible(in_channels * self.active_expand_ratio)
 
     def _set_kernel(self, kernel: int) -> None:
-        self.depth_conv.op.set_active(kernel)
+        self.depth_conv.set_active(kernel_size=kernel)
+
+    def _activate(self, in_channels: int) -> None:
+        super()._activate(in_channels)
+        hidden = self.hidden_channels(in_channels)
+        if hidden != in_channels:
+            self.point_conv1.set_active(out_channels=hidden)
+        if self.use_se:
+            self.se.set_active(mid_channels=make_divisible(hidden // 4))
+        self.point_conv2.set_active(out_channels=self.active_out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         in_channels = x.shape[1]
-        self._check_input(in_channels)
-        hidden = self.hidden_channels(in_channels)
+        self._activate(in_channels)
         shortcut = self._shortcut(x)
-        if hidden != in_channels:
-            x = self.point_conv1(x, hidden)
+        if self.hidden_channels(in_channels) != in_channels:
+            x = self.point_conv1(x)
         x = self.depth_conv(x)
         if self.use_se:
-            x = self.se(x, make_divisible(hidden // 4))
-        x = self.point_conv2(x, self.active_width)
+            x = self.se(x)
+        x = self.point_conv2(x)
         return x if shortcut is None else x + shortcut
 
     def get_active_subnet(self, in_channels: int | None = None) -> StaticBlock:
         cin = self.in_channels if in_channels is None else in_channels
-        self._check_input(cin)
+        self._activate(cin)
         hidden = self.hidden_channels(cin)
         layers: list[tuple[str, nn.Module]] = []
         if hidden != cin:
-            layers.append(("point_conv1", self.point_conv1.get_active_subnet(cin, hidden)))
+            layers.append(("point_conv1", self.point_conv1.get_active_subnet(cin)))
         layers.append(("depth_conv", self.depth_conv.get_active_subnet(hidden)))
         if self.use_se:
-            layers.append(("se", self.se.get_active_subnet(hidden, make_divisible(hidden // 4))))
-        layers.append(("point_conv2", self.point_conv2.get_active_subnet(hidden, self.active_width)))
+            layers.append(("se", self.se.get_active_subnet(hidden)))
+        layers.append(("point_conv2", self.point_conv2.get_active_subnet(hidden)))
         return self._static(cin, layers)
 
 
@@ -313,31 +351,38 @@ class _DynamicResNetBottleneck(DynamicBlock):
     @property
     def hidden_channels(self) -> int:
         # The bottleneck width is a fraction of the *output* width (not of the input).
-        return make_divisible(self.active_expand * self.active_width)
+        return make_divisible(self.active_expand_ratio * self.active_out_channels)
 
     def _set_kernel(self, kernel: int) -> None:
-        self.conv2.op.set_active(kernel_size=kernel)
+        self.conv2.set_active(kernel_size=kernel)
+
+    def _activate(self, in_channels: int) -> None:
+        super()._activate(in_channels)
+        hidden = self.hidden_channels
+        self.conv1.set_active(out_channels=hidden)
+        self.conv2.set_active(out_channels=hidden)
+        if self.use_se:
+            self.se.set_active(mid_channels=make_divisible(in_channels // 4))
+        self.conv3.set_active(out_channels=self.active_out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        in_channels = x.shape[1]
-        self._check_input(in_channels)
-        hidden = self.hidden_channels
+        self._activate(x.shape[1])
         shortcut = self._shortcut(x)
-        x = self.conv2(self.conv1(x, hidden), hidden)
+        x = self.conv2(self.conv1(x))
         if self.use_se:
-            x = self.se(x, make_divisible(in_channels // 4))
-        x = self.conv3(x, self.active_width)
+            x = self.se(x)
+        x = self.conv3(x)
         return self.activation(x + shortcut)
 
     def get_active_subnet(self, in_channels: int | None = None) -> StaticBlock:
         cin = self.in_channels if in_channels is None else in_channels
-        self._check_input(cin)
+        self._activate(cin)
         hidden = self.hidden_channels
-        layers = [("conv1", self.conv1.get_active_subnet(cin, hidden)),
-                  ("conv2", self.conv2.get_active_subnet(hidden, hidden))]
+        layers = [("conv1", self.conv1.get_active_subnet(cin)),
+                  ("conv2", self.conv2.get_active_subnet(hidden))]
         if self.use_se:
-            layers.append(("se", self.se.get_active_subnet(hidden, make_divisible(cin // 4))))
-        layers.append(("conv3", self.conv3.get_active_subnet(hidden, self.active_width)))
+            layers.append(("se", self.se.get_active_subnet(hidden)))
+        layers.append(("conv3", self.conv3.get_active_subnet(hidden)))
         return self._static(cin, layers, make_activation(self.activation_name))
 
 
@@ -366,29 +411,34 @@ class _DynamicFusedMBConv(DynamicBlock):
         self.downsample = DynamicConvBnAct.pointwise(in_channels, self.max_width, None, stride)
 
     def hidden_channels(self, in_channels: int) -> int:
-        return make_divisible(in_channels * self.active_expand)
+        return make_divisible(in_channels * self.active_expand_ratio)
 
     def _set_kernel(self, kernel: int) -> None:
-        self.fused_conv.op.set_active(kernel_size=kernel)
+        self.fused_conv.set_active(kernel_size=kernel)
+
+    def _activate(self, in_channels: int) -> None:
+        super()._activate(in_channels)
+        self.fused_conv.set_active(out_channels=self.hidden_channels(in_channels))
+        if self.use_se:
+            self.se.set_active(mid_channels=make_divisible(in_channels // 4))
+        self.point_conv.set_active(out_channels=self.active_out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        in_channels = x.shape[1]
-        self._check_input(in_channels)
-        hidden = self.hidden_channels(in_channels)
+        self._activate(x.shape[1])
         shortcut = self._shortcut(x)
-        x = self.fused_conv(x, hidden)
+        x = self.fused_conv(x)
         if self.use_se:
-            x = self.se(x, make_divisible(in_channels // 4))
-        return self.point_conv(x, self.active_width) + shortcut
+            x = self.se(x)
+        return self.point_conv(x) + shortcut
 
     def get_active_subnet(self, in_channels: int | None = None) -> StaticBlock:
         cin = self.in_channels if in_channels is None else in_channels
-        self._check_input(cin)
+        self._activate(cin)
         hidden = self.hidden_channels(cin)
-        layers = [("fused_conv", self.fused_conv.get_active_subnet(cin, hidden))]
+        layers = [("fused_conv", self.fused_conv.get_active_subnet(cin))]
         if self.use_se:
-            layers.append(("se", self.se.get_active_subnet(hidden, make_divisible(cin // 4))))
-        layers.append(("point_conv", self.point_conv.get_active_subnet(hidden, self.active_width)))
+            layers.append(("se", self.se.get_active_subnet(hidden)))
+        layers.append(("point_conv", self.point_conv.get_active_subnet(hidden)))
         return self._static(cin, layers)
 
 

@@ -1,8 +1,9 @@
 """Elastic (weight-sharing) ops of SpaceEvo's supernets, LSQ+-quantizable (SpaceEvo §3.3, §4.1).
 
-The once-for-all contract: each op holds its weights at the largest size, reads its active
-choice (output channels, kernel size) from ``active_*`` attributes or call arguments, slices in
-``forward``, and ``get_active_subnet(in_channels)`` returns a plain static module (``QuantConv2d``,
+The once-for-all contract (:class:`moonlit.common.nn.elastic.ElasticModule`): each op holds its
+weights at the largest size, reads its active choice (output channels, kernel size, SE middle width)
+from ``active_*`` attributes set by ``set_active``, slices in ``forward``, and
+``get_active_subnet(in_channels)`` returns a plain static module (``QuantConv2d``,
 ``nn.BatchNorm2d``, ...) with copies of the active slices whose output equals the op's.
 
 Slicing follows the reference: channels are the leading ones, a smaller kernel is the centre of
@@ -26,8 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moonlit.common.nn.elastic import ElasticBatchNorm2d
-from moonlit.spaceevo.ops.lsq_plus import ActivationQuantizer, QuantConv2d, QuantLinear, WeightQuantizer
+from moonlit.common.nn.elastic import ElasticBatchNorm2d, ElasticModule, check_width
+from moonlit.spaceevo.ops.lsq_plus import (
+    ActivationQuantizer,
+    QuantConv2d,
+    QuantLinear,
+    WeightQuantizer,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -76,9 +82,12 @@ def _check_kernel_list(kernel_list: Sequence[int], what: str) -> tuple[int, ...]
     return kernels
 
 
-def _check_channels(channels: int, max_channels: int, what: str) -> None:
-    if not 0 < channels <= max_channels:
-        raise ValueError(f"{what}: {channels} channels requested, expected 1..{max_channels}")
+def _set_kernel(op: nn.Module, kernel_size: int | None) -> None:
+    if kernel_size is None:
+        return
+    if kernel_size not in op.kernel_list:
+        raise ValueError(f"kernel {kernel_size} is not among this conv's kernels {list(op.kernel_list)}")
+    op.active_kernel_size = kernel_size
 
 
 def _centre(max_kernel: int, kernel: int) -> slice:
@@ -86,7 +95,7 @@ def _centre(max_kernel: int, kernel: int) -> slice:
     return slice(start, start + kernel)
 
 
-class _DynamicQuantOp(nn.Module):
+class _DynamicQuantOp(ElasticModule):
     """Weight at max size + LSQ+ quantizers; the base of the dynamic conv and linear ops."""
 
     def __init__(self, weight_shape: Sequence[int], bias_size: int | None) -> None:
@@ -114,6 +123,8 @@ class _DynamicQuantOp(nn.Module):
 class DynamicConv2d(_DynamicQuantOp):
     """Dense conv with elastic output channels and kernel size ('same' padding)."""
 
+    active_choices = ("out_channels", "kernel_size")
+
     def __init__(self, max_in_channels: int, max_out_channels: int, kernel_list: Sequence[int] = (1,),
                  stride: int = 1, bias: bool = False) -> None:
         self.kernel_list = _check_kernel_list(kernel_list, "DynamicConv2d")
@@ -124,32 +135,34 @@ class DynamicConv2d(_DynamicQuantOp):
         self.active_out_channels = max_out_channels
         self.active_kernel_size = max(self.kernel_list)
 
-    def set_active(self, out_channels: int | None = None, kernel_size: int | None = None) -> None:
+    def set_active(self, *, out_channels: int | None = None, kernel_size: int | None = None) -> None:
         if out_channels is not None:
-            _check_channels(out_channels, self.max_out_channels, "DynamicConv2d output")
+            check_width(out_channels, self.max_out_channels, "DynamicConv2d output")
+        if kernel_size is not None and kernel_size not in self.kernel_list:
+            raise ValueError(f"kernel {kernel_size} is not among this conv's kernels {list(self.kernel_list)}")
+        if out_channels is not None:
             self.active_out_channels = out_channels
         if kernel_size is not None:
-            if kernel_size not in self.kernel_list:
-                raise ValueError(f"kernel {kernel_size} is not among this conv's kernels {list(self.kernel_list)}")
             self.active_kernel_size = kernel_size
-
-    def output_channels(self, in_channels: int, out_channels: int | None = None) -> int:
-        return out_channels or self.active_out_channels
 
     def active_weight(self, in_channels: int, out_channels: int | None = None) -> tuple[Tensor, Tensor | None]:
         out_channels = out_channels or self.active_out_channels
-        _check_channels(in_channels, self.max_in_channels, "DynamicConv2d input")
-        _check_channels(out_channels, self.max_out_channels, "DynamicConv2d output")
+        check_width(in_channels, self.max_in_channels, "DynamicConv2d input")
+        check_width(out_channels, self.max_out_channels, "DynamicConv2d output")
         window = _centre(max(self.kernel_list), self.active_kernel_size)
         weight = self.weight[:out_channels, :in_channels, window, window]
         return weight, None if self.bias is None else self.bias[:out_channels]
 
     def forward(self, x: Tensor, out_channels: int | None = None) -> Tensor:
+        """``out_channels`` overrides ``active_out_channels`` for this call only (the block-KD student's
+        input projection passes it); the supernet's blocks set the active state instead."""
         weight, bias = self.active_weight(x.shape[1], out_channels)
         return F.conv2d(self.act_quant(x), self.weight_quant(weight.contiguous()), bias, self.stride,
                         self.active_kernel_size // 2)
 
-    def get_active_subnet(self, in_channels: int, out_channels: int | None = None) -> QuantConv2d:
+    def get_active_subnet(self, in_channels: int | None = None, out_channels: int | None = None) -> QuantConv2d:
+        """``out_channels``, when given, extracts that width instead of ``active_out_channels``."""
+        in_channels = self.max_in_channels if in_channels is None else in_channels
         weight, bias = self.active_weight(in_channels, out_channels)
         static = QuantConv2d(in_channels, weight.shape[0], self.active_kernel_size, self.stride,
                              self.active_kernel_size // 2, bias=bias is not None)
@@ -159,6 +172,8 @@ class DynamicConv2d(_DynamicQuantOp):
 class DynamicDepthwiseConv2d(_DynamicQuantOp):
     """Depthwise conv: channels follow the input, the kernel is the centre of the largest."""
 
+    active_choices = ("kernel_size",)
+
     def __init__(self, max_channels: int, kernel_list: Sequence[int], stride: int = 1, bias: bool = False) -> None:
         self.kernel_list = _check_kernel_list(kernel_list, "DynamicDepthwiseConv2d")
         super().__init__((max_channels, 1, max(self.kernel_list), max(self.kernel_list)),
@@ -167,16 +182,11 @@ class DynamicDepthwiseConv2d(_DynamicQuantOp):
         self.stride = stride
         self.active_kernel_size = max(self.kernel_list)
 
-    def set_active(self, kernel_size: int) -> None:
-        if kernel_size not in self.kernel_list:
-            raise ValueError(f"kernel {kernel_size} is not among this conv's kernels {list(self.kernel_list)}")
-        self.active_kernel_size = kernel_size
-
-    def output_channels(self, in_channels: int) -> int:
-        return in_channels
+    def set_active(self, *, kernel_size: int | None = None) -> None:
+        _set_kernel(self, kernel_size)
 
     def active_weight(self, channels: int) -> tuple[Tensor, Tensor | None]:
-        _check_channels(channels, self.max_channels, "DynamicDepthwiseConv2d")
+        check_width(channels, self.max_channels, "DynamicDepthwiseConv2d")
         window = _centre(max(self.kernel_list), self.active_kernel_size)
         weight = self.weight[:channels, :, window, window]
         return weight, None if self.bias is None else self.bias[:channels]
@@ -187,15 +197,18 @@ class DynamicDepthwiseConv2d(_DynamicQuantOp):
         return F.conv2d(self.act_quant(x), self.weight_quant(weight.contiguous()), bias, self.stride,
                         self.active_kernel_size // 2, 1, channels)
 
-    def get_active_subnet(self, in_channels: int) -> QuantConv2d:
+    def get_active_subnet(self, in_channels: int | None = None) -> QuantConv2d:
+        in_channels = self.max_channels if in_channels is None else in_channels
         weight, bias = self.active_weight(in_channels)
         static = QuantConv2d(in_channels, in_channels, self.active_kernel_size, self.stride,
                              self.active_kernel_size // 2, groups=in_channels, bias=bias is not None)
         return self._copy_into(static, weight, bias)
 
 
-class DynamicStackedDepthwiseConv2d(nn.Module):
+class DynamicStackedDepthwiseConv2d(ElasticModule):
     """Kernel k as (k - 1) / 2 stacked 3x3 depthwise convs sharing one stack (children ``0``, ``1``, ...)."""
+
+    active_choices = ("kernel_size",)
 
     def __init__(self, max_channels: int, kernel_list: Sequence[int], stride: int = 1) -> None:
         super().__init__()
@@ -212,13 +225,8 @@ class DynamicStackedDepthwiseConv2d(nn.Module):
         # Receptive field of n stacked 3x3 convs is 2n + 1.
         return (kernel_size - 1) // 2
 
-    def set_active(self, kernel_size: int) -> None:
-        if kernel_size not in self.kernel_list:
-            raise ValueError(f"kernel {kernel_size} is not among this conv's kernels {list(self.kernel_list)}")
-        self.active_kernel_size = kernel_size
-
-    def output_channels(self, in_channels: int) -> int:
-        return in_channels
+    def set_active(self, *, kernel_size: int | None = None) -> None:
+        _set_kernel(self, kernel_size)
 
     def active_convs(self) -> list[DynamicDepthwiseConv2d]:
         return [self.get_submodule(str(i)) for i in range(self.num_convs(self.active_kernel_size))]
@@ -228,29 +236,37 @@ class DynamicStackedDepthwiseConv2d(nn.Module):
             x = conv(x)
         return x
 
-    def get_active_subnet(self, in_channels: int) -> nn.Sequential:
+    def get_active_subnet(self, in_channels: int | None = None) -> nn.Sequential:
+        in_channels = self.max_channels if in_channels is None else in_channels
         return nn.Sequential(*(conv.get_active_subnet(in_channels) for conv in self.active_convs()))
 
 
 class DynamicLinear(_DynamicQuantOp):
-    """Linear with elastic output features; input features follow the input."""
+    """Linear with elastic output features (``active_out_channels``); input features follow the input."""
+
+    active_choices = ("out_channels",)
 
     def __init__(self, max_in_features: int, max_out_features: int, bias: bool = True) -> None:
         super().__init__((max_out_features, max_in_features), max_out_features if bias else None)
         self.max_in_features, self.max_out_features = max_in_features, max_out_features
-        self.active_out_features = max_out_features
+        self.active_out_channels = max_out_features
+
+    def set_active(self, *, out_channels: int | None = None) -> None:
+        if out_channels is not None:
+            check_width(out_channels, self.max_out_features, "DynamicLinear output")
+            self.active_out_channels = out_channels
 
     def active_weight(self, in_features: int) -> tuple[Tensor, Tensor | None]:
-        _check_channels(in_features, self.max_in_features, "DynamicLinear input")
-        _check_channels(self.active_out_features, self.max_out_features, "DynamicLinear output")
-        weight = self.weight[:self.active_out_features, :in_features]
-        return weight, None if self.bias is None else self.bias[:self.active_out_features]
+        check_width(in_features, self.max_in_features, "DynamicLinear input")
+        weight = self.weight[:self.active_out_channels, :in_features]
+        return weight, None if self.bias is None else self.bias[:self.active_out_channels]
 
     def forward(self, x: Tensor) -> Tensor:
         weight, bias = self.active_weight(x.shape[-1])
         return F.linear(self.act_quant(x), self.weight_quant(weight.contiguous()), bias)
 
-    def get_active_subnet(self, in_features: int) -> QuantLinear:
+    def get_active_subnet(self, in_channels: int | None = None) -> QuantLinear:
+        in_features = self.max_in_features if in_channels is None else in_channels
         weight, bias = self.active_weight(in_features)
         static = QuantLinear(in_features, weight.shape[0], bias=bias is not None)
         return self._copy_into(static, weight, bias)
@@ -259,12 +275,17 @@ class DynamicLinear(_DynamicQuantOp):
 ConvOp = DynamicConv2d | DynamicDepthwiseConv2d | DynamicStackedDepthwiseConv2d
 
 
-class DynamicConvBnAct(nn.Module):
-    """conv -> BN -> activation; the conv is ``conv`` (dense) or ``dwconv`` (depthwise), as in the reference."""
+class DynamicConvBnAct(ElasticModule):
+    """conv -> BN -> activation; the conv is ``conv`` (dense) or ``dwconv`` (depthwise), as in the reference.
+
+    A dense conv has ``active_out_channels`` and ``active_kernel_size``; a depthwise one keeps its
+    input channels and has only ``active_kernel_size``.
+    """
 
     def __init__(self, conv: ConvOp, max_out_channels: int, activation: str | None) -> None:
         super().__init__()
         self.conv_name = "conv" if isinstance(conv, DynamicConv2d) else "dwconv"
+        self.active_choices = conv.active_choices
         self.add_module(self.conv_name, conv)
         self.norm = ElasticBatchNorm2d(max_out_channels)
         self.activation = activation
@@ -291,25 +312,39 @@ class DynamicConvBnAct(nn.Module):
     def op(self) -> ConvOp:
         return self.get_submodule(self.conv_name)
 
-    def forward(self, x: Tensor, out_channels: int | None = None) -> Tensor:
+    @property
+    def active_out_channels(self) -> int:
+        if not isinstance(self.op, DynamicConv2d):
+            raise AttributeError("a depthwise conv has no active output width: it keeps its input channels")
+        return self.op.active_out_channels
+
+    @property
+    def active_kernel_size(self) -> int:
+        return self.op.active_kernel_size
+
+    def set_active(self, *, out_channels: int | None = None, kernel_size: int | None = None) -> None:
         if isinstance(self.op, DynamicConv2d):
-            x = self.op(x, out_channels)
-        elif out_channels is not None and out_channels != x.shape[1]:
-            raise ValueError(f"a depthwise conv keeps its {x.shape[1]} input channels, {out_channels} requested")
+            self.op.set_active(out_channels=out_channels, kernel_size=kernel_size)
+        elif out_channels is not None:
+            raise ValueError(f"a depthwise conv keeps its input channels; out_channels={out_channels} was given")
         else:
-            x = self.op(x)
-        x = self.norm(x)
+            self.op.set_active(kernel_size=kernel_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(self.op(x))
         return self.act(x) if hasattr(self, "act") else x
 
-    def get_active_subnet(self, in_channels: int, out_channels: int | None = None) -> nn.Sequential:
+    def get_active_subnet(self, in_channels: int | None = None, out_channels: int | None = None) -> nn.Sequential:
+        """``out_channels``, when given, extracts that width of a dense conv instead of the active one."""
         if isinstance(self.op, DynamicConv2d):
+            in_channels = self.op.max_in_channels if in_channels is None else in_channels
             conv = self.op.get_active_subnet(in_channels, out_channels)
-            channels = self.op.output_channels(in_channels, out_channels)
+            channels = conv.out_channels
         elif out_channels not in (None, in_channels):
             raise ValueError(f"a depthwise conv keeps its {in_channels} input channels, {out_channels} requested")
         else:
-            conv = self.op.get_active_subnet(in_channels)
-            channels = in_channels
+            channels = self.op.max_channels if in_channels is None else in_channels
+            conv = self.op.get_active_subnet(channels)
         layers = [(self.conv_name, conv), ("norm", self.norm.get_active_subnet(channels))]
         if hasattr(self, "act"):
             layers.append(("act", make_activation(self.activation)))
@@ -332,15 +367,18 @@ class SqueezeExcite(nn.Module):
         return x * self.fc(x.mean((2, 3), keepdim=True))
 
 
-class DynamicSqueezeExcite(nn.Module):
-    """Elastic SE: channels follow the input, the middle width is passed by the owning block.
+class DynamicSqueezeExcite(ElasticModule):
+    """Elastic SE: channels follow the input, the middle width is ``active_mid_channels``, set by the owning block.
 
     MobileNetV3 blocks use ``make_divisible(hidden // 4)``; ResNetSE and FusedMBConvSE use
     ``make_divisible(block_input // 4)`` on the hidden channels (the reference's RegNet-style rule).
     """
 
+    active_choices = ("mid_channels",)
+
     def __init__(self, max_channels: int, max_mid_channels: int) -> None:
         super().__init__()
+        self.max_channels, self.max_mid_channels = max_channels, max_mid_channels
         self.fc = nn.Sequential(OrderedDict([
             ("reduce", DynamicConv2d(max_channels, max_mid_channels, [1], bias=True)),
             ("relu", nn.ReLU()),
@@ -348,13 +386,24 @@ class DynamicSqueezeExcite(nn.Module):
             ("hsigmoid", nn.Hardsigmoid()),
         ]))
 
-    def forward(self, x: Tensor, mid_channels: int) -> Tensor:
-        gate = self.fc.reduce(x.mean((2, 3), keepdim=True), mid_channels)
-        gate = self.fc.expand(self.fc.relu(gate), x.shape[1])
+    @property
+    def active_mid_channels(self) -> int:
+        return self.fc.reduce.active_out_channels
+
+    def set_active(self, *, mid_channels: int | None = None) -> None:
+        self.fc.reduce.set_active(out_channels=mid_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.fc.expand.set_active(out_channels=x.shape[1])  # the gate has the input's channels
+        gate = self.fc.reduce(x.mean((2, 3), keepdim=True))
+        gate = self.fc.expand(self.fc.relu(gate))
         return x * self.fc.hsigmoid(gate)
 
-    def get_active_subnet(self, channels: int, mid_channels: int) -> SqueezeExcite:
+    def get_active_subnet(self, in_channels: int | None = None) -> SqueezeExcite:
+        channels = self.max_channels if in_channels is None else in_channels
+        mid_channels = self.active_mid_channels
         static = SqueezeExcite(channels, mid_channels)
-        static.fc.reduce = self.fc.reduce.get_active_subnet(channels, mid_channels)
-        static.fc.expand = self.fc.expand.get_active_subnet(mid_channels, channels)
+        static.fc.reduce = self.fc.reduce.get_active_subnet(channels)
+        self.fc.expand.set_active(out_channels=channels)
+        static.fc.expand = self.fc.expand.get_active_subnet(mid_channels)
         return static

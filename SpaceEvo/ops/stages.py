@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
+from moonlit.common.nn.elastic import ElasticModule
 from moonlit.spaceevo.ops.blocks import BLOCK_CLASSES, BlockChoice, DynamicBlock
 
 __all__ = ["BlockSpec", "HYPERSPACE_BLOCKS", "STAGE0_BLOCKS", "block_spec", "build_block", "StageChoice",
@@ -96,8 +97,13 @@ class StageChoice(NamedTuple):
     blocks: tuple[BlockChoice, ...]
 
 
-class DynamicStage(nn.Module):
-    """``max(depth_list)`` blocks of one type; the first takes the stage input and stride."""
+class DynamicStage(ElasticModule):
+    """``max(depth_list)`` blocks of one type; the first takes the stage input and stride.
+
+    ``active_depth`` is the stage's own choice; each active block holds its (width, kernel, expand).
+    """
+
+    active_choices = ("depth",)
 
     def __init__(self, spec: BlockSpec, in_channels: int, width_list: Sequence[int], depth_list: Sequence[int],
                  stride: int) -> None:
@@ -125,15 +131,19 @@ class DynamicStage(nn.Module):
     def set_active(self, depth: int | None = None, blocks: Sequence[BlockChoice] | None = None) -> None:
         """Set the depth and, if given, one choice per active block (``len(blocks) == depth``)."""
         depth = len(blocks) if depth is None and blocks is not None else depth
+        if depth is not None and depth not in self.depth_list:
+            raise ValueError(f"depth {depth} is not in the depth list {list(self.depth_list)}")
+        target = self.active_depth if depth is None else depth
+        if blocks is not None and len(blocks) != target:
+            raise ValueError(f"{len(blocks)} block choices given for depth {target}")
         if depth is not None:
-            if depth not in self.depth_list:
-                raise ValueError(f"depth {depth} is not in the depth list {list(self.depth_list)}")
             self.active_depth = depth
         if blocks is not None:
-            if len(blocks) != self.active_depth:
-                raise ValueError(f"{len(blocks)} block choices given for depth {self.active_depth}")
             for block, choice in zip(self.active_blocks, blocks, strict=True):
                 block.set_choice(BlockChoice(*choice))
+
+    def active_config(self) -> dict[str, object]:
+        return {"depth": self.active_depth, "blocks": [block.active_choice for block in self.active_blocks]}
 
     def sample_active(self, rng: random.Random) -> StageChoice:
         self.active_depth = rng.choice(self.depth_list)
@@ -161,5 +171,5 @@ class DynamicStage(nn.Module):
         static_blocks = []
         for block in self.active_blocks:
             static_blocks.append(block.get_active_subnet(cin))
-            cin = block.active_width
+            cin = block.active_out_channels
         return nn.Sequential(*static_blocks)

@@ -159,7 +159,7 @@ def test_stacked_depthwise_shares_one_stack_across_kernels() -> None:
     hidden = make_divisible(16 * 8)
     x = torch.randn(1, hidden, 8, 8)
     for kernel, count in [(3, 1), (5, 2), (7, 3)]:
-        module.set_active(kernel=kernel)
+        module.set_active(kernel_size=kernel)
         static = module.depth_conv.get_active_subnet(hidden).dwconv
         assert len(static) == count and [c.stride for c in static] == [(2, 2)] + [(1, 1)] * (count - 1)
         expected = x
@@ -174,7 +174,7 @@ def test_stacked_depthwise_shares_one_stack_across_kernels() -> None:
 def test_smaller_kernels_are_centre_slices_and_train_only_the_centre() -> None:
     torch.manual_seed(0)
     conv = DynamicDepthwiseConv2d(8, [3, 5, 7])
-    conv.set_active(3)
+    conv.set_active(kernel_size=3)
     static = conv.get_active_subnet(6)
     assert torch.equal(static.weight, conv.weight[:6, :, 2:5, 2:5])
     conv(torch.randn(2, 6, 9, 9)).sum().backward()
@@ -192,7 +192,7 @@ _LAST_NORM = {"MobileNetV1Dual": "point_conv2", "ResNet": "conv3", "ResNetSE": "
 def test_residual_is_identity_or_strided_projection(hyperspace, block, stride, in_channels, width) -> None:
     module = _build(hyperspace, block, stride, seed=2)
     spec = block_spec(hyperspace, block)
-    module.set_active(width=width)
+    module.set_active(out_channels=width)
     last = module.get_submodule(_LAST_NORM.get(spec.name, "point_conv2")).norm
     with torch.no_grad():  # the body now outputs exactly 0, leaving the shortcut alone
         last.weight.zero_()
@@ -243,11 +243,11 @@ def test_registry_matches_the_hyperspace_table() -> None:
 def test_bad_choices_and_inputs_name_the_value() -> None:
     module = build_block("onnxw", 3, IN_CHANNELS, WIDTHS, 1)
     with pytest.raises(ValueError, match="width 50"):
-        module.set_active(width=50)
+        module.set_active(out_channels=50)
     with pytest.raises(ValueError, match="kernel 9"):
-        module.set_active(kernel=9)
+        module.set_active(kernel_size=9)
     with pytest.raises(ValueError, match="expand ratio 2"):
-        module.set_active(expand=2)
+        module.set_active(expand_ratio=2)
     with pytest.raises(ValueError, match="40 channels"):
         module(torch.randn(1, 40, 4, 4))
 
@@ -269,7 +269,7 @@ def test_dynamic_batchnorm_trains_only_the_active_channels() -> None:
 def test_dynamic_linear_subnet(quantized: bool) -> None:
     torch.manual_seed(0)
     linear = DynamicLinear(32, 10)
-    linear.active_out_features = 7
+    linear.set_active(out_channels=7)
     if quantized:
         set_quant_mode(linear, 8)
     x = torch.randn(3, 20)
@@ -284,7 +284,7 @@ def test_dynamic_linear_subnet(quantized: bool) -> None:
 def test_quantization_aware_training_step_reaches_every_active_quantizer() -> None:
     module = _build("onnxw", "ResNetSE", stride=2, seed=4).train()
     set_quant_mode(module, 8)
-    module.set_active(width=16, kernel=5, expand=1.0)
+    module.set_active(out_channels=16, kernel_size=5, expand_ratio=1.0)
     with torch.no_grad():
         module(torch.randn(4, IN_CHANNELS, 8, 8))  # calibration
     module(torch.randn(4, IN_CHANNELS, 8, 8) * 2).square().mean().backward()  # partly clipped batch
@@ -299,7 +299,7 @@ def test_extracted_block_exports_to_onnx(tmp_path) -> None:
     from moonlit.common.export.onnx import export_onnx
 
     module = _build("mobilew", "MobileNetV3K3Res", stride=2, seed=5)
-    module.set_active(width=24, kernel=5, expand=6)
+    module.set_active(out_channels=24, kernel_size=5, expand_ratio=6)
     path = export_onnx(module.get_active_subnet(16).eval(), (torch.randn(1, 16, 16, 16),), tmp_path / "block.onnx")
     assert path.exists()  # export_onnx checks onnxruntime's output against torch
 
@@ -325,7 +325,7 @@ def test_stage_subnet_equals_supernet_stage(quantized: bool) -> None:
         assert len(static) == choice.depth
         assert torch.allclose(static(x), output, atol=1e-5)
     stage.set_active(blocks=[BlockChoice(16, 3, 0.5), BlockChoice(32, 7, 1.5)])
-    assert stage.active_choice.depth == 2 and stage.blocks[1].active_kernel == 7
+    assert stage.active_choice.depth == 2 and stage.blocks[1].active_kernel_size == 7
     with pytest.raises(ValueError, match="depth 5"):
         stage.set_active(depth=5)
     stage.set_min()
