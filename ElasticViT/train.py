@@ -57,7 +57,7 @@ from moonlit.common.train.dist import (
     barrier,
     cleanup_distributed,
 )
-from moonlit.common.train.optim import build_optimizer, one_dim_or_in
+from moonlit.common.train.optim import build_optimizer_from_config, one_dim_or_in
 from moonlit.common.train.schedules import warmup_cosine
 from moonlit.common.train.supernet import (
     build_ema,
@@ -251,9 +251,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         epochs = cfg.epochs + cfg.cooldown_epochs
         total_steps = epochs * steps_per_epoch
         lr = cfg.optim.lr * ctx.world_size * cfg.data.batch_size / REFERENCE_BATCH
-        optimizer = build_optimizer(supernet, "adamw", lr, cfg.optim.weight_decay,
-                                    no_decay=one_dim_or_in(conv_block_parameters(supernet)),
-                                    betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+        optimizer = build_optimizer_from_config(supernet, cfg.optim, lr,
+                                                no_decay=one_dim_or_in(conv_block_parameters(supernet)))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
             cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch, style="timm",
             warmup_start=cfg.optim.warmup_lr / cfg.optim.lr, min_ratio=cfg.optim.min_lr / cfg.optim.lr))

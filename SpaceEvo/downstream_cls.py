@@ -27,7 +27,7 @@ from moonlit.common.data.synthetic import write_image_folder
 from moonlit.common.train.bn_recalibration import recalibrate_batch_norm
 from moonlit.common.train.classifier import evaluate_top1, train_classifier
 from moonlit.common.train.dist import barrier, cleanup_distributed
-from moonlit.common.train.optim import build_optimizer
+from moonlit.common.train.optim import build_optimizer_from_config
 from moonlit.common.train.supernet import start_training
 from moonlit.spaceevo.models import create_seqnet, resolve_model
 from moonlit.spaceevo.ops.lsq_plus import QuantLinear, set_quant_mode
@@ -77,10 +77,8 @@ def downstream_cls(cfg: DictConfig) -> dict[str, Any]:
         if cfg.bn_calibration_batches > 0:
             recalibrate_batch_norm(model, train_loader, cfg.bn_calibration_batches)
         model = replace_classifier(model, num_classes, cfg.head_only).to(ctx.device)
-        optim = cfg.optim
         # decay on every trainable parameter, as the reference's downstream recipe
-        make_optimizer = functools.partial(build_optimizer, name="sgd", lr=optim.lr, weight_decay=optim.weight_decay,
-                                           no_decay=None, momentum=optim.momentum, nesterov=True)
+        make_optimizer = functools.partial(build_optimizer_from_config, node=cfg.optim, no_decay=None)
         with instantiate(cfg.logger)(out_dir, run_name=f"downstream-{cfg.model}", config=to_container(cfg)) as logger:
             run = train_classifier(model, train_loader, val_loader, ctx=ctx, make_optimizer=make_optimizer,
                                    epochs=cfg.epochs, checkpoint_dir=out_dir / "checkpoints", logger=logger,

@@ -62,7 +62,7 @@ from moonlit.common.train.dist import (
     cleanup_distributed,
 )
 from moonlit.common.train.losses import adaptive_alpha_divergence
-from moonlit.common.train.optim import build_optimizer
+from moonlit.common.train.optim import build_optimizer_from_config
 from moonlit.common.train.schedules import warmup_cosine
 from moonlit.common.train.seed import step_rng
 from moonlit.common.train.supernet import (
@@ -187,8 +187,7 @@ def _run_phase(phase: str, supernet: Supernet, loaders: dict[str, Any], cfg: Dic
     # The reference scales lr 0.1 linearly with the global batch over 256 (never below 1x).
     lr = cfg.optim.lr * max(1, global_batch // 256) * settings_cfg.lr_scale
     # weight decay on conv/linear weights only: 1-D parameters (BN, biases, LSQ+ scales/offsets) get none
-    optimizer = build_optimizer(supernet, "sgd", lr, cfg.optim.weight_decay, momentum=cfg.optim.momentum,
-                                nesterov=cfg.optim.nesterov)
+    optimizer = build_optimizer_from_config(supernet, cfg.optim, lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         settings_cfg.warmup_epochs * steps_per_epoch, total_steps, style="multiply",
         warmup_start=cfg.optim.warmup_factor))

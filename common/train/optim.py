@@ -4,20 +4,26 @@
 into a second group with weight decay 0; everything else gets ``weight_decay``. The rules differ
 between papers on purpose: :func:`is_one_dim` (norms, biases, LSQ+ scales; timm's and SpaceEvo's
 rule) and :func:`one_dim_or_in` (ElasticViT: also every parameter of its convolutional blocks).
-Hydra configs pick the optimizer with the ``optim`` group (``configs/optim/{sgd,adamw}.yaml``).
+Hydra configs pick the optimizer with the ``optim`` group (``configs/optim/{sgd,adamw}.yaml``), read by
+:func:`build_optimizer_from_config`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["OPTIMIZERS", "build_optimizer", "is_one_dim", "one_dim_or_in"]
+from moonlit.common.errors import InputError
+
+__all__ = ["OPTIMIZERS", "OPTIMIZER_OPTIONS", "build_optimizer", "build_optimizer_from_config", "is_one_dim",
+           "one_dim_or_in"]
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
+# The config keys of each optimizer, beyond lr and weight_decay, that are passed on to it.
+OPTIMIZER_OPTIONS: dict[str, tuple[str, ...]] = {"sgd": ("momentum", "nesterov"), "adamw": ("betas", "eps")}
 
 NoDecayRule = Callable[[str, nn.Parameter], bool]
 
@@ -56,3 +62,23 @@ def build_optimizer(model: nn.Module | Iterable[nn.Parameter], name: str, lr: fl
     plain = [p for (_, p), skip in zip(trainable, exempt, strict=True) if skip]
     return OPTIMIZERS[name]([{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}],
                             lr=lr, **kwargs)
+
+
+def build_optimizer_from_config(model: nn.Module | Iterable[nn.Parameter], node: Mapping[str, Any],
+                                lr: float | None = None, *, no_decay: NoDecayRule | None = is_one_dim
+                                ) -> torch.optim.Optimizer:
+    """:func:`build_optimizer` from an ``optim`` config node: its ``name``, ``weight_decay``, ``lr``
+    (unless ``lr`` is given, e.g. scaled with the batch) and that optimizer's :data:`OPTIMIZER_OPTIONS`
+    present in the node. Other keys (an app's schedule keys) are not the optimizer's and are left alone.
+    """
+    name = node.get("name")
+    if name not in OPTIMIZERS:
+        raise InputError(f"optim.name = {name!r}; expected one of {sorted(OPTIMIZERS)} (configs/optim/)")
+    for key in ("weight_decay",) + (("lr",) if lr is None else ()):
+        if node.get(key) is None:
+            raise InputError(f"optim.{key} is missing for optimizer {name!r}; expected a number")
+    options = {key: node[key] for key in OPTIMIZER_OPTIONS[name] if node.get(key) is not None}
+    if "betas" in options:
+        options["betas"] = tuple(options["betas"])
+    return build_optimizer(model, name, float(node["lr"]) if lr is None else lr, float(node["weight_decay"]),
+                           no_decay=no_decay, **options)

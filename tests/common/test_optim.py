@@ -11,7 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from moonlit.common.train.optim import build_optimizer, is_one_dim, one_dim_or_in
+from moonlit.common.config import compose_config
+from moonlit.common.errors import InputError
+from moonlit.common.train.optim import build_optimizer, build_optimizer_from_config, is_one_dim, one_dim_or_in
 
 
 def _model() -> nn.Module:
@@ -99,3 +101,34 @@ def test_bad_calls_are_named() -> None:
         build_optimizer(_model(), "adam", 0.1, 0.0)
     with pytest.raises(ValueError, match="no_decay needs parameter names"):
         build_optimizer(list(_model().parameters()), "sgd", 0.1, 0.0)
+
+
+def test_app_configs_build_their_old_optimizers() -> None:
+    model = _model()
+    spaceevo = compose_config("spaceevo", "train_supernet", []).optim
+    assert (spaceevo.name, spaceevo.momentum, spaceevo.nesterov, spaceevo.weight_decay) == ("sgd", 0.9, True, 1e-5)
+    assert _groups(build_optimizer_from_config(model, spaceevo, 0.2)) == \
+        _groups(old_spaceevo_sgd(model, 0.2, 0.9, True, 1e-5))
+    elasticvit = compose_config("elasticvit", "train", []).optim
+    exempt = {id(p) for p in model[0].parameters()}
+    new = build_optimizer_from_config(model, elasticvit, 1e-4, no_decay=one_dim_or_in(exempt))
+    assert _groups(new) == _groups(old_elasticvit_adamw(model, exempt, 1e-4, 0.05, (0.9, 0.999), 1e-8))
+    downstream = compose_config("spaceevo", "downstream_cls", []).optim
+    new = build_optimizer_from_config(model.parameters(), downstream, no_decay=None)  # lr from the config
+    assert _groups(new) == _groups(old_downstream_sgd(model.parameters(), 0.0125, 0.9, 4e-5))
+
+
+def test_group_options_compose_into_an_app() -> None:
+    cfg = compose_config("spaceevo", "downstream_cls", ["optim=adamw"])
+    assert (cfg.optim.name, list(cfg.optim.betas), cfg.optim.lr) == ("adamw", [0.9, 0.999], 0.0125)  # app's lr wins
+    optimizer = build_optimizer_from_config(_model(), cfg.optim)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["betas"] == (0.9, 0.999)
+
+
+def test_bad_config_nodes_are_input_errors() -> None:
+    with pytest.raises(InputError, match=r"optim.name = 'adam'; expected one of \['adamw', 'sgd'\]"):
+        build_optimizer_from_config(_model(), {"name": "adam", "lr": 0.1, "weight_decay": 0.0})
+    with pytest.raises(InputError, match="optim.weight_decay is missing for optimizer 'sgd'"):
+        build_optimizer_from_config(_model(), {"name": "sgd", "lr": 0.1})
+    with pytest.raises(InputError, match="optim.lr is missing"):
+        build_optimizer_from_config(_model(), {"name": "sgd", "weight_decay": 0.0})
