@@ -1,9 +1,11 @@
-"""Training plumbing shared by the papers: distribution, checkpoints, run logging, seeding.
+"""Training plumbing shared by the papers: distribution, checkpoints, run logging, seeding, recipes.
 
 ``dist`` (torchrun setup, collectives, DDP), ``checkpoint`` (safetensors + JSON, atomic, resumable),
-``foreign`` (released third-party checkpoints through a restricted unpickler), ``loggers``
-(console + ``metrics.jsonl`` + optional wandb), ``seed`` (global seeds, RNG state, per-step
-generators).
+``foreign`` (released third-party checkpoints through a restricted unpickler), ``pretrained``
+(local teacher weights), ``loggers`` (console + ``metrics.jsonl`` + optional wandb), ``seed``
+(global seeds, RNG state, per-step generators), ``schedules`` (warm-up + cosine lr factors),
+``optim`` (optimizers with weight-decay exemptions), ``evaluate`` (top-1 over labelled batches),
+``classifier`` (a supervised training recipe).
 """
 
 from .checkpoint import (
