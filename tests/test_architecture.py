@@ -36,10 +36,6 @@ DATA_PACKAGES = frozenset({"configs"})
 # (file, imported module) pairs that break the rule today. The list may only shrink: a pair that no longer
 # occurs fails the test until it is removed here.
 KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset({
-    # tests/litepred -> the papers' zoo and ElasticViT latency: removed when those tests move to the paper test folders
-    ("tests/litepred/test_nas.py", "moonlit.elasticvit.latency"),
-    ("tests/litepred/test_nas.py", "moonlit.elasticvit.models"),
-    ("tests/litepred/test_nas.py", "moonlit.elasticvit.space"),
 })
 
 
