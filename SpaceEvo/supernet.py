@@ -18,7 +18,9 @@ The active subnet is a :class:`~moonlit.spaceevo.space.SubnetEncoding`; the inpu
 (bicubic, as the reference) to its resolution when it arrives at another size. Resolutions are
 the hyperspace's unless the supernet is built with its own list (CPU smoke runs at 32-64 px).
 ``get_active_subnet()`` returns a :class:`StaticSubnet` of plain modules whose output equals the
-supernet's, in FP32 and in LSQ+ quantized mode (``set_quant_mode``) alike.
+supernet's, in FP32 and in LSQ+ quantized mode (``set_quant_mode``) alike. The supernet follows the
+network-level contract of :class:`moonlit.common.nn.elastic.ElasticSupernet` (``set_active``,
+``active_subnet``, ``sample_active``, ``set_max``, ``set_min``).
 """
 
 from __future__ import annotations

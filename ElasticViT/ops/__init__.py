@@ -1,8 +1,9 @@
 """Elastic operators of the ElasticViT supernet and the static layers they extract to.
 
-Contract (shared with once-for-all): weights at max size, ``active_*`` state set by ``set_active``,
-slicing in ``forward``, and ``get_active_subnet(...)`` returning a plain static module whose
-output equals the elastic one's.
+Every elastic op is a :class:`moonlit.common.nn.elastic.ElasticModule` (the once-for-all contract):
+weights at max size, ``active_*`` state set by the keyword-only ``set_active``, slicing in
+``forward``, and ``get_active_subnet(in_channels)`` returning a plain static module whose output
+equals the elastic one's.
 """
 
 from .attention import (
