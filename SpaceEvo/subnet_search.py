@@ -62,7 +62,7 @@ from moonlit.common.train.bn_recalibration import recalibrate_batch_norm
 
 from .latency import DEFAULT_PLATFORM, check_choices, subnet_parts
 from .ops.lsq_plus import ActivationQuantizer, WeightQuantizer, set_quant_mode
-from .space import SpaceEncoding, StageOptions, SubnetEncoding, stage_options
+from .space import SpaceEncoding, StageOptions, SubnetEncoding, sample_subnet, stage_options
 from .supernet import Supernet
 
 __all__ = ["RESOLUTION_MUTATION_PROB", "SubnetComplexity", "SupernetFitness", "build_constraint", "build_data",
@@ -90,14 +90,6 @@ def _from_stages(stages: Sequence[Sequence[Block]], resolution: int) -> SubnetEn
     blocks = [block for stage in stages for block in stage]
     return SubnetEncoding(tuple(len(stage) for stage in stages), tuple(int(b[0]) for b in blocks),
                           tuple(int(b[1]) for b in blocks), tuple(b[2] for b in blocks), int(resolution))
-
-
-def sample_subnet(space: SpaceEncoding, rng: np.random.Generator, resolutions: Sequence[int] | None = None
-                  ) -> SubnetEncoding:
-    """Uniform depth per stage, uniform kernel/width/expand per block, uniform resolution
-    (default: the hyperspace's)."""
-    stages = [[_random_block(stage, rng) for _ in range(_choose(stage.depths, rng))] for stage in stage_options(space)]
-    return _from_stages(stages, _choose(tuple(resolutions or space.spec.resolutions), rng))
 
 
 def _maybe(current: Any, choices: Sequence[Any], prob: float, rng: np.random.Generator) -> Any:
