@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -87,8 +88,14 @@ _PLUGIN_ERRORS: dict[str, str] = {}
 
 
 def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
-    """True for a re-registration of the same function (a module imported twice, e.g. by ``importlib.reload``)."""
-    return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+    """True for a re-registration of the same function: a module imported twice, e.g. by ``importlib.reload``,
+    or run as ``python -m`` (``__main__``) while the plug-ins import it under its own name."""
+
+    def origin(fn: Callable[..., Any]) -> tuple[str, str]:
+        code = getattr(fn, "__code__", None)
+        return (code.co_filename if code is not None else fn.__module__, fn.__qualname__)
+
+    return origin(a) == origin(b)
 
 
 def _timm_entrypoint(entry: ModelEntry) -> Callable[..., nn.Module]:
@@ -105,7 +112,7 @@ def _timm_entrypoint(entry: ModelEntry) -> Callable[..., nn.Module]:
     return entrypoint
 
 
-def _register_with_timm(entry: ModelEntry) -> None:
+def _register_with_timm(entry: ModelEntry, replacing: bool) -> None:
     import timm.models
 
     entrypoint = _timm_entrypoint(entry)
@@ -113,7 +120,10 @@ def _register_with_timm(entry: ModelEntry) -> None:
     # timm lists its entry points in the module's __all__ (as timm's own model files do): the module must hold them.
     if not hasattr(module, entry.name):
         setattr(module, entry.name, entrypoint)
-    timm.models.register_model(entrypoint)
+    with warnings.catch_warnings():
+        if replacing:  # the same builder again (see _same_function): timm's "Overwriting" warning says nothing new
+            warnings.filterwarnings("ignore", message=f"Overwriting {entry.name} in registry")
+        timm.models.register_model(entrypoint)
 
 
 def register_model(name: str, *, family: str, paper: str, description: str = "", aliases: tuple[str, ...] = (),
@@ -141,7 +151,7 @@ def register_model(name: str, *, family: str, paper: str, description: str = "",
         _MODELS[name] = entry
         _ALIASES.update({alias: name for alias in entry.aliases})
         if timm:
-            _register_with_timm(entry)
+            _register_with_timm(entry, replacing=previous is not None)
         return builder
 
     return decorate

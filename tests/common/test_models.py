@@ -212,7 +212,7 @@ def test_checkpoint_errors_are_input_errors(tmp_path: Path):
     with pytest.raises(CheckpointError, match="wide.safetensors does not fit TinyNet") as info:
         create_model("regtest_tinynet", checkpoint=tmp_path / "wide.safetensors")
     assert "\n" not in str(info.value)
-    (tmp_path / "hostile.pth").write_bytes(pickle.dumps({"weights": _Hostile()}))
+    (tmp_path / "hostile.pth").write_bytes(pickle.dumps({"weights": _Hostile()}, protocol=2))
     with pytest.raises(CheckpointError, match="restricted unpickler"):
         load_weights(TinyNet(HIDDEN, 3), tmp_path / "hostile.pth")
     torch.save({"note": "no tensors"}, tmp_path / "plain.pth")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,13 @@ def test_checkpoint_round_trip_from_our_supernet_directory(tmp_path: Path):
                   timm.create_model("elasticvit_t1", checkpoint=tmp_path / "run", num_classes=4),
                   create_model(f"elasticvit:{T1}", checkpoint=tmp_path / "run", num_classes=4)):
         torch.testing.assert_close(model(x), expected_model(x), rtol=0, atol=0)
+
+
+def test_module_run_as_a_script_registers_once_and_prints_the_table():
+    """``python -m moonlit.elasticvit.models``: the module is both ``__main__`` and a plug-in; no clash, no warning."""
+    result = subprocess.run([sys.executable, "-m", "moonlit.elasticvit.models"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Overwriting" not in result.stderr
+    rows = result.stdout.splitlines()
+    assert len(rows) == 11 and rows[2].startswith("| elasticvit_t1 | `r128_")

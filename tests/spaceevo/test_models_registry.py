@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,13 @@ def test_checkpoint_round_trip_through_create_model_and_timm(tmp_path: Path):
                       timm.create_model("seqnet_vnni_a0", checkpoint=tmp_path / "ckpt", num_classes=5),
                       create_seqnet("SEQnet@vnni-A0", tmp_path / "ckpt", num_classes=5)):
             torch.testing.assert_close(model(x), expected)
+
+
+def test_importing_the_registry_alone_tells_timm_the_names():
+    """timm has no plug-in discovery: ``import moonlit.common.models`` loads the plug-ins (a fresh interpreter)."""
+    code = ("import timm, moonlit.common.models; "
+            "print(type(timm.create_model('seqnet_vnni_a0')).__name__, timm.list_models('seqnet_vnni_*'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split(maxsplit=1) == [
+        "StaticSubnet", str([f"seqnet_vnni_a{i}" for i in range(5)]) + "\n"]
