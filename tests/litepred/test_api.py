@@ -186,3 +186,18 @@ def test_import_moonlit_litepred_stays_light() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         _ = __import__("moonlit.litepred").litepred.nothing
+
+
+def test_the_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "LitePred" / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Using LitePred from another package", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)  # no built predictor here: the stand-in
+    namespace: dict = {}
+    exec(compile(code, "LitePred/README.md", "exec"), namespace)
+    latency = namespace["latency"]
+    three, first, two = latency.predict([(16, 16, 16), (16,), (16, 16)])
+    # a candidate is the sum of its parts: 3-16 + 2 x 16-16, with one 16-16 worth two - first
+    assert three == pytest.approx(first + 2 * (two - first), rel=1e-12)
+    assert two > first > 0
+    assert latency.cache.stats["detected"] == 3  # conv:3-16, conv:16-32, conv:16-16
