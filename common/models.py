@@ -26,6 +26,7 @@ import dataclasses
 import difflib
 import fnmatch
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -252,7 +253,10 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike[str]) -> nn.Mod
         raise InputError(f"checkpoint {path} does not exist; expected a moonlit checkpoint directory, "
                          "a .safetensors file or a .pth/.pt state dict")
     if path.is_dir():
-        load_checkpoint(path, model)
+        try:
+            load_checkpoint(path, model)
+        except CheckpointError as err:  # load_state_dict's report spans lines
+            raise CheckpointError(" ".join(str(err).split())[:600]) from None
         return model
     state = _state_dict_of(load_foreign_checkpoint(path), path)
     try:
@@ -294,9 +298,24 @@ def _pretrained_weights(name: str) -> Path:
     return found
 
 
+def _check_arguments(label: str, entry: ModelEntry, kwargs: dict[str, Any], *leading: Any) -> None:
+    """Refuse keyword arguments the builder does not take, naming the ones it does (instead of a TypeError)."""
+    signature = inspect.signature(entry.builder)
+    try:
+        signature.bind(*leading, **kwargs)
+    except TypeError:
+        accepted = [name for name, parameter in signature.parameters.items()
+                    if parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+                    and name not in ("encoding", "pretrained", "checkpoint")]
+        unknown = sorted(set(kwargs) - set(accepted))
+        raise InputError(f"{label} takes no argument(s) {unknown}; expected keyword arguments among {accepted}"
+                         ) from None
+
+
 def _build(entry: ModelEntry, pretrained: bool, checkpoint: str | os.PathLike[str] | None,
            kwargs: dict[str, Any]) -> nn.Module:
     path = None if checkpoint is None else Path(checkpoint).expanduser()
+    _check_arguments(f"model {entry.name!r}", entry, kwargs, *((pretrained, path) if entry.loads_weights else ()))
     if entry.loads_weights:
         return entry.builder(pretrained=pretrained, checkpoint=path, **kwargs)
     if path is None and pretrained:
@@ -334,6 +353,7 @@ def create_model(name: str, pretrained: bool = False, checkpoint: str | os.PathL
         if prefix not in _FAMILIES:
             raise _unknown(name)
         path = None if checkpoint is None else Path(checkpoint).expanduser()
+        _check_arguments(f"model family {prefix!r}", _FAMILIES[prefix], kwargs, encoding, pretrained, path)
         return _FAMILIES[prefix].builder(encoding, pretrained=pretrained, checkpoint=path, **kwargs)
     import timm
 

@@ -137,6 +137,14 @@ def test_unknown_name_is_one_line_with_close_matches():
         create_model(3)  # type: ignore[arg-type]
 
 
+def test_arguments_the_builder_does_not_take_are_named():
+    with pytest.raises(InputError, match=r"model 'regtest_tinynet' takes no argument\(s\) \['width'\]; expected "
+                                         r"keyword arguments among \['num_classes'\]"):
+        create_model("regtest_tinynet", width=3)
+    with pytest.raises(InputError, match=r"model family 'regtest' takes no argument\(s\) \['depth'\]"):
+        create_model("regtest:4", depth=2)
+
+
 def test_a_broken_plugin_is_named_and_the_others_still_load(monkeypatch: pytest.MonkeyPatch):
     point = EntryPoint(name="broken", value="moonlit_no_such_module_for_tests", group=models.ENTRY_POINT_GROUP)
     monkeypatch.setattr(models, "entry_points", lambda group: [point])
@@ -211,6 +219,10 @@ def test_checkpoint_errors_are_input_errors(tmp_path: Path):
     save_file(TinyNet(HIDDEN + 1, 3).state_dict(), str(tmp_path / "wide.safetensors"))
     with pytest.raises(CheckpointError, match="wide.safetensors does not fit TinyNet") as info:
         create_model("regtest_tinynet", checkpoint=tmp_path / "wide.safetensors")
+    assert "\n" not in str(info.value)
+    save_checkpoint(tmp_path / "wide_run", step=1, model=TinyNet(HIDDEN + 1, 3))
+    with pytest.raises(CheckpointError, match="does not fit the model") as info:
+        create_model("regtest_tinynet", checkpoint=tmp_path / "wide_run")
     assert "\n" not in str(info.value)
     (tmp_path / "hostile.pth").write_bytes(pickle.dumps({"weights": _Hostile()}, protocol=2))
     with pytest.raises(CheckpointError, match="restricted unpickler"):
