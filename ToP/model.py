@@ -270,7 +270,3 @@ def measured_mac_sparsity(output: ToPOutput, dims: EncoderDims, padded_length: i
         result["padded_macs"] = float(padded_macs)
         result["flops_reduction_vs_padded"] = float(padded_macs / pruned_macs)
     return result
-
-
-# The entry point moonlit.models names this module; ToP's registrations live in moonlit.top.models.
-from . import models as _registered_models  # noqa: E402,F401
