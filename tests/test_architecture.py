@@ -45,10 +45,7 @@ LITEPRED = "litepred"
 LITEPRED_API = frozenset({f"{NAMESPACE}.litepred", f"{NAMESPACE}.litepred.api"})
 LITEPRED_TESTING = f"{NAMESPACE}.litepred.testing"
 # (file, LitePred module) pairs of paper files that import a LitePred internal today; may only shrink.
-KNOWN_INTERNAL_IMPORTS: frozenset[tuple[str, str]] = frozenset({
-    # the ElasticViT quickstart search-step test builds a PartKernelCache (moonlit.litepred.api.PartCache)
-    ("tests/elasticvit/test_elasticvit_quickstart.py", "moonlit.litepred.nas"),
-})
+KNOWN_INTERNAL_IMPORTS: frozenset[tuple[str, str]] = frozenset()
 
 
 class Edge(NamedTuple):
