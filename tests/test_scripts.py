@@ -80,3 +80,22 @@ def test_elasticvit_rejects_an_unknown_sampler(tmp_path: Path) -> None:
 def test_spaceevo_rejects_an_unknown_target(tmp_path: Path) -> None:
     result = _run("reproduce_spaceevo.sh", "--target", "tpu", "--out", str(tmp_path / "out"))
     assert result.returncode == 2 and "unknown target 'tpu' (vnni, pixel4)" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nope"], "unknown section 'nope'; sections are: common top litepred spaceevo elasticvit"),
+    (["--budget", "3m"], "--budget needs a whole number of seconds, got '3m'"),
+    (["--fast"], "unknown option '--fast'"),
+])
+def test_quickstart_rejects_bad_arguments_before_running_anything(args: list[str], message: str) -> None:
+    result = _run("quickstart.sh", *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert "setup:" not in result.stdout
+
+
+def test_quickstart_help_names_the_budget_options() -> None:
+    result = _run("quickstart.sh", "--help")
+    assert result.returncode == 0
+    assert "--strict-budget" in result.stdout and "--budget" in result.stdout and "180 s" in result.stdout
