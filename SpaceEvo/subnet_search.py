@@ -59,6 +59,7 @@ from moonlit.common.nas import (
 )
 from moonlit.common.profiling.flops import count_macs
 from moonlit.common.train.bn_recalibration import recalibrate_batch_norm
+from moonlit.common.train.evaluate import top1_percent
 
 from .latency import DEFAULT_PLATFORM, check_choices, subnet_parts
 from .ops.lsq_plus import ActivationQuantizer, WeightQuantizer, set_quant_mode
@@ -182,16 +183,6 @@ def load_supernet(space: SpaceEncoding | str, checkpoint: str | Path | None, num
 
 
 @torch.no_grad()
-def _top1(model: torch.nn.Module, batches: Iterable[Any], max_batches: int | None, device: torch.device) -> float:
-    correct = total = 0
-    for images, labels in itertools.islice(batches, max_batches):
-        correct += int((model(images.to(device)).argmax(dim=1) == labels.to(device)).sum())
-        total += int(labels.numel())
-    if total == 0:
-        raise ValueError("the held-out batches were empty; expected at least one labelled image")
-    return 100.0 * correct / total
-
-
 class SupernetFitness:
     """Top-1 (%) of subnets of ``supernet`` on held-out images after BN recalibration, batched over candidates.
 
@@ -244,7 +235,7 @@ class SupernetFitness:
     def accuracy(self, subnet: SubnetEncoding) -> float:
         self.supernet.set_active(subnet)
         recalibrate_batch_norm(self.supernet, self.calibration, self.calibration_batches, device=self.device)
-        return _top1(self.supernet.eval(), self.holdout, self.holdout_batches, self.device)
+        return top1_percent(self.supernet.eval(), self.holdout, device=self.device, max_batches=self.holdout_batches)
 
     def __call__(self, subnets: Sequence[SubnetEncoding]) -> list[float]:
         return [self.accuracy(subnet) for subnet in subnets]
