@@ -197,7 +197,7 @@ def test_create_model_builds_every_named_model() -> None:
     assert model.subnet == named_subnet("elasticvit_t1")
     with torch.no_grad():
         assert model(torch.randn(1, 3, 128, 128)).shape == (1, 1000)
-    with pytest.raises(ValueError, match="pass checkpoint="):
+    with pytest.raises(ValueError, match="pretrained=True needs checkpoint="):
         create_model("T1", pretrained=True)
     assert build_model(named_subnet("T1"), num_classes=10).head.classifier.out_features == 10
 
