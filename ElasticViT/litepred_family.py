@@ -6,7 +6,7 @@ Family ``elasticvit``: a subnet of ElasticViT's space (ICCV'23, §3 and Table 1)
 :mod:`moonlit.elasticvit.space`'s grammar (``r128_s16d1k3_c24d2e3k3_..._t272d1m4v2``) and built by
 :func:`moonlit.elasticvit.models.build_model` (the static model the supernet extracts). Sampling is
 :func:`moonlit.elasticvit.space.random_subnet`, the sampler behind
-:func:`moonlit.elasticvit.search.sample_subnet`. The description carries the resolution
+:func:`moonlit.elasticvit.space.sample_subnet`. The description carries the resolution
 (``_r<res>``), so the spec's input size must equal it, and it must be written canonically (what
 ``encode`` writes), so one model has one name.
 """

@@ -39,7 +39,6 @@ import itertools
 import json
 import logging
 import math
-import random
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,20 +65,15 @@ from .space import (
     TransformerStage,
     decode,
     encode,
-    random_subnet,
+    sample_subnet,
 )
 
 __all__ = ["build_constraint", "build_problem", "crossover_subnets", "load_seeds", "mutate_subnet",
-           "proxy_fitness", "run_search", "sample_subnet"]
+           "proxy_fitness", "run_search"]
 
 logger = logging.getLogger(__name__)
 
 DEPTH_MUTATION_PROB = 0.4  # the reference's s_prob
-
-
-def sample_subnet(rng: np.random.Generator, space: SearchSpace = ELASTICVIT_SPACE) -> Subnet:
-    """A uniformly random subnet (:func:`~moonlit.elasticvit.space.random_subnet`) drawn from ``rng``."""
-    return random_subnet(random.Random(int(rng.integers(2 ** 63))), space)
 
 
 def _other_choice(current: int, choices: Sequence[int], rng: np.random.Generator) -> int:
@@ -212,7 +206,7 @@ def build_problem(fitness: Callable[[Sequence[Subnet]], Sequence[float]], constr
         return out
 
     return SearchProblem(
-        sample=lambda rng: sample_subnet(rng, space),
+        sample=lambda rng: sample_subnet(space, rng),
         mutate=lambda subnet, rng, prob: mutate_subnet(subnet, rng, prob, depth_prob, space),
         crossover=crossover_subnets,
         encode=encode,

@@ -37,16 +37,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.imagenet import build_imagenet_datasets
 from moonlit.common.data.loaders import SeededItems
 from moonlit.common.train import checkpoint as ckpt
 from moonlit.common.train import dist as mdist
 from moonlit.common.train.seed import step_seed
-from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import save_file
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
 from .ops.blocks import BlockChoice
 from .ops.dynamic import DynamicConv2d
@@ -127,25 +128,31 @@ class StudentStage(nn.Module):
         return student_name(self.stage_index, self.block)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out_proj(self.stage(self.in_proj(x, self.active_in_channels)))
+        return self.out_proj(self.stage(self.in_proj(x)))
 
     def set_active(self, sub: SubStage) -> None:
         if sub.in_channels not in self.in_channels_list:
             raise ValueError(f"{self.name}: input width {sub.in_channels} is not one of {list(self.in_channels_list)}")
-        self.active_in_channels = sub.in_channels
-        self.stage.set_active(len(sub.blocks), [BlockChoice(w, k, e) for k, w, e in sub.blocks])
+        self._set_in_channels(sub.in_channels)
+        self.stage.set_active(depth=len(sub.blocks), blocks=[BlockChoice(w, k, e) for k, w, e in sub.blocks])
 
     def active(self) -> SubStage:
-        return SubStage(self.active_in_channels, tuple((b.active_kernel, b.active_width, b.active_expand)
-                                                       for b in self.stage.active_blocks))
+        return SubStage(self.active_in_channels,
+                        tuple((b.active_kernel_size, b.active_out_channels, b.active_expand_ratio)
+                              for b in self.stage.active_blocks))
 
     def set_max(self) -> None:
         self.stage.set_max()
-        self.active_in_channels = max(self.in_channels_list)
+        self._set_in_channels(max(self.in_channels_list))
 
     def set_min(self) -> None:
         self.stage.set_min()
-        self.active_in_channels = min(self.in_channels_list)
+        self._set_in_channels(min(self.in_channels_list))
+
+    def _set_in_channels(self, width: int) -> None:
+        """The stage's input width is the input projection's output width."""
+        self.in_proj.set_active(out_channels=width)
+        self.active_in_channels = width
 
     def sample(self, rng: random.Random, widths: Sequence[int] | None = None) -> SubStage:
         """Uniform input width, depth, and per block kernel, width (from ``widths``, default all) and expand."""

@@ -57,16 +57,14 @@ class _Head(nn.Module):
 
 
 def _first_conv(width: int, kernel: int, stride: int, activation: str) -> nn.Module:
-    return DynamicConvBnAct.dense(3, width, (kernel,), stride, activation).get_active_subnet(3, width)
+    return DynamicConvBnAct.dense(3, width, (kernel,), stride, activation).get_active_subnet(3)
 
 
 def _block(block_type: Any, in_width: int, width: int, kernel: int, expand: float | None, stride: int) -> nn.Module:
     """The static block of one choice, built from a dynamic block whose only choice it is."""
     spec = dataclasses.replace(block_spec_of(block_type), kernel_list=(kernel,),
                                expand_list=None if expand is None else (expand,))
-    dynamic = spec.build(in_width, (width,), stride)
-    dynamic.set_active(width, kernel, expand)
-    return dynamic.get_active_subnet(in_width)
+    return spec.build(in_width, (width,), stride).get_active_subnet(in_width)
 
 
 def _head(in_width: int, head: dict[str, Any], num_classes: int) -> nn.Module:

@@ -110,19 +110,6 @@ class DynamicBlock(ElasticModule):
         self.active_kernel_size = max(self.kernel_list)
         self.active_expand_ratio = max(self.expand_list) if self.expand_list else None
 
-    # Read by SpaceEvo's block-wise KD (``BlockChoice`` field names).
-    @property
-    def active_width(self) -> int:
-        return self.active_out_channels
-
-    @property
-    def active_kernel(self) -> int:
-        return self.active_kernel_size
-
-    @property
-    def active_expand(self) -> float | None:
-        return self.active_expand_ratio
-
     @property
     def max_width(self) -> int:
         return max(self.width_list)
@@ -131,7 +118,7 @@ class DynamicBlock(ElasticModule):
     def active_choice(self) -> BlockChoice:
         return BlockChoice(self.active_out_channels, self.active_kernel_size, self.active_expand_ratio)
 
-    def set_active(self, out_channels: int | None = None, kernel_size: int | None = None,
+    def set_active(self, *, out_channels: int | None = None, kernel_size: int | None = None,
                    expand_ratio: float | None = None) -> None:
         """Select a sub-block; None keeps the current value."""
         if out_channels is not None and out_channels not in self.width_list:

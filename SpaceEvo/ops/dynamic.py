@@ -145,25 +145,22 @@ class DynamicConv2d(_DynamicQuantOp):
         if kernel_size is not None:
             self.active_kernel_size = kernel_size
 
-    def active_weight(self, in_channels: int, out_channels: int | None = None) -> tuple[Tensor, Tensor | None]:
-        out_channels = out_channels or self.active_out_channels
+    def active_weight(self, in_channels: int) -> tuple[Tensor, Tensor | None]:
+        out_channels = self.active_out_channels
         check_width(in_channels, self.max_in_channels, "DynamicConv2d input")
         check_width(out_channels, self.max_out_channels, "DynamicConv2d output")
         window = _centre(max(self.kernel_list), self.active_kernel_size)
         weight = self.weight[:out_channels, :in_channels, window, window]
         return weight, None if self.bias is None else self.bias[:out_channels]
 
-    def forward(self, x: Tensor, out_channels: int | None = None) -> Tensor:
-        """``out_channels`` overrides ``active_out_channels`` for this call only (the block-KD student's
-        input projection passes it); the supernet's blocks set the active state instead."""
-        weight, bias = self.active_weight(x.shape[1], out_channels)
+    def forward(self, x: Tensor) -> Tensor:
+        weight, bias = self.active_weight(x.shape[1])
         return F.conv2d(self.act_quant(x), self.weight_quant(weight.contiguous()), bias, self.stride,
                         self.active_kernel_size // 2)
 
-    def get_active_subnet(self, in_channels: int | None = None, out_channels: int | None = None) -> QuantConv2d:
-        """``out_channels``, when given, extracts that width instead of ``active_out_channels``."""
+    def get_active_subnet(self, in_channels: int | None = None) -> QuantConv2d:
         in_channels = self.max_in_channels if in_channels is None else in_channels
-        weight, bias = self.active_weight(in_channels, out_channels)
+        weight, bias = self.active_weight(in_channels)
         static = QuantConv2d(in_channels, weight.shape[0], self.active_kernel_size, self.stride,
                              self.active_kernel_size // 2, bias=bias is not None)
         return self._copy_into(static, weight, bias)
@@ -334,14 +331,11 @@ class DynamicConvBnAct(ElasticModule):
         x = self.norm(self.op(x))
         return self.act(x) if hasattr(self, "act") else x
 
-    def get_active_subnet(self, in_channels: int | None = None, out_channels: int | None = None) -> nn.Sequential:
-        """``out_channels``, when given, extracts that width of a dense conv instead of the active one."""
+    def get_active_subnet(self, in_channels: int | None = None) -> nn.Sequential:
         if isinstance(self.op, DynamicConv2d):
             in_channels = self.op.max_in_channels if in_channels is None else in_channels
-            conv = self.op.get_active_subnet(in_channels, out_channels)
+            conv = self.op.get_active_subnet(in_channels)
             channels = conv.out_channels
-        elif out_channels not in (None, in_channels):
-            raise ValueError(f"a depthwise conv keeps its {in_channels} input channels, {out_channels} requested")
         else:
             channels = self.op.max_channels if in_channels is None else in_channels
             conv = self.op.get_active_subnet(channels)

@@ -128,7 +128,7 @@ class DynamicStage(ElasticModule):
     def active_choice(self) -> StageChoice:
         return StageChoice(self.active_depth, tuple(b.active_choice for b in self.active_blocks))
 
-    def set_active(self, depth: int | None = None, blocks: Sequence[BlockChoice] | None = None) -> None:
+    def set_active(self, *, depth: int | None = None, blocks: Sequence[BlockChoice] | None = None) -> None:
         """Set the depth and, if given, one choice per active block (``len(blocks) == depth``)."""
         depth = len(blocks) if depth is None and blocks is not None else depth
         if depth is not None and depth not in self.depth_list:

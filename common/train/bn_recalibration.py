@@ -9,10 +9,10 @@ means, the running variance the mean of the n unbiased batch variances), with th
 network in eval mode (no dropout, no drop-path).
 
 Works for any module whose norms subclass ``torch.nn.modules.batchnorm._BatchNorm`` — plain
-``BatchNorm1d/2d`` and elastic ones that slice max-width buffers (ElasticViT's ``ElasticBatchNorm2d``,
-SpaceEvo's ``DynamicBatchNorm2d``), which honour ``momentum=None`` the same way. Differences from the
-reference's ``bn_cal``: exactly ``num_batches`` batches (it ran one more), gradients off, and the
-modules' training flags and momenta restored afterwards.
+``BatchNorm1d/2d`` and elastic ones that slice max-width buffers
+(:class:`moonlit.common.nn.elastic.ElasticBatchNorm2d`), which honour ``momentum=None`` the same way.
+Differences from the reference's ``bn_cal``: exactly ``num_batches`` batches (it ran one more),
+gradients off, and the modules' training flags and momenta restored afterwards.
 """
 
 from __future__ import annotations

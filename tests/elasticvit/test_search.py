@@ -26,9 +26,8 @@ from moonlit.elasticvit.search import (
     mutate_subnet,
     proxy_fitness,
     run_search,
-    sample_subnet,
 )
-from moonlit.elasticvit.space import ELASTICVIT_SPACE, check_subnet, decode, encode
+from moonlit.elasticvit.space import ELASTICVIT_SPACE, check_subnet, decode, encode, sample_subnet
 from moonlit.litepred.api import PartCache, Predictor
 
 SMOKE = ["fitness=proxy", "evolution.population=24", "evolution.parents=12", "evolution.mutations=8",
@@ -80,7 +79,7 @@ def test_crossover_children_take_each_stage_from_a_parent() -> None:
     rng = np.random.default_rng(2)
     mixed = 0
     for _ in range(300):
-        a, b = sample_subnet(rng), sample_subnet(rng)
+        a, b = sample_subnet(ELASTICVIT_SPACE, rng), sample_subnet(ELASTICVIT_SPACE, rng)
         child = crossover_subnets(a, b, rng)
         check_subnet(child)  # widths never decrease
         assert child.resolution in (a.resolution, b.resolution)
@@ -199,7 +198,7 @@ def test_latency_constrained_search_keeps_every_candidate_in_the_band(small_pred
     predictor, root = small_predictor
     latency = SubnetLatency(predictor, PartCache("ort-fp32", root / "parts.jsonl"), space=SMALL_SPACE)
     rng = np.random.default_rng(4)
-    sampled = latency.predict([sample_subnet(rng, SMALL_SPACE) for _ in range(40)])
+    sampled = latency.predict([sample_subnet(SMALL_SPACE, rng) for _ in range(40)])
     limit = float(np.quantile(sampled, 0.6))
     delta = float(np.quantile(sampled, 0.6) - np.quantile(sampled, 0.1))
     problem = build_problem(lambda batch: proxy_fitness(batch, space=SMALL_SPACE), latency.constraint(limit, delta),
@@ -223,7 +222,7 @@ def test_latency_constraint_from_config(small_predictor) -> None:
                                                   f"constraint.kernel_cache={root / 'parts.jsonl'}",
                                                   "constraint.limit_ms=1000"]).constraint
     constraint = build_constraint(cfg, space=SMALL_SPACE)
-    subnet = sample_subnet(np.random.default_rng(5), SMALL_SPACE)
+    subnet = sample_subnet(SMALL_SPACE, np.random.default_rng(5))
     check = constraint.check([subnet])
     assert check.feasible.tolist() == [True]
     expected = SubnetLatency(predictor, space=SMALL_SPACE).predict([subnet])
@@ -237,7 +236,7 @@ def test_latency_constraint_from_config(small_predictor) -> None:
 def test_latency_constraint_under_a_macs_budget(small_predictor) -> None:
     _, root = small_predictor
     rng = np.random.default_rng(6)
-    subnets = [sample_subnet(rng, SMALL_SPACE) for _ in range(12)]
+    subnets = [sample_subnet(SMALL_SPACE, rng) for _ in range(12)]
     mmacs = np.array([subnet_complexity(s, 1000, SMALL_SPACE).macs / 1e6 for s in subnets])
     budget = float(np.median(mmacs))
     cfg = compose_config("elasticvit", "search", ["constraint.kind=latency",
