@@ -35,13 +35,16 @@ The walk position and the banks are in ``state_dict()`` (plain JSON data) for re
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig
 
+from moonlit.common.config import hydra_app
 from moonlit.common.train.seed import step_rng
 
 from .space import ELASTICVIT_SPACE, SearchSpace, Subnet, decode, min_subnet, random_subnet
@@ -382,7 +385,7 @@ def simulate(sampler: ComplexityAwareSampler, steps: int, score: Callable[[Subne
     return result
 
 
-def run(cfg: Any) -> dict[str, Any]:
+def run(cfg: DictConfig) -> dict[str, Any]:
     """Sampler statistics for the config's ``sampling`` group, with a MACs proxy as the scorer."""
     from pathlib import Path
 
@@ -407,18 +410,12 @@ def run(cfg: Any) -> dict[str, Any]:
     return simulate(sampler, int(cfg.steps), proxy_score, int(cfg.steps_per_epoch))
 
 
-def main() -> None:
-    import json
-
-    from moonlit.common.config import hydra_app
-
-    @hydra_app("elasticvit", "sampling_stats")
-    def _main(cfg: Any) -> None:
-        result = run(cfg)
-        result.pop("walk", None)
-        print(json.dumps(result, indent=2))
-
-    _main()
+@hydra_app("elasticvit", "sampling_stats")
+def main(cfg: DictConfig) -> None:
+    """``python -m moonlit.elasticvit.sampling``: the run's statistics as JSON (the step-by-step walk left out)."""
+    result = run(cfg)
+    result.pop("walk", None)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

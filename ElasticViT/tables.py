@@ -37,6 +37,8 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from moonlit.common.config import hydra_app
+
 from .flops import SE_REDUCTION, V_CONV_KERNEL
 from .space import ELASTICVIT_SPACE, ConvStage, SearchSpace, Subnet, TransformerStage, check_subnet, stage_sides
 
@@ -432,18 +434,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return {"path": str(path), **stats}
 
 
-def main() -> None:
-    from moonlit.common.config import hydra_app
-
-    @hydra_app("elasticvit", "tables")
-    def _main(cfg: DictConfig) -> None:
-        result = run(cfg)
-        for level, row in result["levels"].items():
-            print(f"level {level:>5} MMACs: {row['size']} subnets ({row['distinct']} distinct), "
-                  f"{row['mmacs_min']:.1f}-{row['mmacs_max']:.1f} MMACs")
-        print(f"built in {result['build_seconds']:.1f} s -> {result['path']}")
-
-    _main()
+@hydra_app("elasticvit", "tables")
+def main(cfg: DictConfig) -> None:
+    """``python -m moonlit.elasticvit.tables``: build the tables, print one line per level."""
+    result = run(cfg)
+    for level, row in result["levels"].items():
+        print(f"level {level:>5} MMACs: {row['size']} subnets ({row['distinct']} distinct), "
+              f"{row['mmacs_min']:.1f}-{row['mmacs_max']:.1f} MMACs")
+    print(f"built in {result['build_seconds']:.1f} s -> {result['path']}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import exit_on_user_error
@@ -47,9 +46,15 @@ def hydra_app(tree: str, config_name: str) -> Callable[[Callable[[DictConfig], A
     raised by the task or by Hydra while composing the config (bad override, unknown key, missing
     group option), is printed as one line and exits with status 2
     (:func:`moonlit.common.errors.exit_on_user_error`); ``MOONLIT_DEBUG=1`` shows the traceback.
+
+    Hydra is imported on the first call of ``main``, not when the app module is imported, so importing
+    an app module for its library functions (``run``) stays light.
     """
 
     def decorate(fn: Callable[[DictConfig], Any]) -> Callable[..., Any]:
+        config_path = str(config_dir(tree))
+        user_full_error = os.environ.get("HYDRA_FULL_ERROR")
+
         @functools.wraps(fn)
         def task(cfg: DictConfig) -> Any:
             # Inside the task, the environment is the user's again (child processes inherit it);
@@ -57,19 +62,17 @@ def hydra_app(tree: str, config_name: str) -> Callable[[Callable[[DictConfig], A
             with _environment_variable("HYDRA_FULL_ERROR", user_full_error), exit_on_user_error(_program(fn)):
                 return fn(cfg)
 
-        hydra_main = hydra.main(
-            config_path=str(config_dir(tree)), config_name=config_name, version_base=HYDRA_VERSION_BASE
-        )(task)
-        user_full_error = os.environ.get("HYDRA_FULL_ERROR")
-
         @functools.wraps(fn)
         def main(cfg_passthrough: DictConfig | None = None) -> Any:
+            import hydra
+
             nonlocal user_full_error
             user_full_error = os.environ.get("HYDRA_FULL_ERROR")
+            hydra_main = hydra.main(config_path=config_path, config_name=config_name, version_base=HYDRA_VERSION_BASE)
             # HYDRA_FULL_ERROR makes Hydra re-raise composition errors instead of printing them over
             # several lines and exiting; exit_on_user_error then reports them.
             with exit_on_user_error(_program(fn)), _environment_variable("HYDRA_FULL_ERROR", "1"):
-                return hydra_main(cfg_passthrough)
+                return hydra_main(task)(cfg_passthrough)
 
         return main
 

@@ -31,6 +31,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
+from ..config import hydra_app
 from ..errors import InputError
 from .real_converters import CONVERTERS
 
@@ -270,7 +273,7 @@ def get_data(names: Sequence[str] | None = None, root: str | os.PathLike[str] | 
     return status
 
 
-def run(cfg: Any) -> dict[str, str]:
+def run(cfg: DictConfig) -> dict[str, str]:
     """The work behind ``python -m moonlit.common.data.real``: fetch, convert, print one line per artefact."""
     status = get_data(list(cfg.artefacts) or None, cfg.data_dir, offline_dir=cfg.offline_dir, force=bool(cfg.force),
                       keep_downloads=bool(cfg.keep_downloads))
@@ -278,20 +281,17 @@ def run(cfg: Any) -> dict[str, str]:
     for name, state in status.items():
         print(f"{name:20s} {state if state in ('fetched', 'up to date') else 'FAILED: ' + state}")
     failed = [n for n, s in status.items() if s not in ("fetched", "up to date")]
-    print(f"data in {root}, manifest {root / MANIFEST}" + (f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""))
+    summary = f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""
+    print(f"data in {root}, manifest {root / MANIFEST}{summary}")
     return status
 
 
-def main() -> None:
-    from moonlit.common.config import hydra_app
-
-    @hydra_app("common", "get_data")
-    def app(cfg: Any) -> None:
-        status = run(cfg)
-        if any(state not in ("fetched", "up to date") for state in status.values()):
-            sys.exit(1)
-
-    app()
+@hydra_app("common", "get_data")
+def main(cfg: DictConfig) -> None:
+    """``python -m moonlit.common.data.real``: exit status 1 when an artefact failed."""
+    status = run(cfg)
+    if any(state not in ("fetched", "up to date") for state in status.values()):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
