@@ -28,7 +28,7 @@ _API = frozenset({
 def __getattr__(name: str) -> Any:
     # PEP 562: the API's modules (torch, onnx, the zoo) load when a name is first used
     if name in _API:
-        from . import api
+        from moonlit.litepred import api
 
         return getattr(api, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

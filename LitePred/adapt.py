@@ -33,20 +33,28 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import ProfileDataset, record_key
-from .features import feature_matrix, feature_names
-from .kernels import KernelConfig
-from .metrics import accuracy_report
-from .pipeline import (KernelCache, build_pool, latency_of, measured_models, model_rows, predict_architectures,
-                       profile_kernels, profile_models)
-from .pipeline import _model_config
-from .pool import KnowledgePool
-from .predictor import PlatformPredictor
-from .sampler import KernelPool, sample_configs
-from .similarity import SimilarityScore, probe_configs, rank_platforms
-from .transfer import adapt_predictor
-from .vae import sample_configs_uniform, sample_configs_vae
-from .zoo import ArchSpec, calibration_architectures, heldout_architectures, training_architectures
+from moonlit.litepred.dataset import ProfileDataset, record_key
+from moonlit.litepred.features import feature_matrix, feature_names
+from moonlit.litepred.kernels import KernelConfig
+from moonlit.litepred.metrics import accuracy_report
+from moonlit.litepred.pipeline import (
+    KernelCache,
+    _model_config,
+    build_pool,
+    latency_of,
+    measured_models,
+    model_rows,
+    predict_architectures,
+    profile_kernels,
+    profile_models,
+)
+from moonlit.litepred.pool import KnowledgePool
+from moonlit.litepred.predictor import PlatformPredictor
+from moonlit.litepred.sampler import KernelPool, sample_configs
+from moonlit.litepred.similarity import SimilarityScore, probe_configs, rank_platforms
+from moonlit.litepred.transfer import adapt_predictor
+from moonlit.litepred.vae import sample_configs_uniform, sample_configs_vae
+from moonlit.litepred.zoo import ArchSpec, calibration_architectures, heldout_architectures, training_architectures
 
 __all__ = ["SAMPLERS", "TargetKernels", "choose_configs", "evaluate_predictor", "measure_configs",
            "measured_calibration", "run_adapt", "similarity_ranking"]
@@ -96,7 +104,7 @@ def similarity_ranking(pool: KnowledgePool, platforms: Sequence[str], probe: Tar
                        model_ms: Any = None) -> tuple[list[SimilarityScore], dict[str, PlatformPredictor]]:
     """Rank the pool on the probe kernels; with ``model_specs`` measured on the target (``model_ms``) each
     platform's whole-model fit is scored too (:func:`~moonlit.litepred.similarity.model_line_error`)."""
-    from .similarity import model_line_error
+    from moonlit.litepred.similarity import model_line_error
 
     predictors = {name: pool.load(name) for name in platforms}
     errors = None
@@ -201,7 +209,7 @@ def run_adapt(cfg: Any) -> dict[str, Any]:
     """The ``adapt`` subcommand: see the module docstring; writes ``adapt.out_dir``/{predictor/, adapt.json}."""
     from omegaconf import OmegaConf
 
-    from .profile import get_backend
+    from moonlit.litepred.profile import get_backend
 
     a = cfg.adapt
     target, statistic, seed = str(cfg.platform), str(cfg.statistic), int(a.seed)

@@ -31,13 +31,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import numpy as np
 
 from moonlit.common.errors import InputError
-
-from .nas import ModelPart
-from .nas import PartKernelCache as PartCache
-from .pipeline import measure_like_predictor as _measure_like_platform
-from .pipeline import protocol_summary
-from .predictor import PlatformPredictor as Predictor
-from .zoo import ArchFamily, ArchSpec, register_family
+from moonlit.litepred.nas import ModelPart
+from moonlit.litepred.nas import PartKernelCache as PartCache
+from moonlit.litepred.pipeline import measure_like_predictor as _measure_like_platform
+from moonlit.litepred.pipeline import protocol_summary
+from moonlit.litepred.predictor import PlatformPredictor as Predictor
+from moonlit.litepred.zoo import ArchFamily, ArchSpec, register_family
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -96,7 +95,7 @@ def predict_onnx(predictor: Predictor, path: str | os.PathLike[str], *, rules: s
 
     A file that cannot be predicted raises :class:`~moonlit.common.errors.InputError` naming it.
     """
-    from .pipeline import timed_predict_onnx
+    from moonlit.litepred.pipeline import timed_predict_onnx
 
     result = timed_predict_onnx(predictor, path, predictor.rules if rules is None else rules, input_shapes)
     return Prediction(float(result["latency_ms"]), int(result["kernels"]), list(result["unpredicted_kernels"]),
@@ -112,9 +111,9 @@ def predict_module(predictor: Predictor, module: nn.Module, example_inputs: tupl
     """
     import torch
 
-    from .graph import graph_from_torch
-    from .kernels import detect_kernels
-    from .pipeline import model_rows
+    from moonlit.litepred.graph import graph_from_torch
+    from moonlit.litepred.kernels import detect_kernels
+    from moonlit.litepred.pipeline import model_rows
 
     start = time.perf_counter()
     with torch.no_grad(), warnings.catch_warnings():

@@ -30,14 +30,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from moonlit.common.config import compose_config, to_container
 from moonlit.common.errors import InputError
-
-from .dataset import ProfileDataset
-from .pipeline import (KernelCache, build_pool, calibrate_overhead, measured_models, profile_kernels, profile_models,
-                       timed_predict_onnx, train_predictor)
-from .predictor import PlatformPredictor
-from .profile import get_backend, list_backends
-from .sampler import sample_configs
-from .zoo import ArchSpec, calibration_architectures, training_architectures
+from moonlit.litepred.dataset import ProfileDataset
+from moonlit.litepred.pipeline import (
+    KernelCache,
+    build_pool,
+    calibrate_overhead,
+    measured_models,
+    profile_kernels,
+    profile_models,
+    timed_predict_onnx,
+    train_predictor,
+)
+from moonlit.litepred.predictor import PlatformPredictor
+from moonlit.litepred.profile import get_backend, list_backends
+from moonlit.litepred.sampler import sample_configs
+from moonlit.litepred.zoo import ArchSpec, calibration_architectures, training_architectures
 
 __all__ = ["main", "run_build", "run_evaluate", "run_predict", "run_profile"]
 
@@ -101,7 +108,7 @@ def run_profile(cfg: DictConfig, backend: Any = None) -> dict[str, Any]:
 
 def _weight_rates(value: Any) -> tuple[float, ...]:
     """``overhead.weight_rates``: null = the default grid, a list, or one number (fixed)."""
-    from .calibration import WEIGHT_RATE_GRID
+    from moonlit.litepred.calibration import WEIGHT_RATE_GRID
 
     if value is None:
         return WEIGHT_RATE_GRID
@@ -196,7 +203,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     predictor = PlatformPredictor.load(cfg.predictor_dir)
     path = Path(str(cfg.model))
     if path.suffix != ".onnx":
-        from .pipeline import export_spec
+        from moonlit.litepred.pipeline import export_spec
 
         spec = resolve_spec(str(cfg.model))
         path = export_spec(spec, Path(cfg.work_dir) / "predict" / (spec.name.replace("/", "_") + ".onnx"))
@@ -216,7 +223,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
 def resolve_spec(text: str) -> ArchSpec:
     """A zoo architecture from ``family/description@res`` (e.g. ``timm-mobile/efficientnet_b0@224``),
     ``family:description@res`` (any grammar string), or the name of a default held-out/training spec."""
-    from .zoo import get_family, heldout_architectures, list_families
+    from moonlit.litepred.zoo import get_family, heldout_architectures, list_families
 
     head, _, resolution = text.rpartition("@")
     for separator in (":", "/"):
@@ -237,7 +244,7 @@ def resolve_spec(text: str) -> ArchSpec:
 
 def run_evaluate(cfg: DictConfig, section: dict[str, Any] | None = None) -> dict[str, Any]:
     """Held-out models measured ``heldout.repeats`` times and predicted; see :func:`.evaluate.evaluate_platform`."""
-    from .evaluate import evaluate_platform
+    from moonlit.litepred.evaluate import evaluate_platform
 
     h = cfg.heldout
     results = evaluate_platform(cfg.predictor_dir, cfg.dataset, KernelCache(cfg.kernel_cache, cfg.rules),
@@ -270,8 +277,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(name)
         return
     from moonlit.common.errors import exit_on_user_error
-
-    from .adapt import run_adapt
+    from moonlit.litepred.adapt import run_adapt
 
     runner = {"profile": run_profile, "build": run_build, "calibrate": run_calibrate, "predict": run_predict,
               "evaluate": run_evaluate, "adapt": run_adapt}

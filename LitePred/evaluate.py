@@ -30,14 +30,23 @@ from typing import Any
 import numpy as np
 
 from moonlit.common.report import write_section
-
-from .dataset import ProfileDataset
-from .metrics import accuracy_report, plot_scatter
-from .pipeline import (STATISTICS, KernelCache, export_spec, latency_of, measured_models, measurement_times,
-                       model_rows, predict_architectures, profile_models, timed_predict_onnx)
-from .predictor import PlatformPredictor
-from .profile import get_backend
-from .zoo import ArchSpec, heldout_architectures
+from moonlit.litepred.dataset import ProfileDataset
+from moonlit.litepred.metrics import accuracy_report, plot_scatter
+from moonlit.litepred.pipeline import (
+    STATISTICS,
+    KernelCache,
+    export_spec,
+    latency_of,
+    measured_models,
+    measurement_times,
+    model_rows,
+    predict_architectures,
+    profile_models,
+    timed_predict_onnx,
+)
+from moonlit.litepred.predictor import PlatformPredictor
+from moonlit.litepred.profile import get_backend
+from moonlit.litepred.zoo import ArchSpec, heldout_architectures
 
 __all__ = ["batch_throughput", "earlier_pass_agreement", "evaluate_platform", "kernel_level"]
 
@@ -91,8 +100,8 @@ def kernel_level(predictor: PlatformPredictor, dataset: ProfileDataset, backend:
                  seed: int = 0, statistic: str = "p10") -> dict[str, Any]:
     """Kernel-level numbers: each type's held-out accuracy from the regressor selection (if it ran), and
     the kernel measurement ceiling from ``remeasure`` profiled kernels measured again now."""
-    from .kernel_builder import build_kernel_module
-    from .kernels import KernelConfig
+    from moonlit.litepred.kernel_builder import build_kernel_module
+    from moonlit.litepred.kernels import KernelConfig
 
     selection = predictor.platform.get("selection", {})
     per_type = {t: {"selected": c["selected"], "n_holdout": c["n_holdout"],
@@ -111,7 +120,7 @@ def kernel_level(predictor: PlatformPredictor, dataset: ProfileDataset, backend:
     first_a, second_a = np.maximum(np.array(first), 1e-6), np.maximum(np.array(second), 1e-6)
     ceiling = {"n": len(first)}
     if first:
-        from .metrics import measurement_ceiling
+        from moonlit.litepred.metrics import measurement_ceiling
 
         ceiling.update({"within_5pct": measurement_ceiling(first_a, second_a, 0.05),
                         "within_10pct": measurement_ceiling(first_a, second_a, 0.10)})

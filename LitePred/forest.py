@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .regressors import FeatureTransform, Regressor, RegressorFormatError, _check_xy
+from moonlit.litepred.regressors import FeatureTransform, Regressor, RegressorFormatError, _check_xy
 
 __all__ = ["ForestRegressor", "export_trees", "tree_ensemble_predict"]
 

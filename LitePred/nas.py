@@ -35,12 +35,11 @@ import torch
 from torch import nn
 
 from moonlit.common.errors import InputError
-
-from .features import feature_matrix
-from .fusion import RuleSet
-from .graph import Graph, graph_from_torch
-from .kernels import KernelConfig, detect_kernels, load_platform_rules
-from .pipeline import read_jsonl_cache
+from moonlit.litepred.features import feature_matrix
+from moonlit.litepred.fusion import RuleSet
+from moonlit.litepred.graph import Graph, graph_from_torch
+from moonlit.litepred.kernels import KernelConfig, detect_kernels, load_platform_rules
+from moonlit.litepred.pipeline import read_jsonl_cache
 
 __all__ = ["ModelPart", "PartKernelCache"]
 

@@ -29,14 +29,13 @@ import numpy as np
 from tqdm import tqdm
 
 from moonlit.common.errors import InputError
-
-from .dataset import ProfileDataset, ProfileRecord, record_key
-from .features import feature_matrix, feature_names
-from .kernels import Detection, KernelConfig, detect_kernels
-from .predictor import PlatformPredictor
-from .profile.base import Backend
-from .sampler import KernelPool
-from .zoo import ArchSpec
+from moonlit.litepred.dataset import ProfileDataset, ProfileRecord, record_key
+from moonlit.litepred.features import feature_matrix, feature_names
+from moonlit.litepred.kernels import Detection, KernelConfig, detect_kernels
+from moonlit.litepred.predictor import PlatformPredictor
+from moonlit.litepred.profile.base import Backend
+from moonlit.litepred.sampler import KernelPool
+from moonlit.litepred.zoo import ArchSpec
 
 __all__ = [
     "KernelCache", "build_pool", "calibrate_overhead", "detect_architecture", "measurement_times", "model_rows",
@@ -48,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 def detect_architecture(spec: ArchSpec, platform: str) -> Detection:
     """Export ``spec`` (batch 1) and detect its kernels with ``platform``'s fusion rules."""
-    from .graph import graph_from_torch
+    from moonlit.litepred.graph import graph_from_torch
 
     model = spec.build()
     return detect_kernels(graph_from_torch(model, (spec.example_input(),)), platform)
@@ -130,7 +129,7 @@ def profile_kernels(configs: Sequence[KernelConfig], backend: Backend, dataset: 
                     group_size: int = 128, desc: str | None = None) -> dict[str, Any]:
     """Measure every config not yet in ``dataset`` for ``backend``, ``group_size`` at a time timed
     interleaved (:meth:`Backend.measure_many`); each group is appended as soon as it is measured."""
-    from .kernel_builder import build_kernel_module
+    from moonlit.litepred.kernel_builder import build_kernel_module
 
     done = dataset.measured_keys(backend.name, "kernel")
     todo = [c for c in configs if record_key(c.type, dict(c.params)) not in done]
@@ -308,7 +307,7 @@ def timed_predict_onnx(predictor: PlatformPredictor, path: str | Path, platform:
     The latency is finite and at least :data:`~moonlit.litepred.predictor.MIN_LATENCY_MS`; a file that
     cannot be predicted raises :class:`~moonlit.common.errors.InputError` naming it.
     """
-    from .graph import load_graph
+    from moonlit.litepred.graph import load_graph
 
     start = time.perf_counter()
     graph = load_graph(path, input_shapes)  # an InputError naming the file for a broken one
@@ -334,7 +333,7 @@ def measure_like_predictor(platform: Mapping[str, Any], items: Sequence[tuple[An
     ``repeats`` independent passes per model. ``items`` are ``(module, example_inputs)``; returns the
     passes of each item. What a prediction should be scored against (a plain benchmark median is
     another statistic, and an INT8 model quantized another way is another model)."""
-    from .profile import get_backend
+    from moonlit.litepred.profile import get_backend
 
     backend = get_backend(platform.get("backend") or platform["name"])
     field = STATISTICS[platform.get("statistic", "p10")]

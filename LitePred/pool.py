@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .predictor import PLATFORM_FILE, PlatformPredictor
+from moonlit.litepred.predictor import PLATFORM_FILE, PlatformPredictor
 
 __all__ = ["KnowledgePool"]
 

@@ -35,10 +35,9 @@ from typing import Any
 import numpy as np
 
 from moonlit.common.errors import InputError
-
-from .calibration import Overhead, fit_overhead, fit_type_scales
-from .metrics import accuracy_report
-from .regressors import ForestRegressor, MLPRegressor, Regressor, RegressorFormatError, load_regressor
+from moonlit.litepred.calibration import Overhead, fit_overhead, fit_type_scales
+from moonlit.litepred.metrics import accuracy_report
+from moonlit.litepred.regressors import ForestRegressor, MLPRegressor, Regressor, RegressorFormatError, load_regressor
 
 __all__ = [
     "DEFAULT_REGRESSOR",
@@ -135,7 +134,7 @@ def select_regressor(X: Any, y: Any, feature_names: Sequence[str], candidates: S
 @functools.lru_cache(maxsize=None)
 def _params_column(kernel_type: str) -> int | None:
     """Index of ``params_m`` in a kernel type's feature vector (None: the type has no weights feature)."""
-    from .features import feature_names
+    from moonlit.litepred.features import feature_names
 
     try:
         return feature_names(kernel_type).index("params_m")

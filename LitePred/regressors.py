@@ -41,8 +41,8 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 if TYPE_CHECKING:  # at run time these come from __getattr__ below
-    from .forest import ForestRegressor, export_trees, tree_ensemble_predict
-    from .mlp import MLPRegressor
+    from moonlit.litepred.forest import ForestRegressor, export_trees, tree_ensemble_predict
+    from moonlit.litepred.mlp import MLPRegressor
 
 __all__ = [
     "FeatureTransform",
@@ -254,18 +254,18 @@ class Regressor:
         if cls is not Regressor and meta["kind"] != cls.kind:
             raise RegressorFormatError(f"{path} holds a {meta['kind']!r} regressor, not a {cls.kind!r} one")
         # imported here: both modules import this one
-        from .forest import ForestRegressor
-        from .mlp import MLPRegressor
+        from moonlit.litepred.forest import ForestRegressor
+        from moonlit.litepred.mlp import MLPRegressor
 
         if meta["kind"] == "residual":
-            from .transfer import ResidualRegressor
+            from moonlit.litepred.transfer import ResidualRegressor
 
             reg = ResidualRegressor._load_dir(Path(path), meta, arrays)
             if feature_names is not None:
                 reg.check_feature_names(feature_names)
             return reg
         if meta["kind"] == "linear":
-            from .transfer import LinearRegressor
+            from moonlit.litepred.transfer import LinearRegressor
 
             target_cls: Any = LinearRegressor
         else:

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from .features import kernel_macs
-from .kernels import Detection, KernelConfig
+from moonlit.litepred.features import kernel_macs
+from moonlit.litepred.kernels import Detection, KernelConfig
 
 __all__ = ["KernelPool", "neighbour", "sample_configs"]
 

@@ -23,12 +23,11 @@ from typing import Any
 import numpy as np
 
 from moonlit.common.errors import InputError
-
-from .api import ArchSpec, Predictor
-from .features import feature_names, feature_schema
-from .regressors import FeatureTransform
-from .transfer import LinearRegressor
-from .zoo import (
+from moonlit.litepred.api import ArchSpec, Predictor
+from moonlit.litepred.features import feature_names, feature_schema
+from moonlit.litepred.regressors import FeatureTransform
+from moonlit.litepred.transfer import LinearRegressor
+from moonlit.litepred.zoo import (
     get_family,
     heldout_architectures,
     is_heldout,
@@ -97,7 +96,7 @@ def debug_predictor_dir(tmp_path: Path, platform: str = "debug") -> Path:
     ``platform`` is a profiling backend name; the default ``debug`` backend is deterministic and
     takes seconds (160 kernels, 6 training and 6 calibration architectures, forest regressors).
     """
-    from .cli import main
+    from moonlit.litepred.cli import main
 
     main(["build", f"platform={platform}", "architectures.train=6", "architectures.calibration=6",
           "budget.kernels=160", "budget.min_per_type=10", "regressor=forest", f"paths.output_root={tmp_path}"])
@@ -106,7 +105,7 @@ def debug_predictor_dir(tmp_path: Path, platform: str = "debug") -> Path:
 
 def debug_latency_ms(module: Any, example_inputs: tuple[Any, ...]) -> float:
     """The ``debug`` backend's p10 latency (ms) of one model: deterministic, computed from its graph."""
-    from .profile import get_backend
+    from moonlit.litepred.profile import get_backend
 
     measurement = get_backend("debug").measure_many([(module, tuple(example_inputs))])[0]
     if isinstance(measurement, Exception):
@@ -117,7 +116,7 @@ def debug_latency_ms(module: Any, example_inputs: tuple[Any, ...]) -> float:
 def resolve_spec(text: str) -> ArchSpec:
     """A zoo architecture from ``family/description@res``, ``family:description@res`` or a default spec's name
     (what ``moonlit-litepred predict spec=...`` accepts)."""
-    from .cli import resolve_spec as resolve
+    from moonlit.litepred.cli import resolve_spec as resolve
 
     return resolve(text)
 
@@ -125,13 +124,13 @@ def resolve_spec(text: str) -> ArchSpec:
 def kernel_summary(spec: ArchSpec, rules: str = "ort-fp32") -> dict[str, Any]:
     """The kernels detected in ``spec`` (batch 1) under ``rules``: ``kernels``, ``by_type`` (counts),
     ``macs`` (summed over kernels), ``unassigned_nodes`` (nodes in no kernel), …"""
-    from .pipeline import detect_architecture
+    from moonlit.litepred.pipeline import detect_architecture
 
     return detect_architecture(spec, rules).summary()
 
 
 def rule_kernel_types(rules: str = "ort-fp32") -> set[str]:
     """The kernel types the fusion rules ``rules`` can produce."""
-    from .kernels import load_platform_rules
+    from moonlit.litepred.kernels import load_platform_rules
 
     return {rule.kernel for rule in load_platform_rules(rules).rules}

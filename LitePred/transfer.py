@@ -38,11 +38,19 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from .calibration import Overhead
-from .forest import ForestRegressor
-from .mlp import MLPRegressor
-from .predictor import PlatformPredictor
-from .regressors import ARRAYS_FILE, FORMAT, META_FILE, SCHEMA_VERSION, FeatureTransform, Regressor, _check_xy
+from moonlit.litepred.calibration import Overhead
+from moonlit.litepred.forest import ForestRegressor
+from moonlit.litepred.mlp import MLPRegressor
+from moonlit.litepred.predictor import PlatformPredictor
+from moonlit.litepred.regressors import (
+    ARRAYS_FILE,
+    FORMAT,
+    META_FILE,
+    SCHEMA_VERSION,
+    FeatureTransform,
+    Regressor,
+    _check_xy,
+)
 
 __all__ = ["METHODS", "LinearRegressor", "ResidualRegressor", "adapt_predictor", "flops_linear_regressor",
            "fit_log_affine"]
@@ -103,7 +111,7 @@ class ResidualRegressor(Regressor):
 
     @classmethod
     def _load_dir(cls, path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> ResidualRegressor:
-        from .regressors import load_regressor
+        from moonlit.litepred.regressors import load_regressor
 
         hp = meta["hyperparameters"]
         base = load_regressor(path / "base", meta["feature_names"])

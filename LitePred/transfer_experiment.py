@@ -36,15 +36,23 @@ from omegaconf import DictConfig, OmegaConf
 
 from moonlit.common.config import compose_config
 from moonlit.common.report import render_table
-
-from .adapt import (TargetKernels, adapt_once, choose_configs, evaluate_predictor, heldout_truth, kernel_pool_for,
-                    measure_configs, measured_calibration, similarity_ranking)
-from .dataset import ProfileDataset
-from .pipeline import KernelCache
-from .pool import KnowledgePool
-from .profile import get_backend
-from .similarity import probe_configs
-from .zoo import calibration_architectures, heldout_architectures, training_architectures
+from moonlit.litepred.adapt import (
+    TargetKernels,
+    adapt_once,
+    choose_configs,
+    evaluate_predictor,
+    heldout_truth,
+    kernel_pool_for,
+    measure_configs,
+    measured_calibration,
+    similarity_ranking,
+)
+from moonlit.litepred.dataset import ProfileDataset
+from moonlit.litepred.pipeline import KernelCache
+from moonlit.litepred.pool import KnowledgePool
+from moonlit.litepred.profile import get_backend
+from moonlit.litepred.similarity import probe_configs
+from moonlit.litepred.zoo import calibration_architectures, heldout_architectures, training_architectures
 
 __all__ = ["main", "plot", "render", "run_experiment"]
 

@@ -28,9 +28,18 @@ from typing import Any
 
 import numpy as np
 
-from .features import kernel_macs
-from .kernels import KernelConfig
-from .sampler import _CHANNELS, _CONV_LIKE, _REAL_ONLY, _SPATIAL, KernelPool, _quotas, _seen_values, realize
+from moonlit.litepred.features import kernel_macs
+from moonlit.litepred.kernels import KernelConfig
+from moonlit.litepred.sampler import (
+    _CHANNELS,
+    _CONV_LIKE,
+    _REAL_ONLY,
+    _SPATIAL,
+    KernelPool,
+    _quotas,
+    _seen_values,
+    realize,
+)
 
 __all__ = ["KernelConfigVAE", "numeric_dimensions", "sample_configs_uniform", "sample_configs_vae"]
 

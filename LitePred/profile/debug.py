@@ -47,8 +47,8 @@ from torch import nn
 from moonlit.common.export.onnx import export_onnx
 from moonlit.common.profiling.backends import Runner
 from moonlit.litepred.profile.base import Backend, register_backend
-from moonlit.litepred.profile.protocol import Measurement
 from moonlit.litepred.profile.ort import resolve_onnx_inputs
+from moonlit.litepred.profile.protocol import Measurement
 
 __all__ = ["DEBUG_INT8_COST_MODEL", "DebugBackend", "DebugCostModel", "GraphCost", "graph_cost", "VECTOR_OPS_PER_ELEMENT",
            "FREE_OPS", "MAC_OPS", "SCALAR_ELEMENTS"]

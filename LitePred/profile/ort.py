@@ -33,8 +33,8 @@ from moonlit.common.export.int8 import quantization_summary, quantize_static_int
 from moonlit.common.export.onnx import export_onnx, save_onnx
 from moonlit.common.profiling.backends import Runner, make_runner
 from moonlit.litepred.profile.base import Backend, fixed_threads, register_backend
-from moonlit.litepred.profile.protocol import Measurement
 from moonlit.litepred.profile.kernel_io import strip_boundaries
+from moonlit.litepred.profile.protocol import Measurement
 
 __all__ = ["OrtBackend", "CALIBRATION_BATCHES", "is_quantized", "random_calibration", "resolve_onnx_inputs"]
 

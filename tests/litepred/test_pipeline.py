@@ -16,9 +16,8 @@ from moonlit.litepred.dataset import ProfileDataset
 from moonlit.litepred.evaluate import earlier_pass_agreement
 from moonlit.litepred.features import feature_names, features
 from moonlit.litepred.kernels import detect_kernels
-from moonlit.litepred.pipeline import export_spec, profile_kernels
+from moonlit.litepred.pipeline import KernelCache, export_spec, predict_architectures, profile_kernels
 from moonlit.litepred.predictor import PlatformPredictor
-from moonlit.litepred.pipeline import KernelCache, predict_architectures
 from moonlit.litepred.profile import get_backend
 from moonlit.litepred.profile.debug import DebugBackend, DebugCostModel
 from moonlit.litepred.zoo import heldout_architectures

@@ -29,8 +29,8 @@ from moonlit.litepred.profile import (
     measure_runner,
     register_backend,
 )
-from moonlit.litepred.profile.protocol import MIN_LOAD_WINDOW_MS, under_load
 from moonlit.litepred.profile.ort import is_quantized
+from moonlit.litepred.profile.protocol import MIN_LOAD_WINDOW_MS, under_load
 
 FAST = {"warmup": 2, "runs": 5, "max_remeasures": 1}
 
