@@ -1,6 +1,6 @@
 """Kernel detection engine: applies fusion rules (:mod:`moonlit.litepred.fusion`) to a graph.
 
-:func:`partition` turns a :class:`~moonlit.litepred.graph.Graph` into units (idiom matches and
+:func:`partition` turns a :class:`~moonlit.litepred.graph.ir.Graph` into units (idiom matches and
 single nodes, seen through transparent ops), marks constant-only units free, then tries the
 rules in priority order on every unassigned unit in topological order. A structural match is
 handed to a caller-supplied ``extract`` function (the kernel-parameter reader), which may reject
@@ -18,7 +18,7 @@ import numpy as np
 
 from moonlit.litepred.fusion import Idiom, InputSpec, Rule, RuleSet, Step
 from moonlit.litepred.fusion_predicates import PREDICATES, other_ok
-from moonlit.litepred.graph import Graph, Node
+from moonlit.litepred.graph.ir import Graph, Node
 
 __all__ = ["NotApplicable", "Unit", "GraphView", "Match", "Partition", "build_units", "partition"]
 

@@ -20,7 +20,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from moonlit.litepred.fusion_match import GraphView, Unit
-    from moonlit.litepred.graph import Node
+    from moonlit.litepred.graph.ir import Node
 
 __all__ = ["PREDICATES", "OTHER_CONDITIONS", "other_ok", "reduce_axes", "softmax_axis"]
 

@@ -2,7 +2,7 @@
 
 A *kernel* is the unit LitePred predicts latency for (model latency = sum of kernel latencies):
 one or more ONNX ops that a platform runs as one (e.g. conv+bn+relu). :func:`detect_kernels`
-partitions a :class:`~moonlit.litepred.graph.Graph` with the platform's fusion rules
+partitions a :class:`~moonlit.litepred.graph.ir.Graph` with the platform's fusion rules
 (:mod:`moonlit.litepred.fusion`, ``rules/*.yaml``) and reads each kernel's
 :class:`KernelConfig` (its type and the parameters that determine its cost, see
 :data:`KERNEL_PARAMS`) with the extractors in :mod:`moonlit.litepred.kernel_params`. Every
@@ -29,7 +29,8 @@ import onnx
 
 from moonlit.litepred.fusion import RuleSet, load_rules
 from moonlit.litepred.fusion_match import Match, partition
-from moonlit.litepred.graph import Graph, load_graph
+from moonlit.litepred.graph.ir import Graph
+from moonlit.litepred.graph.onnx_import import load_graph
 
 __all__ = [
     "ACTIVATIONS", "KERNEL_PARAMS", "KERNEL_TYPES", "KernelConfig", "Kernel", "Unassigned",

@@ -4,7 +4,7 @@ Each step is a function over plain objects, so the CLI (:mod:`moonlit.litepred.c
 quickstart and the tests compose them:
 
 * :class:`KernelCache` — the kernels of each architecture under a platform's fusion rules
-  (export → :func:`~moonlit.litepred.graph.load_graph` → :func:`~moonlit.litepred.kernels.detect_kernels`),
+  (export → :func:`~moonlit.litepred.graph.onnx_import.load_graph` → :func:`~moonlit.litepred.kernels.detect_kernels`),
   appended to a JSON Lines file so an interrupted run resumes where it stopped;
 * :func:`profile_kernels` / :func:`profile_models` — measure on a backend, appending every
   result to a :class:`~moonlit.litepred.dataset.ProfileDataset` (already measured keys are skipped);
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 def detect_architecture(spec: ArchSpec, platform: str) -> Detection:
     """Export ``spec`` (batch 1) and detect its kernels with ``platform``'s fusion rules."""
-    from moonlit.litepred.graph import graph_from_torch
+    from moonlit.litepred.graph.onnx_import import graph_from_torch
 
     model = spec.build()
     return detect_kernels(graph_from_torch(model, (spec.example_input(),)), platform)
@@ -307,7 +307,7 @@ def timed_predict_onnx(predictor: PlatformPredictor, path: str | Path, platform:
     The latency is finite and at least :data:`~moonlit.litepred.predictor.MIN_LATENCY_MS`; a file that
     cannot be predicted raises :class:`~moonlit.common.errors.InputError` naming it.
     """
-    from moonlit.litepred.graph import load_graph
+    from moonlit.litepred.graph.onnx_import import load_graph
 
     start = time.perf_counter()
     graph = load_graph(path, input_shapes)  # an InputError naming the file for a broken one

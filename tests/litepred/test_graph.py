@@ -11,7 +11,8 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from moonlit.common.export.onnx import export_onnx, lower_ir_version
-from moonlit.litepred.graph import Graph, graph_from_torch, load_graph
+from moonlit.litepred.graph.ir import Graph
+from moonlit.litepred.graph.onnx_import import graph_from_torch, load_graph
 
 
 def _model(nodes, inputs, outputs, initializers=(), opset=17) -> onnx.ModelProto:

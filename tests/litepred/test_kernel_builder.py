@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from moonlit.litepred.graph import load_graph
+from moonlit.litepred.graph.onnx_import import load_graph
 from moonlit.litepred.kernel_builder import build_kernel_module, build_kernel_onnx
 from moonlit.litepred.kernels import ACTIVATIONS, KERNEL_TYPES, KernelConfig, detect_kernels
 

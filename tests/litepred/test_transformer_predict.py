@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from moonlit.common.export.onnx import export_onnx
-from moonlit.litepred.graph import load_graph
+from moonlit.litepred.graph.onnx_import import load_graph
 from moonlit.litepred.kernels import detect_kernels
 from moonlit.litepred.pipeline import timed_predict_onnx
 

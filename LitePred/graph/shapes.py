@@ -5,7 +5,7 @@ Kernel detection needs every tensor's shape. :func:`infer_static_shapes` infers 
 run time (``Shape → Slice → Concat → Reshape`` chains of the TorchScript exporter) are still
 unknown, onnxruntime's symbolic shape inference; a model whose shapes cannot all be resolved is an
 error that names the tensors. Dynamic graph-input dimensions are fixed beforehand from the caller's
-``input_shapes`` (:func:`moonlit.litepred.graph.load_graph`). Every problem with the model or the
+``input_shapes`` (:func:`moonlit.litepred.graph.onnx_import.load_graph`). Every problem with the model or the
 shapes given is an :class:`~moonlit.common.errors.InputError`.
 """
 
