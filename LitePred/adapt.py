@@ -35,7 +35,7 @@ import numpy as np
 
 from moonlit.litepred.dataset import ProfileDataset, record_key
 from moonlit.litepred.features import feature_matrix, feature_names
-from moonlit.litepred.kernels import KernelConfig
+from moonlit.litepred.kernels.detect import KernelConfig
 from moonlit.litepred.metrics import accuracy_report
 from moonlit.litepred.pipeline import (
     KernelCache,

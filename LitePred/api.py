@@ -112,7 +112,7 @@ def predict_module(predictor: Predictor, module: nn.Module, example_inputs: tupl
     import torch
 
     from moonlit.litepred.graph.onnx_import import graph_from_torch
-    from moonlit.litepred.kernels import detect_kernels
+    from moonlit.litepred.kernels.detect import detect_kernels
     from moonlit.litepred.pipeline import model_rows
 
     start = time.perf_counter()

@@ -101,7 +101,7 @@ def kernel_level(predictor: PlatformPredictor, dataset: ProfileDataset, backend:
     """Kernel-level numbers: each type's held-out accuracy from the regressor selection (if it ran), and
     the kernel measurement ceiling from ``remeasure`` profiled kernels measured again now."""
     from moonlit.litepred.kernel_builder import build_kernel_module
-    from moonlit.litepred.kernels import KernelConfig
+    from moonlit.litepred.kernels.detect import KernelConfig
 
     selection = predictor.platform.get("selection", {})
     per_type = {t: {"selected": c["selected"], "n_holdout": c["n_holdout"],

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from moonlit.litepred.kernels import ACTIVATIONS, KERNEL_PARAMS, KernelConfig
+from moonlit.litepred.kernels.detect import ACTIVATIONS, KERNEL_PARAMS, KernelConfig
 
 __all__ = [
     "FEATURE_VERSION", "feature_names", "features", "feature_matrix", "feature_schema",

@@ -4,7 +4,7 @@ Profiling a kernel config on a platform needs a runnable model of just that kern
 :func:`build_kernel_module` returns ``(module, example_inputs)`` for any detectable kernel type;
 :func:`build_kernel_onnx` exports it with :func:`moonlit.common.export.onnx.export_onnx`.
 The modules are written so that their ONNX export, run through
-:func:`~moonlit.litepred.kernels.detect_kernels` with the base rules, gives back one kernel with
+:func:`~moonlit.litepred.kernels.detect.detect_kernels` with the base rules, gives back one kernel with
 the same config (tested for every type). Activations and residual/bias operands that the kernel
 fuses are graph inputs or constants of the module, never other kernels.
 
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moonlit.litepred.kernels import KernelConfig
+from moonlit.litepred.kernels.detect import KernelConfig
 
 __all__ = ["build_kernel_module", "build_kernel_onnx", "activation_module"]
 

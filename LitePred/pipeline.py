@@ -4,8 +4,8 @@ Each step is a function over plain objects, so the CLI (:mod:`moonlit.litepred.c
 quickstart and the tests compose them:
 
 * :class:`KernelCache` — the kernels of each architecture under a platform's fusion rules
-  (export → :func:`~moonlit.litepred.graph.onnx_import.load_graph` → :func:`~moonlit.litepred.kernels.detect_kernels`),
-  appended to a JSON Lines file so an interrupted run resumes where it stopped;
+  (export → :func:`~moonlit.litepred.graph.onnx_import.load_graph` →
+  :func:`~moonlit.litepred.kernels.detect.detect_kernels`), appended to a JSON Lines file so an interrupted run resumes where it stopped;
 * :func:`profile_kernels` / :func:`profile_models` — measure on a backend, appending every
   result to a :class:`~moonlit.litepred.dataset.ProfileDataset` (already measured keys are skipped);
 * :func:`train_predictor` — one regressor per kernel type from the dataset, then
@@ -31,7 +31,7 @@ from tqdm import tqdm
 from moonlit.common.errors import InputError
 from moonlit.litepred.dataset import ProfileDataset, ProfileRecord, record_key
 from moonlit.litepred.features import feature_matrix, feature_names
-from moonlit.litepred.kernels import Detection, KernelConfig, detect_kernels
+from moonlit.litepred.kernels.detect import Detection, KernelConfig, detect_kernels
 from moonlit.litepred.predictor import PlatformPredictor
 from moonlit.litepred.profile.base import Backend
 from moonlit.litepred.sampler import KernelPool

@@ -4,7 +4,7 @@ A predictor is only as good as the kernel configurations it was trained on. Lite
 configurations that occur in real search spaces; we collect them from the model zoo
 (:mod:`moonlit.litepred.zoo`: SpaceEvo-like, ElasticViT-like, ResNet-like training architectures):
 every architecture is exported, its kernels detected with the platform's fusion rules, and each
-distinct :class:`~moonlit.litepred.kernels.KernelConfig` counted (:class:`KernelPool`).
+distinct :class:`~moonlit.litepred.kernels.detect.KernelConfig` counted (:class:`KernelPool`).
 
 :func:`sample_configs` then spends a budget of profiling runs:
 
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from moonlit.litepred.features import kernel_macs
-from moonlit.litepred.kernels import Detection, KernelConfig
+from moonlit.litepred.kernels.detect import Detection, KernelConfig
 
 __all__ = ["KernelPool", "neighbour", "sample_configs"]
 

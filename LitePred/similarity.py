@@ -29,7 +29,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from moonlit.litepred.features import feature_matrix
-from moonlit.litepred.kernels import KernelConfig
+from moonlit.litepred.kernels.detect import KernelConfig
 from moonlit.litepred.predictor import PlatformPredictor
 from moonlit.litepred.sampler import KernelPool, sample_configs
 

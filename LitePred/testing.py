@@ -131,6 +131,6 @@ def kernel_summary(spec: ArchSpec, rules: str = "ort-fp32") -> dict[str, Any]:
 
 def rule_kernel_types(rules: str = "ort-fp32") -> set[str]:
     """The kernel types the fusion rules ``rules`` can produce."""
-    from moonlit.litepred.kernels import load_platform_rules
+    from moonlit.litepred.kernels.detect import load_platform_rules
 
     return {rule.kernel for rule in load_platform_rules(rules).rules}

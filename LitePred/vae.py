@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from moonlit.litepred.features import kernel_macs
-from moonlit.litepred.kernels import KernelConfig
+from moonlit.litepred.kernels.detect import KernelConfig
 from moonlit.litepred.sampler import (
     _CHANNELS,
     _CONV_LIKE,

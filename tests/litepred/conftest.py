@@ -7,7 +7,7 @@ import pytest
 
 from moonlit.litepred.features import feature_names
 from moonlit.litepred.forest import ForestRegressor
-from moonlit.litepred.kernels import KERNEL_TYPES
+from moonlit.litepred.kernels.detect import KERNEL_TYPES
 from moonlit.litepred.predictor import PlatformPredictor
 
 

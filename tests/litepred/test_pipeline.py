@@ -15,7 +15,7 @@ from moonlit.litepred.cli import main, resolve_spec, run_calibrate, run_predict,
 from moonlit.litepred.dataset import ProfileDataset
 from moonlit.litepred.evaluate import earlier_pass_agreement
 from moonlit.litepred.features import feature_names, features
-from moonlit.litepred.kernels import detect_kernels
+from moonlit.litepred.kernels.detect import detect_kernels
 from moonlit.litepred.pipeline import KernelCache, export_spec, predict_architectures, profile_kernels
 from moonlit.litepred.predictor import PlatformPredictor
 from moonlit.litepred.profile import get_backend

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from moonlit.litepred.kernel_builder import build_kernel_module
-from moonlit.litepred.kernels import KernelConfig
+from moonlit.litepred.kernels.detect import KernelConfig
 from moonlit.litepred.sampler import KernelPool, neighbour, sample_configs
 
 

@@ -14,7 +14,7 @@ import pytest
 from scipy.stats import entropy
 
 from moonlit.litepred.forest import ForestRegressor
-from moonlit.litepred.kernels import KernelConfig
+from moonlit.litepred.kernels.detect import KernelConfig
 from moonlit.litepred.metrics import mape
 from moonlit.litepred.mlp import MLPRegressor
 from moonlit.litepred.pool import KnowledgePool

@@ -18,7 +18,7 @@ from torch import nn
 
 from moonlit.common.export.onnx import export_onnx
 from moonlit.litepred.graph.onnx_import import load_graph
-from moonlit.litepred.kernels import detect_kernels
+from moonlit.litepred.kernels.detect import detect_kernels
 from moonlit.litepred.pipeline import timed_predict_onnx
 
 DIM, HEADS, TOKENS = 32, 4, 16

@@ -1,4 +1,4 @@
-"""Kernel detection engine: applies fusion rules (:mod:`moonlit.litepred.fusion`) to a graph.
+"""Kernel detection engine: applies fusion rules (:mod:`moonlit.litepred.kernels.fusion`) to a graph.
 
 :func:`partition` turns a :class:`~moonlit.litepred.graph.ir.Graph` into units (idiom matches and
 single nodes, seen through transparent ops), marks constant-only units free, then tries the
@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from moonlit.litepred.fusion import Idiom, InputSpec, Rule, RuleSet, Step
-from moonlit.litepred.fusion_predicates import PREDICATES, other_ok
 from moonlit.litepred.graph.ir import Graph, Node
+from moonlit.litepred.kernels.fusion import Idiom, InputSpec, Rule, RuleSet, Step
+from moonlit.litepred.kernels.predicates import PREDICATES, other_ok
 
 __all__ = ["NotApplicable", "Unit", "GraphView", "Match", "Partition", "build_units", "partition"]
 

@@ -3,9 +3,9 @@
 A *kernel* is the unit LitePred predicts latency for (model latency = sum of kernel latencies):
 one or more ONNX ops that a platform runs as one (e.g. conv+bn+relu). :func:`detect_kernels`
 partitions a :class:`~moonlit.litepred.graph.ir.Graph` with the platform's fusion rules
-(:mod:`moonlit.litepred.fusion`, ``rules/*.yaml``) and reads each kernel's
+(:mod:`moonlit.litepred.kernels.fusion`, ``rules/*.yaml``) and reads each kernel's
 :class:`KernelConfig` (its type and the parameters that determine its cost, see
-:data:`KERNEL_PARAMS`) with the extractors in :mod:`moonlit.litepred.kernel_params`. Every
+:data:`KERNEL_PARAMS`) with the extractors in :mod:`moonlit.litepred.kernels.params`. Every
 node ends up in a kernel, in the free list (constants, views, Shape…) or in the unassigned list
 with a reason — never silently dropped (the reference's TFLite parser dropped unknown ops).
 
@@ -27,10 +27,10 @@ from typing import Any
 
 import onnx
 
-from moonlit.litepred.fusion import RuleSet, load_rules
-from moonlit.litepred.fusion_match import Match, partition
 from moonlit.litepred.graph.ir import Graph
 from moonlit.litepred.graph.onnx_import import load_graph
+from moonlit.litepred.kernels.fusion import RuleSet, load_rules
+from moonlit.litepred.kernels.matching import Match, partition
 
 __all__ = [
     "ACTIVATIONS", "KERNEL_PARAMS", "KERNEL_TYPES", "KernelConfig", "Kernel", "Unassigned",
@@ -215,7 +215,7 @@ def detect_kernels(
     rules: RuleSet | None = None,
 ) -> Detection:
     """Partition ``graph`` into kernels with ``platform``'s fusion rules (or explicit ``rules``)."""
-    from moonlit.litepred.kernel_params import extract_params
+    from moonlit.litepred.kernels.params import extract_params
 
     if not isinstance(graph, Graph):
         graph = load_graph(graph)

@@ -3,7 +3,7 @@
 A platform's rules live in ``rules/<platform>.yaml``; a file may ``extends:`` another (found
 beside it or among the packaged rules) and override it: ``sets`` by key, ``idioms`` and
 ``rules`` by name, ``disable: [rule names]``, new rules placed with ``insert_before``.
-They have three parts, applied in this order by :func:`moonlit.litepred.fusion_match.partition`:
+They have three parts, applied in this order by :func:`moonlit.litepred.kernels.matching.partition`:
 
 1. **idioms** — small DAG patterns that are one logical op although the exporter wrote several
    nodes (GELU as Div/Erf/Add/Mul/Mul, swish as x·sigmoid(x), relu6 as Clip(0, 6), decomposed
@@ -12,7 +12,7 @@ They have three parts, applied in this order by :func:`moonlit.litepred.fusion_m
    activation; the same name must bind the same tensor), an earlier node id,
    ``{const: x, tol: t}`` or ``{static: true}``; Add/Mul match their inputs in either order.
 2. **rules** — in priority order: an *anchor* unit (ops + named predicates from
-   :mod:`moonlit.litepred.fusion_predicates`), ``before`` steps walking back from anchor inputs,
+   :mod:`moonlit.litepred.kernels.predicates`), ``before`` steps walking back from anchor inputs,
    and ``chain`` steps walking forward through single-consumer tensors (``view_ops`` such as
    Reshape are stepped over and absorbed). A step lists ops, ``optional``, ``as`` (a role name
    the parameter extractor reads), ``where`` predicates, ``other`` (what the other operands of a
@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from moonlit.litepred.fusion_predicates import OTHER_CONDITIONS, PREDICATES
+from moonlit.litepred.kernels.predicates import OTHER_CONDITIONS, PREDICATES
 
 __all__ = [
     "RULES_DIR", "RULES_VERSION", "RuleError", "InputSpec", "IdiomNode", "Idiom", "Step", "Rule", "RuleSet",

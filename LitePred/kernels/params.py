@@ -1,9 +1,9 @@
 """Read a detected kernel's parameters from its matched ONNX nodes (LitePred §4.1).
 
-One extractor per kernel type turns a :class:`~moonlit.litepred.fusion_match.Match` into the
-parameter dict of :data:`moonlit.litepred.kernels.KERNEL_PARAMS`. Geometry comes from inferred
+One extractor per kernel type turns a :class:`~moonlit.litepred.kernels.matching.Match` into the
+parameter dict of :data:`moonlit.litepred.kernels.detect.KERNEL_PARAMS`. Geometry comes from inferred
 shapes and node attributes (output sizes are read, not recomputed). An extractor raises
-:class:`~moonlit.litepred.fusion_match.NotApplicable` for shapes it cannot describe (3-D convs,
+:class:`~moonlit.litepred.kernels.matching.NotApplicable` for shapes it cannot describe (3-D convs,
 batched constant weights…), which sends the unit on to the next rule or to the unassigned list.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from moonlit.common.errors import InputError
-from moonlit.litepred.fusion_match import GraphView, Match, NotApplicable
-from moonlit.litepred.fusion_predicates import reduce_axes, softmax_axis
+from moonlit.litepred.kernels.matching import GraphView, Match, NotApplicable
+from moonlit.litepred.kernels.predicates import reduce_axes, softmax_axis
 
 __all__ = ["extract_params", "fold_nchw", "shape_str"]
 

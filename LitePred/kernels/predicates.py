@@ -2,7 +2,7 @@
 
 Rules are data; the few questions they ask about a unit's shapes and attributes ("is this Conv
 depthwise?", "does this Transpose swap the last two axes?") are answered here, by name. A
-predicate takes the :class:`~moonlit.litepred.fusion_match.GraphView` and a unit and returns a
+predicate takes the :class:`~moonlit.litepred.kernels.matching.GraphView` and a unit and returns a
 bool; it never raises for an odd graph (it answers False).
 
 ``OTHER_CONDITIONS`` are what a binary op's other operands may be when it joins a chain:
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from moonlit.litepred.fusion_match import GraphView, Unit
     from moonlit.litepred.graph.ir import Node
+    from moonlit.litepred.kernels.matching import GraphView, Unit
 
 __all__ = ["PREDICATES", "OTHER_CONDITIONS", "other_ok", "reduce_axes", "softmax_axis"]
 
