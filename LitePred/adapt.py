@@ -4,7 +4,7 @@
 paper's adaptation does, on a local backend:
 
 1. the target's *real* kernel configurations: the training architectures' kernels under the
-   target's fusion rules (:class:`~moonlit.litepred.sampler.KernelPool`);
+   target's fusion rules (:class:`~moonlit.litepred.profile.sampler.KernelPool`);
 2. a *probe* of ``adapt.probe`` real configurations is profiled on the target;
 3. every platform of the knowledge pool (``adapt.pool_dir``, minus the target) predicts the probe;
    the platforms are ranked by similarity (:mod:`.similarity`) and the best one is the source;
@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from moonlit.litepred.dataset import ProfileDataset, record_key
 from moonlit.litepred.features import feature_matrix, feature_names
 from moonlit.litepred.kernels.detect import KernelConfig
 from moonlit.litepred.metrics import accuracy_report
@@ -50,11 +49,17 @@ from moonlit.litepred.pipeline import (
 )
 from moonlit.litepred.pool import KnowledgePool
 from moonlit.litepred.predictor import PlatformPredictor
-from moonlit.litepred.sampler import KernelPool, sample_configs
+from moonlit.litepred.profile.dataset import ProfileDataset, record_key
+from moonlit.litepred.profile.sampler import KernelPool, sample_configs
+from moonlit.litepred.profile.vae import sample_configs_uniform, sample_configs_vae
 from moonlit.litepred.similarity import SimilarityScore, probe_configs, rank_platforms
 from moonlit.litepred.transfer import adapt_predictor
-from moonlit.litepred.vae import sample_configs_uniform, sample_configs_vae
-from moonlit.litepred.zoo import ArchSpec, calibration_architectures, heldout_architectures, training_architectures
+from moonlit.litepred.zoo import (
+    ArchSpec,
+    calibration_architectures,
+    heldout_architectures,
+    training_architectures,
+)
 
 __all__ = ["SAMPLERS", "TargetKernels", "choose_configs", "evaluate_predictor", "measure_configs",
            "measured_calibration", "run_adapt", "similarity_ranking"]

@@ -30,7 +30,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from moonlit.common.config import compose_config, to_container
 from moonlit.common.errors import InputError
-from moonlit.litepred.dataset import ProfileDataset
 from moonlit.litepred.pipeline import (
     KernelCache,
     build_pool,
@@ -43,8 +42,13 @@ from moonlit.litepred.pipeline import (
 )
 from moonlit.litepred.predictor import PlatformPredictor
 from moonlit.litepred.profile import get_backend, list_backends
-from moonlit.litepred.sampler import sample_configs
-from moonlit.litepred.zoo import ArchSpec, calibration_architectures, training_architectures
+from moonlit.litepred.profile.dataset import ProfileDataset
+from moonlit.litepred.profile.sampler import sample_configs
+from moonlit.litepred.zoo import (
+    ArchSpec,
+    calibration_architectures,
+    training_architectures,
+)
 
 __all__ = ["main", "run_build", "run_evaluate", "run_predict", "run_profile"]
 

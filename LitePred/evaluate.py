@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from moonlit.common.report import write_section
-from moonlit.litepred.dataset import ProfileDataset
 from moonlit.litepred.metrics import accuracy_report, plot_scatter
 from moonlit.litepred.pipeline import (
     STATISTICS,
@@ -46,6 +45,7 @@ from moonlit.litepred.pipeline import (
 )
 from moonlit.litepred.predictor import PlatformPredictor
 from moonlit.litepred.profile import get_backend
+from moonlit.litepred.profile.dataset import ProfileDataset
 from moonlit.litepred.zoo import ArchSpec, heldout_architectures
 
 __all__ = ["batch_throughput", "earlier_pass_agreement", "evaluate_platform", "kernel_level"]
@@ -100,8 +100,8 @@ def kernel_level(predictor: PlatformPredictor, dataset: ProfileDataset, backend:
                  seed: int = 0, statistic: str = "p10") -> dict[str, Any]:
     """Kernel-level numbers: each type's held-out accuracy from the regressor selection (if it ran), and
     the kernel measurement ceiling from ``remeasure`` profiled kernels measured again now."""
-    from moonlit.litepred.kernel_builder import build_kernel_module
     from moonlit.litepred.kernels.detect import KernelConfig
+    from moonlit.litepred.profile.kernel_builder import build_kernel_module
 
     selection = predictor.platform.get("selection", {})
     per_type = {t: {"selected": c["selected"], "n_holdout": c["n_holdout"],

@@ -14,7 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from moonlit.litepred.regressors import FeatureTransform, Regressor, RegressorFormatError, _check_xy
+from moonlit.litepred.regressors import (
+    FeatureTransform,
+    Regressor,
+    RegressorFormatError,
+    _check_xy,
+)
 
 __all__ = ["ForestRegressor", "export_trees", "tree_ensemble_predict"]
 
@@ -134,7 +139,11 @@ class ForestRegressor(Regressor):
 
     def fit(self, X: Any, y: Any, feature_names: Sequence[str]) -> ForestRegressor:
         """Fit the transform and the sklearn ensemble on all of ``(X, y)``, then export its trees."""
-        from sklearn.ensemble import ExtraTreesRegressor, GradientBoostingRegressor, RandomForestRegressor
+        from sklearn.ensemble import (
+            ExtraTreesRegressor,
+            GradientBoostingRegressor,
+            RandomForestRegressor,
+        )
 
         X, y = _check_xy(X, y, len(feature_names))
         self.transform = FeatureTransform.fit(X, feature_names, self.log_features)

@@ -38,7 +38,11 @@ from moonlit.common.errors import InputError
 from moonlit.litepred.features import feature_matrix
 from moonlit.litepred.graph.ir import Graph
 from moonlit.litepred.graph.onnx_import import graph_from_torch
-from moonlit.litepred.kernels.detect import KernelConfig, detect_kernels, load_platform_rules
+from moonlit.litepred.kernels.detect import (
+    KernelConfig,
+    detect_kernels,
+    load_platform_rules,
+)
 from moonlit.litepred.kernels.fusion import RuleSet
 from moonlit.litepred.pipeline import read_jsonl_cache
 

@@ -5,9 +5,10 @@ quickstart and the tests compose them:
 
 * :class:`KernelCache` — the kernels of each architecture under a platform's fusion rules
   (export → :func:`~moonlit.litepred.graph.onnx_import.load_graph` →
-  :func:`~moonlit.litepred.kernels.detect.detect_kernels`), appended to a JSON Lines file so an interrupted run resumes where it stopped;
+  :func:`~moonlit.litepred.kernels.detect.detect_kernels`), appended to a JSON Lines file so an
+  interrupted run resumes where it stopped;
 * :func:`profile_kernels` / :func:`profile_models` — measure on a backend, appending every
-  result to a :class:`~moonlit.litepred.dataset.ProfileDataset` (already measured keys are skipped);
+  result to a :class:`~moonlit.litepred.profile.dataset.ProfileDataset` (already measured keys are skipped);
 * :func:`train_predictor` — one regressor per kernel type from the dataset, then
   :func:`calibrate_overhead` on whole models measured on the same backend;
 * :func:`model_rows` / :func:`predict_architectures` — a model's kernels as feature rows, and the
@@ -29,12 +30,12 @@ import numpy as np
 from tqdm import tqdm
 
 from moonlit.common.errors import InputError
-from moonlit.litepred.dataset import ProfileDataset, ProfileRecord, record_key
 from moonlit.litepred.features import feature_matrix, feature_names
 from moonlit.litepred.kernels.detect import Detection, KernelConfig, detect_kernels
 from moonlit.litepred.predictor import PlatformPredictor
 from moonlit.litepred.profile.base import Backend
-from moonlit.litepred.sampler import KernelPool
+from moonlit.litepred.profile.dataset import ProfileDataset, ProfileRecord, record_key
+from moonlit.litepred.profile.sampler import KernelPool
 from moonlit.litepred.zoo import ArchSpec
 
 __all__ = [
@@ -129,7 +130,7 @@ def profile_kernels(configs: Sequence[KernelConfig], backend: Backend, dataset: 
                     group_size: int = 128, desc: str | None = None) -> dict[str, Any]:
     """Measure every config not yet in ``dataset`` for ``backend``, ``group_size`` at a time timed
     interleaved (:meth:`Backend.measure_many`); each group is appended as soon as it is measured."""
-    from moonlit.litepred.kernel_builder import build_kernel_module
+    from moonlit.litepred.profile.kernel_builder import build_kernel_module
 
     done = dataset.measured_keys(backend.name, "kernel")
     todo = [c for c in configs if record_key(c.type, dict(c.params)) not in done]

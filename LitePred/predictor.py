@@ -37,7 +37,13 @@ import numpy as np
 from moonlit.common.errors import InputError
 from moonlit.litepred.calibration import Overhead, fit_overhead, fit_type_scales
 from moonlit.litepred.metrics import accuracy_report
-from moonlit.litepred.regressors import ForestRegressor, MLPRegressor, Regressor, RegressorFormatError, load_regressor
+from moonlit.litepred.regressors import (
+    ForestRegressor,
+    MLPRegressor,
+    Regressor,
+    RegressorFormatError,
+    load_regressor,
+)
 
 __all__ = [
     "DEFAULT_REGRESSOR",

@@ -41,7 +41,11 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 if TYPE_CHECKING:  # at run time these come from __getattr__ below
-    from moonlit.litepred.forest import ForestRegressor, export_trees, tree_ensemble_predict
+    from moonlit.litepred.forest import (
+        ForestRegressor,
+        export_trees,
+        tree_ensemble_predict,
+    )
     from moonlit.litepred.mlp import MLPRegressor
 
 __all__ = [

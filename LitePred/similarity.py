@@ -31,7 +31,7 @@ from scipy.stats import spearmanr
 from moonlit.litepred.features import feature_matrix
 from moonlit.litepred.kernels.detect import KernelConfig
 from moonlit.litepred.predictor import PlatformPredictor
-from moonlit.litepred.sampler import KernelPool, sample_configs
+from moonlit.litepred.profile.sampler import KernelPool, sample_configs
 
 __all__ = ["METRICS", "SimilarityScore", "kl_divergence", "model_line_error", "probe_configs", "rank_platforms"]
 

@@ -47,12 +47,16 @@ from moonlit.litepred.adapt import (
     measured_calibration,
     similarity_ranking,
 )
-from moonlit.litepred.dataset import ProfileDataset
 from moonlit.litepred.pipeline import KernelCache
 from moonlit.litepred.pool import KnowledgePool
 from moonlit.litepred.profile import get_backend
+from moonlit.litepred.profile.dataset import ProfileDataset
 from moonlit.litepred.similarity import probe_configs
-from moonlit.litepred.zoo import calibration_architectures, heldout_architectures, training_architectures
+from moonlit.litepred.zoo import (
+    calibration_architectures,
+    heldout_architectures,
+    training_architectures,
+)
 
 __all__ = ["main", "plot", "render", "run_experiment"]
 

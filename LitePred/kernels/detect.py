@@ -167,7 +167,9 @@ class Detection:
         return [k.config for k in self.kernels if kernel_type is None or k.config.type == kernel_type]
 
     def summary(self) -> dict[str, Any]:
-        from moonlit.litepred.features import kernel_macs  # features imports this module
+        from moonlit.litepred.features import (
+            kernel_macs,  # features imports this module
+        )
 
         return {
             "platform": self.platform,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from moonlit.litepred.cli import main
-from moonlit.litepred.dataset import ProfileDataset
 from moonlit.litepred.pool import KnowledgePool
+from moonlit.litepred.profile.dataset import ProfileDataset
 
 SMALL = ["architectures.train=6", "architectures.families=null", "architectures.calibration=6", "budget.kernels=160", "budget.min_per_type=10",
          "heldout.n=6", "heldout.families=[spaceevo-like,elasticvit-like]", "regressor=forest"]

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moonlit.litepred.calibration import SCALE_BOUNDS, Overhead, fit_overhead, fit_type_scales
+from moonlit.litepred.calibration import (
+    SCALE_BOUNDS,
+    Overhead,
+    fit_overhead,
+    fit_type_scales,
+)
 from moonlit.litepred.predictor import PlatformPredictor
 from moonlit.litepred.regressors import ForestRegressor
 

@@ -6,7 +6,11 @@ import pytest
 
 from moonlit.common.config import compose_config
 from moonlit.common.errors import InputError
-from moonlit.litepred.cli import DEFAULT_CALIBRATION_MODELS, _calibration_count, _training_specs
+from moonlit.litepred.cli import (
+    DEFAULT_CALIBRATION_MODELS,
+    _calibration_count,
+    _training_specs,
+)
 
 
 def _cfg(*overrides: str):

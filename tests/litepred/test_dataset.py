@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from moonlit.litepred.dataset import ProfileDataset, ProfileRecord, record_key
 from moonlit.litepred.profile import DebugCostModel, Measurement, get_backend
+from moonlit.litepred.profile.dataset import ProfileDataset, ProfileRecord, record_key
 
 CONFIGS = [{"hw": hw, "cin": cin, "cout": 2 * cin, "k": 3, "s": 1} for hw in (8, 16) for cin in (4, 8, 12)]
 
@@ -102,14 +102,14 @@ def test_truncated_last_line_is_skipped_then_cut(tmp_path: Path, caplog: pytest.
     whole = json.dumps(_record(CONFIGS[2]).to_dict()) + "\n"
     with open(path, "a") as file:
         file.write(whole[: len(whole) // 2])  # killed in the middle of a write
-    with caplog.at_level(logging.WARNING, logger="moonlit.litepred.dataset"):
+    with caplog.at_level(logging.WARNING, logger="moonlit.litepred.profile.dataset"):
         recovered = ProfileDataset(path)
     assert len(recovered) == 2 and "line 3" in caplog.text
     recovered.append(_record(CONFIGS[3]))
     lines = path.read_text().splitlines()
     assert len(lines) == 3 and all(json.loads(line) for line in lines)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="moonlit.litepred.dataset"):
+    with caplog.at_level(logging.WARNING, logger="moonlit.litepred.profile.dataset"):
         assert [r.config for r in ProfileDataset(path)] == [CONFIGS[0], CONFIGS[1], CONFIGS[3]]
     assert caplog.text == ""
 

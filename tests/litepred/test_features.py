@@ -17,8 +17,8 @@ from moonlit.litepred.features import (
     kernel_macs,
     kernel_params,
 )
-from moonlit.litepred.kernel_builder import build_kernel_module
 from moonlit.litepred.kernels.detect import KERNEL_PARAMS, KernelConfig
+from moonlit.litepred.profile.kernel_builder import build_kernel_module
 
 CONV = dict(batch=1, h=56, w=56, cin=64, cout=128, kh=3, kw=3, sh=2, sw=2, ph=1, pw=1, dh=1, dw=1,
             groups=1, hout=28, wout=28, act="relu", residual="none")

@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from moonlit.litepred.graph.onnx_import import load_graph
-from moonlit.litepred.kernel_builder import build_kernel_module, build_kernel_onnx
-from moonlit.litepred.kernels.detect import ACTIVATIONS, KERNEL_TYPES, KernelConfig, detect_kernels
+from moonlit.litepred.kernels.detect import (
+    ACTIVATIONS,
+    KERNEL_TYPES,
+    KernelConfig,
+    detect_kernels,
+)
+from moonlit.litepred.profile.kernel_builder import (
+    build_kernel_module,
+    build_kernel_onnx,
+)
 
 
 def C(kind: str, **params) -> KernelConfig:
@@ -166,8 +174,8 @@ def test_activation_round_trip_is_exhaustive():
 
 def test_elementwise_kernels_on_tokens_are_built_as_tokens() -> None:
     """w = 1, h > 1 is a (B, N, C) tensor: elementwise kernels keep that layout (INT8 ORT is 40x slower on (B, C, N, 1))."""
-    from moonlit.litepred.kernel_builder import build_kernel_module
     from moonlit.litepred.kernels.detect import KernelConfig
+    from moonlit.litepred.profile.kernel_builder import build_kernel_module
 
     _, (x,) = build_kernel_module(KernelConfig("act", {"act": "gelu", "batch": 1, "c": 384, "h": 196, "w": 1}))
     assert tuple(x.shape) == (1, 196, 384)

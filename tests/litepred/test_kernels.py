@@ -17,7 +17,11 @@ from moonlit.common.export.onnx import export_onnx, lower_ir_version
 from moonlit.common.profiling.flops import count_macs
 from moonlit.litepred.graph.ir import Graph
 from moonlit.litepred.graph.onnx_import import graph_from_torch, load_graph
-from moonlit.litepred.kernels.detect import KernelConfig, detect_kernels, load_platform_rules
+from moonlit.litepred.kernels.detect import (
+    KernelConfig,
+    detect_kernels,
+    load_platform_rules,
+)
 from moonlit.litepred.kernels.fusion import RuleError, available_platforms
 
 PLATFORMS = ("base", "ort-fp32", "ort-fp32-noopt", "ort-int8", "torch-fp32")

@@ -11,14 +11,25 @@ import numpy as np
 import pytest
 
 from moonlit.common.config import compose_config
-from moonlit.litepred.cli import main, resolve_spec, run_calibrate, run_predict, run_profile
-from moonlit.litepred.dataset import ProfileDataset
+from moonlit.litepred.cli import (
+    main,
+    resolve_spec,
+    run_calibrate,
+    run_predict,
+    run_profile,
+)
 from moonlit.litepred.evaluate import earlier_pass_agreement
 from moonlit.litepred.features import feature_names, features
 from moonlit.litepred.kernels.detect import detect_kernels
-from moonlit.litepred.pipeline import KernelCache, export_spec, predict_architectures, profile_kernels
+from moonlit.litepred.pipeline import (
+    KernelCache,
+    export_spec,
+    predict_architectures,
+    profile_kernels,
+)
 from moonlit.litepred.predictor import PlatformPredictor
 from moonlit.litepred.profile import get_backend
+from moonlit.litepred.profile.dataset import ProfileDataset
 from moonlit.litepred.profile.debug import DebugBackend, DebugCostModel
 from moonlit.litepred.zoo import heldout_architectures
 

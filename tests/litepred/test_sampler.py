@@ -1,4 +1,4 @@
-"""``moonlit.litepred.sampler``: the kernel pool, quotas and neighbours of real configurations."""
+"""``moonlit.litepred.profile.sampler``: the kernel pool, quotas and neighbours of real configurations."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moonlit.litepred.kernel_builder import build_kernel_module
 from moonlit.litepred.kernels.detect import KernelConfig
-from moonlit.litepred.sampler import KernelPool, neighbour, sample_configs
+from moonlit.litepred.profile.kernel_builder import build_kernel_module
+from moonlit.litepred.profile.sampler import KernelPool, neighbour, sample_configs
 
 
 def conv(h: int, cin: int, cout: int, k: int = 3, s: int = 1, groups: int = 1, act: str = "relu") -> KernelConfig:

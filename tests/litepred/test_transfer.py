@@ -20,7 +20,12 @@ from moonlit.litepred.mlp import MLPRegressor
 from moonlit.litepred.pool import KnowledgePool
 from moonlit.litepred.predictor import PlatformPredictor
 from moonlit.litepred.similarity import kl_divergence, rank_platforms
-from moonlit.litepred.transfer import LinearRegressor, ResidualRegressor, adapt_predictor, fit_log_affine
+from moonlit.litepred.transfer import (
+    LinearRegressor,
+    ResidualRegressor,
+    adapt_predictor,
+    fit_log_affine,
+)
 
 NAMES = ["hw", "cin", "macs_m"]
 
@@ -187,7 +192,7 @@ def test_knowledge_pool_lists_and_loads(tmp_path: Path) -> None:
 
 def correlated_pool():
     """Real conv configs where channels double as resolution halves (h · cin constant), as in CNN stages."""
-    from moonlit.litepred.sampler import KernelPool
+    from moonlit.litepred.profile.sampler import KernelPool
 
     pool = KernelPool(platform="test")
     configs = []
@@ -203,7 +208,7 @@ def correlated_pool():
 
 
 def test_vae_sampler_keeps_the_joint_distribution_uniform_does_not() -> None:
-    from moonlit.litepred.vae import sample_configs_uniform, sample_configs_vae
+    from moonlit.litepred.profile.vae import sample_configs_uniform, sample_configs_vae
 
     pool, real = correlated_pool()
     exclude = [real[0].key()]

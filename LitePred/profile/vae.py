@@ -30,7 +30,7 @@ import numpy as np
 
 from moonlit.litepred.features import kernel_macs
 from moonlit.litepred.kernels.detect import KernelConfig
-from moonlit.litepred.sampler import (
+from moonlit.litepred.profile.sampler import (
     _CHANNELS,
     _CONV_LIKE,
     _REAL_ONLY,
