@@ -33,9 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from moonlit.litepred.features import feature_matrix, feature_names
 from moonlit.litepred.kernels.detect import KernelConfig
-from moonlit.litepred.metrics import accuracy_report
 from moonlit.litepred.pipeline import (
     KernelCache,
     _model_config,
@@ -48,7 +46,9 @@ from moonlit.litepred.pipeline import (
     profile_models,
 )
 from moonlit.litepred.pool import KnowledgePool
-from moonlit.litepred.predictor import PlatformPredictor
+from moonlit.litepred.predict.features import feature_matrix, feature_names
+from moonlit.litepred.predict.metrics import accuracy_report
+from moonlit.litepred.predict.predictor import PlatformPredictor
 from moonlit.litepred.profile.dataset import ProfileDataset, record_key
 from moonlit.litepred.profile.sampler import KernelPool, sample_configs
 from moonlit.litepred.profile.vae import sample_configs_uniform, sample_configs_vae

@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import numpy as np
 
 from moonlit.common.errors import InputError
-from moonlit.litepred.nas import ModelPart
-from moonlit.litepred.nas import PartKernelCache as PartCache
 from moonlit.litepred.pipeline import measure_like_predictor as _measure_like_platform
 from moonlit.litepred.pipeline import protocol_summary
-from moonlit.litepred.predictor import PlatformPredictor as Predictor
+from moonlit.litepred.predict.parts import ModelPart
+from moonlit.litepred.predict.parts import PartKernelCache as PartCache
+from moonlit.litepred.predict.predictor import PlatformPredictor as Predictor
 from moonlit.litepred.zoo import ArchFamily, ArchSpec, register_family
 
 if TYPE_CHECKING:

@@ -40,7 +40,7 @@ from moonlit.litepred.pipeline import (
     timed_predict_onnx,
     train_predictor,
 )
-from moonlit.litepred.predictor import PlatformPredictor
+from moonlit.litepred.predict.predictor import PlatformPredictor
 from moonlit.litepred.profile import get_backend, list_backends
 from moonlit.litepred.profile.dataset import ProfileDataset
 from moonlit.litepred.profile.sampler import sample_configs
@@ -112,7 +112,7 @@ def run_profile(cfg: DictConfig, backend: Any = None) -> dict[str, Any]:
 
 def _weight_rates(value: Any) -> tuple[float, ...]:
     """``overhead.weight_rates``: null = the default grid, a list, or one number (fixed)."""
-    from moonlit.litepred.calibration import WEIGHT_RATE_GRID
+    from moonlit.litepred.predict.calibration import WEIGHT_RATE_GRID
 
     if value is None:
         return WEIGHT_RATE_GRID
@@ -248,7 +248,7 @@ def resolve_spec(text: str) -> ArchSpec:
 
 def run_evaluate(cfg: DictConfig, section: dict[str, Any] | None = None) -> dict[str, Any]:
     """Held-out models measured ``heldout.repeats`` times and predicted; see :func:`.evaluate.evaluate_platform`."""
-    from moonlit.litepred.evaluate import evaluate_platform
+    from moonlit.litepred.predict.evaluate import evaluate_platform
 
     h = cfg.heldout
     results = evaluate_platform(cfg.predictor_dir, cfg.dataset, KernelCache(cfg.kernel_cache, cfg.rules),

@@ -30,9 +30,9 @@ import numpy as np
 from tqdm import tqdm
 
 from moonlit.common.errors import InputError
-from moonlit.litepred.features import feature_matrix, feature_names
 from moonlit.litepred.kernels.detect import Detection, KernelConfig, detect_kernels
-from moonlit.litepred.predictor import PlatformPredictor
+from moonlit.litepred.predict.features import feature_matrix, feature_names
+from moonlit.litepred.predict.predictor import PlatformPredictor
 from moonlit.litepred.profile.base import Backend
 from moonlit.litepred.profile.dataset import ProfileDataset, ProfileRecord, record_key
 from moonlit.litepred.profile.sampler import KernelPool
@@ -305,7 +305,7 @@ def timed_predict_onnx(predictor: PlatformPredictor, path: str | Path, platform:
                        input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """Predict one ``.onnx`` file end to end (load, shapes, kernels, regressors) and time each part.
 
-    The latency is finite and at least :data:`~moonlit.litepred.predictor.MIN_LATENCY_MS`; a file that
+    The latency is finite and at least :data:`~moonlit.litepred.predict.predictor.MIN_LATENCY_MS`; a file that
     cannot be predicted raises :class:`~moonlit.common.errors.InputError` naming it.
     """
     from moonlit.litepred.graph.onnx_import import load_graph

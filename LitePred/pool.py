@@ -1,7 +1,7 @@
 """The knowledge pool: built predictors of known platforms, listable and loadable by name (LitePred, NSDI'24, Sec. 5).
 
 A pool is a directory with one sub-directory per platform, each written by
-:meth:`~moonlit.litepred.predictor.PlatformPredictor.save` (``moonlit-litepred build`` writes
+:meth:`~moonlit.litepred.predict.predictor.PlatformPredictor.save` (``moonlit-litepred build`` writes
 ``outputs/litepred/predictors/<platform>/``). A platform's metadata — runtime and version,
 precision, threads, optimization level, CPU model and ISA flags, the fusion rules and the kernel
 rows each regressor saw — is read from its ``platform.json`` without loading any regressor.
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from moonlit.litepred.predictor import PLATFORM_FILE, PlatformPredictor
+from moonlit.litepred.predict.predictor import PLATFORM_FILE, PlatformPredictor
 
 __all__ = ["KnowledgePool"]
 

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from moonlit.litepred.features import feature_matrix
 from moonlit.litepred.kernels.detect import KernelConfig
-from moonlit.litepred.predictor import PlatformPredictor
+from moonlit.litepred.predict.features import feature_matrix
+from moonlit.litepred.predict.predictor import PlatformPredictor
 from moonlit.litepred.profile.sampler import KernelPool, sample_configs
 
 __all__ = ["METRICS", "SimilarityScore", "kl_divergence", "model_line_error", "probe_configs", "rank_platforms"]
@@ -83,7 +83,7 @@ def _predict(predictor: PlatformPredictor, configs: Sequence[KernelConfig]) -> n
 def model_line_error(predicted_ms: Any, measured_ms: Any) -> float:
     """Leave-one-out mean relative error of ``measured ≈ a · predicted + b`` (least squares on relative
     residuals) over whole models: how well one platform's model predictions explain another's."""
-    from moonlit.litepred.calibration import fit_overhead
+    from moonlit.litepred.predict.calibration import fit_overhead
 
     p, m = np.asarray(predicted_ms, dtype=np.float64), np.asarray(measured_ms, dtype=np.float64)
     if p.shape != m.shape or p.ndim != 1 or len(p) < 3:

@@ -24,8 +24,8 @@ import numpy as np
 
 from moonlit.common.errors import InputError
 from moonlit.litepred.api import ArchSpec, Predictor
-from moonlit.litepred.features import feature_names, feature_schema
-from moonlit.litepred.regressors import FeatureTransform
+from moonlit.litepred.predict.features import feature_names, feature_schema
+from moonlit.litepred.predict.regressors import FeatureTransform
 from moonlit.litepred.transfer import LinearRegressor
 from moonlit.litepred.zoo import (
     get_family,

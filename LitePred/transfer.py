@@ -3,7 +3,7 @@
 LitePred's point is that a new platform needs minutes of profiling, not days: take the predictor
 of the most similar platform in the knowledge pool (:mod:`.similarity`) and fine-tune it on a few
 hundred kernels profiled on the target. :func:`adapt_predictor` builds a target
-:class:`~moonlit.litepred.predictor.PlatformPredictor` from a source one and per-type target data
+:class:`~moonlit.litepred.predict.predictor.PlatformPredictor` from a source one and per-type target data
 ``{kernel type: (X, y)}`` by one of these methods (all compared in the transfer experiment):
 
 ``fine-tune``  the paper's method. MLP regressors are fine-tuned (all layers, Adam, a learning
@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from moonlit.litepred.calibration import Overhead
-from moonlit.litepred.forest import ForestRegressor
-from moonlit.litepred.mlp import MLPRegressor
-from moonlit.litepred.predictor import PlatformPredictor
-from moonlit.litepred.regressors import (
+from moonlit.litepred.predict.calibration import Overhead
+from moonlit.litepred.predict.forest import ForestRegressor
+from moonlit.litepred.predict.mlp import MLPRegressor
+from moonlit.litepred.predict.predictor import PlatformPredictor
+from moonlit.litepred.predict.regressors import (
     ARRAYS_FILE,
     FORMAT,
     META_FILE,
@@ -111,7 +111,7 @@ class ResidualRegressor(Regressor):
 
     @classmethod
     def _load_dir(cls, path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> ResidualRegressor:
-        from moonlit.litepred.regressors import load_regressor
+        from moonlit.litepred.predict.regressors import load_regressor
 
         hp = meta["hyperparameters"]
         base = load_regressor(path / "base", meta["feature_names"])

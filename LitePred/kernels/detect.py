@@ -167,7 +167,7 @@ class Detection:
         return [k.config for k in self.kernels if kernel_type is None or k.config.type == kernel_type]
 
     def summary(self) -> dict[str, Any]:
-        from moonlit.litepred.features import (
+        from moonlit.litepred.predict.features import (
             kernel_macs,  # features imports this module
         )
 

@@ -15,7 +15,7 @@ about what its reorders cost). :func:`strip_boundaries` takes the optimized grap
 builds, removes those ops where they touch the graph's inputs and outputs, and returns a graph
 whose inputs and outputs are the tensors the kernel reads and writes inside a model (8-bit,
 NHWC or blocked), with a feed of those shapes. It is timed with optimizations off (they have
-run). The per-model overhead term (:mod:`moonlit.litepred.calibration`) keeps the one reorder or
+run). The per-model overhead term (:mod:`moonlit.litepred.predict.calibration`) keeps the one reorder or
 quantize pair a whole model pays at its ends.
 """
 

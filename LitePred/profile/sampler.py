@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from moonlit.litepred.features import kernel_macs
 from moonlit.litepred.kernels.detect import Detection, KernelConfig
+from moonlit.litepred.predict.features import kernel_macs
 
 __all__ = ["KernelPool", "neighbour", "sample_configs"]
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from moonlit.litepred.features import kernel_macs
 from moonlit.litepred.kernels.detect import KernelConfig
+from moonlit.litepred.predict.features import kernel_macs
 from moonlit.litepred.profile.sampler import (
     _CHANNELS,
     _CONV_LIKE,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moonlit.litepred.features import feature_names
-from moonlit.litepred.forest import ForestRegressor
 from moonlit.litepred.kernels.detect import KERNEL_TYPES
-from moonlit.litepred.predictor import PlatformPredictor
+from moonlit.litepred.predict.features import feature_names
+from moonlit.litepred.predict.forest import ForestRegressor
+from moonlit.litepred.predict.predictor import PlatformPredictor
 
 
 @pytest.fixture(scope="session")

@@ -86,7 +86,7 @@ class MacsPredictor:
     rules = "ort-fp32"
 
     def predict_models(self, models, apply_overhead: bool = True) -> np.ndarray:
-        from moonlit.litepred.features import feature_names
+        from moonlit.litepred.predict.features import feature_names
 
         column = feature_names("conv").index("macs_m")
         return np.array([float(model["conv"][:, column].sum()) if "conv" in model else 0.0 for model in models])

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moonlit.litepred.calibration import (
+from moonlit.litepred.predict.calibration import (
     SCALE_BOUNDS,
     Overhead,
     fit_overhead,
     fit_type_scales,
 )
-from moonlit.litepred.predictor import PlatformPredictor
-from moonlit.litepred.regressors import ForestRegressor
+from moonlit.litepred.predict.predictor import PlatformPredictor
+from moonlit.litepred.predict.regressors import ForestRegressor
 
 TYPES = ["conv", "layout", "matmul"]
 
@@ -100,9 +100,9 @@ def test_predictor_applies_type_factors_and_round_trips(predictor, tmp_path) -> 
 
 def test_weight_read_floor_rate_is_recovered_by_calibration() -> None:
     """Models whose latency is Σ max(kernel, rate · params) (a brute-force ground truth): the rate is chosen."""
-    from moonlit.litepred.features import feature_names
-    from moonlit.litepred.forest import ForestRegressor
-    from moonlit.litepred.predictor import PlatformPredictor
+    from moonlit.litepred.predict.features import feature_names
+    from moonlit.litepred.predict.forest import ForestRegressor
+    from moonlit.litepred.predict.predictor import PlatformPredictor
 
     names = feature_names("fc")
     column = names.index("params_m")
@@ -184,7 +184,7 @@ def test_per_type_fit_keeps_the_intercept_non_negative() -> None:
 
 
 def test_predictions_are_floored_at_the_minimum_latency(predictor) -> None:
-    from moonlit.litepred.predictor import MIN_LATENCY_MS, floor_latency
+    from moonlit.litepred.predict.predictor import MIN_LATENCY_MS, floor_latency
 
     tiny = {"conv": np.array([[1.0, 1.0]])}  # ~0.1 ms of kernels
     kernel = float(predictor.predict_kernels("conv", tiny["conv"])[0])

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from moonlit.common.profiling.flops import count_macs
-from moonlit.litepred.features import (
+from moonlit.litepred.kernels.detect import KERNEL_PARAMS, KernelConfig
+from moonlit.litepred.predict.features import (
     feature_matrix,
     feature_names,
     feature_schema,
@@ -17,7 +18,6 @@ from moonlit.litepred.features import (
     kernel_macs,
     kernel_params,
 )
-from moonlit.litepred.kernels.detect import KERNEL_PARAMS, KernelConfig
 from moonlit.litepred.profile.kernel_builder import build_kernel_module
 
 CONV = dict(batch=1, h=56, w=56, cin=64, cout=128, kh=3, kw=3, sh=2, sw=2, ph=1, pw=1, dh=1, dw=1,

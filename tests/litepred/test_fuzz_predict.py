@@ -24,7 +24,7 @@ from torch import nn
 from moonlit.common.errors import InputError
 from moonlit.common.export.onnx import export_onnx
 from moonlit.litepred.pipeline import timed_predict_onnx
-from moonlit.litepred.predictor import PlatformPredictor
+from moonlit.litepred.predict.predictor import PlatformPredictor
 
 
 class TinyCNN(nn.Module):

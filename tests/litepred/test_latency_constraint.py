@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from moonlit.common.nas import LatencyConstraint
-from moonlit.litepred.calibration import Overhead
-from moonlit.litepred.predictor import MIN_LATENCY_MS, PlatformPredictor
-from moonlit.litepred.regressors import ForestRegressor
+from moonlit.litepred.predict.calibration import Overhead
+from moonlit.litepred.predict.predictor import MIN_LATENCY_MS, PlatformPredictor
+from moonlit.litepred.predict.regressors import ForestRegressor
 
 
 @pytest.fixture(scope="module")

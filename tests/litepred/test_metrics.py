@@ -1,4 +1,4 @@
-"""Accuracy metrics vs hand-computed values; scatter plot output (moonlit.litepred.metrics)."""
+"""Accuracy metrics vs hand-computed values; scatter plot output (moonlit.litepred.predict.metrics)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from moonlit.litepred.metrics import (
+from moonlit.litepred.predict.metrics import (
     accuracy_report,
     mape,
     measurement_ceiling,

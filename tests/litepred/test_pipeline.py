@@ -18,8 +18,6 @@ from moonlit.litepred.cli import (
     run_predict,
     run_profile,
 )
-from moonlit.litepred.evaluate import earlier_pass_agreement
-from moonlit.litepred.features import feature_names, features
 from moonlit.litepred.kernels.detect import detect_kernels
 from moonlit.litepred.pipeline import (
     KernelCache,
@@ -27,7 +25,9 @@ from moonlit.litepred.pipeline import (
     predict_architectures,
     profile_kernels,
 )
-from moonlit.litepred.predictor import PlatformPredictor
+from moonlit.litepred.predict.evaluate import earlier_pass_agreement
+from moonlit.litepred.predict.features import feature_names, features
+from moonlit.litepred.predict.predictor import PlatformPredictor
 from moonlit.litepred.profile import get_backend
 from moonlit.litepred.profile.dataset import ProfileDataset
 from moonlit.litepred.profile.debug import DebugBackend, DebugCostModel

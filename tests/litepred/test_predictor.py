@@ -1,4 +1,4 @@
-"""Per-kernel regressors and the platform predictor (moonlit.litepred.regressors / .predictor).
+"""Per-kernel regressors and the platform predictor (moonlit.litepred.predict.regressors / .predictor).
 
 Reference values come from elsewhere: sklearn's own ``predict`` for the exported trees, numpy
 formulas for the feature transform and the least-squares overhead, a per-model Python loop for
@@ -12,15 +12,15 @@ import json
 import numpy as np
 import pytest
 
-from moonlit.litepred.metrics import mape, within
-from moonlit.litepred.predictor import (
+from moonlit.litepred.predict.metrics import mape, within
+from moonlit.litepred.predict.predictor import (
     Overhead,
     PlatformPredictor,
     fit_overhead,
     make_regressor,
     select_regressor,
 )
-from moonlit.litepred.regressors import (
+from moonlit.litepred.predict.regressors import (
     FeatureTransform,
     ForestRegressor,
     MLPRegressor,
@@ -333,7 +333,7 @@ def test_train_with_selection_records_the_comparison(data, tmp_path) -> None:
 
 
 def test_mlp_predictions_stay_near_the_training_latencies(tmp_path) -> None:  # noqa: ANN001
-    from moonlit.litepred.mlp import EXTRAPOLATION_LIMIT, MLPRegressor
+    from moonlit.litepred.predict.mlp import EXTRAPOLATION_LIMIT, MLPRegressor
 
     rng = np.random.default_rng(0)
     X = rng.uniform(1, 10, size=(200, 2))

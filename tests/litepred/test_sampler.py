@@ -104,7 +104,7 @@ def test_bad_arguments_are_named(pool: KernelPool) -> None:
 
 
 def test_neighbours_stay_near_in_size_and_cost(pool: KernelPool) -> None:
-    from moonlit.litepred.features import kernel_macs
+    from moonlit.litepred.predict.features import kernel_macs
 
     configs = sample_configs(pool, 80, seed=1, min_per_type=8, neighbour_fraction=0.6)
     real_convs = [pool.configs[k] for k in pool.counts["conv"]]

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from scipy.stats import entropy
 
-from moonlit.litepred.forest import ForestRegressor
 from moonlit.litepred.kernels.detect import KernelConfig
-from moonlit.litepred.metrics import mape
-from moonlit.litepred.mlp import MLPRegressor
 from moonlit.litepred.pool import KnowledgePool
-from moonlit.litepred.predictor import PlatformPredictor
+from moonlit.litepred.predict.forest import ForestRegressor
+from moonlit.litepred.predict.metrics import mape
+from moonlit.litepred.predict.mlp import MLPRegressor
+from moonlit.litepred.predict.predictor import PlatformPredictor
 from moonlit.litepred.similarity import kl_divergence, rank_platforms
 from moonlit.litepred.transfer import (
     LinearRegressor,

@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from moonlit.common.report import write_section
-from moonlit.litepred.metrics import accuracy_report, plot_scatter
 from moonlit.litepred.pipeline import (
     STATISTICS,
     KernelCache,
@@ -43,7 +42,8 @@ from moonlit.litepred.pipeline import (
     profile_models,
     timed_predict_onnx,
 )
-from moonlit.litepred.predictor import PlatformPredictor
+from moonlit.litepred.predict.metrics import accuracy_report, plot_scatter
+from moonlit.litepred.predict.predictor import PlatformPredictor
 from moonlit.litepred.profile import get_backend
 from moonlit.litepred.profile.dataset import ProfileDataset
 from moonlit.litepred.zoo import ArchSpec, heldout_architectures
@@ -120,7 +120,7 @@ def kernel_level(predictor: PlatformPredictor, dataset: ProfileDataset, backend:
     first_a, second_a = np.maximum(np.array(first), 1e-6), np.maximum(np.array(second), 1e-6)
     ceiling = {"n": len(first)}
     if first:
-        from moonlit.litepred.metrics import measurement_ceiling
+        from moonlit.litepred.predict.metrics import measurement_ceiling
 
         ceiling.update({"within_5pct": measurement_ceiling(first_a, second_a, 0.05),
                         "within_10pct": measurement_ceiling(first_a, second_a, 0.10)})

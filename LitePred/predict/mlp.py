@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from moonlit.litepred.regressors import FeatureTransform, Regressor, _check_xy
+from moonlit.litepred.predict.regressors import FeatureTransform, Regressor, _check_xy
 
 EXTRAPOLATION_LIMIT = 4.0
 

@@ -3,7 +3,7 @@
 The reference predicts a model's latency as the sum of its kernels' predicted latencies. Isolated
 kernels overshoot whole models by ~10% on our CPUs (fusion, caches, per-call overhead), so we add
 a per-platform linear calibration ``model_ms = a * sum + b`` fitted on a few measured models, or
-one factor per kernel type on top of it (:mod:`moonlit.litepred.calibration`); with too few models
+one factor per kernel type on top of it (:mod:`moonlit.litepred.predict.calibration`); with too few models
 it falls back to the plain sum (a = 1, b = 0).
 
 :func:`select_regressor` trains candidate regressors (the reference's MLP, nn-Meter's random
@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 
 from moonlit.common.errors import InputError
-from moonlit.litepred.calibration import Overhead, fit_overhead, fit_type_scales
-from moonlit.litepred.metrics import accuracy_report
-from moonlit.litepred.regressors import (
+from moonlit.litepred.predict.calibration import Overhead, fit_overhead, fit_type_scales
+from moonlit.litepred.predict.metrics import accuracy_report
+from moonlit.litepred.predict.regressors import (
     ForestRegressor,
     MLPRegressor,
     Regressor,
@@ -140,7 +140,7 @@ def select_regressor(X: Any, y: Any, feature_names: Sequence[str], candidates: S
 @functools.lru_cache(maxsize=None)
 def _params_column(kernel_type: str) -> int | None:
     """Index of ``params_m`` in a kernel type's feature vector (None: the type has no weights feature)."""
-    from moonlit.litepred.features import feature_names
+    from moonlit.litepred.predict.features import feature_names
 
     try:
         return feature_names(kernel_type).index("params_m")
@@ -227,7 +227,7 @@ class PlatformPredictor:
         unscaled sums as a (models × :attr:`kernel_types`) matrix instead (what calibration fits).
         ``deduplicate`` predicts each distinct row once (NAS batches repeat kernel configs a lot).
         Each kernel takes at least ``weight_rate`` ms per million parameters (default: the overhead's
-        ``weight_ms_per_mparam``; see :mod:`moonlit.litepred.calibration`).
+        ``weight_ms_per_mparam``; see :mod:`moonlit.litepred.predict.calibration`).
         """
         types = self.kernel_types
         rate = self.overhead.weight_ms_per_mparam if weight_rate is None else weight_rate
@@ -295,7 +295,7 @@ class PlatformPredictor:
         """Fit and store the overhead term from measured whole-model latencies.
 
         ``per_type=False``: one line ``a · Σ + b``; True: one factor per kernel type on top
-        (:func:`~moonlit.litepred.calibration.fit_type_scales`, ``ridge`` = its strength or "cv"),
+        (:func:`~moonlit.litepred.predict.calibration.fit_type_scales`, ``ridge`` = its strength or "cv"),
         and the weight-read floor's rate chosen from ``weight_rates`` by leave-one-out error.
         """
         if per_type:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from moonlit.litepred.regressors import (
+from moonlit.litepred.predict.regressors import (
     FeatureTransform,
     Regressor,
     RegressorFormatError,

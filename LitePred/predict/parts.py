@@ -35,7 +35,6 @@ import torch
 from torch import nn
 
 from moonlit.common.errors import InputError
-from moonlit.litepred.features import feature_matrix
 from moonlit.litepred.graph.ir import Graph
 from moonlit.litepred.graph.onnx_import import graph_from_torch
 from moonlit.litepred.kernels.detect import (
@@ -45,6 +44,7 @@ from moonlit.litepred.kernels.detect import (
 )
 from moonlit.litepred.kernels.fusion import RuleSet
 from moonlit.litepred.pipeline import read_jsonl_cache
+from moonlit.litepred.predict.features import feature_matrix
 
 __all__ = ["ModelPart", "PartKernelCache"]
 

@@ -1,4 +1,5 @@
-"""The parts cache of NAS candidates (moonlit.litepred.nas): JSONL round trip on toy parts, unknown kernel types."""
+"""The parts cache of NAS candidates (moonlit.litepred.predict.parts): JSONL round trip on toy parts,
+unknown kernel types."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from moonlit.litepred.nas import ModelPart, PartKernelCache
+from moonlit.litepred.predict.parts import ModelPart, PartKernelCache
 
 
 def test_unknown_kernel_types_are_left_out_and_counted() -> None:

@@ -41,12 +41,12 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 if TYPE_CHECKING:  # at run time these come from __getattr__ below
-    from moonlit.litepred.forest import (
+    from moonlit.litepred.predict.forest import (
         ForestRegressor,
         export_trees,
         tree_ensemble_predict,
     )
-    from moonlit.litepred.mlp import MLPRegressor
+    from moonlit.litepred.predict.mlp import MLPRegressor
 
 __all__ = [
     "FeatureTransform",
@@ -258,8 +258,8 @@ class Regressor:
         if cls is not Regressor and meta["kind"] != cls.kind:
             raise RegressorFormatError(f"{path} holds a {meta['kind']!r} regressor, not a {cls.kind!r} one")
         # imported here: both modules import this one
-        from moonlit.litepred.forest import ForestRegressor
-        from moonlit.litepred.mlp import MLPRegressor
+        from moonlit.litepred.predict.forest import ForestRegressor
+        from moonlit.litepred.predict.mlp import MLPRegressor
 
         if meta["kind"] == "residual":
             from moonlit.litepred.transfer import ResidualRegressor
