@@ -281,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(name)
         return
     from moonlit.common.errors import exit_on_user_error
-    from moonlit.litepred.adapt import run_adapt
+    from moonlit.litepred.transfer.adapt import run_adapt
 
     runner = {"profile": run_profile, "build": run_build, "calibrate": run_calibrate, "predict": run_predict,
               "evaluate": run_evaluate, "adapt": run_adapt}

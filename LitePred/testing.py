@@ -26,7 +26,7 @@ from moonlit.common.errors import InputError
 from moonlit.litepred.api import ArchSpec, Predictor
 from moonlit.litepred.predict.features import feature_names, feature_schema
 from moonlit.litepred.predict.regressors import FeatureTransform
-from moonlit.litepred.transfer import LinearRegressor
+from moonlit.litepred.transfer.methods import LinearRegressor
 from moonlit.litepred.zoo import (
     get_family,
     heldout_architectures,

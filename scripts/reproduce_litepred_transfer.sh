@@ -52,6 +52,6 @@ done
 list=$(IFS=,; echo "${platforms[*]}")
 tlist=$(IFS=,; echo "${targets[*]}")
 echo "== transfer experiment: targets [${tlist}], platforms [${list}] =="
-"$py" -m moonlit.litepred.transfer_experiment "experiment.platforms=[${list}]" "experiment.targets=[${tlist}]" \
+"$py" -m moonlit.litepred.transfer.experiment "experiment.platforms=[${list}]" "experiment.targets=[${tlist}]" \
     "${extra[@]}" "${experiment[@]}"
 echo "reproduce_litepred_transfer finished in $(( $(date +%s) - start )) s: ${out}/transfer/TABLE.md"

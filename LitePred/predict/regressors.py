@@ -63,7 +63,7 @@ FORMAT = "moonlit-litepred-regressor"
 SCHEMA_VERSION = 1
 META_FILE, ARRAYS_FILE = "regressor.json", "regressor.safetensors"
 TARGETS = ("log", "raw")
-# mlp, forest: trained per platform; residual, linear: built by moonlit.litepred.transfer
+# mlp, forest: trained per platform; residual, linear: built by moonlit.litepred.transfer.methods
 KINDS = ("mlp", "forest", "residual", "linear")
 
 
@@ -262,14 +262,14 @@ class Regressor:
         from moonlit.litepred.predict.mlp import MLPRegressor
 
         if meta["kind"] == "residual":
-            from moonlit.litepred.transfer import ResidualRegressor
+            from moonlit.litepred.transfer.methods import ResidualRegressor
 
             reg = ResidualRegressor._load_dir(Path(path), meta, arrays)
             if feature_names is not None:
                 reg.check_feature_names(feature_names)
             return reg
         if meta["kind"] == "linear":
-            from moonlit.litepred.transfer import LinearRegressor
+            from moonlit.litepred.transfer.methods import LinearRegressor
 
             target_cls: Any = LinearRegressor
         else:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from moonlit.litepred.cli import main
-from moonlit.litepred.pool import KnowledgePool
 from moonlit.litepred.profile.dataset import ProfileDataset
+from moonlit.litepred.transfer.pool import KnowledgePool
 
 SMALL = ["architectures.train=6", "architectures.families=null", "architectures.calibration=6", "budget.kernels=160", "budget.min_per_type=10",
          "heldout.n=6", "heldout.families=[spaceevo-like,elasticvit-like]", "regressor=forest"]
@@ -63,7 +63,7 @@ def test_adapt_refuses_an_empty_pool(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_transfer_experiment_rows_table_and_plot(pool_root: Path) -> None:
     from moonlit.common.config import compose_config
-    from moonlit.litepred.transfer_experiment import run_experiment
+    from moonlit.litepred.transfer.experiment import run_experiment
 
     overrides = [*SMALL, f"paths.output_root={pool_root}", "experiment.platforms=[debug,debug-int8]",
                  "experiment.targets=[debug-int8]", "experiment.budgets=[0,30]", "adapt.probe=20",

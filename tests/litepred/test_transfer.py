@@ -14,18 +14,18 @@ import pytest
 from scipy.stats import entropy
 
 from moonlit.litepred.kernels.detect import KernelConfig
-from moonlit.litepred.pool import KnowledgePool
 from moonlit.litepred.predict.forest import ForestRegressor
 from moonlit.litepred.predict.metrics import mape
 from moonlit.litepred.predict.mlp import MLPRegressor
 from moonlit.litepred.predict.predictor import PlatformPredictor
-from moonlit.litepred.similarity import kl_divergence, rank_platforms
-from moonlit.litepred.transfer import (
+from moonlit.litepred.transfer.methods import (
     LinearRegressor,
     ResidualRegressor,
     adapt_predictor,
     fit_log_affine,
 )
+from moonlit.litepred.transfer.pool import KnowledgePool
+from moonlit.litepred.transfer.similarity import kl_divergence, rank_platforms
 
 NAMES = ["hw", "cin", "macs_m"]
 
@@ -66,7 +66,7 @@ def test_kl_matches_scipy_and_is_scale_free() -> None:
 
 
 def test_platform_built_from_the_targets_own_data_ranks_first(monkeypatch) -> None:
-    import moonlit.litepred.similarity as similarity
+    import moonlit.litepred.transfer.similarity as similarity
 
     # the feature pipeline is bypassed: the probe's rows are given directly
     probe = kernels(60, 5)
@@ -228,7 +228,7 @@ def test_vae_sampler_keeps_the_joint_distribution_uniform_does_not() -> None:
 
 
 def test_model_line_error_is_zero_for_an_affine_platform_and_ranks_by_models() -> None:
-    from moonlit.litepred.similarity import model_line_error
+    from moonlit.litepred.transfer.similarity import model_line_error
 
     rng = np.random.default_rng(0)
     predicted = rng.uniform(1.0, 10.0, 12)

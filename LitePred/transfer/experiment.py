@@ -1,6 +1,6 @@
 """The transfer experiment: leave-one-platform-out adaptation vs budget (LitePred, NSDI'24, Sec. 7, Table a).
 
-    python -m moonlit.litepred.transfer_experiment 'experiment.targets=[ort-int8]'
+    python -m moonlit.litepred.transfer.experiment 'experiment.targets=[ort-int8]'
     bash scripts/reproduce_litepred_transfer.sh          # builds the pool first, then this, then the table
 
 For each target platform, the knowledge pool is every *other* platform of ``experiment.platforms``
@@ -36,7 +36,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from moonlit.common.config import compose_config
 from moonlit.common.report import render_table
-from moonlit.litepred.adapt import (
+from moonlit.litepred.pipeline import KernelCache
+from moonlit.litepred.profile import get_backend
+from moonlit.litepred.profile.dataset import ProfileDataset
+from moonlit.litepred.transfer.adapt import (
     TargetKernels,
     adapt_once,
     choose_configs,
@@ -47,11 +50,8 @@ from moonlit.litepred.adapt import (
     measured_calibration,
     similarity_ranking,
 )
-from moonlit.litepred.pipeline import KernelCache
-from moonlit.litepred.pool import KnowledgePool
-from moonlit.litepred.profile import get_backend
-from moonlit.litepred.profile.dataset import ProfileDataset
-from moonlit.litepred.similarity import probe_configs
+from moonlit.litepred.transfer.pool import KnowledgePool
+from moonlit.litepred.transfer.similarity import probe_configs
 from moonlit.litepred.zoo import (
     calibration_architectures,
     heldout_architectures,

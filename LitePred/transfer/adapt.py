@@ -45,15 +45,19 @@ from moonlit.litepred.pipeline import (
     profile_kernels,
     profile_models,
 )
-from moonlit.litepred.pool import KnowledgePool
 from moonlit.litepred.predict.features import feature_matrix, feature_names
 from moonlit.litepred.predict.metrics import accuracy_report
 from moonlit.litepred.predict.predictor import PlatformPredictor
 from moonlit.litepred.profile.dataset import ProfileDataset, record_key
 from moonlit.litepred.profile.sampler import KernelPool, sample_configs
 from moonlit.litepred.profile.vae import sample_configs_uniform, sample_configs_vae
-from moonlit.litepred.similarity import SimilarityScore, probe_configs, rank_platforms
-from moonlit.litepred.transfer import adapt_predictor
+from moonlit.litepred.transfer.methods import adapt_predictor
+from moonlit.litepred.transfer.pool import KnowledgePool
+from moonlit.litepred.transfer.similarity import (
+    SimilarityScore,
+    probe_configs,
+    rank_platforms,
+)
 from moonlit.litepred.zoo import (
     ArchSpec,
     calibration_architectures,
@@ -108,8 +112,8 @@ def similarity_ranking(pool: KnowledgePool, platforms: Sequence[str], probe: Tar
                        cache: KernelCache | None = None, model_specs: Sequence[ArchSpec] = (),
                        model_ms: Any = None) -> tuple[list[SimilarityScore], dict[str, PlatformPredictor]]:
     """Rank the pool on the probe kernels; with ``model_specs`` measured on the target (``model_ms``) each
-    platform's whole-model fit is scored too (:func:`~moonlit.litepred.similarity.model_line_error`)."""
-    from moonlit.litepred.similarity import model_line_error
+    platform's whole-model fit is scored too (:func:`~moonlit.litepred.transfer.similarity.model_line_error`)."""
+    from moonlit.litepred.transfer.similarity import model_line_error
 
     predictors = {name: pool.load(name) for name in platforms}
     errors = None
