@@ -21,10 +21,10 @@ import torchvision
 from moonlit.common.export.onnx import export_onnx
 from moonlit.common.profiling.flops import count_macs
 from moonlit.litepred import zoo
-from moonlit.litepred.zoo_elasticvit_like import ElasticViTLike, ElasticViTLikeArch
-from moonlit.litepred.zoo_resnet_like import ResNetLike, ResNetLikeArch
-from moonlit.litepred.zoo_spaceevo_like import MOBILEW_STAGES, SpaceEvoLikeArch
-from moonlit.litepred.zoo_timm_mobile import TIMM_MOBILE_MODELS
+from moonlit.litepred.zoo.elasticvit_like import ElasticViTLike, ElasticViTLikeArch
+from moonlit.litepred.zoo.resnet_like import ResNetLike, ResNetLikeArch
+from moonlit.litepred.zoo.spaceevo_like import MOBILEW_STAGES, SpaceEvoLikeArch
+from moonlit.litepred.zoo.timm_mobile import TIMM_MOBILE_MODELS
 
 SAMPLED = ["spaceevo-like", "elasticvit-like", "resnet-like"]
 MOBILENETV2_100 = ("stem32_nr6/ds_r1_k3_s1_c16/ir_r2_k3_s2_e6_c24/ir_r3_k3_s2_e6_c32/ir_r4_k3_s2_e6_c64/"

@@ -1,4 +1,4 @@
-"""Model zoo: named, reproducible architectures for LitePred's training data and held-out evaluation.
+"""Stage 0 of LitePred's pipeline, the model zoo: named, reproducible architectures to train and evaluate on.
 
 LitePred (NSDI'24, §4.3 and §6) profiles kernel configurations "that occur in real search spaces"
 and evaluates whole-model latency on "a held-out set of architectures sampled from the search
@@ -8,10 +8,10 @@ spaces and timm mobile models". This module is the registry those sets are drawn
   determines it (a timm model name, an arch string of the family's grammar), an input size.
   ``build()`` returns the model with deterministic random weights (seeded from the name).
 - Families are registered by name (:func:`register_family`); LitePred's own live one per
-  module: :mod:`~moonlit.litepred.zoo_timm_mobile` (``timm-mobile``),
-  :mod:`~moonlit.litepred.zoo_spaceevo_like` (``spaceevo-like``),
-  :mod:`~moonlit.litepred.zoo_elasticvit_like` (``elasticvit-like``) and
-  :mod:`~moonlit.litepred.zoo_resnet_like` (``resnet-like``). Other packages plug in their search
+  module: :mod:`~moonlit.litepred.zoo.timm_mobile` (``timm-mobile``),
+  :mod:`~moonlit.litepred.zoo.spaceevo_like` (``spaceevo-like``),
+  :mod:`~moonlit.litepred.zoo.elasticvit_like` (``elasticvit-like``) and
+  :mod:`~moonlit.litepred.zoo.resnet_like` (``resnet-like``). Other packages plug in their search
   spaces as families: each module named by an entry point of the group :data:`PLUGIN_GROUP`
   registers its families when imported. Both kinds are loaded on the first lookup
   (:func:`get_family`, :func:`list_families`), so importing the zoo imports no plug-in. The
@@ -265,11 +265,11 @@ def _load_builtins() -> None:
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    from moonlit.litepred import (  # noqa: F401  (register LitePred's own families)
-        zoo_elasticvit_like,
-        zoo_resnet_like,
-        zoo_spaceevo_like,
-        zoo_timm_mobile,
+    from moonlit.litepred.zoo import (  # noqa: F401  (register LitePred's own families)
+        elasticvit_like,
+        resnet_like,
+        spaceevo_like,
+        timm_mobile,
     )
 
     for entry_point in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
