@@ -21,17 +21,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from omegaconf import DictConfig
 
 from moonlit.common.config import hydra_app, to_container
+from moonlit.common.errors import InputError
+from moonlit.common.models import create_model
 from moonlit.common.profiling.model_benchmark import BenchModel, benchmark_models, plot_latency_vs_macs, render_table
 from moonlit.common.report import write_section
 from moonlit.litepred.api import protocol_summary
 
-from .models import MODEL_NAMES, build_model, named_subnet
-from .space import decode
+from .models import MODEL_NAMES, ElasticViTModel
 
 __all__ = ["BASELINES", "run_benchmark"]
 
@@ -41,18 +41,19 @@ BASELINES = ("efficientnet_b0", "mobilenetv3_large_100", "mobilenetv2_100", "lev
 
 
 def _models(cfg: DictConfig) -> tuple[list[BenchModel], dict[str, Any]]:
+    """Every benchmarked model, each built by ``create_model`` (baselines by their timm names), and the
+    ElasticViT ones' subnets."""
     models, subnets = [], {}
-    for name in (MODEL_NAMES if cfg.models is None else list(cfg.models)):
-        subnet = named_subnet(name)
-        models.append(BenchModel(name, build_model(subnet), subnet.resolution, "ElasticViT"))
-        subnets[name] = subnet
-    for i, encoding in enumerate(cfg.extra_subnets):
-        subnet = decode(str(encoding))
-        name = f"searched-{i}"
-        models.append(BenchModel(name, build_model(subnet), subnet.resolution, "searched"))
-        subnets[name] = subnet
+    named = [(name, name, "ElasticViT") for name in (MODEL_NAMES if cfg.models is None else list(cfg.models))]
+    searched = [(f"searched-{i}", f"elasticvit:{encoding}", "searched") for i, encoding in enumerate(cfg.extra_subnets)]
+    for name, model_name, family in named + searched:
+        model = create_model(model_name)
+        if not isinstance(model, ElasticViTModel):
+            raise InputError(f"models: {name!r} is not an ElasticViT model; expected one of {list(MODEL_NAMES)}")
+        models.append(BenchModel(name, model, model.subnet.resolution, family))
+        subnets[name] = model.subnet
     for name in cfg.baselines:
-        models.append(BenchModel(name, timm.create_model(name, pretrained=False), int(cfg.baseline_resolution)))
+        models.append(BenchModel(name, create_model(name), int(cfg.baseline_resolution)))
     return models, subnets
 
 

@@ -31,20 +31,22 @@ from .models import MODEL_NAMES, named_subnet
 from .space import Subnet, decode, encode
 from .supernet import ElasticViTSupernet
 
-__all__ = ["SubnetEvaluator", "build_data", "checkpoint_path", "evaluate", "load_supernet", "resolve_subnet"]
+__all__ = ["SubnetEvaluator", "build_data", "checkpoint_path", "evaluate", "load_supernet", "run"]
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_subnet(model: str) -> Subnet:
-    """A named model (``S1``, ``elasticvit_l1_5`` …) or a subnet encoding (``r192_s16d1k3_…``)."""
-    text = str(model).strip()
+def _subnet_of(model: str) -> Subnet:
+    """The architecture ``cfg.model`` names: a named model (``S1``, ``elasticvit_l1_5`` …), a subnet
+    encoding (``r192_s16d1k3_…``) or the registry's ``elasticvit:<encoding>``. The app evaluates the
+    subnet inside its supernet (the search's fitness), so it needs the architecture, not a built model."""
+    text = str(model).strip().removeprefix("elasticvit:")
     if text.startswith("r") and "_" in text and text[1:2].isdigit():
         return decode(text)
     try:
         return named_subnet(text)
     except ValueError:
-        raise ValueError(f"model {model!r} is neither a named model ({', '.join(MODEL_NAMES)}) nor a subnet "
+        raise InputError(f"model {model!r} is neither a named model ({', '.join(MODEL_NAMES)}) nor a subnet "
                          "encoding like 'r192_s16d1k3_c24d3e3k3_c40d3e3k3_t64d2m2v2_t96d2m2v2_t192d2m3v2_t272d2m4v2'"
                          ) from None
 
@@ -173,7 +175,7 @@ def build_data(data: DictConfig, run_dir: Path, split: str, calibration_batches:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.model`` from ``cfg.checkpoint``; writes and returns ``metrics.json``."""
-    subnet = resolve_subnet(cfg.model)
+    subnet = _subnet_of(cfg.model)
     check_checkpoint(cfg.checkpoint)  # before any data is built or written
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -194,9 +196,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The app's work (what ``main`` runs): :func:`evaluate`."""
+    return evaluate(cfg)
+
+
 @hydra_app("elasticvit", "evaluate")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ entry point ``elasticvit``.
 
 Family ``elasticvit``: a subnet of ElasticViT's space (ICCV'23, §3 and Table 1), written in
 :mod:`moonlit.elasticvit.space`'s grammar (``r128_s16d1k3_c24d2e3k3_..._t272d1m4v2``) and built by
-:func:`moonlit.elasticvit.models.build_model` (the static model the supernet extracts). Sampling is
+``create_model("elasticvit:<description>")`` of :mod:`moonlit.common.models` (the static model the
+supernet extracts). Sampling is
 :func:`moonlit.elasticvit.space.random_subnet`, the sampler behind
 :func:`moonlit.elasticvit.space.sample_subnet`. The description carries the resolution
 (``_r<res>``), so the spec's input size must equal it, and it must be written canonically (what
@@ -55,9 +56,10 @@ class ElasticViTFamily(ArchFamily):
         return self.make_spec(description, self.parse(description).resolution, num_classes)
 
     def build(self, description: str, num_classes: int) -> nn.Module:
-        from .models import build_model
+        from moonlit.common.models import create_model
 
-        return build_model(self.parse(description), num_classes=num_classes).eval()
+        self.parse(description)
+        return create_model(f"elasticvit:{description}", num_classes=num_classes).eval()
 
     def sample_one(self, rng: random.Random) -> ArchSpec:
         return self.spec(encode(random_subnet(rng)))

@@ -10,12 +10,16 @@ registered in the model registry (:mod:`moonlit.common.models`, and with timm) a
 (``elastic_L1.5``) as aliases: ``create_model("elasticvit_s1")``, ``create_model("S1")``,
 ``timm.create_model("elasticvit_s1")``. Any subnet is ``create_model("elasticvit:<encoding>")``.
 Weights come from a supernet checkpoint (``checkpoint=``), cut down to the subnet.
+
+Two functions here are architecture-level, not "a model by name": :func:`named_subnet` looks up the
+:class:`~moonlit.elasticvit.space.Subnet` of a name (no weights), and :func:`build_model` is the
+constructor of a static network from a ``Subnet`` (like a timm model class; the registry's builders
+call it). ``python -m moonlit.common.models paper=elasticvit`` lists the registered models.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +47,7 @@ from .space import (
     stage_sides,
 )
 
-__all__ = ["MODEL_NAMES", "NAMED_SUBNETS", "ElasticViTModel", "build_model", "create_model", "display_name",
+__all__ = ["MODEL_NAMES", "NAMED_SUBNETS", "ElasticViTModel", "build_model", "display_name", "named_models_table",
            "named_subnet"]
 
 # From the reference's configs/final_3min_space_eval.yaml, converted with space.from_reference_arch
@@ -87,7 +91,8 @@ class ElasticViTModel(nn.Module):
 
 def build_model(subnet: Subnet, num_classes: int = 1000, token_norm: TokenNormKind = "groupnorm1",
                 dropout: float = 0.2, space: SearchSpace = ELASTICVIT_SPACE) -> ElasticViTModel:
-    """A freshly initialised static network for ``subnet`` (same layers as the supernet extracts)."""
+    """A freshly initialised static network for ``subnet`` (same layers as the supernet extracts): the
+    constructor behind the registry's builders; build a model by name with ``create_model``."""
     check_subnet(subnet, space)
     check_token_norm(token_norm)
     sides = stage_sides(subnet.resolution, space)
@@ -126,7 +131,7 @@ def _canonical_name(name: str) -> str:
 
 
 def named_subnet(name: str) -> Subnet:
-    """The architecture of a named model (``elasticvit_t1``, ``T1``, ``elastic_L1.5`` …)."""
+    """The architecture of a named model (``elasticvit_t1``, ``T1``, ``elastic_L1.5`` …): a lookup, no weights."""
     key = _canonical_name(name)
     if key not in NAMED_SUBNETS:
         raise InputError(f"unknown ElasticViT model {name!r:.80}; known: {', '.join(MODEL_NAMES)}")
@@ -181,20 +186,6 @@ def elasticvit_from_encoding(encoding: str, pretrained: bool = False, checkpoint
                         token_norm=token_norm, dropout=dropout)
 
 
-def create_model(name: str, pretrained: bool = False, num_classes: int = 1000,
-                 token_norm: TokenNormKind = "groupnorm1", dropout: float = 0.2,
-                 checkpoint: str | Path | None = None) -> ElasticViTModel:
-    """A named model through the registry (:func:`moonlit.common.models.create_model`): fresh weights, or
-    cut from a supernet ``checkpoint`` (the reference's released supernet file, ``.pth``/``.pth.tar``,
-    read through the restricted loader and key map of :mod:`moonlit.elasticvit.checkpoints`, its EMA
-    weights; or one of our checkpoint directories). Nothing is downloaded.
-    """
-    named_subnet(name)  # an unknown name fails here, naming the known ones
-    model = registry.create_model(_canonical_name(name), pretrained=pretrained, checkpoint=checkpoint,
-                                  num_classes=num_classes, token_norm=token_norm, dropout=dropout)
-    return cast(ElasticViTModel, model)
-
-
 def named_models_table() -> str:
     """Markdown table of the named models: encoding, resolution, MMACs (ours and the reference counter's),
     parameters."""
@@ -210,6 +201,3 @@ def named_models_table() -> str:
                      f"{reference_mmacs(subnet):.1f} | {complexity.params / 1e6:.2f} |")
     return "\n".join(lines) + "\n"
 
-
-if __name__ == "__main__":
-    print(named_models_table(), end="")

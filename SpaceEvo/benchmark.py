@@ -20,17 +20,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
 from moonlit.common.config import hydra_app, to_container
+from moonlit.common.models import create_model
 from moonlit.common.profiling.model_benchmark import BenchModel, benchmark_models, int8_front, render_table
 from moonlit.common.profiling.model_benchmark import plot_latency_vs_macs as plot_models
 from moonlit.common.report import write_section
 from moonlit.spaceevo.deploy import export_lsq_qdq, quantize_with_calibration
-from moonlit.spaceevo.models import create_seqnet, load_search_result
+from moonlit.spaceevo.models import load_search_result, resolve_model
 from moonlit.spaceevo.ops.lsq_plus import set_quant_mode
 
 __all__ = ["BASELINES", "int8_front", "plot_latency_vs_macs", "render_table", "run_benchmark"]
@@ -65,18 +65,18 @@ def plot_latency_vs_macs(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
 
 def _models(cfg: DictConfig) -> list[BenchModel]:
-    """Every benchmarked model with its INT8 route."""
+    """Every benchmarked model with its INT8 route, each built by ``create_model`` (baselines by their timm names)."""
     names = list(load_search_result(cfg.search_result)) if cfg.seqnets is None else list(cfg.seqnets)
     models = []
     for name in names:
-        model = create_seqnet(name, search_result=cfg.search_result)
+        model = create_model(resolve_model(name, cfg.search_result).model_name)
         route = _lsq_int8 if cfg.seqnet_int8 == "lsq" else _static_int8
         if cfg.seqnet_int8 not in ("static", "lsq"):
             raise ValueError(f"seqnet_int8 = {cfg.seqnet_int8!r}; expected 'static' or 'lsq'")
         models.append(BenchModel(name, model, model.resolution, _family(name), route, cfg.seqnet_int8))
     for name in cfg.baselines:
-        models.append(BenchModel(name, timm.create_model(name, pretrained=False), cfg.baseline_resolution,
-                                 "baselines", _static_int8, "static"))
+        models.append(BenchModel(name, create_model(name), cfg.baseline_resolution, "baselines", _static_int8,
+                                 "static"))
     return models
 
 

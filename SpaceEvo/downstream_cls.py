@@ -24,16 +24,17 @@ from omegaconf import DictConfig, OmegaConf
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.imagenet import build_imagenet_datasets, build_loader
 from moonlit.common.data.synthetic import write_image_folder
+from moonlit.common.models import create_model
 from moonlit.common.train.bn_recalibration import recalibrate_batch_norm
 from moonlit.common.train.classifier import evaluate_top1, train_classifier
 from moonlit.common.train.dist import barrier, cleanup_distributed
 from moonlit.common.train.optim import build_optimizer_from_config
 from moonlit.common.train.supernet import start_training
-from moonlit.spaceevo.models import create_seqnet, resolve_model
+from moonlit.spaceevo.models import resolve_model
 from moonlit.spaceevo.ops.lsq_plus import QuantLinear, set_quant_mode
 from moonlit.spaceevo.supernet import StaticSubnet
 
-__all__ = ["downstream_cls", "replace_classifier"]
+__all__ = ["downstream_cls", "replace_classifier", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,8 @@ def downstream_cls(cfg: DictConfig) -> dict[str, Any]:
         datasets = build_imagenet_datasets(data.root, img_size=data.img_size or spec.subnet.resolution,
                                            train_aug=OmegaConf.to_container(data.train_aug, resolve=True))
         num_classes = len(datasets["val"].classes)
-        model = create_seqnet(cfg.model, cfg.checkpoint, search_result=cfg.search_result,
-                              num_classes=cfg.pretrained_num_classes, quantized=cfg.quant)
+        model = create_model(spec.model_name, checkpoint=cfg.checkpoint, num_classes=cfg.pretrained_num_classes,
+                             quantized=cfg.quant)
         train_loader = build_loader(datasets["train"], data.batch_size, shuffle=True, seed=cfg.trainer.seed,
                                     drop_last=True, num_workers=cfg.trainer.num_workers, rank=ctx.rank,
                                     world_size=ctx.world_size)
@@ -96,9 +97,14 @@ def downstream_cls(cfg: DictConfig) -> dict[str, Any]:
         cleanup_distributed()
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The app's work (what ``main`` runs): :func:`downstream_cls`."""
+    return downstream_cls(cfg)
+
+
 @hydra_app("spaceevo", "downstream_cls")
 def main(cfg: DictConfig) -> None:
-    downstream_cls(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":

@@ -25,10 +25,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
+from omegaconf import DictConfig
+from torch import nn
+
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.imagenet import build_imagenet_datasets, build_loader
 from moonlit.common.data.synthetic import write_image_folder
 from moonlit.common.export.onnx import export_onnx
+from moonlit.common.models import create_model
 from moonlit.common.train.bn_recalibration import recalibrate_batch_norm
 from moonlit.common.train.classifier import evaluate_top1
 from moonlit.common.train.seed import seed_everything
@@ -37,12 +41,10 @@ from moonlit.spaceevo.deploy import (
     optimized_op_counts,
     snap_offsets_to_grid_,
 )
-from moonlit.spaceevo.models import create_seqnet, resolve_model
+from moonlit.spaceevo.models import resolve_model
 from moonlit.spaceevo.ops.lsq_plus import ActivationQuantizer, WeightQuantizer
-from omegaconf import DictConfig
-from torch import nn
 
-__all__ = ["evaluate", "evaluate_onnx_top1", "prepare_quantized"]
+__all__ = ["evaluate", "evaluate_onnx_top1", "prepare_quantized", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +107,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     spec = resolve_model(cfg.model, cfg.search_result)
     datasets = _datasets(cfg, spec.subnet.resolution)
     num_classes = cfg.num_classes or len(datasets["val"].classes)
-    model = create_seqnet(cfg.model, cfg.checkpoint, search_result=cfg.search_result, num_classes=num_classes,
-                          quantized=bool(cfg.quant))
+    model = create_model(spec.model_name, checkpoint=cfg.checkpoint, num_classes=num_classes,
+                         quantized=bool(cfg.quant))
     calib_loader = build_loader(datasets["train"], cfg.data.batch_size, shuffle=True, seed=cfg.seed,
                                 num_workers=cfg.data.num_workers)
     val_loader = build_loader(datasets["val"], cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
@@ -139,9 +141,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The app's work (what ``main`` runs): :func:`evaluate`."""
+    return evaluate(cfg)
+
+
 @hydra_app("spaceevo", "evaluate")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":

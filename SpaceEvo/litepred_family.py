@@ -3,8 +3,8 @@ occur in real search spaces"), plugged into LitePred's zoo through the ``moonlit
 entry point ``spaceevo``.
 
 Family ``spaceevo``: a subnet of one of SpaceEvo's supernets (ICCV'23, Table 2), built as the
-supernet's static subnet (:meth:`moonlit.spaceevo.supernet.Supernet.get_active_subnet`, the model
-:func:`moonlit.spaceevo.models.create_seqnet` returns). Description grammar::
+supernet's static subnet (:meth:`moonlit.spaceevo.supernet.Supernet.get_active_subnet`):
+``create_model("seqnet:<description>")`` of :mod:`moonlit.common.models`. Description grammar::
 
     <space encoding>:<subnet encoding>     e.g. onnxw-151122-023231:d1#1#2#2#2#2#2#1_k3#..._r160
 
@@ -78,12 +78,10 @@ class SpaceEvoFamily(ArchFamily):
         return self.make_spec(description, self.parse(description)[1].resolution, num_classes)
 
     def build(self, description: str, num_classes: int) -> nn.Module:
-        from .supernet import Supernet
+        from moonlit.common.models import create_model
 
-        space, subnet = self.parse(description)
-        supernet = Supernet(space, num_classes=num_classes, resolutions=[subnet.resolution])
-        supernet.set_active(subnet)
-        return supernet.get_active_subnet().eval()
+        self.parse(description)
+        return create_model(f"seqnet:{description}", num_classes=num_classes).eval()
 
     def sample_one(self, rng: random.Random) -> ArchSpec:
         space = SpaceEncoding.decode(rng.choice(list(PUBLISHED_SPACEEVO_SPACES.values())))

@@ -8,10 +8,13 @@ encoding, ``spaceevo@vnni`` -> ``onnxw-151122-023231``) and :data:`PUBLISHED_SEQ
 ``search_result=`` (:func:`load_search_result`).
 
 Each A0 model is its supernet's minimum subnet. Any subnet of any space is
-``"seqnet:<space>:<subnet>"`` (``seqnet:onnxw-151122-023231:d1#1#2..._r160``; the old form
-``"<space>:<subnet>"`` is accepted by :func:`create_seqnet`). Weights come from a supernet
-checkpoint (the reference's ``checkpoint.pth``/``lsq.pth`` or one of our checkpoint directories),
-cut down to the subnet.
+``"seqnet:<space>:<subnet>"`` (``seqnet:onnxw-151122-023231:d1#1#2..._r160``). Weights come from a
+supernet checkpoint (the reference's ``checkpoint.pth``/``lsq.pth`` or one of our checkpoint
+directories), cut down to the subnet: ``create_model(name, checkpoint=..., num_classes=..., quantized=...)``.
+
+:func:`resolve_model` is the architecture lookup, not a constructor: a name (published, or of a
+search-result file) or an encoding -> :class:`SeqnetSpec` (space, subnet, resolution), whose
+:attr:`SeqnetSpec.model_name` is what ``create_model`` takes.
 """
 
 from __future__ import annotations
@@ -21,20 +24,20 @@ import functools
 import os
 import re
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import yaml
 
 from moonlit.common.errors import InputError
-from moonlit.common.models import create_model, register_family, register_model
+from moonlit.common.models import register_family, register_model
 from moonlit.common.train.checkpoint import load_checkpoint
 from moonlit.spaceevo.checkpoints import load_reference_supernet
 from moonlit.spaceevo.ops.lsq_plus import set_quant_mode
 from moonlit.spaceevo.space import SpaceEncoding, SubnetEncoding
 from moonlit.spaceevo.supernet import StaticSubnet, Supernet
 
-__all__ = ["DEFAULT_SEARCH_RESULT", "PUBLISHED_SEQNETS", "PUBLISHED_SUPERNETS", "SeqnetSpec", "create_seqnet",
-           "load_search_result", "registry_name", "resolve_model", "resolve_search_result", "seqnet_names"]
+__all__ = ["DEFAULT_SEARCH_RESULT", "PUBLISHED_SEQNETS", "PUBLISHED_SUPERNETS", "SeqnetSpec", "load_search_result",
+           "registry_name", "resolve_model", "resolve_search_result", "seqnet_names"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # shared/ sits beside the repository clone; relative paths are tried from the cwd, then the repo root.
@@ -127,6 +130,14 @@ class SeqnetSpec:
     def hyperspace(self) -> str:
         return self.space.hyperspace
 
+    @property
+    def model_name(self) -> str:
+        """The name ``create_model`` builds this architecture by: the registered name of a published
+        SEQnet (``seqnet_vnni_a0``), else ``seqnet:<space>:<subnet>``."""
+        if _published().get(self.name) == self:
+            return registry_name(self.name)
+        return f"seqnet:{self.space.encode()}:{self.subnet.encode()}"
+
 
 def resolve_search_result(path: str | os.PathLike[str] | None = None) -> Path:
     """The search-result file: absolute as given; relative from the cwd, else from the repository root."""
@@ -207,7 +218,8 @@ def _encoded_spec(model: str) -> SeqnetSpec:
 
 
 def resolve_model(model: str, search_result: str | os.PathLike[str] | None = None) -> SeqnetSpec:
-    """A SEQnet name (published, or of the file ``search_result``), or ``"<space>:<subnet>"`` for any subnet."""
+    """The architecture of a SEQnet name (published, or of the file ``search_result``) or of an encoding
+    ``"[seqnet:]<space>:<subnet>"``; build it with ``create_model(spec.model_name, ...)``."""
     if ":" in model:
         return _encoded_spec(model.removeprefix("seqnet:"))
     specs = load_search_result(search_result)
@@ -265,20 +277,3 @@ def seqnet_from_encoding(encoding: str, pretrained: bool = False, checkpoint: Pa
     return _checked_build(_encoded_spec(encoding), pretrained, checkpoint, num_classes=num_classes,
                           quantized=quantized)
 
-
-def create_seqnet(name: str, checkpoint: str | os.PathLike[str] | None = None, *,
-                  search_result: str | os.PathLike[str] | None = None, num_classes: int | None = None,
-                  quantized: bool | None = None) -> StaticSubnet:
-    """The static subnet ``name`` (see :func:`resolve_model`), random-init unless ``checkpoint`` is given.
-
-    ``checkpoint``: a reference ``.pth`` (``checkpoint.pth`` FP32 / ``lsq.pth`` LSQ+) or a directory
-    written by ``moonlit.spaceevo.train_supernet`` (a checkpoint, or a folder of them: the latest).
-    ``quantized`` None keeps what the checkpoint holds; True switches LSQ+ to 8 bits, False to FP32.
-    A published name without ``search_result`` goes through ``create_model``; a file's names are read from it.
-    """
-    if search_result is not None or ":" not in name and name not in PUBLISHED_SEQNETS:
-        return _build_seqnet(resolve_model(name, search_result), checkpoint, num_classes=num_classes,
-                             quantized=quantized)
-    registered = name if name in PUBLISHED_SEQNETS else "seqnet:" + name.removeprefix("seqnet:")
-    return cast(StaticSubnet, create_model(registered, checkpoint=checkpoint, num_classes=num_classes,
-                                           quantized=quantized))

@@ -18,6 +18,10 @@ registered with ``loads_weights=True`` (supernet-cut models, ToP folders) read t
 ``pretrained=True`` without ``checkpoint=`` looks for a ``scripts/get_data.sh`` artefact whose
 ``config.json`` names the model as its ``architecture`` (``data/efficientnet_lite0`` for
 ``tf_efficientnet_lite0``).
+
+``python -m moonlit.common.models`` (configs/common/models.yaml) lists the registered models with
+family, paper, MMACs and parameters; ``pattern=``/``paper=`` filter, ``complexity=false`` skips
+building the models.
 """
 
 from __future__ import annotations
@@ -39,14 +43,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
+from .config import hydra_app
 from .errors import InputError
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "ModelEntry",
     "create_model",
+    "describe_models",
     "list_families",
     "list_models",
     "load_plugins",
@@ -55,6 +62,7 @@ __all__ = [
     "model_entry",
     "register_family",
     "register_model",
+    "run",
 ]
 
 ENTRY_POINT_GROUP = "moonlit.models"
@@ -362,6 +370,93 @@ def create_model(name: str, pretrained: bool = False, checkpoint: str | os.PathL
     raise _unknown(name)
 
 
-# Registering the plug-ins at import lets ``timm.create_model`` find their names (timm has no plug-in discovery).
-# A plug-in importing this module first sees it complete up to here, so the cycle is harmless.
-load_plugins()
+def _input_resolution(model: nn.Module) -> int | None:
+    """The square image side a model is built for: its ``resolution`` (SEQnets), its ``subnet.resolution``
+    (ElasticViT) or timm's ``pretrained_cfg["input_size"]``; None for a model of no image size (text)."""
+    for owner in (model, getattr(model, "subnet", None)):
+        side = getattr(owner, "resolution", None)
+        if isinstance(side, int):
+            return side
+    config = getattr(model, "pretrained_cfg", None)
+    size = config.get("input_size") if isinstance(config, dict) else None
+    return int(size[-1]) if isinstance(size, (tuple, list)) and len(size) == 3 else None
+
+
+def describe_models(pattern: str | None = None, *, paper: str | None = None,
+                    complexity: bool = True) -> list[dict[str, Any]]:
+    """One row per registered model (:func:`list_models` order and filters): name, family, paper, aliases,
+    description and, with ``complexity``, MMACs of one image at the model's resolution and parameters (M),
+    counted on a random-init build by :func:`moonlit.common.profiling.flops.count_macs`. A model that
+    cannot be built without weights (``checkpoint=``) or has no image input gets None and a note."""
+    rows = []
+    for name in list_models(pattern, paper=paper):
+        entry = _MODELS[name]
+        row: dict[str, Any] = {"name": name, "family": entry.family, "paper": entry.paper,
+                               "aliases": list(entry.aliases), "description": entry.description,
+                               "resolution": None, "mmacs": None, "params_m": None, "note": ""}
+        if complexity:
+            _add_complexity(row)
+        rows.append(row)
+    return rows
+
+
+def _add_complexity(row: dict[str, Any]) -> None:
+    from .profiling.flops import count_macs
+
+    try:
+        model = create_model(row["name"])
+    except InputError as err:  # e.g. a ToP folder model: no weights, no model
+        row["note"] = "needs checkpoint= (no built-in weights)" if "checkpoint=" in str(err) else f"{err}"[:100]
+        return
+    row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+    side = _input_resolution(model)
+    if side is None:
+        row["note"] = "no image input: MACs not counted"
+        return
+    row["resolution"] = side
+    row["mmacs"] = count_macs(model, torch.zeros(1, 3, side, side)).macs / 1e6
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def models_table(rows: list[dict[str, Any]]) -> str:
+    """The markdown table of :func:`describe_models` rows."""
+    lines = ["| model | family | paper | aliases | res | MMACs | params (M) | note |",
+             "|---|---|---|---|---:|---:|---:|---|"]
+    for row in rows:
+        lines.append(f"| {row['name']} | {row['family']} | {row['paper']} | {', '.join(row['aliases'])} | "
+                     f"{row['resolution'] or '—'} | {_cell(row['mmacs'], 1)} | {_cell(row['params_m'], 2)} | "
+                     f"{row['note'].replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: DictConfig) -> list[dict[str, Any]]:
+    """The work behind ``python -m moonlit.common.models``: print the table of the matching models, return
+    its rows. An unknown ``paper`` or a pattern matching nothing is an InputError naming what exists."""
+    papers = sorted({_MODELS[name].paper for name in list_models()})
+    if cfg.paper is not None and cfg.paper not in papers:
+        raise InputError(f"paper={cfg.paper!r} has no registered models; expected one of {papers}")
+    rows = describe_models(cfg.pattern, paper=cfg.paper, complexity=bool(cfg.complexity))
+    if not rows:
+        raise InputError(f"pattern={cfg.pattern!r} (paper={cfg.paper!r}) matches no registered model; "
+                         f"expected a shell-style pattern such as 'seqnet_*' over {len(list_models())} names")
+    print(models_table(rows), end="")
+    return rows
+
+
+@hydra_app("common", "models")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    # Run as a script this file is a second copy of the module; the plug-ins register with the real one.
+    from moonlit.common import models as _registry
+
+    _registry.main()
+else:
+    # Registering the plug-ins at import lets ``timm.create_model`` find their names (timm has no plug-in
+    # discovery). A plug-in importing this module first sees it complete up to here, so the cycle is harmless.
+    load_plugins()

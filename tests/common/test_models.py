@@ -242,3 +242,59 @@ def test_efficientnet_lite0_loads_the_fetched_imagenet_weights(real_artefact):
     for key, tensor in expected.items():
         torch.testing.assert_close(state[key], tensor, rtol=0, atol=0)
     assert _parameter_count(model) == 4_652_008  # the manifest's summary of the converted file
+
+
+# --- python -m moonlit.common.models: the listing app (test-local registrations of their own paper) ----------
+
+class TinyConvNet(nn.Module):
+    """A 3x3 conv (3 -> 4 channels, no bias) at 8x8 then a 256 -> 2 linear: MACs and parameters by hand."""
+
+    resolution = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.head = nn.Linear(4 * 8 * 8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x).flatten(1))
+
+
+@register_model("apptest_convnet", family="apptest", paper="apptests", aliases=("ConvNet@app",), timm=False)
+def _apptest_convnet() -> TinyConvNet:
+    """a conv + linear network of the listing tests"""
+    return TinyConvNet()
+
+
+@register_model("apptest_folder", family="apptest", paper="apptests", loads_weights=True, timm=False)
+def _apptest_folder(pretrained: bool = False, checkpoint: Path | None = None) -> TinyConvNet:
+    """a model that exists only with weights"""
+    if checkpoint is None:
+        raise InputError("apptest_folder has no built-in weights: pass checkpoint=<a folder>")
+    return TinyConvNet()
+
+
+def test_models_app_lists_complexity_counted_by_hand(capsys: pytest.CaptureFixture[str]):
+    from moonlit.common.config import compose_config
+
+    rows = models.run(compose_config("common", "models", ["paper=apptests"]))
+    assert [row["name"] for row in rows] == ["apptest_convnet", "apptest_folder"]
+    conv, folder = rows
+    assert conv["family"] == "apptest" and conv["aliases"] == ["ConvNet@app"] and conv["resolution"] == 8
+    assert conv["mmacs"] == pytest.approx((8 * 8 * 4 * 3 * 3 * 3 + 256 * 2) / 1e6, abs=1e-12)
+    assert conv["params_m"] == pytest.approx((4 * 3 * 3 * 3 + 256 * 2 + 2) / 1e6, abs=1e-12)
+    assert folder["mmacs"] is None and folder["params_m"] is None and "checkpoint=" in folder["note"]
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 4
+    assert table[2] == "| apptest_convnet | apptest | apptests | ConvNet@app | 8 | 0.0 | 0.00 |  |"
+
+
+def test_models_app_names_only_and_filter_errors(capsys: pytest.CaptureFixture[str]):
+    from moonlit.common.config import compose_config
+
+    rows = models.run(compose_config("common", "models", ["pattern=apptest_c*", "complexity=false"]))
+    assert [(row["name"], row["mmacs"], row["params_m"]) for row in rows] == [("apptest_convnet", None, None)]
+    with pytest.raises(InputError, match=r"paper='nope' has no registered models; expected one of \[.*'apptests'"):
+        models.run(compose_config("common", "models", ["paper=nope"]))
+    with pytest.raises(InputError, match=r"pattern='zz\*' \(paper=None\) matches no registered model"):
+        models.run(compose_config("common", "models", ["pattern=zz*"]))

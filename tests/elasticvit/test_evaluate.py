@@ -1,4 +1,4 @@
-"""ElasticViT evaluation: BN-recalibrated top-1 of a supernet subnet on generated images; checkpoints; search fitness."""
+"""ElasticViT evaluation: BN-recalibrated top-1 of a supernet subnet on generated images; checkpoints; fitness."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from moonlit.common.config import compose_config
+from moonlit.common.errors import InputError
 from moonlit.common.train.checkpoint import save_checkpoint
 from moonlit.elasticvit.evaluate import (
     SubnetEvaluator,
+    _subnet_of,
     evaluate,
     load_supernet,
-    resolve_subnet,
+    run,
 )
 from moonlit.elasticvit.flops import subnet_complexity
 from moonlit.elasticvit.models import named_subnet
@@ -25,18 +27,24 @@ SMALL_DATA = ["data.batch_size=4", "data.num_workers=0", "data.generated.images_
               "data.generated.image_size=32", "data.img_size=64", "data.cache=true", "bn_batches=2"]
 
 
-def test_resolve_subnet_accepts_names_and_encodings() -> None:
-    assert resolve_subnet("S1") == resolve_subnet("elastic_S1") == named_subnet("elasticvit_s1")
+def test_model_may_be_a_name_an_encoding_or_the_registry_form() -> None:
+    assert _subnet_of("S1") == _subnet_of("elastic_S1") == named_subnet("elasticvit_s1")
     text = encode(named_subnet("T2"))
-    assert resolve_subnet(text) == decode(text)
-    with pytest.raises(ValueError, match="neither a named model"):
-        resolve_subnet("S9")
+    assert _subnet_of(text) == _subnet_of(f"elasticvit:{text}") == decode(text)
+
+
+def test_unknown_model_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    cfg = compose_config("elasticvit", "evaluate", ["model=S9", "checkpoint=none", *SMALL_DATA,
+                                                    f"output_dir={tmp_path / 'out'}"])
+    with pytest.raises(InputError, match="'S9' is neither a named model"):
+        run(cfg)
+    assert not (tmp_path / "out").exists()
 
 
 def test_evaluate_generated_images_recalibrates_bn(tmp_path: Path) -> None:
     cfg = compose_config("elasticvit", "evaluate", ["model=T1", "checkpoint=none", *SMALL_DATA,
                                                     f"output_dir={tmp_path}"])
-    metrics = evaluate(cfg)
+    metrics = run(cfg)
     assert metrics == json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["subnet"] == encode(named_subnet("T1")) and metrics["checkpoint"] is None
     assert 0.0 <= metrics["top1"] <= 100.0 and metrics["data"] == "generated"
@@ -85,8 +93,8 @@ def test_evaluate_loads_our_supernet_checkpoint(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "checkpoints", step=7, model=trained)
     loaded = load_supernet(tmp_path / "checkpoints", num_classes=4)
     torch.testing.assert_close(loaded.head.classifier.bias, trained.head.classifier.bias)
-    cfg = compose_config("elasticvit", "evaluate", ["model=T1", f"checkpoint={tmp_path / 'checkpoints'}", "num_classes=4",
-                                                    *SMALL_DATA, f"output_dir={tmp_path / 'eval'}"])
+    cfg = compose_config("elasticvit", "evaluate", ["model=T1", f"checkpoint={tmp_path / 'checkpoints'}",
+                                                    "num_classes=4", *SMALL_DATA, f"output_dir={tmp_path / 'eval'}"])
     assert evaluate(cfg)["checkpoint"] == str(tmp_path / "checkpoints")
 
 

@@ -15,10 +15,11 @@ from collections import Counter
 import pytest
 import torch
 
+from moonlit.common.models import create_model
 from moonlit.common.profiling.flops import count_macs
 from moonlit.elasticvit.litepred_family import ElasticViTFamily, elasticvit_spec
-from moonlit.elasticvit.models import create_model
-from moonlit.elasticvit.space import ELASTICVIT_SPACE, decode
+from moonlit.elasticvit.models import named_subnet
+from moonlit.elasticvit.space import ELASTICVIT_SPACE, decode, encode
 from moonlit.litepred import testing
 
 # ElasticViT-T1 from the reference's configs/final_3min_space_eval.yaml (10-list layout), written in
@@ -103,6 +104,17 @@ def test_built_models_run_and_match_the_packages_constructor() -> None:
     sampled = min(testing.sample("elasticvit", 6, seed=3), key=lambda s: s.resolution)
     small = testing.get_family("elasticvit").make_spec(sampled.description, sampled.resolution, num_classes=10)
     assert _forward(small.build(), small.example_input(seed=random.Random(0).randrange(9))).shape == (1, 10)
+
+
+def test_family_build_has_the_seeded_weights_of_the_constructor() -> None:
+    from moonlit.elasticvit.models import build_model
+
+    description = encode(named_subnet("T1"))
+    torch.manual_seed(9)
+    ours = ElasticViTFamily().build(description, num_classes=7).state_dict()
+    torch.manual_seed(9)
+    theirs = build_model(decode(description), num_classes=7).state_dict()
+    assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
 def test_kernels_include_the_attention_bias_and_head_bn() -> None:

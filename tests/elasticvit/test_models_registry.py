@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from moonlit.common.errors import InputError
 from moonlit.common.models import create_model, list_models, model_entry
 from moonlit.common.train.checkpoint import save_checkpoint
-from moonlit.elasticvit import models as elasticvit_models
-from moonlit.elasticvit.models import NAMED_SUBNETS, build_model
+from moonlit.elasticvit.flops import subnet_complexity
+from moonlit.elasticvit.models import NAMED_SUBNETS, build_model, named_subnet
 from moonlit.elasticvit.space import decode
 from moonlit.elasticvit.supernet import ElasticViTSupernet
 
@@ -49,13 +49,23 @@ def test_timm_builds_the_papers_architecture():
         torch.testing.assert_close(from_timm(x), reference(x), rtol=0, atol=0)
 
 
-def test_encodings_and_the_old_wrapper():
+def test_encodings_and_unknown_names():
     assert _shapes(create_model(f"elasticvit:{T1}")) == _shapes(build_model(decode(T1)))
-    assert elasticvit_models.create_model("t1").subnet == decode(NAMED_SUBNETS["elasticvit_t1"])
-    with pytest.raises(InputError, match="unknown ElasticViT model 'L4'"):
-        elasticvit_models.create_model("L4")
+    assert create_model("elastic_T1").subnet == decode(NAMED_SUBNETS["elasticvit_t1"])
     with pytest.raises(InputError, match="close matches: elasticvit_l3"):
         create_model("elasticvit_l4")
+
+
+@pytest.mark.parametrize("name", ["T2", "elasticvit:" + T1])
+def test_create_model_has_the_seeded_weights_of_build_model(name: str):
+    """The registry builds what the constructor builds, weight for weight under one seed."""
+    torch.manual_seed(2)
+    ours = create_model(name, num_classes=6).state_dict()
+    torch.manual_seed(2)
+    subnet = decode(name.removeprefix("elasticvit:")) if ":" in name else named_subnet(name)
+    theirs = build_model(subnet, num_classes=6).state_dict()
+    assert list(ours) == list(theirs)
+    assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
 
 
 def test_elasticvit_family_fuzz(fuzz_settings):
@@ -91,11 +101,19 @@ def test_checkpoint_round_trip_from_our_supernet_directory(tmp_path: Path):
         torch.testing.assert_close(model(x), expected_model(x), rtol=0, atol=0)
 
 
-def test_module_run_as_a_script_registers_once_and_prints_the_table():
-    """``python -m moonlit.elasticvit.models``: the module is both ``__main__`` and a plug-in; no clash, no warning."""
-    result = subprocess.run([sys.executable, "-m", "moonlit.elasticvit.models"], capture_output=True, text=True,
-                            timeout=300)
+def test_models_app_lists_the_nine_models_with_their_complexity():
+    """``python -m moonlit.common.models paper=elasticvit``: the registry runs as a script (a second copy of the
+    module) while the plug-ins register with the imported one; nine rows, MMACs and parameters of the analytic
+    counter (moonlit.elasticvit.flops), no clash, no warning."""
+    result = subprocess.run([sys.executable, "-m", "moonlit.common.models", "paper=elasticvit"], capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "Overwriting" not in result.stderr
-    rows = result.stdout.splitlines()
-    assert len(rows) == 11 and rows[2].startswith("| elasticvit_t1 | `r128_")
+    rows = result.stdout.splitlines()[2:]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == EXPECTED_NAMES
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        complexity = subnet_complexity(named_subnet(cells[0]))
+        assert cells[1:3] == ["elasticvit", "elasticvit"]
+        assert cells[4] == str(named_subnet(cells[0]).resolution)
+        assert cells[5] == f"{complexity.macs / 1e6:.1f}" and cells[6] == f"{complexity.params / 1e6:.2f}"

@@ -7,10 +7,12 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from moonlit.common.models import create_model
 from moonlit.elasticvit.models import (
     MODEL_NAMES,
     build_model,
-    create_model,
     named_subnet,
 )
 from moonlit.elasticvit.ops import (
@@ -20,7 +22,6 @@ from moonlit.elasticvit.ops import (
 )
 from moonlit.elasticvit.space import decode, max_subnet, min_subnet, random_subnet
 from moonlit.elasticvit.supernet import ElasticViTSupernet
-from torch import nn
 
 # Parameters of the reference's FusedSuperNet built from final_3min_space.yaml (1000 classes),
 # counted by running its models/ code: 40,488,174 (the notes' 40.49 M).
@@ -164,7 +165,8 @@ def _naive_attention(x, qkv_weight, heads, v_dim, dw_weight, table, table_side, 
         q = qkv[:, :, h * chunk:h * chunk + 16]
         k = qkv[:, :, h * chunk + 16:h * chunk + 32]
         v = v_all[:, :, h * v_dim:(h + 1) * v_dim]
-        bias = torch.tensor([[float(table[(yi - yj + table_side - 1) * (2 * table_side - 1) + (xi - xj + table_side - 1), h])
+        span = 2 * table_side - 1  # the table's rows: every (dy, dx) offset, shifted to be non-negative
+        bias = torch.tensor([[float(table[(yi - yj + table_side - 1) * span + (xi - xj + table_side - 1), h])
                               for (yj, xj) in coords] for (yi, xi) in coords])
         weights = torch.softmax(q @ k.transpose(1, 2) / 4.0 + bias, dim=-1)
         outputs.append(weights @ v)
@@ -213,6 +215,7 @@ NOTES_PARAMS_M = dict(zip(MODEL_NAMES, [8.94, 9.39, 11.26, 11.03, 12.82, 14.14, 
 def _exported_initializer_elements(name: str, tmp_path) -> int:
     import numpy as np
     import onnx
+
     from moonlit.common.export.onnx import export_onnx
 
     net = ElasticViTSupernet().eval()

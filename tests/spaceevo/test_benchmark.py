@@ -6,9 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+import timm
+import torch
 
 from moonlit.common.config import compose_config
-from moonlit.spaceevo.benchmark import int8_front, render_table, run_benchmark
+from moonlit.spaceevo.benchmark import _models, int8_front, render_table, run_benchmark
+from moonlit.spaceevo.models import PUBLISHED_SEQNETS, PUBLISHED_SUPERNETS
+from moonlit.spaceevo.space import SpaceEncoding, SubnetEncoding
+from moonlit.spaceevo.supernet import Supernet
 
 SEARCH_RESULT = Path(__file__).resolve().parents[3] / "shared" / "data" / "spaceevo" / "search_result.yaml"
 
@@ -51,6 +56,23 @@ def test_benchmark_smoke_writes_outputs(tmp_path, route):
     assert seqnet["quantized_conv_fraction"] == 1.0
     assert len(saved["samples_ms"]["resnet18/int8"]) == 2
     assert (tmp_path / "benchmark.md").read_text().count("\n") == 4
+
+
+def test_benchmarked_models_are_the_seeded_models_of_the_papers_construction_and_timm():
+    """The app builds through create_model; under one seed it gets the weights of the supernet cut (the
+    paper's construction) followed by ``timm.create_model`` of the baseline."""
+    cfg = compose_config("spaceevo", "benchmark", ["seqnets=[SEQnet@vnni-A0]", "baselines=[resnet18]"])
+    torch.manual_seed(11)
+    built = [entry.model.state_dict() for entry in _models(cfg)]
+    torch.manual_seed(11)
+    supernet_name, subnet_text = PUBLISHED_SEQNETS["SEQnet@vnni-A0"]
+    subnet = SubnetEncoding.decode(subnet_text)
+    supernet = Supernet(SpaceEncoding.decode(PUBLISHED_SUPERNETS[supernet_name]), resolutions=[subnet.resolution])
+    supernet.set_active(subnet)
+    expected = [supernet.get_active_subnet().state_dict(), timm.create_model("resnet18", pretrained=False).state_dict()]
+    for ours, theirs in zip(built, expected, strict=True):
+        assert list(ours) == list(theirs)
+        assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
 
 
 def test_predictions_beside_measurements(tmp_path):

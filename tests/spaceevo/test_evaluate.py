@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from moonlit.common.config import compose_config
-from moonlit.spaceevo.downstream_cls import downstream_cls
-from moonlit.spaceevo.evaluate import evaluate
+from moonlit.common.models import create_model
+from moonlit.spaceevo import downstream_cls
+from moonlit.spaceevo.evaluate import run
 from moonlit.spaceevo.models import (
-    create_seqnet,
     load_search_result,
     resolve_model,
     seqnet_names,
@@ -47,7 +48,7 @@ def test_resolve_model_by_encoding_and_unknown_name():
         resolve_model("SEQnet@vnni-A9", SEARCH_RESULT)
 
 
-def test_create_seqnet_loads_our_checkpoint(tmp_path):
+def test_create_model_of_a_file_entry_loads_our_checkpoint(tmp_path):
     from moonlit.common.train.checkpoint import save_checkpoint
     from moonlit.spaceevo.supernet import Supernet
 
@@ -58,7 +59,7 @@ def test_create_seqnet_loads_our_checkpoint(tmp_path):
         for parameter in supernet.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))
     save_checkpoint(tmp_path / "ckpt", step=1, model=supernet, extra={"phase": "fp32"})
-    model = create_seqnet("SEQnet@vnni-A0", tmp_path / "ckpt", search_result=SEARCH_RESULT, num_classes=5)
+    model = create_model(spec.model_name, checkpoint=tmp_path / "ckpt", num_classes=5)
     supernet.set_active(spec.subnet)
     x = torch.randn(2, 3, 160, 160)
     with torch.no_grad():
@@ -75,7 +76,7 @@ def test_evaluate_quantized_smoke_with_onnx(tmp_path):
         "data.generate={num_classes:3,train_per_class:6,val_per_class:6,image_size:48,seed:0}",
         "data.batch_size=9", "data.num_workers=0", "bn_calibration_batches=1", f"output_dir={tmp_path / 'out'}",
     ])
-    result = evaluate(cfg)
+    result = run(cfg)  # the app's run: evaluate
     assert result["torch"]["count"] == result["onnx"]["count"] == 18
     assert result["min_max_initialised_quantizers"] == 100  # 49 convs + 1 linear, two quantizers each
     counts = result["onnx_export"]["ort_op_counts"]
@@ -89,9 +90,10 @@ def test_downstream_fine_tuning_smoke(tmp_path):
     cfg = _compose("downstream_cls", [
         f"data.root={tmp_path / 'images'}",
         "data.generate={num_classes:3,train_per_class:8,val_per_class:4,image_size:48,seed:0}",
-        "data.batch_size=8", "data.img_size=64", "epochs=1", "trainer.num_workers=0", "bn_calibration_batches=1", "model=SEQnet@vnni-A0", f"output_dir={tmp_path / 'out'}",
+        "data.batch_size=8", "data.img_size=64", "epochs=1", "trainer.num_workers=0", "bn_calibration_batches=1",
+        "model=SEQnet@vnni-A0", f"output_dir={tmp_path / 'out'}",
     ])
-    summary = downstream_cls(cfg)
+    summary = downstream_cls.run(cfg)
     assert summary["num_classes"] == 3
     assert summary["step"] == 3  # 24 training images, batches of 8
     assert 0.0 <= summary["final"]["top1"] <= 1.0

@@ -17,10 +17,11 @@ import pytest
 import torch
 import yaml
 
+from moonlit.common.models import create_model
 from moonlit.common.profiling.flops import count_macs
 from moonlit.litepred import testing
 from moonlit.spaceevo.litepred_family import PUBLISHED_SPACEEVO_SPACES, SpaceEvoFamily, seqnet_spec
-from moonlit.spaceevo.models import create_seqnet, resolve_search_result
+from moonlit.spaceevo.models import resolve_search_result
 from moonlit.spaceevo.space import SpaceEncoding, SubnetEncoding, check_subnet, min_subnet
 
 # SEQnet@vnni-A0 as the reference's search_result.yaml writes it, prefixed with its space (spaceevo@vnni).
@@ -115,7 +116,7 @@ def _forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_built_models_run_and_match_the_packages_constructor() -> None:
-    spec, reference = seqnet_spec("SEQnet@vnni-A0"), create_seqnet("SEQnet@vnni-A0")
+    spec, reference = seqnet_spec("SEQnet@vnni-A0"), create_model("SEQnet@vnni-A0")
     model = spec.build()
     assert not model.training
     shapes = {k: v.shape for k, v in reference.state_dict().items()}
@@ -127,6 +128,20 @@ def test_built_models_run_and_match_the_packages_constructor() -> None:
     sampled = min(testing.sample("spaceevo", 6, seed=3), key=lambda s: s.resolution)
     small = testing.get_family("spaceevo").make_spec(sampled.description, sampled.resolution, num_classes=10)
     assert _forward(small.build(), small.example_input(seed=random.Random(0).randrange(9))).shape == (1, 10)
+
+
+def test_family_build_has_the_seeded_weights_of_the_supernet_cut() -> None:
+    from moonlit.spaceevo.supernet import Supernet
+
+    spec = seqnet_spec("SEQnet@vnni-A0")
+    space, subnet = SpaceEvoFamily.parse(spec.description)
+    torch.manual_seed(9)
+    ours = SpaceEvoFamily().build(spec.description, num_classes=7).state_dict()
+    torch.manual_seed(9)
+    supernet = Supernet(space, num_classes=7, resolutions=[subnet.resolution])
+    supernet.set_active(subnet)
+    theirs = supernet.get_active_subnet().state_dict()
+    assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
 def test_kernels_are_known_and_add_up() -> None:

@@ -13,10 +13,11 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from moonlit.common.config import compose_config
 from moonlit.common.errors import InputError
-from moonlit.common.models import create_model, list_models, model_entry
+from moonlit.common.models import create_model, list_models, model_entry, run
 from moonlit.common.train.checkpoint import save_checkpoint
-from moonlit.spaceevo.models import PUBLISHED_SEQNETS, PUBLISHED_SUPERNETS, create_seqnet
+from moonlit.spaceevo.models import PUBLISHED_SEQNETS, PUBLISHED_SUPERNETS, resolve_model
 from moonlit.spaceevo.space import SpaceEncoding, SubnetEncoding, min_subnet
 from moonlit.spaceevo.supernet import Supernet
 
@@ -74,7 +75,70 @@ def test_encodings_build_through_the_seqnet_family():
     model = create_model(f"seqnet:{space}:{subnet.encode()}", num_classes=7)
     named = create_model("seqnet_vnni_a0", num_classes=7)
     assert _shapes(model) == _shapes(named)
-    assert _shapes(create_seqnet(f"{space}:{subnet.encode()}", num_classes=7)) == _shapes(named)
+    assert _shapes(create_model(resolve_model(f"{space}:{subnet.encode()}").model_name, num_classes=7)) == \
+        _shapes(named)
+
+
+def test_spec_model_name_is_the_registered_name_or_the_encoding(tmp_path: Path):
+    assert resolve_model("SEQnet@pixel4-A2").model_name == "seqnet_pixel4_a2"
+    supernet, subnet = PUBLISHED_SEQNETS["SEQnet@vnni-A1"]
+    space = PUBLISHED_SUPERNETS[supernet]
+    assert resolve_model(f"seqnet:{space}:{subnet}").model_name == f"seqnet:{space}:{subnet}"
+    # a search-result file: its own names are not registered, so they build by encoding
+    renamed = tmp_path / "search_result.yaml"
+    renamed.write_text(yaml.safe_dump({"specific_supernet_encoding_dict": {"mine": space},
+                                       "specific_subnet_encoding_dict": {"Mine-A1": ["mine", subnet]}}))
+    assert resolve_model("Mine-A1", renamed).model_name == f"seqnet:{space}:{subnet}"
+
+
+def test_callers_path_builds_the_seeded_weights_of_the_papers_construction(tmp_path: Path):
+    """evaluate/downstream_cls/benchmark build ``create_model(resolve_model(name, search_result).model_name)``:
+    for a published name and for a file's entry, the same weights as the supernet cut under the same seed."""
+    supernet, subnet = PUBLISHED_SEQNETS["SEQnet@vnni-A0"]
+    space = PUBLISHED_SUPERNETS[supernet]
+    renamed = tmp_path / "search_result.yaml"
+    renamed.write_text(yaml.safe_dump({"specific_supernet_encoding_dict": {"mine": space},
+                                       "specific_subnet_encoding_dict": {"Mine-A0": ["mine", subnet]}}))
+    torch.manual_seed(3)
+    expected = _paper_subnet(space, subnet, num_classes=5).state_dict()
+    for name, search_result in (("SEQnet@vnni-A0", None), ("Mine-A0", renamed)):
+        torch.manual_seed(3)
+        built = create_model(resolve_model(name, search_result).model_name, num_classes=5).state_dict()
+        assert list(built) == list(expected)
+        assert all(torch.equal(built[key], expected[key]) for key in expected), name
+
+
+def test_models_app_lists_the_ten_seqnets(capsys: pytest.CaptureFixture[str]):
+    cfg = compose_config("common", "models", ["paper=spaceevo", "complexity=false"])
+    rows = run(cfg)
+    assert [row["name"] for row in rows] == sorted(EXPECTED_NAMES)
+    assert {row["family"] for row in rows} == {"seqnet"} and rows[0]["aliases"] == ["SEQnet@pixel4-A0"]
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 + 10 and printed[2].startswith("| seqnet_pixel4_a0 | seqnet | spaceevo |")
+
+
+def test_models_app_counts_a0s_macs_and_parameters():
+    """MMACs and parameters of the app against a hand count over the built network's layers."""
+    row = run(compose_config("common", "models", ["pattern=seqnet_vnni_a0"]))[0]
+    model = create_model("seqnet_vnni_a0")
+    assert row["resolution"] == 160
+    assert row["params_m"] == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6, abs=0)
+    macs = [0]
+    hooks = [module.register_forward_hook(lambda m, i, out: macs.append(_layer_macs(m, out)))
+             for module in model.modules() if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 160, 160))
+    for hook in hooks:
+        hook.remove()
+    # the hand count has convs and the classifier only; the rest (SE scaling, pooling) is under 1%
+    assert len(macs) > 50 and 0.99 * row["mmacs"] <= sum(macs) / 1e6 <= row["mmacs"]
+
+
+def _layer_macs(module: torch.nn.Module, out: torch.Tensor) -> int:
+    """Multiply-accumulates of one conv or linear layer: outputs x inputs feeding each output."""
+    if isinstance(module, torch.nn.Conv2d):
+        return out.numel() * module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+    return out.numel() * module.in_features
 
 
 def test_seqnet_family_fuzz(fuzz_settings):
@@ -108,8 +172,7 @@ def test_checkpoint_round_trip_through_create_model_and_timm(tmp_path: Path):
     with torch.no_grad():
         expected = supernet.eval()(x)
         for model in (create_model("SEQnet@vnni-A0", checkpoint=tmp_path / "ckpt", num_classes=5),
-                      timm.create_model("seqnet_vnni_a0", checkpoint=tmp_path / "ckpt", num_classes=5),
-                      create_seqnet("SEQnet@vnni-A0", tmp_path / "ckpt", num_classes=5)):
+                      timm.create_model("seqnet_vnni_a0", checkpoint=tmp_path / "ckpt", num_classes=5)):
             torch.testing.assert_close(model(x), expected)
 
 
