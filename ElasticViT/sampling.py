@@ -58,6 +58,7 @@ __all__ = [
     "PerformanceAwareSampler",
     "StepSample",
     "build_sampler",
+    "run",
     "simulate",
     "softmax_draw",
     "width_preference",

@@ -69,7 +69,7 @@ from .space import (
 )
 
 __all__ = ["build_constraint", "build_problem", "crossover_subnets", "load_seeds", "mutate_subnet",
-           "proxy_fitness", "run_search"]
+           "proxy_fitness", "run", "run_search"]
 
 logger = logging.getLogger(__name__)
 
@@ -294,9 +294,14 @@ def _seed_source(source: Any) -> Callable[[], Iterable[Subnet | str]] | None:
     return built if callable(built) else (lambda: built)
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The work behind ``python -m moonlit.elasticvit.search``: :func:`run_search`'s result."""
+    return run_search(cfg)
+
+
 @hydra_app("elasticvit", "search")
 def main(cfg: DictConfig) -> None:
-    run_search(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ __all__ = [
     "build_tables",
     "part_macs",
     "propose",
+    "run",
     "subnets_to_array",
     "table_columns",
     "total_macs",

@@ -1,6 +1,7 @@
 """ElasticViT supernet training with conflict-aware sampling (ICCV'23, arXiv 2303.09730, Sec. 3.2–3.3, Sec. 4).
 
-    python -m moonlit.elasticvit.train paths.data_dir=/data                  # ImageNet in /data/imagenet, teachers in /data/elasticvit/teachers
+    # ImageNet in /data/imagenet, teachers in /data/elasticvit/teachers:
+    python -m moonlit.elasticvit.train paths.data_dir=/data
     torchrun --standalone --nproc_per_node=8 -m moonlit.elasticvit.train trainer=ddp paths.data_dir=/data
     python -m moonlit.elasticvit.train experiment=smoke                      # CPU: reduced space, generated images
     python -m moonlit.elasticvit.train sampling=uniform                      # the ablation's samplers: sampling=...
@@ -82,8 +83,8 @@ from .train_step import (
     train_step,
 )
 
-__all__ = ["ResizedInput", "evaluate_levels", "load_or_build_tables", "representative_subnets", "sampler_statistics",
-           "train"]
+__all__ = ["ResizedInput", "evaluate_levels", "load_or_build_tables", "representative_subnets", "run",
+           "sampler_statistics", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -322,9 +323,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cleanup_distributed()
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The work behind ``python -m moonlit.elasticvit.train``: :func:`train`'s summary."""
+    return train(cfg)
+
+
 @hydra_app("elasticvit", "train")
 def main(cfg: DictConfig) -> None:
-    summary = train(cfg)
+    summary = run(cfg)
     log.info("%d/%d steps; per-level top-1 %s", summary["steps"], summary["total_steps"], summary["eval"])
 
 

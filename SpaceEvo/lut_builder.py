@@ -59,7 +59,7 @@ from .space import load_hyperspace
 from .teacher import Teacher, build_teacher, resize_images
 
 __all__ = ["ConstantLatency", "LatencySource", "LitePredLatency", "StageFeatures", "build_luts", "latency_source",
-           "main", "run_lut_builder", "sample_block_lut"]
+           "main", "run", "run_lut_builder", "sample_block_lut"]
 
 logger = logging.getLogger("moonlit.spaceevo.lut_builder")
 
@@ -284,9 +284,14 @@ def run_lut_builder(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The work behind ``python -m moonlit.spaceevo.lut_builder``: :func:`run_lut_builder`'s result."""
+    return run_lut_builder(cfg)
+
+
 @hydra_app("spaceevo", "lut_builder")
 def main(cfg: DictConfig) -> None:
-    result = run_lut_builder(cfg)
+    result = run(cfg)
     print(f"{len(result['files'])} LUTs of {result['rows_per_file']} rows in {cfg.output_dir} "
           f"({result['seconds']:.0f} s)")
 

@@ -22,18 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig
+from tqdm import tqdm
+
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.errors import InputError
 from moonlit.common.report import render_table
-from omegaconf import DictConfig
-from tqdm import tqdm
 
 from .lut import LUTSet
 from .qt_score import QTScore, QTScorer
 from .space import SEARCHABLE_STAGES, SpaceEncoding, load_hyperspace
 
 __all__ = ["Evaluated", "aging_evolution", "evaluate_spaces", "main", "render_report", "report",
-           "rerank_common_random_numbers", "search"]
+           "rerank_common_random_numbers", "run", "search"]
 
 logger = logging.getLogger("moonlit.spaceevo.space_search")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -329,9 +330,14 @@ def _write_outputs(result: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     return result
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The work behind ``python -m moonlit.spaceevo.space_search``: :func:`search`'s result."""
+    return search(cfg)
+
+
 @hydra_app("spaceevo", "space_search")
 def main(cfg: DictConfig) -> None:
-    result = search(cfg)
+    result = run(cfg)
     print(render_report(result))
     print(f"outputs in {result['output_dir']}")
 

@@ -67,7 +67,7 @@ from .space import SpaceEncoding, StageOptions, SubnetEncoding, sample_subnet, s
 from .supernet import Supernet
 
 __all__ = ["RESOLUTION_MUTATION_PROB", "SubnetComplexity", "SupernetFitness", "build_constraint", "build_data",
-           "build_problem", "crossover_subnets", "load_supernet", "mutate_subnet", "run_search", "sample_subnet"]
+           "build_problem", "crossover_subnets", "load_supernet", "mutate_subnet", "run", "run_search", "sample_subnet"]
 
 logger = logging.getLogger(__name__)
 
@@ -375,9 +375,14 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
             "generations": search.generation, "evaluated": len(search.records), "run_dir": str(run_dir)}
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The work behind ``python -m moonlit.spaceevo.subnet_search``: :func:`run_search`'s result."""
+    return run_search(cfg)
+
+
 @hydra_app("spaceevo", "subnet_search")
 def main(cfg: DictConfig) -> None:
-    run_search(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":

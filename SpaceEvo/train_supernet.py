@@ -80,7 +80,7 @@ from moonlit.spaceevo.ops.lsq_plus import set_quant_mode
 from moonlit.spaceevo.space import SubnetEncoding
 from moonlit.spaceevo.supernet import Supernet
 
-__all__ = ["SandwichSettings", "average_bn_statistics", "average_gradients", "evaluate_subnet", "sandwich_step",
+__all__ = ["SandwichSettings", "average_bn_statistics", "average_gradients", "evaluate_subnet", "run", "sandwich_step",
            "train_supernet"]
 
 log = logging.getLogger(__name__)
@@ -291,9 +291,14 @@ def train_supernet(cfg: DictConfig) -> dict[str, Any]:
         cleanup_distributed()
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The work behind ``python -m moonlit.spaceevo.train_supernet``: :func:`train_supernet`'s summary."""
+    return train_supernet(cfg)
+
+
 @hydra_app("spaceevo", "train_supernet")
 def main(cfg: DictConfig) -> None:
-    summary = train_supernet(cfg)
+    summary = run(cfg)
     for phase, result in summary["phases"].items():
         log.info("%s: %d/%d steps", phase, result["steps"], result["total_steps"])
 

@@ -131,9 +131,14 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The work behind ``python -m moonlit.top.evaluate``: :func:`run_evaluate`'s result."""
+    return run_evaluate(cfg)
+
+
 @hydra_app("top", "evaluate")
 def main(cfg: DictConfig) -> None:
-    run_evaluate(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":

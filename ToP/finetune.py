@@ -77,7 +77,8 @@ def setup_run(cfg: DictConfig) -> tuple[torch.device, Path, GlueTask]:
 
 
 def run_finetune(cfg: DictConfig) -> dict[str, Any]:
-    """Fine-tune ``cfg.model.name_or_path`` on ``cfg.data.task``; saves the best (by selection) to ``output_dir/model``."""
+    """Fine-tune ``cfg.model.name_or_path`` on ``cfg.data.task``; saves the best (by selection) to
+    ``output_dir/model``."""
     device, out_dir, task = setup_run(cfg)
     model, tokenizer = load_classifier(cfg.model.name_or_path, task.num_labels)
     model.to(device)
@@ -128,9 +129,14 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The work behind ``python -m moonlit.top.finetune``: :func:`run_finetune`'s result."""
+    return run_finetune(cfg)
+
+
 @hydra_app("top", "finetune")
 def main(cfg: DictConfig) -> None:
-    run_finetune(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":

@@ -242,7 +242,8 @@ def run_prune(cfg: DictConfig) -> dict[str, Any]:
             history.append(record)
             logger.log({"selection/metric": selection["metric"],
                         "selection/measured_sparsity": selection["measured_mac_sparsity"]}, step=step)
-            log.info("epoch %d (target %.3f): selection %s", epoch + 1, constraint.target(step), format_result(selection))
+            log.info("epoch %d (target %.3f): selection %s", epoch + 1, constraint.target(step),
+                     format_result(selection))
             ramped = step >= warmup_steps
             meets = selection["measured_mac_sparsity"] >= p.target_sparsity - cfg.prune.sparsity_tolerance
             if ramped and meets and (best is None or selection["metric"] > best["selection_metric"]):
@@ -280,7 +281,8 @@ def run_prune(cfg: DictConfig) -> dict[str, Any]:
                    "prune": {"epochs": cfg.prune.epochs, "ranking_alpha": cfg.prune.ranking_alpha,
                              "top_k": cfg.prune.top_k, "sparsity_warmup_epochs": cfg.prune.sparsity_warmup_epochs}}
         logger.log_summary({f"{name}/{task.main_metric}": r["metric"] for name, r in reported.items()}
-                           | {f"{name}/measured_mac_sparsity": r["measured_mac_sparsity"] for name, r in reported.items()})
+                           | {f"{name}/measured_mac_sparsity": r["measured_mac_sparsity"]
+                              for name, r in reported.items()})
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -290,9 +292,14 @@ def _brief(result: dict[str, Any]) -> dict[str, Any]:
     return {key: result[key] for key in keys if key in result}
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The work behind ``python -m moonlit.top.prune``: :func:`run_prune`'s result."""
+    return run_prune(cfg)
+
+
 @hydra_app("top", "prune")
 def main(cfg: DictConfig) -> None:
-    run_prune(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":
