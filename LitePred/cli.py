@@ -41,7 +41,7 @@ from moonlit.litepred.pipeline import (
     train_predictor,
 )
 from moonlit.litepred.predict.predictor import PlatformPredictor
-from moonlit.litepred.profile import get_backend, list_backends
+from moonlit.litepred.profile import get_platform, list_platforms
 from moonlit.litepred.profile.dataset import ProfileDataset
 from moonlit.litepred.profile.sampler import sample_configs
 from moonlit.litepred.zoo import (
@@ -58,7 +58,7 @@ COMMANDS = ("backends", "profile", "build", "calibrate", "predict", "evaluate", 
 
 
 def _backend(cfg: DictConfig) -> Any:
-    return get_backend(cfg.platform, **OmegaConf.to_container(cfg.backend, resolve=True))
+    return get_platform(cfg.platform, **OmegaConf.to_container(cfg.backend, resolve=True))
 
 
 # Whole models measured to fit the overhead term when ``architectures.calibration`` is null: enough
@@ -277,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "backends":
-        for name in list_backends():
+        for name in list_platforms():
             print(name)
         return
     from moonlit.common.errors import exit_on_user_error

@@ -334,9 +334,9 @@ def measure_like_predictor(platform: Mapping[str, Any], items: Sequence[tuple[An
     ``repeats`` independent passes per model. ``items`` are ``(module, example_inputs)``; returns the
     passes of each item. What a prediction should be scored against (a plain benchmark median is
     another statistic, and an INT8 model quantized another way is another model)."""
-    from moonlit.litepred.profile import get_backend
+    from moonlit.litepred.profile import get_platform
 
-    backend = get_backend(platform.get("backend") or platform["name"])
+    backend = get_platform(platform.get("backend") or platform["name"])
     field = STATISTICS[platform.get("statistic", "p10")]
     passes: list[list[float]] = [[] for _ in items]
     for _ in range(repeats):

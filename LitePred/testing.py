@@ -93,7 +93,7 @@ def stand_in_predictor(kernel_types: Sequence[str] = STAND_IN_KERNEL_TYPES, seed
 def debug_predictor_dir(tmp_path: Path, platform: str = "debug") -> Path:
     """Build a small predictor with ``moonlit-litepred build`` under ``tmp_path``; returns its directory.
 
-    ``platform`` is a profiling backend name; the default ``debug`` backend is deterministic and
+    ``platform`` is a profiling platform name; the default ``debug`` platform is deterministic and
     takes seconds (160 kernels, 6 training and 6 calibration architectures, forest regressors).
     """
     from moonlit.litepred.cli import main
@@ -105,9 +105,9 @@ def debug_predictor_dir(tmp_path: Path, platform: str = "debug") -> Path:
 
 def debug_latency_ms(module: Any, example_inputs: tuple[Any, ...]) -> float:
     """The ``debug`` backend's p10 latency (ms) of one model: deterministic, computed from its graph."""
-    from moonlit.litepred.profile import get_backend
+    from moonlit.litepred.profile import get_platform
 
-    measurement = get_backend("debug").measure_many([(module, tuple(example_inputs))])[0]
+    measurement = get_platform("debug").measure_many([(module, tuple(example_inputs))])[0]
     if isinstance(measurement, Exception):
         raise measurement
     return float(measurement.p10_ms)

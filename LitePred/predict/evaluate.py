@@ -44,7 +44,7 @@ from moonlit.litepred.pipeline import (
 )
 from moonlit.litepred.predict.metrics import accuracy_report, plot_scatter
 from moonlit.litepred.predict.predictor import PlatformPredictor
-from moonlit.litepred.profile import get_backend
+from moonlit.litepred.profile import get_platform
 from moonlit.litepred.profile.dataset import ProfileDataset
 from moonlit.litepred.zoo import ArchSpec, heldout_architectures
 
@@ -151,7 +151,7 @@ def evaluate_platform(predictor_dir: str | Path, dataset_path: str | Path, cache
     specs += [s for s in extra_models if s.name not in {t.name for t in specs}]
     if not specs:
         raise ValueError("no held-out models: n is 0 and no extra models were given")
-    backend = get_backend(platform, **(backend_options or {}))
+    backend = get_platform(platform, **(backend_options or {}))
     dataset = ProfileDataset(dataset_path)
     cache.fill(specs, desc="detecting held-out kernels")
     profiling = profile_models(specs, backend, dataset, repeats=repeats, desc="measuring held-out models",

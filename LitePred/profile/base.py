@@ -1,9 +1,11 @@
-"""Profiling backends for LitePred (NSDI'24, §3 "kernel profiling" and §5 platforms): the contract.
+"""Profiling platforms for LitePred (NSDI'24, §3 "kernel profiling" and §5 platforms): the contract.
 
-A *backend* is one platform of the knowledge pool (runtime × precision × threads × optimization
-level on this CPU). Backends are plug-ins registered by name, in the manner of nn-Meter's backend
-interface: :func:`register_backend` decorates a thin factory, :func:`get_backend` builds one with
-options, :func:`list_backends` lists them. Each backend profiles a torch module (a single kernel or
+A *platform* is one entry of the knowledge pool (runtime × precision × threads × optimization
+level on this CPU), measured by a :class:`Backend` object that times through the runners of
+:mod:`moonlit.common.profiling.backends` (the one registry of runtime backends). Platforms are
+plug-ins registered by name, in the manner of nn-Meter's backend interface: :func:`register_platform`
+decorates a thin factory, :func:`get_platform` builds one with options, :func:`list_platforms` lists
+them. Each platform's backend profiles a torch module (a single kernel or
 a whole model, :meth:`Backend.measure`) or an ``.onnx`` file (:meth:`Backend.measure_onnx`) and
 describes itself (:meth:`Backend.metadata`) so every number in the dataset says where it came from.
 Every sample is taken with the measurement protocol of :mod:`moonlit.litepred.profile.protocol`.
@@ -37,8 +39,8 @@ from moonlit.litepred.profile.protocol import (
 )
 
 __all__ = [
-    "Backend", "register_backend", "get_backend", "list_backends", "cpu_isa_flags",
-    "fixed_threads", "BUILTIN_BACKEND_MODULES",
+    "Backend", "register_platform", "get_platform", "list_platforms", "cpu_isa_flags",
+    "fixed_threads", "BUILTIN_PLATFORM_MODULES",
 ]
 
 
@@ -233,47 +235,47 @@ class Backend(abc.ABC):
         """A runner of the trivial model through the same runtime and input-feeding path."""
 
 
-BackendFactory = Callable[..., Backend]
-_REGISTRY: dict[str, BackendFactory] = {}
+PlatformFactory = Callable[..., Backend]
+_REGISTRY: dict[str, PlatformFactory] = {}
 
-# Modules whose import registers the built-in backends (imported on first lookup).
-BUILTIN_BACKEND_MODULES = (
+# Modules whose import registers the built-in platforms (imported on first lookup).
+BUILTIN_PLATFORM_MODULES = (
     "moonlit.litepred.profile.ort",
     "moonlit.litepred.profile.torch_backend",
     "moonlit.litepred.profile.debug",
 )
 
 
-def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
+def register_platform(name: str) -> Callable[[PlatformFactory], PlatformFactory]:
     """Decorator registering ``factory(**options) -> Backend`` under ``name``."""
     if not isinstance(name, str) or not name:
-        raise ValueError(f"backend name must be a non-empty string, got {name!r}")
+        raise ValueError(f"platform name must be a non-empty string, got {name!r}")
 
-    def decorator(factory: BackendFactory) -> BackendFactory:
+    def decorator(factory: PlatformFactory) -> PlatformFactory:
         if name in _REGISTRY:
-            raise ValueError(f"profiling backend {name!r} is already registered")
+            raise ValueError(f"profiling platform {name!r} is already registered")
         _REGISTRY[name] = factory
         return factory
 
     return decorator
 
 
-def _load_builtin_backends() -> None:
-    for module in BUILTIN_BACKEND_MODULES:
+def _load_builtin_platforms() -> None:
+    for module in BUILTIN_PLATFORM_MODULES:
         importlib.import_module(module)
 
 
-def list_backends() -> list[str]:
-    """Names of all registered backends, sorted."""
-    _load_builtin_backends()
+def list_platforms() -> list[str]:
+    """Names of all registered platforms, sorted."""
+    _load_builtin_platforms()
     return sorted(_REGISTRY)
 
 
-def get_backend(name: str, /, **options: Any) -> Backend:
-    """Build the backend registered as ``name`` with ``options`` (threads, runs, warmup, …)."""
-    _load_builtin_backends()
+def get_platform(name: str, /, **options: Any) -> Backend:
+    """Build the backend of the platform registered as ``name`` with ``options`` (threads, runs, warmup, …)."""
+    _load_builtin_platforms()
     if name not in _REGISTRY:
-        raise ValueError(f"unknown profiling backend {name!r}; known backends: {sorted(_REGISTRY)}")
+        raise ValueError(f"unknown profiling platform {name!r}; known platforms: {sorted(_REGISTRY)}")
     return _REGISTRY[name](**options)
 
 

@@ -46,7 +46,7 @@ from torch import nn
 
 from moonlit.common.export.onnx import export_onnx
 from moonlit.common.profiling.backends import Runner
-from moonlit.litepred.profile.base import Backend, register_backend
+from moonlit.litepred.profile.base import Backend, register_platform
 from moonlit.litepred.profile.ort import resolve_onnx_inputs
 from moonlit.litepred.profile.protocol import Measurement
 
@@ -310,7 +310,7 @@ class DebugBackend(Backend):
         )
 
 
-@register_backend("debug")
+@register_platform("debug")
 def debug(**options: Any) -> DebugBackend:
     """Synthetic latency for CI; ``name`` and ``cost_model`` options make other synthetic platforms."""
     return DebugBackend(**options)
@@ -322,7 +322,7 @@ def debug(**options: Any) -> DebugBackend:
 DEBUG_INT8_COST_MODEL = DebugCostModel(compute_fixed_ms=0.006, other_fixed_ms=0.003, macs_per_ms=6e8)
 
 
-@register_backend("debug-int8")
+@register_platform("debug-int8")
 def debug_int8(**options: Any) -> DebugBackend:
     """Synthetic INT8-like latency (:data:`DEBUG_INT8_COST_MODEL`), a transfer target for CI."""
     options.setdefault("name", "debug-int8")

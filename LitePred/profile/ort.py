@@ -32,7 +32,7 @@ from torch import nn
 from moonlit.common.export.int8 import quantization_summary, quantize_static_int8
 from moonlit.common.export.onnx import export_onnx, save_onnx
 from moonlit.common.profiling.backends import Runner, make_runner
-from moonlit.litepred.profile.base import Backend, fixed_threads, register_backend
+from moonlit.litepred.profile.base import Backend, fixed_threads, register_platform
 from moonlit.litepred.profile.kernel_io import strip_boundaries
 from moonlit.litepred.profile.protocol import Measurement
 
@@ -226,32 +226,32 @@ class OrtBackend(Backend):
         return measurement
 
 
-@register_backend("ort-fp32")
+@register_platform("ort-fp32")
 def ort_fp32(**options: Any) -> OrtBackend:
     """FP32, all graph optimizations."""
     return OrtBackend("ort-fp32", precision="fp32", optimization_level="all", **options)
 
 
-@register_backend("ort-fp32-noopt")
+@register_platform("ort-fp32-noopt")
 def ort_fp32_noopt(**options: Any) -> OrtBackend:
     """FP32, graph optimizations off (one kernel per ONNX node)."""
     return OrtBackend("ort-fp32-noopt", precision="fp32", optimization_level="disable", **options)
 
 
-@register_backend("ort-int8")
+@register_platform("ort-int8")
 def ort_int8(**options: Any) -> OrtBackend:
     """Static QDQ INT8 (U8S8, per-channel), all graph optimizations."""
     return OrtBackend("ort-int8", precision="int8", optimization_level="all", **options)
 
 
-@register_backend("ort-fp32-2t")
+@register_platform("ort-fp32-2t")
 def ort_fp32_2t(**options: Any) -> OrtBackend:
     """``ort-fp32`` with two intra-op threads."""
     return OrtBackend("ort-fp32", precision="fp32", optimization_level="all",
                       **fixed_threads("ort-fp32-2t", 2, options))
 
 
-@register_backend("ort-int8-2t")
+@register_platform("ort-int8-2t")
 def ort_int8_2t(**options: Any) -> OrtBackend:
     """``ort-int8`` with two intra-op threads."""
     return OrtBackend("ort-int8", precision="int8", optimization_level="all",

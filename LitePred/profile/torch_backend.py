@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from moonlit.common.profiling.backends import Runner, make_runner
-from moonlit.litepred.profile.base import Backend, fixed_threads, register_backend
+from moonlit.litepred.profile.base import Backend, fixed_threads, register_platform
 from moonlit.litepred.profile.protocol import Measurement
 
 __all__ = ["TorchBackend"]
@@ -60,13 +60,13 @@ class TorchBackend(Backend):
         )
 
 
-@register_backend("torch-fp32")
+@register_platform("torch-fp32")
 def torch_fp32(**options: Any) -> TorchBackend:
     """Eager torch, FP32, 1 thread unless ``threads`` is given."""
     return TorchBackend("torch-fp32", **options)
 
 
-@register_backend("torch-fp32-2t")
+@register_platform("torch-fp32-2t")
 def torch_fp32_2t(**options: Any) -> TorchBackend:
     """``torch-fp32`` with two intra-op threads."""
     return TorchBackend("torch-fp32", **fixed_threads("torch-fp32-2t", 2, options))

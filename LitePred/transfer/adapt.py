@@ -218,7 +218,7 @@ def run_adapt(cfg: Any) -> dict[str, Any]:
     """The ``adapt`` subcommand: see the module docstring; writes ``adapt.out_dir``/{predictor/, adapt.json}."""
     from omegaconf import OmegaConf
 
-    from moonlit.litepred.profile import get_backend
+    from moonlit.litepred.profile import get_platform
 
     a = cfg.adapt
     target, statistic, seed = str(cfg.platform), str(cfg.statistic), int(a.seed)
@@ -229,7 +229,7 @@ def run_adapt(cfg: Any) -> dict[str, Any]:
     if not platforms:
         raise ValueError(f"the knowledge pool {a.pool_dir} holds no platform other than the target {target!r}: "
                          f"it has {pool.names()}; build one first (moonlit-litepred build platform=<name>)")
-    backend = get_backend(target, **OmegaConf.to_container(cfg.backend, resolve=True))
+    backend = get_platform(target, **OmegaConf.to_container(cfg.backend, resolve=True))
     dataset = ProfileDataset(a.dataset)
     families = list(cfg.architectures.families) if cfg.architectures.families else None
     train_specs = training_architectures(int(cfg.architectures.train), seed=int(cfg.architectures.seed),

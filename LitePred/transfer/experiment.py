@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from moonlit.common.config import compose_config
 from moonlit.common.report import render_table
 from moonlit.litepred.pipeline import KernelCache
-from moonlit.litepred.profile import get_backend
+from moonlit.litepred.profile import get_platform
 from moonlit.litepred.profile.dataset import ProfileDataset
 from moonlit.litepred.transfer.adapt import (
     TargetKernels,
@@ -100,7 +100,7 @@ def run_experiment(cfg: DictConfig) -> list[dict[str, Any]]:
             raise FileNotFoundError(f"the pool {a.pool_dir} lacks predictors for {missing}; build them first "
                                     f"(moonlit-litepred build platform=<name>)")
         cfg_t = OmegaConf.merge(cfg, {"platform": target})  # rules, kernel cache and paths follow the target
-        backend = get_backend(target, **OmegaConf.to_container(cfg.backend, resolve=True))
+        backend = get_platform(target, **OmegaConf.to_container(cfg.backend, resolve=True))
         adapt_dataset = ProfileDataset(Path(e.out_dir) / target / "profile.jsonl")
         families = list(cfg.architectures.families) if cfg.architectures.families else None
         train_specs = training_architectures(int(cfg.architectures.train), seed=int(cfg.architectures.seed),

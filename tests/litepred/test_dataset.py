@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from moonlit.litepred.profile import DebugCostModel, Measurement, get_backend
+from moonlit.litepred.profile import DebugCostModel, Measurement, get_platform
 from moonlit.litepred.profile.dataset import ProfileDataset, ProfileRecord, record_key
 
 CONFIGS = [{"hw": hw, "cin": cin, "cout": 2 * cin, "k": 3, "s": 1} for hw in (8, 16) for cin in (4, 8, 12)]
@@ -166,7 +166,7 @@ def test_to_arrays_matches_the_records(tmp_path: Path) -> None:
 
 
 def test_a_real_debug_measurement_round_trips(tmp_path: Path) -> None:
-    backend = get_backend("debug", cost_model=DebugCostModel())
+    backend = get_platform("debug", cost_model=DebugCostModel())
     config = {"hw": 8, "cin": 4, "cout": 8, "k": 3, "s": 1}
     module = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU())
     measurement = backend.measure(module, torch.randn(1, 4, 8, 8))

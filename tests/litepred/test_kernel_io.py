@@ -13,7 +13,7 @@ from torch import nn
 
 from moonlit.common.export.int8 import quantize_static_int8
 from moonlit.common.export.onnx import export_onnx
-from moonlit.litepred.profile import get_backend
+from moonlit.litepred.profile import get_platform
 from moonlit.litepred.profile.kernel_io import strip_boundaries
 from moonlit.litepred.profile.ort import random_calibration, resolve_onnx_inputs
 
@@ -95,7 +95,7 @@ def test_backends_time_kernels_stripped_and_models_whole(tmp_path: Path) -> None
     torch.manual_seed(0)
     conv = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()).eval()
     x = torch.randn(1, 8, 16, 16)
-    backend = get_backend("ort-int8", runs=10, warmup=1, burst=3, overhead_ms=0.0)
+    backend = get_platform("ort-int8", runs=10, warmup=1, burst=3, overhead_ms=0.0)
     assert backend.metadata()["kernel_boundaries"] == "strip"
     kernel_graph = tmp_path / "k"
     whole_graph = tmp_path / "w"
@@ -106,7 +106,7 @@ def test_backends_time_kernels_stripped_and_models_whole(tmp_path: Path) -> None
     assert not (whole_graph / "kernel.stripped.onnx").exists()
     results = backend.measure_many([(conv, (x,))], kernels=True)
     assert results[0].median_ms >= 0
-    assert get_backend("ort-fp32-noopt").metadata()["kernel_boundaries"] == "none"
-    assert get_backend("ort-fp32", kernel_boundaries="keep").metadata()["kernel_boundaries"] == "keep"
+    assert get_platform("ort-fp32-noopt").metadata()["kernel_boundaries"] == "none"
+    assert get_platform("ort-fp32", kernel_boundaries="keep").metadata()["kernel_boundaries"] == "keep"
     with pytest.raises(ValueError, match="kernel_boundaries"):
-        get_backend("ort-fp32", kernel_boundaries="drop")
+        get_platform("ort-fp32", kernel_boundaries="drop")

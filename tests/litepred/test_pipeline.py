@@ -28,7 +28,7 @@ from moonlit.litepred.pipeline import (
 from moonlit.litepred.predict.evaluate import earlier_pass_agreement
 from moonlit.litepred.predict.features import feature_names, features
 from moonlit.litepred.predict.predictor import PlatformPredictor
-from moonlit.litepred.profile import get_backend
+from moonlit.litepred.profile import get_platform
 from moonlit.litepred.profile.dataset import ProfileDataset
 from moonlit.litepred.profile.debug import DebugBackend, DebugCostModel
 from moonlit.litepred.zoo import heldout_architectures
@@ -168,7 +168,7 @@ def test_a_killed_profiling_run_resumes_without_repeats(tmp_path: Path) -> None:
     configs = list(dict.fromkeys(k.config for k in detect_kernels(export_spec(spec, tmp_path / "m.onnx"),
                                                                    "debug").kernels))[:12]
     assert len(configs) == 12
-    backend = get_backend("debug")
+    backend = get_platform("debug")
     dataset = ProfileDataset(tmp_path / "profile.jsonl")
     calls = {"n": 0}
     measure_many = backend.measure_many

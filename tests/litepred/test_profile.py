@@ -24,10 +24,10 @@ from moonlit.litepred.profile import (
     Protocol,
     base,
     cpu_isa_flags,
-    get_backend,
-    list_backends,
+    get_platform,
+    list_platforms,
     measure_runner,
-    register_backend,
+    register_platform,
 )
 from moonlit.litepred.profile.ort import is_quantized
 from moonlit.litepred.profile.protocol import MIN_LOAD_WINDOW_MS, under_load
@@ -38,44 +38,44 @@ FAST = {"warmup": 2, "runs": 5, "max_remeasures": 1}
 # --- registry ---------------------------------------------------------------------------------
 
 def test_registry_names_and_unknown_name() -> None:
-    names = list_backends()
+    names = list_platforms()
     for required in ("ort-fp32", "ort-fp32-noopt", "ort-int8", "torch-fp32", "debug"):
         assert required in names
-    with pytest.raises(ValueError, match="unknown profiling backend 'tflite'.*ort-fp32"):
-        get_backend("tflite")
+    with pytest.raises(ValueError, match="unknown profiling platform 'tflite'.*ort-fp32"):
+        get_platform("tflite")
 
 
 def test_register_custom_backend_and_duplicate(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
 
-    @register_backend("debug-slow")
+    @register_platform("debug-slow")
     def debug_slow(**options: Any) -> Backend:
-        return get_backend("debug", name="debug-slow", cost_model=DebugCostModel(macs_per_ms=1e6), **options)
+        return get_platform("debug", name="debug-slow", cost_model=DebugCostModel(macs_per_ms=1e6), **options)
 
-    backend = get_backend("debug-slow")
-    assert backend.name == "debug-slow" and "debug-slow" in list_backends()
+    backend = get_platform("debug-slow")
+    assert backend.name == "debug-slow" and "debug-slow" in list_platforms()
     assert backend.metadata()["cost_model"]["macs_per_ms"] == 1e6
     with pytest.raises(ValueError, match="already registered"):
-        register_backend("debug-slow")(debug_slow)
+        register_platform("debug-slow")(debug_slow)
 
 
 def test_thread_variants_are_named_by_thread_count() -> None:
-    assert get_backend("ort-fp32", threads=2).name == "ort-fp32-2t"
-    two = get_backend("ort-fp32-2t")
+    assert get_platform("ort-fp32", threads=2).name == "ort-fp32-2t"
+    two = get_platform("ort-fp32-2t")
     assert (two.name, two.threads, two.metadata()["threads"]) == ("ort-fp32-2t", 2, 2)
-    assert get_backend("torch-fp32-2t").threads == 2
+    assert get_platform("torch-fp32-2t").threads == 2
     with pytest.raises(ValueError, match="runs 2 threads, got threads=1"):
-        get_backend("ort-int8-2t", threads=1)
+        get_platform("ort-int8-2t", threads=1)
     with pytest.raises(ValueError, match="threads must be a positive int"):
-        get_backend("ort-fp32", threads=0)
+        get_platform("ort-fp32", threads=0)
 
 
 def test_metadata_describes_the_platform() -> None:
-    meta = get_backend("ort-fp32-noopt").metadata()
+    meta = get_platform("ort-fp32-noopt").metadata()
     assert meta["runtime"] == "onnxruntime" and meta["optimization_level"] == "disable"
     assert meta["precision"] == "fp32" and meta["threads"] == 1
-    assert get_backend("ort-int8").metadata()["precision"] == "int8"
-    torch_meta = get_backend("torch-fp32").metadata()
+    assert get_platform("ort-int8").metadata()["precision"] == "int8"
+    torch_meta = get_platform("torch-fp32").metadata()
     assert torch_meta["runtime_version"] == torch.__version__
     # ISA flags agree with an independent read of /proc/cpuinfo
     flags_line = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -277,7 +277,7 @@ def _hand_conv_relu_ms(c: DebugCostModel, cin: int = 4, cout: int = 8, hw: int =
 def test_debug_formula_on_a_hand_computed_graph(tmp_path: Path, cache_bytes: int) -> None:
     cost_model = DebugCostModel(noise=0.0, cache_bytes=cache_bytes)
     path = _conv_relu_graph(tmp_path / "g.onnx")
-    m = get_backend("debug", cost_model=cost_model).measure_onnx(path)
+    m = get_platform("debug", cost_model=cost_model).measure_onnx(path)
     expected = _hand_conv_relu_ms(cost_model)
     assert m.median_ms == pytest.approx(expected, rel=1e-12)
     assert m.raw_median_ms == pytest.approx(expected + cost_model.call_overhead_ms)
@@ -287,7 +287,7 @@ def test_debug_formula_on_a_hand_computed_graph(tmp_path: Path, cache_bytes: int
 
 def test_debug_symbolic_batch_takes_input_shapes(tmp_path: Path) -> None:
     cost_model = DebugCostModel(noise=0.0)
-    backend = get_backend("debug", cost_model=cost_model)
+    backend = get_platform("debug", cost_model=cost_model)
     dynamic = _conv_relu_graph(tmp_path / "dyn.onnx", batch="N")
     static = _conv_relu_graph(tmp_path / "static.onnx", batch=2)
     assert backend.measure_onnx(dynamic, [(2, 4, 8, 8)]).median_ms == backend.measure_onnx(static).median_ms
@@ -304,11 +304,11 @@ def _conv_relu(cin: int, cout: int) -> nn.Module:
 def test_debug_module_matches_the_hand_formula_and_is_deterministic(tmp_path: Path) -> None:
     torch.manual_seed(0)
     x = torch.randn(1, 4, 8, 8)
-    noiseless = get_backend("debug", cost_model=DebugCostModel(noise=0.0))
+    noiseless = get_platform("debug", cost_model=DebugCostModel(noise=0.0))
     assert noiseless.measure(_conv_relu(4, 8), x).median_ms == pytest.approx(_hand_conv_relu_ms(noiseless.cost_model))
-    backend = get_backend("debug")
+    backend = get_platform("debug")
     first = backend.measure(_conv_relu(4, 8), x)
-    again = get_backend("debug").measure(_conv_relu(4, 8), torch.randn(1, 4, 8, 8))  # new weights/inputs
+    again = get_platform("debug").measure(_conv_relu(4, 8), torch.randn(1, 4, 8, 8))  # new weights/inputs
     assert first.median_ms == again.median_ms
     noise = backend.cost_model.noise
     assert abs(first.details["noise_factor"] - 1) <= noise
@@ -319,7 +319,7 @@ def test_debug_module_matches_the_hand_formula_and_is_deterministic(tmp_path: Pa
 
 def test_debug_model_costs_less_than_its_kernels_by_the_reuse_saving() -> None:
     c = DebugCostModel(noise=0.0)
-    backend = get_backend("debug", cost_model=c)
+    backend = get_platform("debug", cost_model=c)
     model = nn.Sequential(_conv_relu(4, 8), _conv_relu(8, 8))
     x = torch.randn(1, 4, 8, 8)
     whole = backend.measure(model, x).median_ms
@@ -341,7 +341,7 @@ def test_debug_shape_arithmetic_is_free(tmp_path: Path) -> None:
              helper.make_node("Sqrt", ["shape_f"], ["s"])]
     graph = helper.make_graph(nodes, "scalars", [x], outputs)
     path = save_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "s.onnx")
-    m = get_backend("debug", cost_model=c).measure_onnx(path)
+    m = get_platform("debug", cost_model=c).measure_onnx(path)
     relu_bytes = 4 * 8 * 4 * 4  # a cold graph input read, the output written
     assert m.median_ms == pytest.approx(c.other_fixed_ms + 128 / c.vector_ops_per_ms + 2 * relu_bytes / c.bytes_per_ms)
     assert m.details["nodes"] == 1
@@ -371,7 +371,7 @@ def test_debug_computed_shapes_match_a_real_run(tmp_path: Path) -> None:
     expand = next(node for node in model.graph.node if node.op_type == "Expand")
     assert expand.output[0] not in {v.name for v in inferred.graph.value_info
                                     if all(d.HasField("dim_value") for d in v.type.tensor_type.shape.dim)}
-    backend = get_backend("debug")
+    backend = get_platform("debug")
     # Independent shapes: run the graph with every intermediate exposed and read what it produced.
     probe = onnx.load(str(path))
     names = [name for node in probe.graph.node for name in node.output if name]
@@ -392,7 +392,7 @@ def test_debug_computed_shapes_match_a_real_run(tmp_path: Path) -> None:
 
 def test_debug_rejects_threads_and_bad_cost_model() -> None:
     with pytest.raises(ValueError, match="one thread"):
-        get_backend("debug", threads=2)
+        get_platform("debug", threads=2)
     with pytest.raises(ValueError, match="macs_per_ms must be > 0"):
         DebugCostModel(macs_per_ms=0)
 
@@ -419,7 +419,7 @@ def _check_measurement(m: Measurement, backend: str) -> None:
 @pytest.mark.parametrize("name", ["ort-fp32", "ort-fp32-noopt", "ort-int8"])
 def test_ort_backends_measure_a_conv(name: str, tiny_conv: tuple[nn.Module, torch.Tensor]) -> None:
     model, x = tiny_conv
-    m = get_backend(name, **FAST).measure(model, x)
+    m = get_platform(name, **FAST).measure(model, x)
     _check_measurement(m, name)
     if name == "ort-int8":
         assert m.details["quantized_fraction"] == 1.0
@@ -427,7 +427,7 @@ def test_ort_backends_measure_a_conv(name: str, tiny_conv: tuple[nn.Module, torc
 
 def test_ort_int8_graph_is_quantized(tmp_path: Path, tiny_conv: tuple[nn.Module, torch.Tensor]) -> None:
     model, x = tiny_conv
-    backend = get_backend("ort-int8", **FAST)
+    backend = get_platform("ort-int8", **FAST)
     timed, feed = backend.export(model, x, tmp_path)
     ops = {node.op_type for node in onnx.load(str(timed)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
@@ -441,12 +441,12 @@ def test_ort_int8_graph_is_quantized(tmp_path: Path, tiny_conv: tuple[nn.Module,
 def test_ort_measure_onnx_with_shapes(tmp_path: Path) -> None:
     linear = nn.Linear(32, 16)
     path = export_onnx(linear, torch.randn(4, 32), tmp_path / "linear.onnx", dynamic_axes={"input": {0: "batch"}})
-    m = get_backend("ort-fp32", **FAST).measure_onnx(path, [(4, 32)])
+    m = get_platform("ort-fp32", **FAST).measure_onnx(path, [(4, 32)])
     _check_measurement(m, "ort-fp32")
     with pytest.raises(ValueError, match="1 graph inputs"):
-        get_backend("ort-fp32", **FAST).measure_onnx(path, [(4, 32), (4, 32)])
+        get_platform("ort-fp32", **FAST).measure_onnx(path, [(4, 32), (4, 32)])
     with pytest.raises(FileNotFoundError):
-        get_backend("ort-fp32", **FAST).measure_onnx(tmp_path / "missing.onnx")
+        get_platform("ort-fp32", **FAST).measure_onnx(tmp_path / "missing.onnx")
 
 
 def test_torch_backend_restores_threads_and_modes(tiny_conv: tuple[nn.Module, torch.Tensor]) -> None:
@@ -455,7 +455,7 @@ def test_torch_backend_restores_threads_and_modes(tiny_conv: tuple[nn.Module, to
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        m = get_backend("torch-fp32", **FAST).measure(model, x)
+        m = get_platform("torch-fp32", **FAST).measure(model, x)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
@@ -463,15 +463,15 @@ def test_torch_backend_restores_threads_and_modes(tiny_conv: tuple[nn.Module, to
     model.eval()
     _check_measurement(m, "torch-fp32")
     with pytest.raises(NotImplementedError, match="cannot run the ONNX file"):
-        get_backend("torch-fp32").measure_onnx("model.onnx")
+        get_platform("torch-fp32").measure_onnx("model.onnx")
 
 
 def test_measure_many_interleaves_and_subtracts_the_overhead() -> None:
     import torch
 
-    from moonlit.litepred.profile import get_backend
+    from moonlit.litepred.profile import get_platform
 
-    backend = get_backend("ort-fp32", runs=5, warmup=1)
+    backend = get_platform("ort-fp32", runs=5, warmup=1)
     small, large = torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(32, 32, 3, padding=1)
     x8, x32 = torch.randn(1, 8, 16, 16), torch.randn(1, 32, 32, 32)
 
