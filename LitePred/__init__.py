@@ -1,15 +1,14 @@
 """LitePred — transferable kernel-level latency prediction (NSDI'24).
 
 A model's latency on a platform is predicted as the sum of its kernels' latencies, corrected by a
-fitted overhead term. The pipeline as modules: ``graph`` (ONNX → IR with static shapes),
-``kernels`` and ``fusion*`` with ``rules/*.yaml`` (kernel detection, fusion rules as data),
-``features``, ``kernel_builder`` and ``sampler`` (kernel configurations to profile), ``zoo*``
-(training and held-out architectures), ``profile`` (backends by name: ``ort-fp32``, ``ort-int8``,
-``torch-fp32``, ``debug``, …), ``regressors``/``forest``/``mlp`` and ``predictor``
-(``PlatformPredictor``), ``calibration`` (overhead term, weight-read floor), ``evaluate`` (held-out
-accuracy beside the measurement ceiling), transfer to a new platform (``pool``, ``similarity``,
-``vae``, ``transfer``, ``adapt``, ``transfer_experiment``), ``nas`` (kernel rows of NAS candidates
-from cached parts), and the ``moonlit-litepred`` CLI (``cli``). See this folder's README.md.
+fitted overhead term. The pipeline as folders: ``zoo`` (training and held-out architectures),
+``graph`` (ONNX → IR with static shapes), ``kernels`` (kernel detection, fusion rules as data in
+``kernels/rules/*.yaml``), ``profile`` (kernel configurations to profile, platforms by name:
+``ort-fp32``, ``ort-int8``, ``torch-fp32``, ``debug``, …, and the profiled records), ``predict``
+(features, regressors, ``PlatformPredictor``, the overhead term, held-out evaluation, the parts
+cache of NAS candidates), ``transfer`` (knowledge pool, similarity, adaptation methods, the
+``adapt`` command and the transfer experiment); ``pipeline`` strings the steps together and
+``cli`` is the ``moonlit-litepred`` CLI. See this folder's README.md.
 
 Other packages use LitePred only through :mod:`moonlit.litepred.api` (re-exported here, loaded on
 first use so ``import moonlit.litepred`` stays light) and, in their tests, :mod:`moonlit.litepred.testing`.

@@ -247,7 +247,10 @@ def resolve_spec(text: str) -> ArchSpec:
 
 
 def run_evaluate(cfg: DictConfig, section: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Held-out models measured ``heldout.repeats`` times and predicted; see :func:`.evaluate.evaluate_platform`."""
+    """Held-out models measured ``heldout.repeats`` times and predicted.
+
+    See :func:`.predict.evaluate.evaluate_platform`.
+    """
     from moonlit.litepred.predict.evaluate import evaluate_platform
 
     h = cfg.heldout

@@ -289,7 +289,7 @@ def calibrate_overhead(predictor: PlatformPredictor, cache: KernelCache, specs: 
     """Fit the overhead term on measured calibration models (stored in the predictor).
 
     ``per_type=False``: ``model_ms = a · Σ kernels + b``; True: one factor per kernel type on top, and
-    the weight-read floor per kernel with its rate picked from ``weight_rates`` (:mod:`.calibration`).
+    the weight-read floor per kernel with its rate picked from ``weight_rates`` (:mod:`.predict.calibration`).
     """
     keep = np.isfinite(measured_ms)
     chosen = [s for s, k in zip(specs, keep) if k]

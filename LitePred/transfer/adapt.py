@@ -10,7 +10,7 @@ paper's adaptation does, on a local backend:
    the platforms are ranked by similarity (:mod:`.similarity`) and the best one is the source;
 4. ``adapt.budget`` more configurations are chosen (``adapt.sampler``: the VAE, uniform, or the
    build's frequency sampler) and profiled on the target;
-5. the source's regressors are adapted on probe + budget kernels (:mod:`.transfer`) and the
+5. the source's regressors are adapted on probe + budget kernels (:mod:`.methods`) and the
    overhead term re-fitted on ``adapt.calibration_models`` whole models measured on the target;
 6. the adapted predictor is saved and scored on the held-out models (measured on the target,
    twice, for the ceiling; that measurement is the evaluation, not part of the adaptation cost).
