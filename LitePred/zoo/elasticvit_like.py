@@ -1,8 +1,8 @@
 """The ``elasticvit-like`` family of LitePred's model zoo: a stand-in for ElasticViT's hybrid space.
 
 A *stand-in* for ElasticViT's hybrid space (ICCV'23, §3.1) that needs no paper package (the real
-space plugs in as the ``elasticvit`` family): MBConv
-stages followed by plain pre-norm transformer stages (matmul + softmax attention, LayerNorm, GELU).
+space plugs in as the ``elasticvit`` family): MBConv stages followed by plain pre-norm transformer
+stages (matmul + softmax attention, LayerNorm, GELU).
 The description grammar is documented on :class:`ElasticViTLikeArch`; ``decode(encode(a)) == a``
 and bad strings raise ``ValueError`` naming the bad token.
 """
