@@ -2,9 +2,9 @@
 
 A *stand-in* for SpaceEvo's mobilew hyperspace (ICCV'23, §3; see ``shared/papers/SpaceEvo.md``)
 that needs no paper package (the real spaces plug in as the ``spaceevo`` family): per stage a random
-block type and width window, per layer random kernel/expansion, built with timm's EfficientNet builder. The description grammar is documented on
-:class:`SpaceEvoLikeArch`; ``decode(encode(a)) == a`` and bad strings raise ``ValueError`` naming
-the bad token.
+block type and width window, per layer random kernel/expansion, built with timm's EfficientNet builder.
+The description grammar is documented on :class:`SpaceEvoLikeArch`; ``decode(encode(a)) == a`` and
+bad strings raise ``ValueError`` naming the bad token.
 """
 
 from __future__ import annotations
