@@ -153,8 +153,9 @@ def _from_subnet(subnet: Subnet, label: str, pretrained: bool, checkpoint: str |
                              "checkpoint=<the reference's released supernet .pth(.tar) or one of our checkpoint "
                              "directories>")
         return build_model(subnet, num_classes=num_classes, token_norm=token_norm, dropout=dropout)
-    from .evaluate import load_supernet
+    from .evaluate import check_checkpoint, load_supernet
 
+    check_checkpoint(checkpoint)  # a missing or unreadable file is an InputError naming it
     supernet = load_supernet(checkpoint, num_classes=num_classes, token_norm=token_norm)
     supernet.set_active(subnet)
     return supernet.get_active_subnet().eval()

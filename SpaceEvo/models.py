@@ -252,6 +252,10 @@ def _checked_build(spec: SeqnetSpec, pretrained: bool, checkpoint: Path | None, 
         raise InputError(f"no local weights for SEQnet {spec.name!r}: pretrained=True needs checkpoint=<{supernet} "
                          "checkpoint: the reference's checkpoint.pth (FP32) or lsq.pth (LSQ+), or a "
                          "moonlit.spaceevo.train_supernet checkpoint directory>")
+    if checkpoint is not None and not checkpoint.exists():
+        raise InputError(f"checkpoint {checkpoint} of SEQnet {spec.name!r:.120} does not exist; expected a supernet "
+                         "checkpoint: the reference's checkpoint.pth / lsq.pth or a moonlit.spaceevo.train_supernet "
+                         "checkpoint directory")
     return _build_seqnet(spec, checkpoint, **kwargs)
 
 

@@ -85,6 +85,11 @@ def test_pretrained_without_checkpoint_says_which_file():
         timm.create_model("elasticvit_s1", pretrained=True)
 
 
+def test_missing_checkpoint_is_an_input_error_naming_it(tmp_path: Path):
+    with pytest.raises(InputError, match=r"checkpoint .*ckpt.pth.tar does not exist"):
+        create_model("S1", checkpoint=tmp_path / "ckpt.pth.tar")
+
+
 @torch.no_grad()
 def test_checkpoint_round_trip_from_our_supernet_directory(tmp_path: Path):
     torch.manual_seed(0)

@@ -159,6 +159,11 @@ def test_pretrained_without_checkpoint_names_the_supernet_file():
         timm.create_model("seqnet_vnni_a0", pretrained=True)
 
 
+def test_missing_checkpoint_is_an_input_error_naming_it(tmp_path: Path):
+    with pytest.raises(InputError, match=r"checkpoint .*lsq.pth of SEQnet 'SEQnet@vnni-A0' does not exist"):
+        create_model("seqnet_vnni_a0", checkpoint=tmp_path / "lsq.pth")
+
+
 def test_checkpoint_round_trip_through_create_model_and_timm(tmp_path: Path):
     torch.manual_seed(0)
     supernet_name, subnet = PUBLISHED_SEQNETS["SEQnet@vnni-A0"]
