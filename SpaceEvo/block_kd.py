@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.imagenet import build_imagenet_datasets
@@ -63,7 +64,7 @@ from .teacher import (
 )
 
 __all__ = ["KDSettings", "StudentStage", "SubStage", "calibrate_bn", "evaluate_nsr", "hyperspace_block_spec",
-           "load_student", "main", "nsr_loss", "run_block_kd", "student_name", "train_student"]
+           "load_student", "main", "nsr_loss", "run", "run_block_kd", "student_name", "train_student"]
 
 logger = logging.getLogger("moonlit.spaceevo.block_kd")
 VARIANCE_FORMS = ("teacher", "student")
@@ -159,7 +160,8 @@ class StudentStage(nn.Module):
         widths = tuple(widths or self.stage_spec.widths)
         bad = sorted(set(widths) - set(self.stage_spec.widths))
         if bad:
-            raise ValueError(f"{self.name}: widths {bad} are not in the stage's width list {list(self.stage_spec.widths)}")
+            raise ValueError(
+                f"{self.name}: widths {bad} are not in the stage's width list {list(self.stage_spec.widths)}")
         spec = self.block_spec
         blocks = tuple((rng.choice(spec.kernel_list), rng.choice(widths),
                         rng.choice(spec.expand_list) if spec.expand_list else None)
@@ -441,6 +443,8 @@ def run_block_kd(cfg: DictConfig) -> dict[str, Any]:
     blocks = list(cfg.blocks if cfg.blocks is not None else range(len(spec.block_types)))
     eval_batches = _batches(datasets.get("holdout", datasets["val"]), cfg.batch_size, cfg.eval_batches)
     results = {}
+    # one bar over the students; each student's result goes into block_kd.json and main's printout
+    bar = tqdm(total=len(stages) * len(blocks), desc="block KD", unit="student", disable=not ctx.is_main)
     for stage in stages:
         boundary = teacher.boundary(f"stage{stage}")
         for block in blocks:
@@ -452,11 +456,15 @@ def run_block_kd(cfg: DictConfig) -> dict[str, Any]:
                 grad_clip_value=cfg.grad_clip_value, batch_size=cfg.batch_size, resolutions=tuple(cfg.resolutions),
                 variance_of=cfg.variance_of, distill_from_teacher=cfg.distill_from_teacher, seed=cfg.seed,
                 checkpoint_every=cfg.checkpoint_every, num_workers=cfg.data.num_workers)
-            run = train_student(student, teacher, datasets["train"], settings, out_dir / "students" / student.name, ctx)
-            results[student.name] = {"steps": run["steps"], "resumed_from": run["resumed_from"],
-                                     "last_losses": run["losses"][-1] if run["losses"] else None,
+            trained = train_student(student, teacher, datasets["train"], settings, out_dir / "students" / student.name,
+                                    ctx)
+            results[student.name] = {"steps": trained["steps"], "resumed_from": trained["resumed_from"],
+                                     "last_losses": trained["losses"][-1] if trained["losses"] else None,
                                      **_final_eval(student, teacher, eval_batches, settings, stage)}
-            logger.info("%s: %s", student.name, results[student.name])
+            logger.debug("%s: %s", student.name, results[student.name])
+            bar.set_postfix_str(student.name, refresh=False)
+            bar.update()
+    bar.close()
     summary = {"hyperspace": spec.name, "teacher": teacher.info, "world_size": ctx.world_size, "students": results,
                "config": to_container(cfg)}
     if ctx.is_main:
@@ -479,17 +487,23 @@ def _final_eval(student: StudentStage, teacher: Teacher, images: Sequence[Tensor
     return result
 
 
-@hydra_app("spaceevo", "block_kd")
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The work behind ``python -m moonlit.spaceevo.block_kd``: rank-aware logging, :func:`run_block_kd`, and the
+    process group torn down afterwards (also on error); returns the summary."""
     mdist.setup_logging()
     try:
-        summary = run_block_kd(cfg)
-        if mdist.is_rank_zero():
-            for name, row in summary["students"].items():
-                print(name, {k: v for k, v in row.items() if k != "last_losses"})
-            print(f"outputs in {cfg.output_dir}")
+        return run_block_kd(cfg)
     finally:
         mdist.cleanup_distributed()
+
+
+@hydra_app("spaceevo", "block_kd")
+def main(cfg: DictConfig) -> None:
+    summary = run(cfg)
+    if mdist.is_rank_zero():  # the process group is gone: the rank comes from torchrun's $RANK
+        for name, row in summary["students"].items():
+            print(name, {k: v for k, v in row.items() if k != "last_losses"})
+        print(f"outputs in {cfg.output_dir}")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from torch import nn
+from tqdm import tqdm
 from transformers import BertConfig, BertForSequenceClassification
 
 from moonlit.common.config import hydra_app, to_container
@@ -51,7 +52,7 @@ from .inference import TokenDroppingModel
 from .keep_schedules import KeepSchedule, learned_schedule, uniform_schedule
 from .model import ToPModel
 
-__all__ = ["build_model", "make_inputs", "run_benchmark"]
+__all__ = ["build_model", "make_inputs", "run", "run_benchmark"]
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +183,8 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     pruned_onnx: dict[tuple, dict[str, Path]] = {}
 
     records = []
+    # one bar over the timed measurements; each one's arms and rounds show beside it
+    bar = tqdm(total=sum(len(case.batches) for case in cases), desc="ToP benchmark", unit="measurement")
     for case in cases:
         real_length, padded_length = case.real_length, case.padded_length
         schedules = []
@@ -198,17 +201,21 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
             key = (s.prune_layers, s.bin_num, s.kept_bins)
             if cfg.onnxruntime and key not in pruned_onnx:
                 stem = f"pruned_{len(pruned_onnx)}"
-                paths = {"fp32": export_pruned_onnx(tops[s.name], onnx_dir / f"{stem}.onnx", gate_values=s.gate_values(),
-                                                    example_batch=_export_example(cfg, real_length, padded_length))}
+                example = _export_example(cfg, real_length, padded_length)
+                paths = {"fp32": export_pruned_onnx(tops[s.name], onnx_dir / f"{stem}.onnx",
+                                                    gate_values=s.gate_values(), example_batch=example)}
                 if cfg.int8:
                     paths["int8"] = quantize_pruned_dynamic(paths["fp32"], onnx_dir / f"{stem}_int8.onnx")
                 pruned_onnx[key] = paths
         for batch, rounds in case.batches:
             inputs = make_inputs(batch, real_length, padded_length, vocab_size=cfg.model.vocab_size,
                                  cls_id=special[0], sep_id=special[1], seed=cfg.seed)
+            bar.set_postfix_str(f"batch {batch}, length {real_length} (padded {padded_length})")
             record = _measure_case(cfg, hf_model, dims, tops, schedules, inputs, rounds, dense_onnx, pruned_onnx,
                                    real_length, padded_length)
             records.append({"profile": case.profile, **record})
+            bar.update()
+    bar.close()
     results = {"config": to_container(cfg), "dims": dataclasses.asdict(dims), "cases": records, "skipped": skipped}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = _table(records, bool(cfg.onnxruntime), bool(cfg.int8 and cfg.onnxruntime))
@@ -250,7 +257,7 @@ def _measure_case(cfg: DictConfig, hf_model: nn.Module, dims: EncoderDims, tops:
         for precision, path in pruned_onnx.get((s.prune_layers, s.bin_num, s.kept_bins), {}).items():
             arms[f"{s.name}/ort_{precision}"] = make_runner("onnxruntime", path, inputs, threads=threads)
     batch = int(inputs["input_ids"].shape[0])
-    logger.info("timing batch %d, length %d (padded %d): %d arms x %d rounds", batch, real_length, padded_length,
+    logger.debug("timing batch %d, length %d (padded %d): %d arms x %d rounds", batch, real_length, padded_length,
                 len(arms), rounds)
     comparison = compare_many(arms, rounds=rounds, warmup=int(cfg.warmup), baseline="dense/torch")
     medians = {name: result.median_ms for name, result in comparison.results.items()}
@@ -270,8 +277,9 @@ def _table(records: list[dict[str, Any]], ort: bool, int8: bool) -> dict[str, An
     rows = []
     for record in records:
         for entry in record["schedules"]:
-            row = [record.get("profile") or "fixed", record["batch_size"], record["real_length"], record["padded_length"], entry["name"],
-                   entry["target_reduction"], entry["mac_reduction"], entry["mac_reduction_vs_padded"]]
+            row = [record.get("profile") or "fixed", record["batch_size"], record["real_length"],
+                   record["padded_length"], entry["name"], entry["target_reduction"], entry["mac_reduction"],
+                   entry["mac_reduction_vs_padded"]]
             for backend in backends:
                 row += [record["median_ms"][f"dense/{backend}"], record["median_ms"][f"{entry['name']}/{backend}"],
                         entry["speedup"][backend]]
@@ -312,10 +320,15 @@ def _plot(records: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The work behind ``python -m moonlit.top.benchmark``: :func:`run_benchmark`'s result."""
+    return run_benchmark(cfg)
+
+
 @hydra_app("top", "benchmark")
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO)
-    results = run_benchmark(cfg)
+    results = run(cfg)
     print((Path(cfg.output_dir) / "table.md").read_text())
     logger.info("%d cases measured", len(results["cases"]))
 
