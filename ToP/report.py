@@ -1,18 +1,22 @@
 """The ToP tables, paper vs this repo, rendered from the runs' ``results.json`` files.
 
-    python -m moonlit.top.report outputs/top/reproduce            # after scripts/reproduce_top_glue.sh
-    python -m moonlit.top.report outputs/top/smoke --source "this repo on generated data"
-    python -m moonlit.top.report --benchmark outputs/top/benchmark # after python -m moonlit.top.benchmark
+    python -m moonlit.top.report root=outputs/top/reproduce            # after scripts/reproduce_top_glue.sh
+    python -m moonlit.top.report root=outputs/top/smoke 'source="this repo on generated data"'
+    python -m moonlit.top.report benchmark=outputs/top/benchmark       # after python -m moonlit.top.benchmark
+
+Config: ``configs/top/report.yaml`` (``root`` or ``benchmark``, one of the two).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
+from moonlit.common.config import hydra_app
+from moonlit.common.errors import InputError
 from moonlit.common.report import render_table
 
 # ToP's released results (reference README, BERT-base): metric score and FLOPs reduction, the
@@ -96,32 +100,46 @@ def speed_table(results: dict[str, Any], command: str = "python -m moonlit.top.b
             "source": f"this repo, BERT-base dimensions with random weights, on this machine (`{command}`)"}
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Render the ToP GLUE table from a reproduce run, or the "
-                                                 "speedup table from a benchmark run.")
-    parser.add_argument("root", type=Path, nargs="?", help="the paths.output_root the runs used")
-    parser.add_argument("--benchmark", type=Path, help="a benchmark output folder (with results.json)")
-    parser.add_argument("--source", default="this repo at paper scale")
-    parser.add_argument("--command", default="bash scripts/reproduce_top_glue.sh")
-    args = parser.parse_args(argv)
-    if args.benchmark is not None:
-        path = args.benchmark / "results.json"
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The work behind ``python -m moonlit.top.report``: render the speedup table of ``cfg.benchmark`` into
+    ``SPEEDUP.md`` beside its ``results.json``, or the GLUE table of the runs under ``cfg.root`` into
+    ``<root>/top/TABLE.md``; returns ``{"path", "markdown"}``."""
+    if (cfg.root is None) == (cfg.benchmark is None):
+        raise InputError(f"give one of root=<output root of a reproduce run> or benchmark=<benchmark output folder>, "
+                         f"got root={cfg.root} benchmark={cfg.benchmark}")
+    if cfg.benchmark is not None:
+        folder = Path(str(cfg.benchmark))
+        path = folder / "results.json"
         if not path.is_file():
-            raise SystemExit(f"no benchmark results at {path}: run python -m moonlit.top.benchmark first")
-        rendered = render_table(speed_table(json.loads(path.read_text())))
-        (args.benchmark / "SPEEDUP.md").write_text(rendered + "\n")
-        print(rendered)
-        return
-    if args.root is None:
-        parser.error("give the output root of a reproduce run, or --benchmark DIR")
-    runs = collect(args.root)
-    if not runs:
-        raise SystemExit(f"no ToP runs under {args.root}/top/prune/<task>/results.json")
-    rendered = render_table(table(runs, args.source, args.command))
-    out = args.root / "top" / "TABLE.md"
+            raise InputError(f"no benchmark results at {path}: run python -m moonlit.top.benchmark first")
+        try:
+            results = json.loads(path.read_text())
+            rendered = render_table(speed_table(results))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSONDecodeError is a ValueError
+            raise InputError(f"{path} is not a moonlit.top.benchmark results.json ({type(err).__name__}: {err}); "
+                             "expected {'cases': [{'schedules': [...], ...}]}") from err
+        out = folder / "SPEEDUP.md"
+    else:
+        root = Path(str(cfg.root))
+        try:
+            runs = collect(root)
+            rendered = render_table(table(runs, str(cfg.source), str(cfg.command))) if runs else ""
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise InputError(f"a results.json under {root}/top is not a moonlit.top finetune/prune result "
+                             f"({type(err).__name__}: {err})") from err
+        if not runs:
+            raise InputError(f"no ToP runs under {root}/top/prune/<task>/results.json; expected the "
+                             "paths.output_root of scripts/reproduce_top_glue.sh")
+        out = root / "top" / "TABLE.md"
     out.write_text(rendered + "\n")
-    print(rendered)
-    print(f"\nwritten to {out}")
+    return {"path": str(out), "markdown": rendered}
+
+
+@hydra_app("top", "report")
+def main(cfg: DictConfig) -> None:
+    result = run(cfg)
+    print(result["markdown"])
+    print(f"\nwritten to {result['path']}")
 
 
 if __name__ == "__main__":

@@ -9,19 +9,22 @@ A run that contributes to a report writes ``section.json`` into its output folde
      "figures": [{"path": "latency.png", "caption": "..."}],
      "notes": ["..."]}
 
-``python -m moonlit.common.report outputs/quickstart`` collects every ``*/section.json`` below that
-folder and writes ``REPORT.md`` beside them, tables rendered from the numbers in the JSON.
+``python -m moonlit.common.report root=outputs/quickstart`` (config ``configs/common/report.yaml``)
+collects every ``*/section.json`` below that folder and writes ``REPORT.md`` beside them, tables
+rendered from the numbers in the JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from omegaconf import DictConfig
+
+from .config import hydra_app
 
 SECTION_FILE = "section.json"
 REQUIRED_KEYS = ("name", "title")
@@ -145,12 +148,14 @@ def _anchor(title: str) -> str:
     return kept.strip().replace(" ", "-")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("root", nargs="?", default="outputs/quickstart", help="folder holding */section.json")
-    parser.add_argument("--title", default="moonlit quickstart report")
-    args = parser.parse_args(argv)
-    print(build_report(args.root, args.title))
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The work behind ``python -m moonlit.common.report``: :func:`build_report` of ``cfg.root``."""
+    return {"report": build_report(str(cfg.root), str(cfg.title))}
+
+
+@hydra_app("common", "report")
+def main(cfg: DictConfig) -> None:
+    print(run(cfg)["report"])
 
 
 if __name__ == "__main__":

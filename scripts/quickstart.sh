@@ -67,7 +67,7 @@ for entry in "${sections[@]}"; do
         over+=("$name")
     fi
 done
-"$py" -m moonlit.common.report outputs/quickstart
+"$py" -m moonlit.common.report root=outputs/quickstart
 total=$(( $(date +%s) - start ))
 echo "quickstart finished in ${total} s (${summary[*]}): outputs/quickstart/REPORT.md"
 if [ "${#wanted[@]}" -eq 0 ] && [ "$total" -gt "$total_budget" ]; then

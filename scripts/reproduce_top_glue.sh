@@ -67,5 +67,5 @@ for task in $tasks; do
     echo "== ToP $task: evaluate =="
     "$py" -m moonlit.top.evaluate "${common[@]}" "${task_args[@]}" "${extra[@]}"
 done
-"$py" -m moonlit.top.report "$out" --source "$source" --command "$command"
+"$py" -m moonlit.top.report "root=$out" "source=\"$source\"" "command=\"$command\""
 echo "reproduce_top_glue finished in $(( $(date +%s) - start )) s"

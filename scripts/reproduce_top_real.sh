@@ -102,5 +102,5 @@ for task in $tasks; do
         "source=\"$label (MiniLM-L6, task $task), $(date -u +%Y-%m-%d)\"" "command=\"${command/<task>/$task}\""
     echo "== ToP $task done in $(( $(date +%s) - t0 )) s =="
 done
-"$py" -m moonlit.common.report "$out/top/study" --title "ToP on real language (MiniLM-L6)"
+"$py" -m moonlit.common.report "root=$out/top/study" "title=\"ToP on real language (MiniLM-L6)\""
 echo "reproduce_top_real finished in $(( $(date +%s) - start )) s"

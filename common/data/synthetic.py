@@ -9,24 +9,27 @@
   with their tokenizer, for ``AutoModelForSequenceClassification.from_pretrained(dir)``.
 
 Everything is deterministic given ``seed``; the real loaders read these files unchanged.
-Run ``python -m moonlit.common.data.synthetic OUT_DIR`` to write a full set.
+Run ``python -m moonlit.common.data.synthetic out_dir=OUT_DIR`` to write a full set
+(config ``configs/common/synthetic.yaml``).
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig
 from PIL import Image, ImageDraw
 
+from ..config import hydra_app
+from ..errors import InputError
 from .synthetic_glue import synthetic_sentences, write_glue_tsvs
 
 __all__ = ["IMAGE_COLOURS", "IMAGE_SHAPES", "image_class_names", "write_image_folder", "write_glue_tsvs",
            "synthetic_sentences", "train_wordpiece_tokenizer", "train_bpe_tokenizer", "write_tiny_bert",
-           "write_tiny_roberta", "write_fixtures"]
+           "write_tiny_roberta", "write_fixtures", "run"]
 
 IMAGE_SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 IMAGE_COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40),
@@ -187,8 +190,13 @@ def _write_tiny_classifier(kind: str, out_dir: str | Path, num_labels: int, hidd
                            num_heads: int, intermediate_size: int, tokenizer_dir: str | Path | None,
                            seed: int) -> Path:
     import torch
-    from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, RobertaConfig,
-                              RobertaForSequenceClassification)
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
 
     if num_labels < 1:
         raise ValueError(f"num_labels must be >= 1 (1 = regression), got {num_labels}")
@@ -264,12 +272,16 @@ def write_fixtures(root: str | Path, seed: int = 0) -> dict[str, Path]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write the synthetic fixtures (images, GLUE, tiny models).")
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    for name, path in write_fixtures(args.out_dir, args.seed).items():
+def run(cfg: DictConfig) -> dict[str, Path]:
+    """The work behind ``python -m moonlit.common.data.synthetic``: :func:`write_fixtures` into ``cfg.out_dir``."""
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise InputError(f"seed must be an integer, got {cfg.seed!r}")
+    return write_fixtures(str(cfg.out_dir), int(cfg.seed))
+
+
+@hydra_app("common", "synthetic")
+def main(cfg: DictConfig) -> None:
+    for name, path in run(cfg).items():
         print(f"{name}: {path}")
 
 

@@ -14,8 +14,15 @@ import pytest
 from PIL import Image
 
 from moonlit.common.data import synthetic_glue
-from moonlit.common.data.synthetic import (IMAGE_COLOURS, IMAGE_SHAPES, image_class_names, write_glue_tsvs,
-                                           write_image_folder, write_tiny_bert, write_tiny_roberta)
+from moonlit.common.data.synthetic import (
+    IMAGE_COLOURS,
+    IMAGE_SHAPES,
+    image_class_names,
+    write_glue_tsvs,
+    write_image_folder,
+    write_tiny_bert,
+    write_tiny_roberta,
+)
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -142,9 +149,10 @@ def test_tiny_model_options_and_determinism(tmp_path: Path, wordpiece_tokenizer_
 # --- images ----------------------------------------------------------------------------------------
 
 def test_image_folder_layout_and_determinism(tmp_path: Path) -> None:
-    a = write_image_folder(tmp_path / "a", num_classes=3, images_per_class={"train": 4, "val": 2}, image_size=24, seed=1)
-    b = write_image_folder(tmp_path / "b", num_classes=3, images_per_class={"train": 4, "val": 2}, image_size=24, seed=1)
-    c = write_image_folder(tmp_path / "c", num_classes=3, images_per_class={"train": 4, "val": 2}, image_size=24, seed=2)
+    size = {"num_classes": 3, "images_per_class": {"train": 4, "val": 2}, "image_size": 24}
+    a = write_image_folder(tmp_path / "a", **size, seed=1)
+    b = write_image_folder(tmp_path / "b", **size, seed=1)
+    c = write_image_folder(tmp_path / "c", **size, seed=2)
     assert _digest(a) == _digest(b) and _digest(a) != _digest(c)
     names = ["00_red_circle", "01_green_square", "02_blue_triangle"]
     for split, count in (("train", 4), ("val", 2)):
@@ -190,3 +198,27 @@ def test_image_rule_is_learnable(tmp_path: Path) -> None:
     x_val, y_val = _pixels(root, "val")
     model = LogisticRegression(max_iter=2000).fit(x_train, y_train)
     assert model.score(x_val, y_val) >= 0.6  # chance is 0.125
+
+
+def test_fixtures_app_checks_the_seed_before_writing(tmp_path: Path) -> None:
+    from moonlit.common.config import compose_config
+    from moonlit.common.data.synthetic import run
+    from moonlit.common.errors import InputError
+
+    with pytest.raises(InputError, match="seed must be an integer, got 'abc'"):
+        run(compose_config("common", "synthetic", [f"out_dir={tmp_path / 'bad'}", "seed=abc"]))
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow  # tokenizers and two tiny models: about 30 s on a busy core
+def test_fixtures_app_writes_the_quickstart_set(tmp_path: Path) -> None:
+    from moonlit.common.config import compose_config
+    from moonlit.common.data.synthetic import run
+
+    written = run(compose_config("common", "synthetic", [f"out_dir={tmp_path / 'set'}"]))
+    assert written == {name: tmp_path / "set" / name for name in ("imagenet", "glue", "bert-tiny", "roberta-tiny")}
+    train = sorted((tmp_path / "set" / "imagenet" / "train").iterdir())
+    assert [p.name for p in train] == image_class_names(10)  # 10 classes, 40 training images each
+    assert all(len(list(folder.glob("*.jpg"))) == 40 for folder in train)
+    assert len(_rows(tmp_path / "set" / "glue" / "SST-2" / "dev.tsv")) == 200
+    assert (tmp_path / "set" / "bert-tiny" / "config.json").is_file()

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from moonlit.common.report import build_report, render_table, write_section
+from moonlit.common.config import compose_config
+from moonlit.common.report import build_report, render_table, run, write_section
 
 
 def test_render_table_matches_hand_written_markdown() -> None:
@@ -60,3 +61,11 @@ def test_invalid_section_json_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "broken" / "section.json").write_text("{not json")
     with pytest.raises(ValueError, match="broken/section.json"):
         build_report(tmp_path)
+
+
+def test_report_app_renders_the_configured_folder_and_title(tmp_path: Path) -> None:
+    write_section(tmp_path / "only", {"name": "only", "title": "Only section"})
+    cfg = compose_config("common", "report", [f"root={tmp_path}", 'title="A (custom) title"'])
+    assert run(cfg) == {"report": tmp_path / "REPORT.md"}
+    assert (tmp_path / "REPORT.md").read_text().startswith("# A (custom) title\n")
+    assert compose_config("common", "report").root == "outputs/quickstart"  # the quickstart's folder by default
