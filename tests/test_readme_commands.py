@@ -160,7 +160,7 @@ def test_readme_command_composes(command: Command) -> None:
 # (README command, why it is cheap); each must appear verbatim in a README
 CHEAP = [
     ("moonlit-litepred backends", "lists the registered backends"),
-    ("python -m moonlit.elasticvit.models", "prints the named models' table"),
+    ("python -m moonlit.common.models 'pattern=seqnet_vnni_*' complexity=false", "lists registered names, builds none"),
 ]
 # run in order in one output folder (the prediction uses the predictor the build wrote)
 SLOW = [
@@ -171,13 +171,20 @@ SLOW = [
 ]
 
 
+def _writes_outputs(module: str) -> bool:
+    """Whether the app's config has the shared ``paths`` group (a listing or report tool may not)."""
+    tree, config = _app_config(module)
+    return "paths" in compose_config(tree, config)
+
+
 def _run(text: str, output_root: Path) -> subprocess.CompletedProcess:
     tokens = shlex.split(text)
     if tokens[0] == "moonlit-litepred":
         tokens = [sys.executable, "-m", "moonlit.litepred", *tokens[1:]]
     elif tokens[:2] == ["python", "-m"]:
         tokens = [sys.executable, *tokens[1:]]
-    tokens.append(f"paths.output_root={output_root}")
+    if tokens[1:2] != ["-m"] or tokens[2] in COMPOSED_BY_HAND or _writes_outputs(tokens[2]):
+        tokens.append(f"paths.output_root={output_root}")
     return subprocess.run(tokens, capture_output=True, text=True, timeout=1800, cwd=REPO,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
