@@ -9,6 +9,8 @@ nothing is imported.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -208,3 +210,11 @@ def test_walk_finds_guards_and_main_files(tmp_path: Path) -> None:
     found = entry_points(tmp_path)
     assert sorted(found) == ["Paper/app.py", "Paper/sub/__main__.py", "Paper/tool.py"]
     assert found["Paper/app.py"] == [] and len(found["Paper/tool.py"]) == 3
+
+
+def test_importing_an_app_module_does_not_import_hydra() -> None:
+    # hydra_app imports Hydra when main runs, so library users of an app module (run, tables) stay light
+    code = ("import sys, moonlit.elasticvit.tables, moonlit.common.data.real, moonlit.common.report; "
+            "assert 'hydra' not in sys.modules, sorted(m for m in sys.modules if m.startswith('hydra'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr

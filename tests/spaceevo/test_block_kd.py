@@ -22,7 +22,7 @@ from moonlit.spaceevo.block_kd import (
     hyperspace_block_spec,
     load_student,
     nsr_loss,
-    run_block_kd,
+    run,
     train_student,
 )
 from moonlit.spaceevo.ops.stages import block_spec
@@ -264,10 +264,10 @@ def test_block_kd_app_on_generated_images(synthetic_image_root: Path, tmp_path: 
         "teacher.model=efficientnet_b0", "teacher.num_classes=4", "teacher.calibrate_bn_batches=1",
         "teacher.lsq_finetune.steps=1", "resolutions=[64]", "batch_size=4", "fp32.steps=2", "lsq.steps=1",
         "stages=[2]", "blocks=[0,4]", "eval_batches=1", "device=cpu", f"output_dir={tmp_path}"])
-    summary = run_block_kd(cfg)
+    summary = run(cfg)  # the app's work: run_block_kd between logging setup and process-group cleanup
     assert sorted(summary["students"]) == ["stage2_0", "stage2_4"]
     assert summary["teacher"]["lsq"] and Path(summary["teacher"]["weights"]).is_file()
     saved = json.loads((tmp_path / "block_kd.json").read_text())
     assert saved["students"]["stage2_4"]["steps"] == 3 and saved["students"]["stage2_4"]["nsr_max"] > 0
-    again = run_block_kd(cfg)  # a rerun resumes: nothing left to train
+    again = run(cfg)  # a rerun resumes: nothing left to train
     assert again["students"]["stage2_0"]["resumed_from"] == 3
