@@ -33,7 +33,7 @@ from moonlit.litepred.api import protocol_summary
 
 from .models import MODEL_NAMES, ElasticViTModel
 
-__all__ = ["BASELINES", "run_benchmark"]
+__all__ = ["BASELINES", "run", "run_benchmark"]
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +130,14 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The app's work (what ``main`` runs): :func:`run_benchmark`."""
+    return run_benchmark(cfg)
+
+
 @hydra_app("elasticvit", "benchmark")
 def main(cfg: DictConfig) -> None:
-    run_benchmark(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from moonlit.spaceevo.deploy import export_lsq_qdq, quantize_with_calibration
 from moonlit.spaceevo.models import load_search_result, resolve_model
 from moonlit.spaceevo.ops.lsq_plus import set_quant_mode
 
-__all__ = ["BASELINES", "int8_front", "plot_latency_vs_macs", "render_table", "run_benchmark"]
+__all__ = ["BASELINES", "int8_front", "plot_latency_vs_macs", "render_table", "run", "run_benchmark"]
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +153,14 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The app's work (what ``main`` runs): :func:`run_benchmark`."""
+    return run_benchmark(cfg)
+
+
 @hydra_app("spaceevo", "benchmark")
 def main(cfg: DictConfig) -> None:
-    run_benchmark(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import torch
 
 from moonlit.common.config import compose_config
 from moonlit.common.errors import InputError
-from moonlit.elasticvit.benchmark import _models, run_benchmark
+from moonlit.elasticvit.benchmark import _models, run
 from moonlit.elasticvit.flops import subnet_complexity
 from moonlit.elasticvit.models import build_model, named_subnet
 from moonlit.elasticvit.space import decode
@@ -47,7 +47,7 @@ def test_benchmark_smoke_writes_outputs(tmp_path) -> None:
         f"output_dir={tmp_path}", "models=[elasticvit_t1]", "baselines=[mobilenetv3_large_100]",
         "reference_baseline=mobilenetv3_large_100", f"extra_subnets=[{SEARCHED}]",
         "timing.rounds=3", "timing.warmup=1", "calibration.batches=1", "calibration.batch_size=1"])
-    result = run_benchmark(cfg)
+    result = run(cfg)  # the app's run: run_benchmark
     names = [row["name"] for row in result["rows"]]
     assert names == ["elasticvit_t1", "searched-0", "mobilenetv3_large_100"]
     t1 = result["rows"][0]

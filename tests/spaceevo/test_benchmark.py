@@ -10,7 +10,7 @@ import timm
 import torch
 
 from moonlit.common.config import compose_config
-from moonlit.spaceevo.benchmark import _models, int8_front, render_table, run_benchmark
+from moonlit.spaceevo.benchmark import _models, int8_front, render_table, run
 from moonlit.spaceevo.models import PUBLISHED_SEQNETS, PUBLISHED_SUPERNETS
 from moonlit.spaceevo.space import SpaceEncoding, SubnetEncoding
 from moonlit.spaceevo.supernet import Supernet
@@ -45,7 +45,7 @@ def test_benchmark_smoke_writes_outputs(tmp_path, route):
         "calibration.batches=1", "calibration.batch_size=2", "timing.rounds=2", "timing.warmup=1", "timing.burst=1",
         "baseline_resolution=64", f"output_dir={tmp_path}",
     ])
-    result = run_benchmark(cfg)
+    result = run(cfg)  # the app's run: run_benchmark
     names = [row["name"] for row in result["rows"]]
     assert names == ["SEQnet@vnni-A0", "resnet18"]
     for name in ("benchmark.json", "benchmark.md", "latency_vs_macs.png", "section.json"):
