@@ -254,7 +254,7 @@ def test_attention_tensors_need_no_reshape(reference_file: tuple[Path, ElasticVi
 @torch.no_grad()
 def test_create_model_pretrained_from_a_reference_file(
         reference_file: tuple[Path, ElasticViTSupernet, ElasticViTSupernet]) -> None:
-    from moonlit.elasticvit.models import create_model
+    from moonlit.common.models import create_model
 
     path, _, ema = reference_file
     model = create_model("T1", pretrained=True, checkpoint=path, num_classes=NUM_CLASSES)
