@@ -1,9 +1,10 @@
-"""Quickstart section "ElasticViT": conflict-aware supernet training with each sampler policy (ICCV'23, Sec. 3.2–3.3, Table 5).
+"""Quickstart section "ElasticViT": conflict-aware supernet training per sampler policy (ICCV'23, Sec. 3.2–3.3, Tab. 5).
 
 The reduced space of ``experiment=smoke`` (32–48 px, widths 8–80, depths 1–2; 0.4–3.1 MMACs for
 4 FLOPs levels 0.6/1.0/1.4/1.8 MMACs, band 0.2) is trained on generated images once per sampler
-policy — ``adjacent_step`` (the paper's level walk + performance-aware banks), ``complexity_only``
-(walk, no banks), ``random`` (a level per slot, banks), ``uniform`` (no levels: the sandwich rule) —
+policy in ``samplers`` — ``adjacent_step`` (the paper's level walk + performance-aware banks) and
+``uniform`` (no levels: the sandwich rule) by default, to stay within the section's 3 minutes;
+``complexity_only`` (walk, no banks) and ``random`` (a level per slot, banks) on request —
 for the same number of steps from the same initialisation and data order. The section reports
 each level's median-MACs subnet's top-1 (BN re-estimated), the level walk, the mean MMACs change
 between consecutive steps, bank draws and bank fill, with a plot.
@@ -23,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig
+
 from moonlit.common.config import compose_config, hydra_app
 from moonlit.common.report import write_section
-from omegaconf import DictConfig
 
 from .quickstart_search import run_search_step, search_table
 from .train import train
@@ -41,7 +43,8 @@ def _train_config(overrides: list[str]) -> DictConfig:
 
 def _train_overrides(cfg: DictConfig, sampler: str, out: Path, steps_per_epoch: int) -> list[str]:
     epochs = math.ceil(cfg.steps / steps_per_epoch)
-    return ["experiment=smoke", f"sampling={sampler}", f"paths.output_root={out}", f"output_dir={out / 'runs' / sampler}",
+    return ["experiment=smoke", f"sampling={sampler}", f"paths.output_root={out}",
+            f"output_dir={out / 'runs' / sampler}",
             f"tables.path={out / 'flops_tables.npz'}", f"data.root={out / 'images'}",
             f"data.generate.num_classes={cfg.data.num_classes}", f"supernet.num_classes={cfg.data.num_classes}",
             f"data.generate.train_per_class={cfg.data.train_per_class}",
@@ -61,7 +64,8 @@ def run_quickstart(cfg: DictConfig) -> dict[str, Any]:
                             "steps": summary["steps"], "representatives": summary["representatives"],
                             "mmacs": [step["mean_mmacs"] for step in summary["history"]]}
     search = run_search_step(cfg, out) if cfg.search.enabled else None
-    (out / "results.json").write_text(json.dumps({**results, **({"search": search} if search else {})}, indent=1) + "\n")
+    everything = {**results, **({"search": search} if search else {})}
+    (out / "results.json").write_text(json.dumps(everything, indent=1) + "\n")
     figure = _plot(results, out / "elasticvit_samplers.png")
     section = _section(cfg, results, figure.name)
     if search is not None:
@@ -70,11 +74,12 @@ def run_quickstart(cfg: DictConfig) -> dict[str, Any]:
             f" Search: of the top {len(search['candidates'])} subnets by fitness under the predicted-latency limit, "
             f"timed beside {search['baseline']}, "
             + (f"#{search['rank_of_result'] + 1} is the first to meet the {search['target_speedup']:g}x target"
-               if search["met_target"] else f"none meets the {search['target_speedup']:g}x target; the fastest is shown")
+               if search["met_target"]
+               else f"none meets the {search['target_speedup']:g}x target; the fastest is shown")
             + f": {search['measured_ms']:.2f} ms measured vs {search['predicted_ms']:.2f} ms predicted "
             f"({100 * search['prediction_error']:+.1f}%), {search['speedup']:.2f}x faster than {search['baseline']}.")
     write_section(out, section)
-    return {**results, **({"search": search} if search else {})}
+    return everything
 
 
 def _section(cfg: DictConfig, results: dict[str, Any], figure: str) -> dict[str, Any]:
@@ -93,7 +98,8 @@ def _section(cfg: DictConfig, results: dict[str, Any], figure: str) -> dict[str,
                            "max level change", "mean MMACs gap", "bank draws"],
                "rows": rows, "floatfmt": ".3g"}]
     if bank_rows:
-        tables.append({"caption": "Bank fill (entries / capacity) at the end", "source": f"{cfg.output_dir}/results.json",
+        tables.append({"caption": "Bank fill (entries / capacity) at the end",
+                       "source": f"{cfg.output_dir}/results.json",
                        "columns": ["sampler", *(f"{level} MMACs" for level in levels)], "rows": bank_rows,
                        "floatfmt": ".2f"})
     summary = (f"The reduced ElasticViT space (experiment=smoke: {len(levels)} FLOPs levels of 0.2 MMACs from "

@@ -1,9 +1,12 @@
 """Quickstart section "LitePred": build a small predictor for ``ort-fp32`` and score it on held-out models.
 
-Profiles ~500 kernel configurations drawn from 16 training architectures (their real kernels by
-frequency, then neighbours), trains one regressor per kernel type, fits the overhead term on 10
-whole models, then measures 12 held-out models twice (SpaceEvo-/ElasticViT-/ResNet-like and four
-timm mobile models) and reports ±5%/±10% accuracy beside the measurement ceiling, with the scatter.
+Profiles ~300 kernel configurations drawn from 8 training architectures (their real kernels by
+frequency, then neighbours), trains one regressor per kernel type, fits the overhead term on 5
+whole models, then measures 6 held-out models twice (SpaceEvo-/ElasticViT-/ResNet-like and two
+timm mobile models; 30 timed calls each, as for every kernel) and reports ±5%/±10% accuracy beside
+the measurement ceiling, with the scatter.
+The sizes (``configs/litepred/quickstart.yaml``) keep the section within 3 minutes; the full build
+is ``bash scripts/reproduce_litepred.sh``.
 
     python -m moonlit.litepred.quickstart
 """
