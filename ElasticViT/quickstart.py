@@ -135,9 +135,14 @@ def _plot(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The work behind ``python -m moonlit.elasticvit.quickstart``: :func:`run_quickstart`'s result."""
+    return run_quickstart(cfg)
+
+
 @hydra_app("elasticvit", "quickstart")
 def main(cfg: DictConfig) -> None:
-    run_quickstart(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":

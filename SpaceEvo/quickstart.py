@@ -31,14 +31,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.imagenet import build_imagenet_datasets
 from moonlit.common.data.synthetic import write_image_folder
 from moonlit.common.report import write_section
 from moonlit.common.train.dist import init_distributed
 from moonlit.common.train.seed import seed_everything
-from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
 from .block_kd import KDSettings, StudentStage, train_student
 from .lut import LUTSet
@@ -49,10 +50,11 @@ from .space import SpaceEncoding, load_hyperspace
 from .space_search import aging_evolution, evaluate_spaces
 from .teacher import build_teacher, calibrate_teacher_bn
 
-__all__ = ["SECTION", "build_section", "main", "run_quickstart"]
+__all__ = ["SECTION", "build_section", "main", "run", "run_quickstart"]
 
 logger = logging.getLogger("moonlit.spaceevo.quickstart")
-PAPER_SCALE_NOTE = ("Paper-scale commands: python -m moonlit.spaceevo.block_kd, python -m moonlit.spaceevo.lut_builder, "
+PAPER_SCALE_NOTE = ("Paper-scale commands: python -m moonlit.spaceevo.block_kd, "
+                    "python -m moonlit.spaceevo.lut_builder, "
                     "python -m moonlit.spaceevo.space_search, python -m moonlit.spaceevo.train_supernet, "
                     "python -m moonlit.spaceevo.subnet_search, python -m moonlit.spaceevo.benchmark "
                     "(headers of configs/spaceevo/*.yaml).")
@@ -87,7 +89,8 @@ def run_quickstart(cfg: DictConfig) -> dict[str, Any]:
     datasets = build_imagenet_datasets(root, img_size=max(resolutions), holdout_per_class=cfg.data.holdout_per_class,
                                        holdout_seed=cfg.seed)
     teacher = build_teacher(cfg.teacher.model, spec, num_classes=cfg.data.num_classes)
-    calibrate_teacher_bn(teacher, _image_batches(datasets["train"], cfg.kd.batch_size, cfg.teacher.bn_batches, cfg.seed))
+    calibrate_teacher_bn(teacher, _image_batches(datasets["train"], cfg.kd.batch_size, cfg.teacher.bn_batches,
+                                                 cfg.seed))
     ctx = init_distributed("cpu")
 
     timings: dict[str, float] = {}
@@ -249,13 +252,19 @@ def _deploy_tables(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [training_table, deploy_table]
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The work behind ``python -m moonlit.spaceevo.quickstart``: :func:`run_quickstart`'s result."""
+    return run_quickstart(cfg)
+
+
 @hydra_app("spaceevo", "quickstart")
 def main(cfg: DictConfig) -> None:
-    results = run_quickstart(cfg)
+    results = run(cfg)
     best = results["ranked"][0]
     deploy = results["deploy"]
     print(f"best space {best['space']} (Q-T {best['mean']:.4f}); best subnet {deploy['subnet']}: INT8 agreement "
-          f"{deploy['agreement']['agreement']:.3f}, speed-up {deploy['speedup']:.2f}x; section written to {cfg.output_dir}")
+          f"{deploy['agreement']['agreement']:.3f}, speed-up {deploy['speedup']:.2f}x; "
+          f"section written to {cfg.output_dir}")
 
 
 if __name__ == "__main__":

@@ -260,9 +260,14 @@ def run_quickstart(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The work behind ``python -m moonlit.top.quickstart``: :func:`run_quickstart`'s result."""
+    return run_quickstart(cfg)
+
+
 @hydra_app("top", "quickstart")
 def main(cfg: DictConfig) -> None:
-    run_quickstart(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":

@@ -432,9 +432,14 @@ def plot_kept_tokens(study: Mapping[str, Any], path: Path) -> Path:
     return path
 
 
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The work behind ``python -m moonlit.top.study``: :func:`run_study`'s result."""
+    return run_study(cfg)
+
+
 @hydra_app("top", "study")
 def main(cfg: DictConfig) -> None:
-    run_study(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":

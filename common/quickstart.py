@@ -319,9 +319,14 @@ def _count(summary: dict[str, Any], kind: str, op: str) -> int:
     return int(summary.get(kind, {}).get(op, 0))
 
 
+def run(cfg: DictConfig) -> dict[str, Any] | None:
+    """The work behind ``python -m moonlit.common.quickstart``: :func:`run_quickstart`'s result."""
+    return run_quickstart(cfg)
+
+
 @hydra_app("common", "quickstart")
 def main(cfg: DictConfig) -> None:
-    run_quickstart(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":

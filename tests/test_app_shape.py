@@ -27,16 +27,6 @@ ALLOWLIST: dict[str, str] = {
     # LitePred's CLI (`python -m moonlit.litepred <cmd>`, argparse subcommands over compose_config), its
     # transfer experiment and report are being reorganised into folders; they get the shape in that work.
     "LitePred/": "LitePred CLI, transfer experiment, report and quickstart: reorganised separately",
-    # Quickstarts: being edited by the quickstart work; converted once it has landed.
-    "common/quickstart.py": "quickstart under edit",
-    "SpaceEvo/quickstart.py": "quickstart under edit",
-    "ElasticViT/quickstart.py": "quickstart under edit",
-    "ToP/quickstart.py": "quickstart under edit",
-    # Benchmark apps: given the run(cfg) shape by the work that edits them.
-    "SpaceEvo/benchmark.py": "run(cfg) added by the benchmark work",
-    "ElasticViT/benchmark.py": "run(cfg) added by the benchmark work",
-    # ToP's ablation study app: under edit elsewhere until it lands.
-    "ToP/study.py": "study app under edit",
 }
 
 
