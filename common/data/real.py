@@ -37,7 +37,7 @@ from ..config import hydra_app
 from ..errors import InputError
 from .real_converters import CONVERTERS
 
-__all__ = ["ARTEFACTS", "Artefact", "FetchError", "artefact_dir", "data_root", "get_data", "read_manifest"]
+__all__ = ["ARTEFACTS", "Artefact", "FetchError", "artefact_dir", "data_root", "get_data", "read_manifest", "run"]
 
 log = logging.getLogger(__name__)
 
