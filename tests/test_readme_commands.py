@@ -34,7 +34,7 @@ SHELL_FENCES = {"bash", "sh", "shell", "console"}
 INLINE = re.compile(r"`((?:python -m moonlit\.|moonlit-litepred |bash scripts/|torchrun )[^`]*)`")
 HYDRA_APP = re.compile(r"hydra_app\(\s*\"(\w+)\",\s*\"(\w+)\"\s*\)")
 # moonlit.<module> apps that read a config through compose_config instead of hydra_app
-COMPOSED_BY_HAND = {"moonlit.litepred.transfer_experiment": ("litepred", "transfer"),
+COMPOSED_BY_HAND = {"moonlit.litepred.transfer.experiment": ("litepred", "transfer"),
                     "moonlit.litepred": ("litepred", "litepred"), "moonlit.litepred.cli": ("litepred", "litepred")}
 LITEPRED_COMMANDS = ("backends", "profile", "build", "calibrate", "predict", "evaluate", "adapt")
 
