@@ -12,6 +12,11 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+case "${1:-}" in
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
+    --smoke|"") ;;
+    -*) echo "reproduce_litepred_transfer: unknown option '$1' (see --help)" >&2; exit 2 ;;
+esac
 bash scripts/setup.sh
 py="$root/.venv/bin/python"
 export OMP_NUM_THREADS=1 MPLBACKEND=Agg

@@ -99,3 +99,15 @@ def test_quickstart_help_names_the_budget_options() -> None:
     result = _run("quickstart.sh", "--help")
     assert result.returncode == 0
     assert "--strict-budget" in result.stdout and "--budget" in result.stdout and "180 s" in result.stdout
+
+
+@pytest.mark.parametrize("script, mention", [("reproduce_litepred.sh", "--smoke"),
+                                             ("reproduce_litepred_transfer.sh", "--smoke"),
+                                             ("reproduce_top_glue.sh", "--glue-dir"),
+                                             ("reproduce_top_real.sh", "--smoke")])
+def test_every_reproduce_script_has_help_and_refuses_unknown_options(script: str, mention: str) -> None:
+    assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)]).returncode == 0
+    shown = _run(script, "--help")
+    assert shown.returncode == 0 and mention in shown.stdout and "setup:" not in shown.stdout
+    refused = _run(script, "--no-such-option")
+    assert refused.returncode == 2 and "--no-such-option" in refused.stderr and "setup:" not in refused.stdout
