@@ -182,8 +182,12 @@ class StageFeatures:
 
 def sample_block_lut(student: StudentStage, features: StageFeatures, window: int, num_samples: int,
                      resolutions: Sequence[int], latency: LatencySource, seed: int = 0,
-                     variance_of: str = "teacher", progress: bool = False) -> BlockLUT:
-    """``num_samples`` random sub-stages of ``student`` with widths in ``window``, as one LUT."""
+                     variance_of: str = "teacher", progress: bool = False, bar: tqdm | None = None) -> BlockLUT:
+    """``num_samples`` random sub-stages of ``student`` with widths in ``window``, as one LUT.
+
+    Progress: ``bar`` (a caller's bar over many LUTs) advances once per sample; otherwise ``progress``
+    shows a bar of this LUT's own.
+    """
     spec = load_hyperspace(student.hyperspace)
     widths = student.stage_spec.window_widths(window)
     downsample = spec.input_downsample(f"stage{student.stage_index}")
@@ -193,7 +197,8 @@ def sample_block_lut(student: StudentStage, features: StageFeatures, window: int
                          f"stage{student.stage_index} of '{spec.name}'")
     rng = random.Random(step_seed(seed, (student.stage_index * 100 + student.block) * 100 + window))
     rows = []
-    for index in tqdm(range(num_samples), desc=f"{student.name}_{window}", disable=not progress):
+    own = tqdm(total=num_samples, desc=f"{student.name}_{window}", disable=bar is not None or not progress)
+    for index in range(num_samples):
         sub = student.sample(rng, widths)
         # Resolutions in turn (the reference drew one at random): every resolution gets rows even for small N.
         resolution = resolutions[index % len(resolutions)]
@@ -206,6 +211,8 @@ def sample_block_lut(student: StudentStage, features: StageFeatures, window: int
         mflops, mparams = complexity.macs / 1e6, complexity.params / 1e6
         rows.append(LUTRow(sub.blocks, shape, nsr, mflops, mparams,
                            float(latency(substage, shape, student.block_spec.name, mflops))))
+        (bar or own).update()
+    own.close()
     return BlockLUT(student.stage_index, student.block, window, rows)
 
 
@@ -214,24 +221,31 @@ def build_luts(students_dir: str | Path, teacher: Teacher, hyperspace: str, out_
                num_samples: int, stages: Sequence[int] | None = None, blocks: Sequence[int] | None = None,
                windows: Sequence[int] | None = None, resolutions: Sequence[int] | None = None, seed: int = 0,
                variance_of: str = "teacher", progress: bool = True) -> list[Path]:
-    """Write ``stage{i}_{block}_{window}.csv`` for every selected student and window; returns the paths."""
+    """Write ``stage{i}_{block}_{window}.csv`` for every selected student and window; returns the paths.
+
+    Progress is one bar over every sample of every LUT.
+    """
     spec = load_hyperspace(hyperspace)
     resolutions = list(resolutions or spec.lut_resolutions)
+    plan = {stage: [(block, [w for w in (windows if windows is not None else range(spec.stages[stage + 1].num_windows))
+                             if w in range(spec.stages[stage + 1].num_windows)])
+                    for block in (blocks if blocks is not None else range(len(spec.block_types)))]
+            for stage in stages or range(1, len(spec.searchable_stages) + 1)}
+    total = num_samples * sum(len(ws) for per_block in plan.values() for _, ws in per_block)
     written = []
-    for stage in stages or range(1, len(spec.searchable_stages) + 1):
-        features = StageFeatures(teacher, f"stage{stage}", calib_images, eval_images)
-        for block in blocks if blocks is not None else range(len(spec.block_types)):
-            student = load_student(Path(students_dir) / student_name(stage, block))
-            if student.hyperspace != spec.name:
-                raise InputError(f"student {student.name} in {students_dir} belongs to '{student.hyperspace}', "
-                                 f"not '{spec.name}'")
-            stage_windows = range(spec.stages[stage + 1].num_windows)
-            for window in windows if windows is not None else stage_windows:
-                if window not in stage_windows:
-                    continue
-                lut = sample_block_lut(student, features, window, num_samples, resolutions, latency, seed,
-                                       variance_of, progress)
-                written.append(lut.write(out_dir))
+    with tqdm(total=total, desc="block LUTs", unit="sub-stage", disable=not progress) as bar:
+        for stage, per_block in plan.items():
+            features = StageFeatures(teacher, f"stage{stage}", calib_images, eval_images)
+            for block, stage_windows in per_block:
+                student = load_student(Path(students_dir) / student_name(stage, block))
+                if student.hyperspace != spec.name:
+                    raise InputError(f"student {student.name} in {students_dir} belongs to '{student.hyperspace}', "
+                                     f"not '{spec.name}'")
+                for window in stage_windows:
+                    bar.set_postfix_str(f"{student.name}_{window}")
+                    lut = sample_block_lut(student, features, window, num_samples, resolutions, latency, seed,
+                                           variance_of, bar=bar)
+                    written.append(lut.write(out_dir))
     return written
 
 

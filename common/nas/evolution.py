@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import numpy as np
+from tqdm import tqdm
 
 from .constraints import Constraint, as_constraint
 from .pareto import pareto_front, plot_search
@@ -329,21 +330,31 @@ class EvolutionSearch(Generic[C]):
         entry = GenerationLog(self.generation, ranked[0].fitness, float(np.mean([r.fitness for r in ranked])),
                               ranked[0].encoding, evaluated, len(self.records), **stats)
         self.log.append(entry)
-        logger.info("generation %d: best %.4g, mean %.4g, %d evaluated, %d rejected, %d duplicates, %d failed",
+        logger.debug("generation %d: best %.4g, mean %.4g, %d evaluated, %d rejected, %d duplicates, %d failed",
                     entry.generation, entry.best, entry.mean, evaluated, entry.rejected, entry.duplicates,
                     entry.failed)
         return entry
 
     def run(self, seeds: Sequence[C] = (), state_path: str | os.PathLike[str] | None = None) -> Record[C]:
-        """Initialize (unless resumed) and evolve to ``config.iterations``; returns the best record."""
-        if self.generation < 0:
-            self.initialize(seeds)
-            if state_path is not None:
-                self.save_state(state_path)
-        while self.generation < self.config.iterations:
-            self.step()
-            if state_path is not None:
-                self.save_state(state_path)
+        """Initialize (unless resumed) and evolve to ``config.iterations``; returns the best record.
+
+        Progress is one bar over the generations (the initial population is generation 0) with the best
+        fitness so far; the per-generation statistics are in :attr:`log` (and at DEBUG level).
+        """
+        with tqdm(total=self.config.iterations + 1, initial=max(self.generation + 1, 0), desc="evolution",
+                  unit="generation") as bar:
+            if self.generation < 0:
+                self.initialize(seeds)
+                if state_path is not None:
+                    self.save_state(state_path)
+                bar.set_postfix(best=f"{self.log[-1].best:.4g}")
+                bar.update()
+            while self.generation < self.config.iterations:
+                self.step()
+                if state_path is not None:
+                    self.save_state(state_path)
+                bar.set_postfix(best=f"{self.log[-1].best:.4g}")
+                bar.update()
         return self.best
 
     @property
