@@ -16,6 +16,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from omegaconf import OmegaConf
+
 from moonlit.common.config import compose_config
 from moonlit.common.data.synthetic import write_image_folder
 from moonlit.common.export.onnx import export_onnx
@@ -34,7 +36,6 @@ from moonlit.spaceevo.quickstart_deploy import (
 from moonlit.spaceevo.space import SpaceEncoding, SubnetEncoding, max_subnet, min_subnet
 from moonlit.spaceevo.subnet_search import SupernetFitness, build_data, load_supernet
 from moonlit.spaceevo.supernet import Supernet
-from omegaconf import OmegaConf
 
 # block digits 2 5 0 1 3 4: MobileNetV3Res, FusedMBConvRes, MobileNetV1Dual, MobileNetV2Res, ResNet, ResNetSE
 ALL_BLOCK_TYPES_SPACE = "onnxw_tiny-250134-010101"
@@ -97,9 +98,20 @@ def _check_deploy_steps(results: dict, out: Path, images_root: Path, space: Spac
     assert len(images) == classes * (cfg.data.train_per_class + cfg.data.val_per_class)
     int8 = ort.InferenceSession(deploy["int8_onnx"], providers=["CPUExecutionProvider"])
     with torch.no_grad():
-        expected = fake_quant(images).argmax(1).numpy()
-    agreement = float((onnx_logits(int8, images).argmax(1) == expected).mean())
-    assert agreement >= 0.99
+        reference = fake_quant(images).numpy()
+    deployed = onnx_logits(int8, images)
+    agrees = deployed.argmax(1) == reference.argmax(1)
+    agreement = float(agrees.mean())
+    # The INT8 graph computes the fake-quant model with integer kernels that round intermediate results
+    # differently from the float emulation: the logits differ by a few percent of their spread, and a
+    # prediction may flip only on a near-tie, where the fake-quant model's top-2 margin is within that
+    # difference. A barely trained toy supernet has a few such ties (1-3 of 56 images here).
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    logit_error = np.abs(deployed - reference).max(axis=1)
+    assert np.median(logit_error) <= 0.15 * reference.std()
+    assert (margin[~agrees] <= 2 * logit_error[~agrees]).all(), (margin[~agrees], logit_error[~agrees])
+    assert agreement >= 0.9
     assert deploy["agreement"]["agreement"] == pytest.approx(agreement)
     assert deploy["agreement"]["images"] == len(images)
 
