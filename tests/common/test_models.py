@@ -50,7 +50,7 @@ def _tinynet(num_classes: int = 3) -> TinyNet:
 @register_family("regtest", paper="tests", description="'regtest:<width>'")
 def _regtest_family(encoding: str, pretrained: bool = False, checkpoint: Path | None = None, *,
                     num_classes: int = 3) -> TinyNet:
-    if not encoding.isdigit() or not 0 < int(encoding) <= 64:
+    if not (encoding.isascii() and encoding.isdigit()) or not 0 < int(encoding) <= 64:
         raise InputError(f"width {encoding!r:.40} of 'regtest:<width>' should be an integer in 1..64")
     return TinyNet(int(encoding), num_classes)
 
