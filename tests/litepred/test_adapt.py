@@ -28,6 +28,7 @@ def adapt(root: Path, *overrides: str) -> dict:
     return json.loads((root / "litepred" / "adapt" / "debug-int8" / "adapt.json").read_text())
 
 
+@pytest.mark.slow  # with its pool fixture ~75 s: kept out of the default tier (<= 15 min)
 def test_adapt_transfers_from_the_pool_and_beats_scratch(pool_root: Path) -> None:
     fine = adapt(pool_root, "adapt.budget=40", "adapt.method=residual")
     assert fine["source"] == "debug" and fine["similarity"][0]["platform"] == "debug"
@@ -61,6 +62,7 @@ def test_adapt_refuses_an_empty_pool(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "holds no platform other than the target" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # with its pool fixture ~75 s: kept out of the default tier (<= 15 min)
 def test_transfer_experiment_rows_table_and_plot(pool_root: Path) -> None:
     from moonlit.common.config import compose_config
     from moonlit.litepred.transfer.experiment import run_experiment
