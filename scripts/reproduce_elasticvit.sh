@@ -20,6 +20,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# shellcheck source=lib/stages.sh
+source scripts/lib/stages.sh
 
 all_stages="tables train search evaluate benchmark"
 data_root="${MOONLIT_DATA:-$root/data}"
@@ -38,10 +40,7 @@ while [ "$#" -gt 0 ]; do
     esac
     shift
 done
-for stage in $stages; do
-    [[ " $all_stages " == *" $stage "* ]] || {
-        echo "reproduce_elasticvit: unknown stage '$stage'; stages are: $all_stages" >&2; exit 2; }
-done
+check_stages reproduce_elasticvit "$all_stages" "$stages"
 [ -f "configs/elasticvit/sampling/$sampling.yaml" ] || {
     echo "reproduce_elasticvit: unknown sampler '$sampling'; samplers are: $(ls configs/elasticvit/sampling | sed 's/\.yaml$//' | tr '\n' ' ')" >&2
     exit 2; }
@@ -49,12 +48,7 @@ models="elasticvit_t1 elasticvit_t2 elasticvit_s1 elasticvit_s2 elasticvit_m ela
 
 if [ "$smoke" = 0 ]; then
     out="${out:-outputs/elasticvit_paper}"
-    needs_data=0
-    for stage in $stages; do case "$stage" in tables|benchmark) ;; *) needs_data=1 ;; esac; done
-    if [ "$needs_data" = 1 ] && { [ ! -d "$imagenet/train" ] || [ ! -d "$imagenet/val" ]; }; then
-        echo "reproduce_elasticvit: ImageNet not found at $imagenet (needs train/<class>/* and val/<class>/*): pass --imagenet DIR or set MOONLIT_DATA=DIR holding imagenet/, or run --smoke or --stages \"tables benchmark\"" >&2
-        exit 2
-    fi
+    check_imagenet reproduce_elasticvit "$imagenet" "$stages" "tables benchmark"
     if [[ " $stages " == *" train "* ]] && { [ ! -f "$teachers/t1.safetensors" ] || [ ! -f "$teachers/t2.safetensors" ]; }; then
         echo "reproduce_elasticvit: the train stage needs the teachers $teachers/t1.safetensors and t2.safetensors (swsl ResNeXt-101 32x4d / 32x8d weights as safetensors): pass --teachers DIR" >&2
         exit 2

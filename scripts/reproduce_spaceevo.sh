@@ -21,6 +21,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# shellcheck source=lib/stages.sh
+source scripts/lib/stages.sh
 
 all_stages="block_kd lut space_search supernet subnet_search evaluate benchmark"
 smoke=0; stages="$all_stages"; out=""; target="vnni"; imagenet="${MOONLIT_DATA:-$root/data}/imagenet"
@@ -36,10 +38,7 @@ while [ "$#" -gt 0 ]; do
     esac
     shift
 done
-for stage in $stages; do
-    [[ " $all_stages " == *" $stage "* ]] || {
-        echo "reproduce_spaceevo: unknown stage '$stage'; stages are: $all_stages" >&2; exit 2; }
-done
+check_stages reproduce_spaceevo "$all_stages" "$stages"
 case "$target" in
     vnni) hyperspace=onnxw; experiment=vnni; space=onnxw-151122-023231 ;;
     pixel4) hyperspace=mobilew; experiment=pixel4; space=mobilew-122222-155400 ;;
@@ -49,12 +48,7 @@ seqnets="SEQnet@$target-A0 SEQnet@$target-A1 SEQnet@$target-A2 SEQnet@$target-A3
 
 if [ "$smoke" = 0 ]; then
     out="${out:-outputs/spaceevo_paper}"
-    needs_data=0
-    for stage in $stages; do case "$stage" in space_search|benchmark) ;; *) needs_data=1 ;; esac; done
-    if [ "$needs_data" = 1 ] && { [ ! -d "$imagenet/train" ] || [ ! -d "$imagenet/val" ]; }; then
-        echo "reproduce_spaceevo: ImageNet not found at $imagenet (needs train/<class>/* and val/<class>/*): pass --imagenet DIR or set MOONLIT_DATA=DIR holding imagenet/, or run --smoke or --stages \"space_search benchmark\"" >&2
-        exit 2
-    fi
+    check_imagenet reproduce_spaceevo "$imagenet" "$stages" "space_search benchmark"
 else
     out="${out:-outputs/spaceevo_smoke}"
 fi
