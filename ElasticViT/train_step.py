@@ -46,6 +46,7 @@ from moonlit.common.train.losses import (
 )
 from moonlit.common.train.supernet import average_gradients, batch_statistics_forward
 
+from .conflict import GradientConflict
 from .ops import ElasticMBConv
 from .sampling import StepSample
 from .space import SearchSpace, Subnet
@@ -103,8 +104,13 @@ def _label_targets(labels: Tensor, num_classes: int, smoothing: float) -> Tensor
 def train_step(supernet: ElasticViTSupernet, sample: StepSample, images: Tensor, labels: Tensor,
                optimizer: torch.optim.Optimizer, teachers: TeacherEnsemble | None = None,
                mixup: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
-               settings: StepSettings = StepSettings(), ctx: DistContext | None = None) -> dict[str, Any]:
-    """Train ``sample``'s uniform subnets and its min subnet on one batch; returns each pass's loss."""
+               settings: StepSettings = StepSettings(), ctx: DistContext | None = None,
+               conflict: GradientConflict | None = None) -> dict[str, Any]:
+    """Train ``sample``'s uniform subnets and its min subnet on one batch; returns each pass's loss.
+
+    With ``conflict``, the step's summed gradient (before clipping) is also compared with the previous
+    step's; the result's ``grad_cos`` is the cosine (None on the first observed step).
+    """
     optimizer.zero_grad(set_to_none=True)
     num_classes = supernet.head.classifier.out_features
     if mixup is not None:
@@ -129,13 +135,14 @@ def train_step(supernet: ElasticViTSupernet, sample: StepSample, images: Tensor,
     loss.backward()
     losses["min"] = loss.item()
     average_gradients(supernet, ctx)
+    grad_cos = conflict.observe() if conflict is not None else None
     if settings.agc_clip_factor:
         from timm.utils import adaptive_clip_grad
 
         adaptive_clip_grad(supernet.parameters(), settings.agc_clip_factor)
     optimizer.step()
     return {"losses": losses, "uniform": [str(s) for s in sample.uniform], "min": str(sample.min),
-            "levels": list(sample.levels), "from_bank": list(sample.from_bank)}
+            "levels": list(sample.levels), "from_bank": list(sample.from_bank), "grad_cos": grad_cos}
 
 
 def space_from_config(node: Mapping[str, Any] | None) -> SearchSpace:
