@@ -70,6 +70,7 @@ from moonlit.common.train.supernet import (
     start_training,
 )
 
+from .conflict import GradientConflict, summarize_cosines
 from .sampling import ComplexityAwareSampler, PerformanceAwareSampler, build_sampler
 from .space import SearchSpace, Subnet
 from .supernet import ElasticViTSupernet
@@ -88,6 +89,7 @@ __all__ = ["ResizedInput", "evaluate_levels", "load_or_build_tables", "represent
 
 log = logging.getLogger(__name__)
 
+CONFLICT_MODULE = "gradient_conflict"  # checkpoint module holding the previous step's gradient
 REFERENCE_BATCH = 512  # the reference scales lr, min_lr and warmup_lr by world x batch / 512
 
 
@@ -258,7 +260,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch, style="timm",
             warmup_start=cfg.optim.warmup_lr / cfg.optim.lr, min_ratio=cfg.optim.min_lr / cfg.optim.lr))
         ema = build_ema(supernet, cfg.ema.enabled, cfg.ema.decay)
-        resumed = resume_training(checkpoint_dir, supernet, optimizer, scheduler, ema) if cfg.resume else None
+        conflict = GradientConflict(supernet.parameters()) if cfg.monitor.gradient_conflict else None
+        monitors = {} if conflict is None else {CONFLICT_MODULE: conflict}
+        resumed = resume_training(checkpoint_dir, supernet, optimizer, scheduler, ema, monitors) if cfg.resume else None
         step = 0
         if resumed is not None:
             step = resumed.step
@@ -285,7 +289,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     sample = sampler.sample(step, epoch)
                     if isinstance(sampler, PerformanceAwareSampler):
                         sampler.observe(sample, make_scorer(supernet, images, labels, ctx))
-                    result = train_step(supernet, sample, images, labels, optimizer, teachers, mixup, settings, ctx)
+                    result = train_step(supernet, sample, images, labels, optimizer, teachers, mixup, settings, ctx,
+                                        conflict)
                     scheduler.step()
                     if ema is not None:
                         ema.update(supernet)
@@ -305,7 +310,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 if ctx.is_main:
                     extra = {"epoch": epoch + 1, "sampler": sampler.state_dict()}
                     save_checkpoint(checkpoint_dir, step=step, model=supernet, optimizer=optimizer, scheduler=scheduler,
-                                    modules=ema_modules(ema), arch={"space": repr(space), "num_classes": num_classes,
+                                    modules={**ema_modules(ema), **monitors}, arch={"space": repr(space), "num_classes": num_classes,
                                                                     "token_norm": cfg.supernet.token_norm},
                                     config=to_container(cfg), extra=extra, keep_last=cfg.keep_last)
                 barrier()
@@ -315,6 +320,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary = {"steps": step, "total_steps": total_steps, "complete": step == total_steps, "lr": lr,
                    "steps_per_epoch": steps_per_epoch, "eval": evaluation, "sampler_statistics": statistics,
                    "representatives": {f"{level:g}": str(s) for level, s in representatives.items()}}
+        if conflict is not None:
+            summary["gradient_conflict"] = summarize_cosines([row["grad_cos"] for row in history]).to_dict()
         if ctx.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "train.json").write_text(json.dumps(summary, indent=1) + "\n")

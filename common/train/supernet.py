@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -150,15 +150,17 @@ def check_resumable(checkpoint_dir: str | Path, ema_enabled: bool) -> Path | Non
 
 
 def resume_training(checkpoint_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    ema: Any = None) -> CheckpointState | None:
-    """Load the latest checkpoint of ``checkpoint_dir`` into model, optimizer, scheduler, RNGs and ``ema``.
+                    ema: Any = None, modules: Mapping[str, nn.Module] | None = None) -> CheckpointState | None:
+    """Load the latest checkpoint of ``checkpoint_dir`` into model, optimizer, scheduler, RNGs, ``ema`` and
+    the further named ``modules`` (saved with ``save_checkpoint(modules=...)``).
 
     Returns what was loaded (``extra`` holds e.g. the sampler's state), or None when there is no
     checkpoint yet. EMA weights in the checkpoint while ``ema`` is None are ignored, with a warning.
     """
     if check_resumable(checkpoint_dir, ema is not None) is None:
         return None
-    state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, restore_rng=True, modules=ema_modules(ema))
+    state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, restore_rng=True,
+                            modules={**ema_modules(ema), **(modules or {})})
     if ema is None and EMA_MODULE in state.modules:
         log.warning("checkpoint %s holds EMA weights but EMA is off: they are ignored, and later checkpoints "
                     "have none", state.path)

@@ -240,7 +240,8 @@ def test_smoke_run_decreases_the_loss(tmp_path: Path, smoke_tables: Path) -> Non
 
 
 def test_resumed_run_equals_the_uninterrupted_run(tmp_path: Path, smoke_tables: Path) -> None:
-    common = ("epochs=3", "sampling.probability.start=0.6")  # bank draws happen within these steps
+    # bank draws happen within these steps; the conflict monitor's previous gradient is resumed too
+    common = ("epochs=3", "sampling.probability.start=0.6", "monitor.gradient_conflict=true")
     straight = train(compose_config("elasticvit", "train", _overrides(tmp_path / "a", smoke_tables, *common)))
     first = train(compose_config("elasticvit", "train",
                                  _overrides(tmp_path / "b", smoke_tables, *common, "stop_after_epochs=1")))
@@ -248,6 +249,9 @@ def test_resumed_run_equals_the_uninterrupted_run(tmp_path: Path, smoke_tables: 
     resumed = train(compose_config("elasticvit", "train", _overrides(tmp_path / "b", smoke_tables, *common)))
     assert resumed["steps"] == 6 and len(resumed["history"]) == 4
     assert resumed["history"] == straight["history"][2:]
+    cosines = [step["grad_cos"] for step in straight["history"]]
+    assert cosines[0] is None and all(-1 <= c <= 1 for c in cosines[1:])
+    assert resumed["history"][0]["grad_cos"] is not None  # compared with the step before the interruption
     assert any(flag for step in straight["history"] for flag in step["from_bank"])
     assert resumed["sampler"].state_dict() == straight["sampler"].state_dict()
     for model in ("supernet", "ema"):
