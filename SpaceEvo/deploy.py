@@ -44,7 +44,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from moonlit.common.export.int8 import quantization_summary, quantize_static_int8
+from onnx import helper, numpy_helper
+from torch import Tensor, nn
+
+from moonlit.common.export.int8 import export_static_int8, quantization_summary
 from moonlit.common.export.onnx import export_onnx, save_onnx
 from moonlit.spaceevo.ops.lsq_plus import (
     ActivationQuantizer,
@@ -52,8 +55,6 @@ from moonlit.spaceevo.ops.lsq_plus import (
     QuantLinear,
     set_quant_mode,
 )
-from onnx import helper, numpy_helper
-from torch import Tensor, nn
 
 __all__ = ["QdqExport", "export_lsq_qdq", "optimized_op_counts", "quantize_with_calibration",
            "snap_offsets_to_grid_"]
@@ -422,20 +423,14 @@ def optimized_op_counts(path: str | Path, level: str = "extended") -> collection
 
 def quantize_with_calibration(model: nn.Module, path: str | Path, calibration: Iterable[Any], *,
                               max_batches: int | None = None, opset: int = 17, per_channel: bool = True) -> Path:
-    """Plain static INT8 (U8S8 QDQ, min-max, ``quant_pre_process`` first) of a model without LSQ+.
+    """Plain static INT8 (:func:`moonlit.common.export.int8.export_static_int8`) of a copy of ``model`` with
+    its LSQ+ quantizers switched off (their grids are ignored on this route).
 
     ``calibration`` yields image tensors or (images, labels) pairs — real batches for a deployed
     model; the benchmark uses random-normal ones because it times, and does not score, its models.
-    LSQ+ quantizers, if any, are switched off first (their grids are ignored on this route).
     """
     model = copy.deepcopy(model).eval()
     set_quant_mode(model, None)
-    batches = [_input_batch(batch) for batch in calibration]
-    if not batches:
-        raise ValueError("calibration is empty; expected at least one input batch")
-    path = Path(path)
-    with tempfile.TemporaryDirectory(prefix="moonlit-static-int8-") as workdir:
-        fp32_path = _export_fp32(model, batches[0][:1], Path(workdir) / "fp32.onnx", opset)
-        quantize_static_int8(fp32_path, path, batches, per_channel=per_channel, max_calibration_batches=max_batches)
+    path = export_static_int8(model, path, calibration, opset=opset, per_channel=per_channel, max_batches=max_batches)
     logger.info("static INT8 %s: %s", path, quantization_summary(path))
     return path

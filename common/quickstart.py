@@ -29,8 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.imagenet import build_imagenet_datasets, build_loader
 from moonlit.common.data.synthetic import write_image_folder
-from moonlit.common.export.int8 import quantization_summary, quantize_static_int8
-from moonlit.common.export.onnx import export_onnx, onnx_input_feed
+from moonlit.common.export.int8 import export_static_int8, quantization_summary
+from moonlit.common.export.onnx import onnx_input_feed
 from moonlit.common.profiling.compare import Arm, time_arms
 from moonlit.common.profiling.flops import count_macs
 from moonlit.common.report import write_section
@@ -99,9 +99,10 @@ def _ort_predict(path: Path, images: torch.Tensor) -> np.ndarray:
 def export_and_quantize(model: torch.nn.Module, name: str, example: torch.Tensor, calibration: list[torch.Tensor],
                         cfg: DictConfig, out_dir: Path) -> tuple[Path, Path]:
     exp = cfg.export
-    fp32 = export_onnx(model, (example,), out_dir / f"{name}.fp32.onnx", opset=exp.opset)
-    int8 = quantize_static_int8(fp32, out_dir / f"{name}.int8.onnx", calibration, per_channel=exp.per_channel,
-                                quant_format=exp.quant_format)
+    fp32 = out_dir / f"{name}.fp32.onnx"
+    int8 = export_static_int8(model, out_dir / f"{name}.int8.onnx", calibration, example=example, fp32_path=fp32,
+                              opset=exp.opset, per_channel=exp.per_channel, quant_format=exp.quant_format,
+                              dynamic_batch=False)
     return fp32, int8
 
 

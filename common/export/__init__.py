@@ -3,6 +3,7 @@
 from moonlit.common.export.int8 import (
     CalibrationReader,
     QuantizationSummary,
+    export_static_int8,
     quantization_summary,
     quantize_dynamic_int8,
     quantize_static_int8,
@@ -17,5 +18,5 @@ from moonlit.common.export.onnx import (
 __all__ = [
     "ExportVerificationError", "export_onnx", "max_supported_ir_version", "onnx_input_feed",
     "CalibrationReader", "QuantizationSummary", "quantization_summary",
-    "quantize_static_int8", "quantize_dynamic_int8",
+    "export_static_int8", "quantize_static_int8", "quantize_dynamic_int8",
 ]

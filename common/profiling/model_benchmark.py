@@ -2,7 +2,7 @@
 
 Shared by the vision papers' benchmarks (SpaceEvo's SEQnets, ElasticViT's named models) and their
 baselines. Every model is exported to FP32 ONNX and to INT8 QDQ (U8S8, ``quant_pre_process`` first:
-:func:`moonlit.common.export.int8.quantize_static_int8`, or a paper's own exporter, e.g. SpaceEvo's
+:func:`moonlit.common.export.int8.export_static_int8`, or a paper's own exporter, e.g. SpaceEvo's
 learned LSQ+ grids), and all of them, FP32 and INT8, are timed with onnxruntime on one thread,
 interleaved in one :func:`moonlit.common.profiling.latency.compare_many` run (medians; per-model
 INT8 speed-up with a bootstrap interval). MACs come from :func:`moonlit.common.profiling.flops.count_macs`.
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from moonlit.common.export.int8 import quantization_summary, quantize_static_int8
+from moonlit.common.export.int8 import export_static_int8, quantization_summary
 from moonlit.common.export.onnx import export_onnx
 from moonlit.common.profiling.backends import make_runner
 from moonlit.common.profiling.flops import count_macs
@@ -55,23 +55,6 @@ def calibration_batches(resolution: int, count: int, batch_size: int, seed: int)
     return [torch.randn(batch_size, 3, resolution, resolution, generator=generator) for _ in range(count)]
 
 
-def _static_int8(model: nn.Module, path: Path, calibration: list[torch.Tensor]) -> Path:
-    """onnxruntime static QDQ (U8S8, min-max, ``quant_pre_process`` first) from the calibration batches."""
-    import tempfile
-
-    images = [batch[i : i + 1] for batch in calibration for i in range(len(batch))]  # the export has batch 1
-    with tempfile.TemporaryDirectory(prefix="moonlit-bench-int8-") as workdir:
-        fp32 = export_onnx(model, images[0], Path(workdir) / "fp32.onnx", check=False)
-        try:
-            return quantize_static_int8(fp32, path, images)
-        except ValueError as error:
-            # onnxruntime 1.31's int32-bias weight-scale adjustment assumes 1-D biases and fails on a
-            # normalization with an (N, C) bias ("truth value of an array ... is ambiguous"), as ElasticViT's
-            # token norm once exported; skip that adjustment for such graphs.
-            log.warning("static INT8 of %s failed (%s); retrying with QDQDisableWeightAdjustForInt32Bias", path.name, error)
-            return quantize_static_int8(fp32, path, images, extra_options={"QDQDisableWeightAdjustForInt32Bias": True})
-
-
 def export_model(entry: BenchModel, out_dir: Path, calibration: list[torch.Tensor]) -> dict[str, Any]:
     """FP32 ONNX + INT8 QDQ of ``entry.model`` under ``out_dir``; returns paths, MACs and the INT8 op summary."""
     model = entry.model.eval()
@@ -80,7 +63,10 @@ def export_model(entry: BenchModel, out_dir: Path, calibration: list[torch.Tenso
     safe = entry.name.replace("@", "_at_").replace("/", "_")
     fp32_path = export_onnx(model, example, out_dir / f"{safe}_fp32.onnx", atol=1e-3, rtol=1e-2)
     int8_path = out_dir / f"{safe}_int8.onnx"
-    (entry.int8_export or _static_int8)(model, int8_path, calibration)
+    if entry.int8_export is None:  # batch 1, as timed; no check: the FP32 graph above was checked
+        export_static_int8(model, int8_path, calibration, dynamic_batch=False, check=False)
+    else:
+        entry.int8_export(model, int8_path, calibration)
     summary = quantization_summary(int8_path)
     return {"name": entry.name, "family": entry.family, "resolution": entry.resolution, "macs": complexity.macs,
             "params": complexity.params, "fp32_onnx": str(fp32_path), "int8_onnx": str(int8_path),
