@@ -1,5 +1,6 @@
-"""``python -m moonlit.litepred <command> [overrides]``: the ``moonlit-litepred`` CLI."""
+"""``python -m moonlit.litepred <command> [overrides]``: the ``moonlit-litepred`` dispatcher (:mod:`.cli`)."""
 
 from moonlit.litepred.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

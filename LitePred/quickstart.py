@@ -19,16 +19,17 @@ from omegaconf import DictConfig
 
 from moonlit.common.config import hydra_app
 
-from .cli import run_build, run_evaluate
+from .apps import build, evaluate
 
 SECTION = {"name": "litepred", "order": 30, "command": "python -m moonlit.litepred.quickstart"}
 
 
-def run_quickstart(cfg: DictConfig) -> dict[str, Any]:
-    build = run_build(cfg)
-    results = run_evaluate(cfg, section={**SECTION, "title": f"LitePred: a small latency predictor for {cfg.platform}",
-                                         "summary": _summary(cfg, build)})
-    return {"build": build, "evaluate": results}
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The section's small build, then its evaluation, which writes the report section."""
+    built = build.run(cfg)
+    results = evaluate.run(cfg, section={**SECTION, "title": f"LitePred: a small latency predictor for {cfg.platform}",
+                                         "summary": _summary(cfg, built)})
+    return {"build": built, "evaluate": results}
 
 
 def _summary(cfg: DictConfig, build: dict[str, Any]) -> str:
@@ -44,7 +45,7 @@ def _summary(cfg: DictConfig, build: dict[str, Any]) -> str:
 
 @hydra_app("litepred", "quickstart")
 def main(cfg: DictConfig) -> None:
-    run_quickstart(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The LitePred accuracy table across platforms, rendered from the runs' files (no number typed in).
 
-    python -m moonlit.litepred.report outputs/litepred        # after builds + evaluations
-    bash scripts/reproduce_litepred.sh                          # runs them, then this
+    python -m moonlit.litepred.report                          # outputs/litepred, after builds + evaluations
+    python -m moonlit.litepred.report root=outputs/smoke/litepred
+    bash scripts/reproduce_litepred.sh                         # runs them, then this
 
 Reads ``predictors/<platform>/build.json`` and ``eval/<platform>/results.json`` under the root and
 writes ``TABLE.md`` there: per platform the kernels profiled and the profiling time, and the
@@ -10,14 +11,15 @@ held-out model accuracy beside the measurement ceiling, with the prediction spee
 
 from __future__ import annotations
 
-import argparse
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig
 
+from moonlit.common.config import hydra_app
+from moonlit.common.errors import InputError
 from moonlit.common.report import render_table
 
 # The paper's reported numbers (abstract and the reference README), for the reader's comparison:
@@ -86,18 +88,22 @@ def family_table(rows: list[dict[str, Any]], command: str) -> dict[str, Any]:
             "source": f"this repo, measured on this machine (`{command}`), eval/<platform>/results.json"}
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Render the LitePred accuracy table from build + evaluate runs.")
-    parser.add_argument("root", type=Path, nargs="?", default=Path("outputs/litepred"))
-    parser.add_argument("--command", default="bash scripts/reproduce_litepred.sh")
-    args = parser.parse_args(argv)
-    rows = collect(args.root)
+def run(cfg: DictConfig) -> str:
+    """Render both tables from the runs under ``cfg.root`` into ``<root>/TABLE.md``; returns the markdown."""
+    root = Path(str(cfg.root))
+    rows = collect(root)
     if not rows:
-        raise SystemExit(f"no evaluations under {args.root}/eval/<platform>/results.json: run "
-                         "moonlit-litepred build + evaluate first")
-    rendered = render_table(table(rows, args.command)) + "\n\n" + render_table(family_table(rows, args.command))
-    (args.root / "TABLE.md").write_text(rendered + "\n")
-    print(rendered)
+        raise InputError(f"root={root}: no eval/<platform>/results.json below it; run moonlit-litepred build + "
+                         "evaluate first")
+    command = str(cfg.command)
+    rendered = render_table(table(rows, command)) + "\n\n" + render_table(family_table(rows, command))
+    (root / "TABLE.md").write_text(rendered + "\n")
+    return rendered
+
+
+@hydra_app("litepred", "report")
+def main(cfg: DictConfig) -> None:
+    print(run(cfg))
 
 
 if __name__ == "__main__":

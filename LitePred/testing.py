@@ -96,11 +96,14 @@ def debug_predictor_dir(tmp_path: Path, platform: str = "debug") -> Path:
     ``platform`` is a profiling platform name; the default ``debug`` platform is deterministic and
     takes seconds (160 kernels, 6 training and 6 calibration architectures, forest regressors).
     """
-    from moonlit.litepred.cli import main
+    from moonlit.common.config import compose_config
+    from moonlit.litepred.apps import build
 
-    main(["build", f"platform={platform}", "architectures.train=6", "architectures.calibration=6",
-          "budget.kernels=160", "budget.min_per_type=10", "regressor=forest", f"paths.output_root={tmp_path}"])
-    return Path(tmp_path) / "litepred" / "predictors" / platform
+    cfg = compose_config("litepred", "litepred", [
+        f"platform={platform}", "architectures.train=6", "architectures.calibration=6", "budget.kernels=160",
+        "budget.min_per_type=10", "regressor=forest", f"paths.output_root={tmp_path}"])
+    build.run(cfg)
+    return Path(cfg.predictor_dir)
 
 
 def debug_latency_ms(module: Any, example_inputs: tuple[Any, ...]) -> float:
@@ -115,8 +118,8 @@ def debug_latency_ms(module: Any, example_inputs: tuple[Any, ...]) -> float:
 
 def resolve_spec(text: str) -> ArchSpec:
     """A zoo architecture from ``family/description@res``, ``family:description@res`` or a default spec's name
-    (what ``moonlit-litepred predict spec=...`` accepts)."""
-    from moonlit.litepred.cli import resolve_spec as resolve
+    (what ``moonlit-litepred predict model=...`` accepts)."""
+    from moonlit.litepred.apps.settings import resolve_spec as resolve
 
     return resolve(text)
 

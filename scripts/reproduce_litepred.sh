@@ -42,5 +42,5 @@ out="outputs/litepred"
 for arg in "${extra[@]}"; do
     case "$arg" in paths.output_root=*) out="${arg#paths.output_root=}/litepred" ;; esac
 done
-"$py" -m moonlit.litepred.report "$out"
+"$py" -m moonlit.litepred.report "root=$out"
 echo "reproduce_litepred finished in $(( $(date +%s) - start )) s: ${out}/TABLE.md"

@@ -3,7 +3,8 @@
 Commands are taken from ```bash fences (lines that start with ``python -m moonlit.``,
 ``moonlit-litepred``, ``bash scripts/`` or ``torchrun``), from indented lines and from inline code
 spans that start the same way. A ``python -m moonlit.X`` command is matched to its Hydra config
-through the ``hydra_app("<tree>", "<config>")`` call in the module's source; its overrides are composed
+through the ``hydra_app("<tree>", "<config>")`` call in the module's source (``moonlit-litepred <command>``
+through the app its dispatcher names, :data:`moonlit.litepred.cli.COMMANDS`); its overrides are composed
 with :func:`moonlit.common.config.compose_config` (placeholders such as ``<dir>`` become a string).
 ``bash scripts/`` commands must name an existing script that ``bash -n`` accepts. The commands in
 :data:`CHEAP` (seconds) are run as subprocesses with ``paths.output_root`` in a temporary folder; those
@@ -25,6 +26,8 @@ import pytest
 from hydra.errors import HydraException
 
 from moonlit.common.config import compose_config
+from moonlit.litepred.cli import ALIASES as LITEPRED_ALIASES
+from moonlit.litepred.cli import COMMANDS as LITEPRED_APPS
 
 REPO = Path(__file__).resolve().parents[1]
 READMES = [REPO / "README.md", *(REPO / folder / "README.md" for folder in
@@ -33,10 +36,9 @@ PREFIXES = ("python -m moonlit.", "moonlit-litepred", "bash scripts/", "torchrun
 SHELL_FENCES = {"bash", "sh", "shell", "console"}
 INLINE = re.compile(r"`((?:python -m moonlit\.|moonlit-litepred |bash scripts/|torchrun )[^`]*)`")
 HYDRA_APP = re.compile(r"hydra_app\(\s*\"(\w+)\",\s*\"(\w+)\"\s*\)")
-# moonlit.<module> apps that read a config through compose_config instead of hydra_app
-COMPOSED_BY_HAND = {"moonlit.litepred.transfer.experiment": ("litepred", "transfer"),
-                    "moonlit.litepred": ("litepred", "litepred"), "moonlit.litepred.cli": ("litepred", "litepred")}
-LITEPRED_COMMANDS = ("backends", "profile", "build", "calibrate", "predict", "evaluate", "adapt")
+# the modules of the moonlit-litepred dispatcher; `<module> <command> overrides...` runs the command's app
+LITEPRED_DISPATCHERS = ("moonlit.litepred", "moonlit.litepred.cli")
+LITEPRED_COMMANDS = (*LITEPRED_APPS, *LITEPRED_ALIASES)
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,6 @@ def _placeholder_free(tokens: list[str]) -> list[str]:
 
 
 def _app_config(module: str) -> tuple[str, str]:
-    if module in COMPOSED_BY_HAND:
-        return COMPOSED_BY_HAND[module]
     spec = importlib.util.find_spec(module)
     assert spec is not None and spec.origin, f"module {module} does not exist"
     found = HYDRA_APP.search(Path(spec.origin).read_text())
@@ -126,12 +126,12 @@ def check_command(command: Command) -> str:
     module, args = tokens[2], tokens[3:]
     spec = importlib.util.find_spec(module)
     assert spec is not None and spec.origin, f"{command}: module {module} does not exist"
-    if module in ("moonlit.litepred", "moonlit.litepred.cli"):
-        if args in (["..."], ["…"]):  # prose: "python -m moonlit.litepred … is the same CLI"
+    if module in LITEPRED_DISPATCHERS:
+        if args in (["..."], ["…"], ["--help"]):  # prose: "python -m moonlit.litepred … is the same CLI"; its help
             return "the moonlit-litepred CLI"
         assert args and args[0] in LITEPRED_COMMANDS, f"{command}: unknown subcommand; expected {LITEPRED_COMMANDS}"
-        args = args[1:]
-    elif module not in COMPOSED_BY_HAND and not HYDRA_APP.search(source := Path(spec.origin).read_text()):
+        module, args = LITEPRED_APPS[LITEPRED_ALIASES.get(args[0], args[0])], args[1:]
+    elif not HYDRA_APP.search(source := Path(spec.origin).read_text()):
         # a plain tool (argparse, or a printed table): it must be runnable as a module
         assert 'if __name__ == "__main__":' in source, f"{command}: {module} has no __main__ block"
         return f"tool {module}"
@@ -147,7 +147,7 @@ def test_readmes_hold_commands() -> None:
     assert all(count > 0 for count in per_readme.values()), per_readme
     # the extractor sees fenced, continued and inline commands
     texts = [c.text for c in ALL_COMMANDS]
-    assert "bash scripts/quickstart.sh" in texts and "moonlit-litepred backends" in texts
+    assert "bash scripts/quickstart.sh" in texts and "moonlit-litepred platforms" in texts
 
 
 @pytest.mark.parametrize("command", ALL_COMMANDS, ids=str)
@@ -159,7 +159,7 @@ def test_readme_command_composes(command: Command) -> None:
 
 # (README command, why it is cheap); each must appear verbatim in a README
 CHEAP = [
-    ("moonlit-litepred backends", "lists the registered backends"),
+    ("moonlit-litepred platforms", "lists the registered profiling platforms"),
     ("python -m moonlit.common.models 'pattern=seqnet_vnni_*' complexity=false", "lists registered names, builds none"),
 ]
 # run in order in one output folder (the prediction uses the predictor the build wrote)
@@ -183,7 +183,10 @@ def _run(text: str, output_root: Path) -> subprocess.CompletedProcess:
         tokens = [sys.executable, "-m", "moonlit.litepred", *tokens[1:]]
     elif tokens[:2] == ["python", "-m"]:
         tokens = [sys.executable, *tokens[1:]]
-    if tokens[1:2] != ["-m"] or tokens[2] in COMPOSED_BY_HAND or _writes_outputs(tokens[2]):
+    app = tokens[2] if tokens[1:2] == ["-m"] else None
+    if app in LITEPRED_DISPATCHERS:
+        app = LITEPRED_APPS[LITEPRED_ALIASES.get(tokens[3], tokens[3])]
+    if app is None or _writes_outputs(app):
         tokens.append(f"paths.output_root={output_root}")
     return subprocess.run(tokens, capture_output=True, text=True, timeout=1800, cwd=REPO,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -1,7 +1,7 @@
 """Adapt to a new platform in one go: probe, similarity, sampling, profiling, transfer (LitePred, NSDI'24, Sec. 5).
 
-:func:`run_adapt` (``moonlit-litepred adapt platform=<target> adapt.budget=N``) does what the
-paper's adaptation does, on a local backend:
+:func:`moonlit.litepred.apps.adapt.run` (``moonlit-litepred adapt platform=<target> adapt.budget=N``) does
+what the paper's adaptation does, on a local backend, with the steps of this module:
 
 1. the target's *real* kernel configurations: the training architectures' kernels under the
    target's fusion rules (:class:`~moonlit.litepred.profile.sampler.KernelPool`);
@@ -55,18 +55,14 @@ from moonlit.litepred.transfer.methods import adapt_predictor
 from moonlit.litepred.transfer.pool import KnowledgePool
 from moonlit.litepred.transfer.similarity import (
     SimilarityScore,
-    probe_configs,
     rank_platforms,
 )
 from moonlit.litepred.zoo import (
     ArchSpec,
-    calibration_architectures,
-    heldout_architectures,
-    training_architectures,
 )
 
 __all__ = ["SAMPLERS", "TargetKernels", "choose_configs", "evaluate_predictor", "measure_configs",
-           "measured_calibration", "run_adapt", "similarity_ranking"]
+           "measured_calibration", "save_json", "similarity_ranking"]
 
 logger = logging.getLogger(__name__)
 
@@ -203,82 +199,3 @@ def adapt_once(*, target_kernels: TargetKernels, source: PlatformPredictor | Non
 
 def kernel_pool_for(cache: KernelCache, specs: Sequence[ArchSpec]) -> KernelPool:
     return build_pool(cache, specs)
-
-
-def _format_ranking(ranking: Sequence[SimilarityScore], metric: str) -> str:
-    lines = [f"similarity on {ranking[0].kernels} probe kernels (ranked by {metric}, most similar first):"]
-    for i, r in enumerate(ranking):
-        lines.append(f"  {i + 1}. {r.platform:<20} KL {r.kl:.4f}  Spearman {r.spearman:+.3f}  "
-                     f"target/source latency {r.median_ratio:.2f}x"
-                     + (f"  whole-model LOO error {r.model_error:.1%}" if r.model_error is not None else ""))
-    return "\n".join(lines)
-
-
-def run_adapt(cfg: Any) -> dict[str, Any]:
-    """The ``adapt`` subcommand: see the module docstring; writes ``adapt.out_dir``/{predictor/, adapt.json}."""
-    from omegaconf import OmegaConf
-
-    from moonlit.litepred.profile import get_platform
-
-    a = cfg.adapt
-    target, statistic, seed = str(cfg.platform), str(cfg.statistic), int(a.seed)
-    started = time.perf_counter()
-    pool = KnowledgePool(a.pool_dir)
-    platforms = [str(p) for p in a.pool] if a.pool else pool.names(exclude=[target])
-    platforms = [p for p in platforms if p != target]
-    if not platforms:
-        raise ValueError(f"the knowledge pool {a.pool_dir} holds no platform other than the target {target!r}: "
-                         f"it has {pool.names()}; build one first (moonlit-litepred build platform=<name>)")
-    backend = get_platform(target, **OmegaConf.to_container(cfg.backend, resolve=True))
-    dataset = ProfileDataset(a.dataset)
-    families = list(cfg.architectures.families) if cfg.architectures.families else None
-    train_specs = training_architectures(int(cfg.architectures.train), seed=int(cfg.architectures.seed),
-                                         families=families)
-    cache = KernelCache(cfg.kernel_cache, cfg.rules)
-    kernel_pool = kernel_pool_for(cache, train_specs)
-
-    probe = measure_configs(probe_configs(kernel_pool, int(a.probe), seed), backend, dataset, statistic,
-                            f"probe kernels on {target}")
-    calibration_specs = calibration_architectures(train_specs, int(a.calibration_models))
-    calibration_ms, calibration_s = measured_calibration(calibration_specs, backend, dataset, statistic)
-    ranking, predictors = similarity_ranking(pool, platforms, probe, str(a.similarity), cache, calibration_specs,
-                                             calibration_ms)
-    print(_format_ranking(ranking, str(a.similarity)))
-    uses_source = str(a.method) not in ("scratch", "flops-linear")
-    source_name = (str(a.source) if a.source else ranking[0].platform) if uses_source else None
-    if source_name is not None and source_name not in predictors:
-        predictors[source_name] = pool.load(source_name)
-    chosen = choose_configs(kernel_pool, int(a.budget), str(a.sampler), seed, [c.key() for c in probe.configs])
-    budget = measure_configs(chosen, backend, dataset, statistic, f"{a.sampler}-sampled kernels on {target}")
-    data = probe + budget
-    platform = {"name": target, **backend.metadata(), "rules": str(cfg.rules), "statistic": statistic}
-    predictor, fit_s = adapt_once(target_kernels=data, source=predictors.get(source_name), method=str(a.method),
-                                  cache=cache, calibration_specs=calibration_specs, calibration_ms=calibration_ms,
-                                  platform=platform, fine_tune=OmegaConf.to_container(a.fine_tune, resolve=True),
-                                  seed=seed)
-    out = Path(a.out_dir)
-    predictor.save(out / "predictor")
-    cost = {"probe_kernels": len(probe.configs), "budget_kernels": len(budget.configs),
-            "kernel_profiling_seconds": float(data.seconds.sum()), "calibration_models": len(calibration_specs),
-            "calibration_seconds": calibration_s, "fit_seconds": fit_s}
-    cost["total_seconds"] = cost["kernel_profiling_seconds"] + calibration_s + fit_s
-    summary: dict[str, Any] = {"target": target, "source": source_name, "method": str(a.method),
-                               "sampler": str(a.sampler), "similarity": [r.to_dict() for r in ranking], "cost": cost,
-                               "transfer": predictor.platform.get("transfer"),
-                               "overhead": {"slope": predictor.overhead.slope, "intercept": predictor.overhead.intercept}}
-    h = cfg.heldout
-    if int(h.n) > 0:
-        specs = heldout_architectures(int(h.n), seed=int(h.seed), families=list(h.families) if h.families else None)
-        cache.fill(specs, desc="detecting held-out kernels")
-        truth, repeat = heldout_truth(specs, backend, ProfileDataset(cfg.dataset), statistic, int(h.repeats),
-                                      int(h.first_repeat))
-        summary["accuracy"] = evaluate_predictor(predictor, cache, specs, truth, repeat)
-        acc = summary["accuracy"]
-        print(f"{target} adapted from {source_name or 'nothing'} ({a.method}, {len(data.configs)} target kernels + "
-              f"{len(calibration_specs)} models, {cost['total_seconds'] / 60:.1f} min): {acc['n']} held-out models "
-              f"±5% {acc['within_5pct']:.1%}, ±10% {acc['within_10pct']:.1%}"
-              + (f" (ceiling {acc['ceiling_within_10pct']:.1%})" if "ceiling_within_10pct" in acc else "")
-              + f", MAPE {acc['mape']:.1%}")
-    summary["wall_seconds"] = time.perf_counter() - started
-    save_json(out / "adapt.json", summary)
-    return summary

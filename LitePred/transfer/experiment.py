@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from moonlit.common.config import compose_config
+from moonlit.common.config import hydra_app
 from moonlit.common.report import render_table
 from moonlit.litepred.pipeline import KernelCache
 from moonlit.litepred.profile import get_platform
@@ -58,7 +58,7 @@ from moonlit.litepred.zoo import (
     training_architectures,
 )
 
-__all__ = ["main", "plot", "render", "run_experiment"]
+__all__ = ["main", "plot", "render", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def _append(path: Path, row: dict[str, Any]) -> None:
         f.flush()
 
 
-def run_experiment(cfg: DictConfig) -> list[dict[str, Any]]:
+def run(cfg: DictConfig) -> list[dict[str, Any]]:
     """Every (target, sampler, budget, method, seed) row; see the module docstring."""
     e, a = cfg.experiment, cfg.adapt
     out = Path(e.out_dir)
@@ -132,8 +132,9 @@ def run_experiment(cfg: DictConfig) -> list[dict[str, Any]]:
                                             f"{sampler} N={budget} on {target}")
                     data: TargetKernels = probe + extra
                     # N = 0 adapts nothing, but a source chosen on whole models paid for them
+                    paid = calibration_s if a.similarity == "models" else 0.0
                     cal_specs, cal_ms, cal_s = ((calibration_specs, calibration_ms, calibration_s) if budget > 0
-                                                else ([], np.zeros(0), calibration_s if a.similarity == "models" else 0.0))
+                                                else ([], np.zeros(0), paid))
                     for method in todo:
                         source_name = ranking[-1].platform if method == "fine-tune-least" else ranking[0].platform
                         base_method = "fine-tune" if method == "fine-tune-least" else method
@@ -172,7 +173,8 @@ def render(rows: Sequence[dict[str, Any]], out: Path) -> Path:
         trows = [r for r in rows if r["target"] == target]
         similarity = trows[0]["similarity"]
         parts.append(render_table({
-            "caption": f"{target}: similarity of the pool on {similarity[0]['kernels']} probe kernels (most similar first)",
+            "caption": f"{target}: similarity of the pool on {similarity[0]['kernels']} probe kernels "
+                       "(most similar first)",
             "columns": ["platform", "KL (lower = closer)", "Spearman", "target/source latency",
                         "whole-model LOO error (lower = closer)"],
             "rows": [[s["platform"], s["kl"], s["spearman"], s["median_ratio"], s.get("model_error")]
@@ -230,13 +232,10 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    import sys
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+@hydra_app("litepred", "transfer")
+def main(cfg: DictConfig) -> None:
     started = time.perf_counter()
-    cfg = compose_config("litepred", "transfer", list(sys.argv[1:] if argv is None else argv))
-    rows = run_experiment(cfg)
+    rows = run(cfg)
     print(f"{len(rows)} rows in {cfg.experiment.out_dir}/results.jsonl; table and plot there "
           f"({(time.perf_counter() - started) / 60:.1f} min)")
 

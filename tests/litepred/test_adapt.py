@@ -7,24 +7,28 @@ from pathlib import Path
 
 import pytest
 
-from moonlit.litepred.cli import main
+from moonlit.common.config import compose_config
+from moonlit.common.errors import InputError
+from moonlit.litepred.apps import adapt as adapt_app
+from moonlit.litepred.apps import build
 from moonlit.litepred.profile.dataset import ProfileDataset
 from moonlit.litepred.transfer.pool import KnowledgePool
 
-SMALL = ["architectures.train=6", "architectures.families=null", "architectures.calibration=6", "budget.kernels=160", "budget.min_per_type=10",
-         "heldout.n=6", "heldout.families=[spaceevo-like,elasticvit-like]", "regressor=forest"]
+SMALL = ["architectures.train=6", "architectures.families=null", "architectures.calibration=6", "budget.kernels=160",
+         "budget.min_per_type=10", "heldout.n=6", "heldout.families=[spaceevo-like,elasticvit-like]",
+         "regressor=forest"]
 
 
 @pytest.fixture(scope="module")
 def pool_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("adapt")
-    main(["build", "platform=debug", *SMALL, f"paths.output_root={root}"])
+    build.run(compose_config("litepred", "litepred", ["platform=debug", *SMALL, f"paths.output_root={root}"]))
     return root
 
 
 def adapt(root: Path, *overrides: str) -> dict:
-    main(["adapt", "platform=debug-int8", *SMALL, f"paths.output_root={root}", "adapt.probe=20",
-          "adapt.calibration_models=6", *overrides])
+    adapt_app.run(compose_config("litepred", "litepred", ["platform=debug-int8", *SMALL, f"paths.output_root={root}",
+                                                          "adapt.probe=20", "adapt.calibration_models=6", *overrides]))
     return json.loads((root / "litepred" / "adapt" / "debug-int8" / "adapt.json").read_text())
 
 
@@ -51,26 +55,21 @@ def test_adapt_transfers_from_the_pool_and_beats_scratch(pool_root: Path) -> Non
     assert saved.platform["transfer"]["method"] == "source"
 
 
-def test_adapt_refuses_an_empty_pool(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_adapt_refuses_an_empty_pool(tmp_path: Path) -> None:
     (tmp_path / "litepred" / "predictors").mkdir(parents=True)
-    monkeypatch.delenv("MOONLIT_DEBUG", raising=False)
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    with pytest.raises(SystemExit) as exited:  # the entry point turns the user error into one line
-        main(["adapt", "platform=debug-int8", *SMALL, f"paths.output_root={tmp_path}"])
-    assert exited.value.code == 2
-    assert "holds no platform other than the target" in capsys.readouterr().err
+    cfg = compose_config("litepred", "litepred", ["platform=debug-int8", *SMALL, f"paths.output_root={tmp_path}"])
+    with pytest.raises(InputError, match="holds no platform other than the target 'debug-int8'"):
+        adapt_app.run(cfg)
 
 
 @pytest.mark.slow  # with its pool fixture ~75 s: kept out of the default tier (<= 15 min)
 def test_transfer_experiment_rows_table_and_plot(pool_root: Path) -> None:
-    from moonlit.common.config import compose_config
-    from moonlit.litepred.transfer.experiment import run_experiment
+    from moonlit.litepred.transfer import experiment
 
     overrides = [*SMALL, f"paths.output_root={pool_root}", "experiment.platforms=[debug,debug-int8]",
                  "experiment.targets=[debug-int8]", "experiment.budgets=[0,30]", "adapt.probe=20",
                  "adapt.calibration_models=6", "experiment.methods=[fine-tune,scratch,source]"]
-    rows = run_experiment(compose_config("litepred", "transfer", overrides))
+    rows = experiment.run(compose_config("litepred", "transfer", overrides))
     # N=0: the three methods on the probe alone; N=30: three with the VAE, fine-tune with uniform
     assert sorted((r["sampler"], r["budget"], r["method"]) for r in rows) == [
         ("uniform", 30, "fine-tune"), ("vae", 0, "fine-tune"), ("vae", 0, "scratch"), ("vae", 0, "source"),
@@ -82,5 +81,5 @@ def test_transfer_experiment_rows_table_and_plot(pool_root: Path) -> None:
     table = (out / "TABLE.md").read_text()
     assert "debug-int8: held-out model accuracy after adaptation (6 models)" in table and "Xiaomi11" in table
     assert (out / "accuracy_vs_cost.png").stat().st_size > 5_000
-    again = run_experiment(compose_config("litepred", "transfer", overrides))  # resumed: nothing recomputed
+    again = experiment.run(compose_config("litepred", "transfer", overrides))  # resumed: nothing recomputed
     assert len(again) == len(rows)

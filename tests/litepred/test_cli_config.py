@@ -1,4 +1,5 @@
-"""The CLI's architecture counts: the README's fast debug command composes, and bad counts are InputErrors."""
+"""The subcommands' architecture counts (moonlit.litepred.apps.settings): the README's fast debug command
+composes, and bad counts are InputErrors."""
 
 from __future__ import annotations
 
@@ -6,11 +7,7 @@ import pytest
 
 from moonlit.common.config import compose_config
 from moonlit.common.errors import InputError
-from moonlit.litepred.cli import (
-    DEFAULT_CALIBRATION_MODELS,
-    _calibration_count,
-    _training_specs,
-)
+from moonlit.litepred.apps.settings import DEFAULT_CALIBRATION_MODELS, calibration_count, training_specs
 
 
 def _cfg(*overrides: str):
@@ -21,14 +18,14 @@ def _cfg(*overrides: str):
 def test_default_calibration_count_is_at_most_the_training_architectures(train: int, expected: int) -> None:
     cfg = _cfg(f"architectures.train={train}")
     assert cfg.architectures.calibration is None and DEFAULT_CALIBRATION_MODELS == 60
-    assert _calibration_count(cfg) == expected == min(60, train)
+    assert calibration_count(cfg) == expected == min(60, train)
 
 
 def test_readme_debug_build_command_composes() -> None:
     # LitePred/README.md: moonlit-litepred build platform=debug budget.kernels=300 architectures.train=12
     cfg = _cfg("platform=debug", "budget.kernels=300", "architectures.train=12")
-    assert _calibration_count(cfg) == 12
-    assert len(_training_specs(cfg)) == 12
+    assert calibration_count(cfg) == 12
+    assert len(training_specs(cfg)) == 12
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -38,4 +35,4 @@ def test_readme_debug_build_command_composes() -> None:
 ])
 def test_bad_counts_are_input_errors(overrides: list[str], message: str) -> None:
     with pytest.raises(InputError, match=message):
-        _calibration_count(_cfg(*overrides))
+        calibration_count(_cfg(*overrides))

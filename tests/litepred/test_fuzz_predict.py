@@ -297,13 +297,13 @@ def test_unnamed_nodes_and_the_explicit_default_domain_are_valid(tmp_path, predi
         timed_predict_onnx(predictor, _write(tmp_path, model, "dangling.onnx"), "debug")
 
 
-def test_cli_predict_of_a_corrupt_file_is_an_input_error(tmp_path, predictor, onnx_files) -> None:
+def test_predict_app_on_a_corrupt_file_is_an_input_error(tmp_path, predictor, onnx_files) -> None:
     from moonlit.common.config import compose_config
-    from moonlit.litepred.cli import run_predict
+    from moonlit.litepred.apps import predict
 
     predictor.save(tmp_path / "predictor")
     path = _write(tmp_path, onnx_files["se"][:100], "cut.onnx")
     cfg = compose_config("litepred", "litepred", ["platform=debug", f"work_dir={tmp_path}", f"model={path}",
                                                   f"predictor_dir={tmp_path / 'predictor'}"])
     with pytest.raises(InputError, match="cut.onnx is not a readable ONNX model"):
-        run_predict(cfg)
+        predict.run(cfg)

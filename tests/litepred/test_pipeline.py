@@ -1,4 +1,4 @@
-"""The LitePred pipeline end to end on the deterministic ``debug`` backend (CLI: build, profile, predict, evaluate)."""
+"""The LitePred pipeline end to end on the deterministic ``debug`` backend (apps: build, profile, predict, evaluate)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,8 @@ import numpy as np
 import pytest
 
 from moonlit.common.config import compose_config
-from moonlit.litepred.cli import (
-    main,
-    resolve_spec,
-    run_calibrate,
-    run_predict,
-    run_profile,
-)
+from moonlit.litepred.apps import build, calibrate, evaluate, predict, profile
+from moonlit.litepred.apps.settings import resolve_spec
 from moonlit.litepred.kernels.detect import detect_kernels
 from moonlit.litepred.pipeline import (
     KernelCache,
@@ -33,15 +28,16 @@ from moonlit.litepred.profile.dataset import ProfileDataset
 from moonlit.litepred.profile.debug import DebugBackend, DebugCostModel
 from moonlit.litepred.zoo import heldout_architectures
 
-SMALL = ["platform=debug", "architectures.train=6", "architectures.families=null", "architectures.calibration=6", "budget.kernels=160",
-         "budget.min_per_type=10", "heldout.n=4", "heldout.families=[spaceevo-like,elasticvit-like]",
-         "heldout.speed_models=1", "heldout.batch_architectures=50", "heldout.kernel_remeasure=20", "regressor=forest"]
+SMALL = ["platform=debug", "architectures.train=6", "architectures.families=null", "architectures.calibration=6",
+         "budget.kernels=160", "budget.min_per_type=10", "heldout.n=4",
+         "heldout.families=[spaceevo-like,elasticvit-like]", "heldout.speed_models=1", "heldout.batch_architectures=50",
+         "heldout.kernel_remeasure=20", "regressor=forest"]
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("litepred")
-    main(["build", *SMALL, f"paths.output_root={root}"])
+    build.run(compose_config("litepred", "litepred", [*SMALL, f"paths.output_root={root}"]))
     return root / "litepred"
 
 
@@ -59,7 +55,7 @@ def test_build_writes_a_loadable_predictor(built: Path) -> None:
 
 def test_profile_again_measures_nothing_new(built: Path) -> None:
     cfg = compose_config("litepred", "litepred", [*SMALL, f"paths.output_root={built.parent}"])
-    again = run_profile(cfg)
+    again = profile.run(cfg)
     assert again["kernels"]["measured"] == 0
     assert again["kernels"]["already_measured"] == again["sampled"]
     assert again["calibration_models"]["measured"] == 0
@@ -74,10 +70,10 @@ def test_calibrate_follows_a_uniformly_slower_machine(built: Path, tmp_path: Pat
                                  bytes_per_ms=base.bytes_per_ms / 1.25, call_overhead_ms=1.25 * base.call_overhead_ms)
     line = [*SMALL, f"paths.output_root={built.parent}", "overhead.per_type=false", "overhead.weight_rates=0"]
     # the build's own pass (0) and a pass on the slower machine (1), each fitted with one line
-    same = run_calibrate(compose_config("litepred", "litepred", [*line, "calibrate.repeat=0",
-                                                                   f"calibrate.out_dir={tmp_path / 'pass0'}"]))
-    slow = run_calibrate(compose_config("litepred", "litepred", [*line, "calibrate.repeat=1",
-                                                                   f"calibrate.out_dir={tmp_path / 'pass1'}"]),
+    same = calibrate.run(compose_config("litepred", "litepred", [*line, "calibrate.repeat=0",
+                                                                  f"calibrate.out_dir={tmp_path / 'pass0'}"]))
+    slow = calibrate.run(compose_config("litepred", "litepred", [*line, "calibrate.repeat=1",
+                                                                  f"calibrate.out_dir={tmp_path / 'pass1'}"]),
                          backend=DebugBackend("debug", cost_model=slower))
     assert same["now_vs_pass0"] is None and slow["now_vs_pass0"] == pytest.approx(1.25, rel=0.01)
     assert slow["profiling"]["measured"] == 6 and same["profiling"]["measured"] == 0  # pass 0 was stored
@@ -90,17 +86,18 @@ def test_calibrate_follows_a_uniformly_slower_machine(built: Path, tmp_path: Pat
     after, _ = predict_architectures(PlatformPredictor.load(tmp_path / "pass1"), cache, specs)
     np.testing.assert_allclose(after / before, 1.25, rtol=0.02)
     # the kernel regressors are kept, the original predictor is untouched
-    assert PlatformPredictor.load(tmp_path / "pass1").kernel_types == PlatformPredictor.load(built / "predictors" / "debug").kernel_types
+    kept = PlatformPredictor.load(built / "predictors" / "debug").kernel_types
+    assert PlatformPredictor.load(tmp_path / "pass1").kernel_types == kept
     assert json.loads((tmp_path / "pass1" / "calibrate.json").read_text())["repeat"] == 1
     with pytest.raises(ValueError, match="calibrate.repeat must be >= 0"):
-        run_calibrate(compose_config("litepred", "litepred", [*line, "calibrate.repeat=-1"]))
+        calibrate.run(compose_config("litepred", "litepred", [*line, "calibrate.repeat=-1"]))
 
 
 def test_predict_equals_the_sum_of_kernel_predictions(built: Path, tmp_path: Path) -> None:
     spec = heldout_architectures(4, families=["spaceevo-like", "elasticvit-like"])[-1]
     path = export_spec(spec, tmp_path / "model.onnx")
     cfg = compose_config("litepred", "litepred", [*SMALL, f"paths.output_root={built.parent}", f"model={path}"])
-    result = run_predict(cfg)
+    result = predict.run(cfg)
     predictor = PlatformPredictor.load(built / "predictors" / "debug")
     total = 0.0
     overhead = predictor.overhead
@@ -118,7 +115,7 @@ def test_predict_equals_the_sum_of_kernel_predictions(built: Path, tmp_path: Pat
 
 
 def test_evaluate_reports_accuracy_with_the_ceiling(built: Path) -> None:
-    main(["evaluate", *SMALL, f"paths.output_root={built.parent}"])
+    evaluate.run(compose_config("litepred", "litepred", [*SMALL, f"paths.output_root={built.parent}"]))
     out = built / "eval" / "debug"
     results = json.loads((out / "results.json").read_text())
     accuracy = results["accuracy"]
@@ -136,8 +133,10 @@ def test_evaluate_reports_accuracy_with_the_ceiling(built: Path) -> None:
     # a new measurement campaign: passes 2 and 3 are measured afresh, the stored passes 0 and 1 stay
     dataset = ProfileDataset(built / "profile.jsonl")
     before = len(dataset.records(backend="debug", kind="model"))
-    main(["evaluate", *SMALL, f"paths.output_root={built.parent}", "heldout.first_repeat=2"])
-    repeats = [r.config["repeat"] for r in ProfileDataset(built / "profile.jsonl").records(backend="debug", kind="model")]
+    evaluate.run(compose_config("litepred", "litepred", [*SMALL, f"paths.output_root={built.parent}",
+                                                         "heldout.first_repeat=2"]))
+    records = ProfileDataset(built / "profile.jsonl").records(backend="debug", kind="model")
+    repeats = [r.config["repeat"] for r in records]
     assert len(repeats) == before + 8 and repeats.count(2) == 4 and repeats.count(3) == 4
     # passes 0 and 1 are an earlier session: scored as predictions of pass 2 (deterministic backend: exact)
     second = json.loads((out / "results.json").read_text())
@@ -195,10 +194,4 @@ def test_resolve_spec_and_bad_model_names() -> None:
     with pytest.raises(ValueError, match="neither an .onnx file nor a zoo architecture"):
         resolve_spec("no-such-model")
     with pytest.raises(ValueError, match="predict needs model="):
-        run_predict(compose_config("litepred", "litepred", ["platform=debug"]))
-
-
-def test_backends_command_lists_the_platforms(capsys: pytest.CaptureFixture[str]) -> None:
-    main(["backends"])
-    listed = capsys.readouterr().out.split()
-    assert {"debug", "ort-fp32", "ort-fp32-noopt", "ort-int8", "torch-fp32"} <= set(listed)
+        predict.run(compose_config("litepred", "litepred", ["platform=debug"]))

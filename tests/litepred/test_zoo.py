@@ -107,7 +107,7 @@ def test_the_default_build_families_are_all_registered() -> None:
     from collections import Counter
 
     from moonlit.common.config import compose_config
-    from moonlit.litepred.cli import _training_specs
+    from moonlit.litepred.apps.settings import training_specs
 
     installed = zoo.plugins()  # the entry points of this distribution resolve
     assert not [value for value in installed.values() if "(failed" in value]
@@ -117,7 +117,7 @@ def test_the_default_build_families_are_all_registered() -> None:
     assert set(families) - {"spaceevo-like", "elasticvit-like", "resnet-like"} <= set(installed)
     # code defaults (stand-ins) stay for held-out sets, the config adds the plug-in spaces; equal shares
     assert set(zoo.DEFAULT_FAMILY_WEIGHTS) == set(SAMPLED)
-    assert Counter(spec.family for spec in _training_specs(default)) == Counter({family: 2 for family in families})
+    assert Counter(spec.family for spec in training_specs(default)) == Counter({family: 2 for family in families})
 
 
 def test_sampling_is_deterministic_and_families_draw_independently() -> None:
