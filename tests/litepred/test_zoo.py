@@ -70,6 +70,29 @@ def test_register_family_plugs_in_and_rejects_duplicates(monkeypatch: pytest.Mon
         zoo.register_family("tiny-test")(Tiny)
 
 
+def test_the_shared_family_check_catches_a_broken_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    # moonlit.litepred.testing.check_family, which the SpaceEvo/ElasticViT family tests call, fails on a
+    # wrong entry point and on draws that ignore the seed
+    from moonlit.litepred import testing
+
+    monkeypatch.setattr(zoo, "_FAMILIES", dict(zoo._FAMILIES))
+    draws = iter(range(10**6))
+
+    @zoo.register_family("unseeded-test")
+    class Unseeded(zoo.ArchFamily):
+        def build(self, description: str, num_classes: int) -> torch.nn.Module:
+            return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, num_classes))
+
+        def sample_one(self, rng: random.Random) -> zoo.ArchSpec:
+            return self.make_spec(f"linear{next(draws)}", 4)  # a new architecture every call, whatever the seed
+
+    monkeypatch.setattr(testing, "plugins", lambda: {"unseeded-test": "toy_module"})
+    with pytest.raises(AssertionError, match="entry point 'unseeded-test': 'toy_module', expected 'other_module'"):
+        testing.check_family("unseeded-test", "other_module")
+    with pytest.raises(AssertionError, match="unseeded-test: two draws of seed 4 differ"):
+        testing.check_family("unseeded-test", "toy_module", Unseeded)
+
+
 def test_plugins_load_on_first_lookup_and_a_broken_one_is_one_line(
         tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     from importlib.metadata import EntryPoint
@@ -97,7 +120,8 @@ def test_plugins_load_on_first_lookup_and_a_broken_one_is_one_line(
     assert zoo.plugins()["toy"] == "toy_litepred_plugin"
     assert zoo.plugins()["gone"].startswith("no_such_module_for_litepred (failed: ModuleNotFoundError")
     with pytest.raises(ValueError, match=r"unknown architecture family 'nope'; registered: \[.*'toy-plugin'.*\]; "
-                                         r"plug-ins \(moonlit.litepred.families\): gone=no_such_module_for_litepred \(failed: "
+                                         r"plug-ins \(moonlit.litepred.families\): "
+                                         r"gone=no_such_module_for_litepred \(failed: "
                                          r"ModuleNotFoundError.*\), toy=toy_litepred_plugin$"):
         zoo.get_family("nope")
     sys.modules.pop("toy_litepred_plugin", None)

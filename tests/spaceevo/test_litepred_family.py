@@ -8,9 +8,7 @@ detector's sum, and the package's own model constructor.
 
 from __future__ import annotations
 
-import random
 import re
-import warnings
 from collections import Counter
 
 import pytest
@@ -18,7 +16,6 @@ import torch
 import yaml
 
 from moonlit.common.models import create_model
-from moonlit.common.profiling.flops import count_macs
 from moonlit.litepred import testing
 from moonlit.spaceevo.litepred_family import PUBLISHED_SPACEEVO_SPACES, SpaceEvoFamily, seqnet_spec
 from moonlit.spaceevo.models import resolve_search_result
@@ -29,43 +26,17 @@ VNNI_A0 = ("onnxw-151122-023231:d1#1#2#2#2#2#2#1_k3#3#3#3#3#3#3#3#3#3#3#3#3_w16#
            "#320_e0#0.5#4.0#4.0#1.0#1.0#4.0#4.0#4.0#4.0#4.0#4.0#4.0_r160")
 
 
-def _content(spec) -> tuple:
-    return spec.family, spec.description, spec.input_size
-
-
 def _search_result() -> dict:
     return yaml.safe_load(resolve_search_result().read_text())
 
 
-def test_the_entry_point_registers_the_family() -> None:
-    assert testing.plugins()["spaceevo"] == "moonlit.spaceevo.litepred_family"
-    assert "spaceevo" in testing.list_families()
-    assert isinstance(testing.get_family("spaceevo"), SpaceEvoFamily)
+def test_the_family_keeps_the_zoo_contract() -> None:
+    # registration, seeded sampling, disjoint train/held-out split, a small build (moonlit.litepred.testing)
+    testing.check_family("spaceevo", "moonlit.spaceevo.litepred_family", SpaceEvoFamily)
 
 
 def test_published_spaces_match_the_search_result_file() -> None:
     assert PUBLISHED_SPACEEVO_SPACES == _search_result()["specific_supernet_encoding_dict"]
-
-
-def test_sampling_is_deterministic_in_the_seed() -> None:
-    first = testing.sample("spaceevo", 12, seed=4)
-    assert first == testing.sample("spaceevo", 12, seed=4)
-    assert len({s.name for s in first}) == 12 and len({_content(s) for s in first}) == 12
-    assert not {s.name for s in first} & {s.name for s in testing.sample("spaceevo", 12, seed=5)}
-    # the family's draws do not depend on the other families sampled with it
-    mixed = testing.sample_architectures(24, seed=4, families=["resnet-like", "spaceevo"])
-    assert [s for s in mixed if s.family == "spaceevo"] == first
-
-
-def test_training_and_heldout_specs_are_disjoint() -> None:
-    training = testing.training_architectures(80, seed=1, families=["spaceevo"])
-    heldout = testing.heldout_architectures(40, seed=7, families=["spaceevo"])
-    assert Counter(s.family for s in heldout) == {"spaceevo": 40}
-    assert not {s.name for s in training} & {s.name for s in heldout}
-    assert not {_content(s) for s in training} & {_content(s) for s in heldout}
-    assert all(map(testing.is_heldout, heldout)) and not any(map(testing.is_heldout, training))
-    pool = testing.sample("spaceevo", 400, seed=11)  # the hash rule holds out about a quarter of the space
-    assert 0.18 < sum(map(testing.is_heldout, pool)) / len(pool) < 0.32
 
 
 def test_samples_are_subnets_of_the_published_spaces() -> None:
@@ -109,25 +80,8 @@ def test_named_seqnets_are_specs_of_the_family() -> None:
     assert a0.description == f"{space}:{min_subnet(space, resolution=160).encode()}"
 
 
-def _forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return model(x)
-
-
 def test_built_models_run_and_match_the_packages_constructor() -> None:
-    spec, reference = seqnet_spec("SEQnet@vnni-A0"), create_model("SEQnet@vnni-A0")
-    model = spec.build()
-    assert not model.training
-    shapes = {k: v.shape for k, v in reference.state_dict().items()}
-    assert {k: v.shape for k, v in model.state_dict().items()} == shapes
-    x = spec.example_input(batch_size=2)
-    out = _forward(model, x)
-    assert out.shape == (2, 1000) and torch.isfinite(out).all()
-    assert torch.equal(out, _forward(spec.build(), x))  # the name seeds the weights
-    sampled = min(testing.sample("spaceevo", 6, seed=3), key=lambda s: s.resolution)
-    small = testing.get_family("spaceevo").make_spec(sampled.description, sampled.resolution, num_classes=10)
-    assert _forward(small.build(), small.example_input(seed=random.Random(0).randrange(9))).shape == (1, 10)
+    testing.check_build(seqnet_spec("SEQnet@vnni-A0"), create_model("SEQnet@vnni-A0"))
 
 
 def test_family_build_has_the_seeded_weights_of_the_supernet_cut() -> None:
@@ -146,12 +100,9 @@ def test_family_build_has_the_seeded_weights_of_the_supernet_cut() -> None:
 
 def test_kernels_are_known_and_add_up() -> None:
     spec = seqnet_spec("SEQnet@vnni-A0")
-    summary = testing.kernel_summary(spec, "ort-fp32")
-    counts = summary["by_type"]
+    counts = testing.check_kernels(spec, "ort-fp32")  # all detected, MACs = torch's count
     # onnxw-151122-023231, depths 1,1,2,2,2,2,2,1: depthwise convs in the MobileNetV2Res stages 1, 3, 4
     # and MobileNetV3Res stages 5, 6 (2+2+2+2+1); SE only in the MobileNetV3Res blocks (2+1); BN is
     # folded into every conv, so no bn and no eltwise kernel.
     assert counts["dwconv"] == 9 and counts["se"] == 3 and counts["fc"] == 1 and counts["gap"] == 1
     assert "bn" not in counts and "eltwise" not in counts
-    assert set(counts) <= testing.rule_kernel_types("ort-fp32") and summary["unassigned_nodes"] == 0
-    assert summary["macs"] == count_macs(spec.build(), spec.example_input()).macs
