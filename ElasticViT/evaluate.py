@@ -140,30 +140,23 @@ class SubnetEvaluator:
 
 def build_data(data: DictConfig, run_dir: Path, split: str, calibration_batches: int
                ) -> tuple[Iterable[Any], Iterable[Any], int]:
-    """(calibration loader, ``split`` loader, number of classes) from ``data.root`` or generated images.
+    """(calibration loader, ``split`` loader, number of classes) of the ``data`` group (configs/data/);
+    a null ``data.root`` means ``run_dir/generated_images`` (where ``data=generated`` writes by default).
 
     ``split``: ``"holdout"`` (images held out of train, the search's fitness) or ``"val"``.
     With ``data.cache``, the first ``calibration_batches`` and the whole split are materialized as
     lists once (small data: no decoding per candidate).
     """
-    from moonlit.common.data.imagenet import build_imagenet_datasets, build_loader
+    from moonlit.common.data.imagenet import build_loader
+    from moonlit.common.data.images import build_image_data
 
-    root = data.root
-    if root is None:
-        from moonlit.common.data.synthetic import write_image_folder
-
-        generated = data.generated
-        root = run_dir / "generated_images"
-        if not (root / "val").is_dir():
-            write_image_folder(root, generated.num_classes, generated.images_per_class, generated.image_size,
-                               seed=generated.seed)
-    datasets = build_imagenet_datasets(root, img_size=data.img_size,
-                                       holdout_per_class=data.holdout_per_class if split == "holdout" else 0,
-                                       holdout_seed=data.seed)
+    root = run_dir / "generated_images" if data.root is None else data.root
+    datasets = build_image_data(data, root=str(root),
+                                holdout_per_class=data.holdout_per_class if split == "holdout" else 0)
     if split not in datasets:
-        raise ValueError(f"split {split!r} is not available (data.holdout_per_class = {data.holdout_per_class}); "
+        raise InputError(f"split {split!r} is not available (data.holdout_per_class = {data.holdout_per_class}); "
                          f"expected one of {sorted(datasets)}")
-    classes = len(datasets["val"].classes)
+    classes = datasets.num_classes
     # shuffle once with a fixed seed and epoch: every candidate calibrates on the same batches
     calibration = build_loader(datasets["train"], data.batch_size, shuffle=True, num_workers=data.num_workers,
                                seed=data.seed, drop_last=True)
@@ -189,7 +182,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics = {"model": str(cfg.model), "subnet": encode(subnet), "top1": top1, "split": cfg.data.split,
                "mmacs": complexity.macs / 1e6, "params_m": complexity.params / 1e6,
                "checkpoint": None if checkpoint_path(cfg.checkpoint) is None else str(cfg.checkpoint),
-               "data": "generated" if cfg.data.root is None else str(cfg.data.root),
+               "data": {"builder": str(cfg.data._target_).rsplit(".", 1)[-1], "root": str(cfg.data.root)},
                "bn_batches": cfg.bn_batches, "config": to_container(cfg)}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     logger.info("%s: top-1 %.2f%% (%s split, %.1f MMACs)", metrics["subnet"], top1, cfg.data.split, metrics["mmacs"])

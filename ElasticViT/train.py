@@ -42,13 +42,8 @@ from torch import nn
 from tqdm import tqdm
 
 from moonlit.common.config import hydra_app, to_container
-from moonlit.common.data.imagenet import (
-    build_imagenet_datasets,
-    build_loader,
-    check_generated_root,
-    check_image_root,
-    generate_image_root,
-)
+from moonlit.common.data.imagenet import build_loader
+from moonlit.common.data.images import ImageDatasets, image_data_from_config
 from moonlit.common.data.loaders import set_epoch
 from moonlit.common.errors import InputError
 from moonlit.common.train.checkpoint import move_aside, save_checkpoint
@@ -189,21 +184,13 @@ def sampler_statistics(history: list[dict[str, Any]], sampler: ComplexityAwareSa
     return stats
 
 
-def _check_data(data: DictConfig) -> None:
-    if data.generate is None:
-        check_image_root(data.root)
-    else:
-        check_generated_root(data.root)
-
-
-def _datasets(cfg: DictConfig, ctx: DistContext) -> dict[str, Any]:
-    data = cfg.data
-    if data.generate is not None:
-        if ctx.is_main:
-            generate_image_root(data.root, data.generate)
-        barrier()
-    return build_imagenet_datasets(data.root, img_size=data.img_size,
-                                   train_aug=OmegaConf.to_container(data.train_aug, resolve=True))
+def _datasets(cfg: DictConfig, ctx: DistContext) -> ImageDatasets:
+    """The ``data`` group's splits (configs/data/); rank 0 writes generated images first."""
+    data = image_data_from_config(cfg.data)
+    if ctx.is_main:
+        data.prepare()
+    barrier()
+    return data.datasets()
 
 
 def _mixup(cfg: DictConfig, num_classes: int) -> Any:
@@ -228,7 +215,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         num_classes = int(cfg.supernet.num_classes)
         teacher_specs = OmegaConf.to_container(cfg.teachers.models, resolve=True)
         check_teachers(teacher_specs)
-        _check_data(cfg.data)
+        image_data_from_config(cfg.data).check()
         check_tables(cfg.tables, space, num_classes)
         if cfg.resume:
             check_resumable(checkpoint_dir, cfg.ema.enabled)

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from moonlit.common.config import hydra_app, to_container
-from moonlit.common.data.imagenet import build_imagenet_datasets
+from moonlit.common.data.images import ImageDatasets, build_image_data
 from moonlit.common.data.loaders import SeededItems
 from moonlit.common.train import checkpoint as ckpt
 from moonlit.common.train import dist as mdist
@@ -387,12 +387,9 @@ def evaluate_nsr(student: nn.Module, pairs: Sequence[tuple[Tensor, Tensor]], var
 
 # --- the app -----------------------------------------------------------------------------------------
 
-def build_datasets(cfg: DictConfig) -> dict[str, Dataset]:
-    """ImageFolder train / holdout splits at the largest KD resolution (``cfg.data``)."""
-    data = cfg.data
-    return build_imagenet_datasets(data.root, img_size=max(cfg.resolutions), holdout_per_class=data.holdout_per_class,
-                                   holdout_seed=cfg.seed,
-                                   train_aug=OmegaConf.to_container(data.train_aug) if data.train_aug else None)
+def build_datasets(cfg: DictConfig) -> ImageDatasets:
+    """The ``data`` group's train / holdout splits (configs/data/) at the largest KD resolution."""
+    return build_image_data(cfg.data, img_size=max(cfg.resolutions))
 
 
 def _batches(dataset: Dataset, batch_size: int, count: int, labels: bool = False) -> list[Any]:

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from moonlit.common.config import hydra_app, to_container
-from moonlit.common.data.imagenet import build_imagenet_datasets, build_loader
-from moonlit.common.data.synthetic import write_image_folder
+from moonlit.common.data.imagenet import build_loader
+from moonlit.common.data.images import image_data_from_config
 from moonlit.common.models import create_model
 from moonlit.common.train.bn_recalibration import recalibrate_batch_norm
 from moonlit.common.train.classifier import evaluate_top1, train_classifier
@@ -58,16 +58,13 @@ def downstream_cls(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.output_dir)
     try:
         data = cfg.data
-        if data.generate is not None:
-            if ctx.is_main:
-                gen = data.generate
-                write_image_folder(data.root, num_classes=gen.num_classes, image_size=gen.image_size, seed=gen.seed,
-                                   images_per_class={"train": gen.train_per_class, "val": gen.val_per_class})
-            barrier()
         spec = resolve_model(cfg.model, cfg.search_result)
-        datasets = build_imagenet_datasets(data.root, img_size=data.img_size or spec.subnet.resolution,
-                                           train_aug=OmegaConf.to_container(data.train_aug, resolve=True))
-        num_classes = len(datasets["val"].classes)
+        image_data = image_data_from_config(data, img_size=data.img_size or spec.subnet.resolution)
+        if ctx.is_main:
+            image_data.prepare()  # generated images (data=generated)
+        barrier()
+        datasets = image_data.datasets()
+        num_classes = datasets.num_classes
         model = create_model(spec.model_name, checkpoint=cfg.checkpoint, num_classes=cfg.pretrained_num_classes,
                              quantized=cfg.quant)
         train_loader = build_loader(datasets["train"], data.batch_size, shuffle=True, seed=cfg.trainer.seed,

@@ -29,8 +29,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from moonlit.common.config import hydra_app, to_container
-from moonlit.common.data.imagenet import build_imagenet_datasets, build_loader
-from moonlit.common.data.synthetic import write_image_folder
+from moonlit.common.data.imagenet import build_loader
+from moonlit.common.data.images import ImageDatasets, build_image_data
 from moonlit.common.export.onnx import export_onnx
 from moonlit.common.models import create_model
 from moonlit.common.train.bn_recalibration import recalibrate_batch_norm
@@ -89,14 +89,9 @@ def evaluate_onnx_top1(path: str | Path, loader: Iterable[Any], reference: nn.Mo
     return result
 
 
-def _datasets(cfg: DictConfig, resolution: int) -> dict[str, Any]:
-    data = cfg.data
-    root = Path(data.root)
-    if data.generate is not None:
-        gen = data.generate
-        write_image_folder(root, num_classes=gen.num_classes, image_size=gen.image_size, seed=gen.seed,
-                           images_per_class={"train": gen.train_per_class, "val": gen.val_per_class})
-    return build_imagenet_datasets(root, img_size=data.img_size or resolution, crop_pct=data.crop_pct)
+def _datasets(cfg: DictConfig, resolution: int) -> ImageDatasets:
+    """The ``data`` group's splits (configs/data/) at ``data.img_size``, or the subnet's resolution when null."""
+    return build_image_data(cfg.data, img_size=cfg.data.img_size or resolution)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -106,7 +101,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     spec = resolve_model(cfg.model, cfg.search_result)
     datasets = _datasets(cfg, spec.subnet.resolution)
-    num_classes = cfg.num_classes or len(datasets["val"].classes)
+    num_classes = cfg.num_classes or datasets.num_classes
     model = create_model(spec.model_name, checkpoint=cfg.checkpoint, num_classes=num_classes,
                          quantized=bool(cfg.quant))
     calib_loader = build_loader(datasets["train"], cfg.data.batch_size, shuffle=True, seed=cfg.seed,

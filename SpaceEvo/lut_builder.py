@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from moonlit.common.config import hydra_app, to_container
-from moonlit.common.data.imagenet import build_imagenet_datasets
+from moonlit.common.data.images import ImageFolderData, build_image_data
 from moonlit.common.errors import InputError
 from moonlit.common.profiling.flops import count_macs
 from moonlit.common.train.seed import step_seed
@@ -281,9 +281,11 @@ def run_lut_builder(cfg: DictConfig) -> dict[str, Any]:
                             info.get("model_kwargs"))
     spec = load_hyperspace(cfg.hyperspace)
     resolutions = list(cfg.resolutions or spec.lut_resolutions)
-    data = kd["config"]["data"] | {k: v for k, v in OmegaConf.to_container(cfg.data).items() if v is not None}
-    datasets = build_imagenet_datasets(data["root"], img_size=max(resolutions),
-                                       holdout_per_class=data["holdout_per_class"], holdout_seed=kd["config"]["seed"])
+    # the block-KD run's data node (an ImageFolder root in summaries without _target_), with this run's non-null keys
+    data = ({"_target_": f"{ImageFolderData.__module__}.ImageFolderData", "seed": kd["config"].get("seed", 0)}
+            | kd["config"].get("data", {})
+            | {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if v is not None})
+    datasets = build_image_data(data, img_size=max(resolutions))
     calib = _image_batches(datasets["train"], cfg.batch_size, cfg.calib_batches, cfg.seed)
     held_out = _image_batches(datasets.get("holdout", datasets["val"]), cfg.batch_size, cfg.eval_batches, cfg.seed)
     latency = latency_source(OmegaConf.to_container(cfg.latency, resolve=True))

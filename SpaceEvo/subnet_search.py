@@ -242,27 +242,18 @@ class SupernetFitness:
 
 
 def build_data(data: DictConfig, calibration_batches: int) -> tuple[Iterable[Any], Iterable[Any], int]:
-    """(calibration batches, held-out batches, number of classes) from ``data.root`` (written first with
-    ``data.generate``).
+    """(calibration batches, held-out batches, number of classes) of the ``data`` group (configs/data/).
 
     Both use the evaluation transform; calibration draws from the training images left after the
     hold-out, in one fixed shuffled order. With ``data.cache`` both are materialized as lists once.
     """
-    from moonlit.common.data.imagenet import build_imagenet_datasets, build_loader
+    from moonlit.common.data.imagenet import build_loader
+    from moonlit.common.data.images import build_image_data
 
-    root = Path(data.root)
-    if data.generate is not None:
-        from moonlit.common.data.synthetic import write_image_folder
-
-        gen = data.generate
-        if not (root / "val").is_dir():
-            write_image_folder(root, gen.num_classes, {"train": gen.train_per_class, "val": gen.val_per_class},
-                               gen.image_size, gen.seed)
     if data.holdout_per_class < 1:
         raise ValueError(f"data.holdout_per_class = {data.holdout_per_class}; expected >= 1 images per class held "
                          "out of train (the reference's 10k on ImageNet: 10)")
-    datasets = build_imagenet_datasets(root, img_size=data.img_size, holdout_per_class=data.holdout_per_class,
-                                       holdout_seed=data.seed)
+    datasets = build_image_data(data)
     train = datasets["train"]
     assert isinstance(train, Subset)
     folder = copy.copy(train.dataset)  # shares the sample list; only the transform differs
@@ -270,7 +261,7 @@ def build_data(data: DictConfig, calibration_batches: int) -> tuple[Iterable[Any
     calibration = build_loader(Subset(folder, train.indices), data.batch_size, shuffle=True, seed=data.seed,
                                drop_last=True, num_workers=data.num_workers)
     holdout = build_loader(datasets["holdout"], data.batch_size, shuffle=False, num_workers=data.num_workers)
-    classes = len(datasets["val"].classes)
+    classes = datasets.num_classes
     if data.cache:
         return list(itertools.islice(calibration, calibration_batches)), list(holdout), classes
     return calibration, holdout, classes

@@ -46,13 +46,8 @@ from torch import nn
 from tqdm import tqdm
 
 from moonlit.common.config import hydra_app, to_container
-from moonlit.common.data.imagenet import (
-    build_imagenet_datasets,
-    build_loader,
-    check_generated_root,
-    check_image_root,
-    generate_image_root,
-)
+from moonlit.common.data.imagenet import build_loader
+from moonlit.common.data.images import ImageDatasets, image_data_from_config
 from moonlit.common.data.loaders import set_epoch
 from moonlit.common.train.checkpoint import move_aside, save_checkpoint
 from moonlit.common.train.classifier import sync_buffers
@@ -139,21 +134,13 @@ def evaluate_subnet(supernet: Supernet, subnet: SubnetEncoding, val_loader: Iter
 
 # --- the app ----------------------------------------------------------------------------------------
 
-def _check_data(data: DictConfig) -> None:
-    if data.generate is None:
-        check_image_root(data.root)
-    else:
-        check_generated_root(data.root)
-
-
-def _datasets(cfg: DictConfig, ctx: DistContext) -> dict[str, Any]:
-    data = cfg.data
-    if data.generate is not None:
-        if ctx.is_main:
-            generate_image_root(data.root, data.generate)
-        barrier()
-    return build_imagenet_datasets(data.root, img_size=data.img_size, holdout_per_class=data.holdout_per_class,
-                                   train_aug=OmegaConf.to_container(data.train_aug, resolve=True))
+def _datasets(cfg: DictConfig, ctx: DistContext) -> ImageDatasets:
+    """The ``data`` group's splits (configs/data/); rank 0 writes generated images first."""
+    data = image_data_from_config(cfg.data)
+    if ctx.is_main:
+        data.prepare()
+    barrier()
+    return data.datasets()
 
 
 def _phase_settings(cfg: DictConfig, phase: str) -> DictConfig:
@@ -248,7 +235,7 @@ def train_supernet(cfg: DictConfig) -> dict[str, Any]:
         sc = cfg.supernet
         supernet = Supernet.from_encoding(cfg.space, num_classes=sc.num_classes, dropout=cfg.sandwich.dropout,
                                           resolutions=None if sc.resolutions is None else list(sc.resolutions))
-        _check_data(cfg.data)
+        image_data_from_config(cfg.data).check()
         if cfg.resume:
             for phase in PHASES:
                 check_resumable(out_dir / "checkpoints" / phase, cfg.ema.enabled)

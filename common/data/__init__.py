@@ -1,5 +1,7 @@
 """Data for the moonlit reproductions: ImageNet-style folders, GLUE, and generated fixtures.
 
+* ``images``: the ``data`` config group's builders (ImageNet-style folders, generated images,
+  Fashion-MNIST as RGB) chosen with ``_target_``; ``build_image_data(cfg.data)``.
 * ``imagenet``: ``ImageFolder`` datasets with timm transforms, a held-out search split, loaders.
 * ``glue``: the eight GLUE tasks (metadata, loading from the Hub or the classic TSVs, tokenizing);
   ``glue_metrics``: their metrics.
@@ -15,6 +17,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "images": ("FashionMNISTData", "GeneratedData", "ImageDatasets", "ImageFolderData", "build_image_data",
+               "image_data_from_config"),
     "imagenet": ("build_imagenet_datasets", "build_loader", "build_transform", "holdout_indices"),
     "loaders": ("resolve_rank_world", "set_epoch"),
     "glue": ("GLUE_TASKS", "LOCAL_TASKS", "GlueTask", "get_glue_task", "glue_features", "load_glue", "tokenize_glue"),

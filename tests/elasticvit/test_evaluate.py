@@ -23,8 +23,9 @@ from moonlit.elasticvit.models import named_subnet
 from moonlit.elasticvit.search import run_search
 from moonlit.elasticvit.space import decode, encode
 
-SMALL_DATA = ["data.batch_size=4", "data.num_workers=0", "data.generated.images_per_class=6",
-              "data.generated.image_size=32", "data.img_size=64", "data.cache=true", "bn_batches=2"]
+SMALL_DATA = ["data=generated", "data.batch_size=4", "data.num_workers=0", "data.generate.train_per_class=6",
+              "data.generate.val_per_class=6", "data.generate.image_size=32", "data.img_size=64", "data.cache=true",
+              "bn_batches=2"]
 
 
 def test_model_may_be_a_name_an_encoding_or_the_registry_form() -> None:
@@ -47,7 +48,7 @@ def test_evaluate_generated_images_recalibrates_bn(tmp_path: Path) -> None:
     metrics = run(cfg)
     assert metrics == json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["subnet"] == encode(named_subnet("T1")) and metrics["checkpoint"] is None
-    assert 0.0 <= metrics["top1"] <= 100.0 and metrics["data"] == "generated"
+    assert 0.0 <= metrics["top1"] <= 100.0 and metrics["data"]["builder"] == "GeneratedData"
     assert metrics["mmacs"] == pytest.approx(subnet_complexity(named_subnet("T1"), 4).macs / 1e6)
     # 4 classes x 6 generated val images, in batches of 4: accuracy is a multiple of 100 / 24
     assert (metrics["top1"] * 24 / 100) == pytest.approx(round(metrics["top1"] * 24 / 100))

@@ -20,7 +20,7 @@ REQUIRED = ("model.safetensors", "ema.safetensors", "optimizer.safetensors")
 def _args_of(images: Path, tables: Path):
     def args(out: Path) -> list[str]:
         overrides = ["experiment=smoke", f"output_dir={out}", f"paths.output_root={out}", f"tables.path={tables}",
-                     "data.generate=null", f"data.root={images}", "trainer.num_workers=2", "ema.enabled=true",
+                     "data=imagenet", f"data.root={images}", "trainer.num_workers=2", "ema.enabled=true",
                      "epochs=3", "max_steps_per_epoch=2", "eval.every_epochs=100", "trainer.log_every=1000",
                      "sampling.probability.start=0.6"]
         return ["--entry", "moonlit.elasticvit.train:train", "--app", "elasticvit/train",

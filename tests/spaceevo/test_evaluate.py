@@ -72,7 +72,8 @@ def _compose(tree_config: str, overrides: list[str]):
 
 def test_evaluate_quantized_smoke_with_onnx(tmp_path):
     cfg = _compose("evaluate", [
-        "quant=true", "onnx.enabled=true", "onnx.calibration_batches=1", f"data.root={tmp_path / 'images'}",
+        "quant=true", "onnx.enabled=true", "onnx.calibration_batches=1", "data=generated",
+        f"data.root={tmp_path / 'images'}",
         "data.generate={num_classes:3,train_per_class:6,val_per_class:6,image_size:48,seed:0}",
         "data.batch_size=9", "data.num_workers=0", "bn_calibration_batches=1", f"output_dir={tmp_path / 'out'}",
     ])
@@ -88,7 +89,7 @@ def test_evaluate_quantized_smoke_with_onnx(tmp_path):
 
 def test_downstream_fine_tuning_smoke(tmp_path):
     cfg = _compose("downstream_cls", [
-        f"data.root={tmp_path / 'images'}",
+        "data=generated", f"data.root={tmp_path / 'images'}",
         "data.generate={num_classes:3,train_per_class:8,val_per_class:4,image_size:48,seed:0}",
         "data.batch_size=8", "data.img_size=64", "epochs=1", "trainer.num_workers=0", "bn_calibration_batches=1",
         "model=SEQnet@vnni-A0", f"output_dir={tmp_path / 'out'}",

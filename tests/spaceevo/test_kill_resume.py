@@ -21,7 +21,7 @@ def _args_of(images: Path, qat_epochs: int):
     def args(out: Path) -> list[str]:
         overrides = ["experiment=smoke", f"output_dir={out}", f"paths.output_root={out}",
                      "space=onnxw-000000-000000", "supernet.resolutions=[32]", "data.img_size=32",
-                     "data.generate=null", f"data.root={images}", "trainer.num_workers=2", "ema.enabled=true",
+                     "data=imagenet", f"data.root={images}", "trainer.num_workers=2", "ema.enabled=true",
                      "ema.decay=0.5", "fp32.epochs=3", f"qat.epochs={qat_epochs}", "max_steps_per_epoch=2",
                      "eval.every_epochs=100", "eval.bn_calibration_batches=1", "trainer.log_every=1000"]
         return ["--entry", "moonlit.spaceevo.train_supernet:train_supernet", "--app", "spaceevo/train_supernet",

@@ -237,7 +237,7 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
 
 def test_supernet_fitness_smoke_on_generated_images(tmp_path: Path) -> None:
     overrides = [
-        "space=onnxw-000000-000000", "resolutions=[32,40]", f"data.root={tmp_path / 'images'}",
+        "space=onnxw-000000-000000", "resolutions=[32,40]", "data=generated", f"data.root={tmp_path / 'images'}",
         "data.generate={num_classes:4,train_per_class:6,val_per_class:1,image_size:40,seed:0}", "data.img_size=32",
         "data.holdout_per_class=2", "data.batch_size=4", "data.num_workers=0", "data.cache=true", "bn_batches=2",
         "evolution.population=4", "evolution.parents=2", "evolution.mutations=2", "evolution.crossovers=2",
