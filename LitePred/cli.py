@@ -22,6 +22,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from moonlit.common.config import program_name
+
 __all__ = ["ALIASES", "COMMANDS", "PROG", "main", "usage"]
 
 PROG = "moonlit-litepred"
@@ -68,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     saved = sys.argv
     sys.argv = [f"{PROG} {command}", *args[1:]]  # Hydra reads the overrides from sys.argv
     try:
-        app.main()
+        with program_name(f"{PROG} {command}"):  # one-line errors start "moonlit-litepred <command>: error:"
+            app.main()
     finally:
         sys.argv = saved
 

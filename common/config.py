@@ -9,6 +9,7 @@ available everywhere.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import os
 import sys
@@ -79,8 +80,25 @@ def hydra_app(tree: str, config_name: str) -> Callable[[Callable[[DictConfig], A
     return decorate
 
 
+_PROGRAM: contextvars.ContextVar[str | None] = contextvars.ContextVar("moonlit_program", default=None)
+
+
+@contextlib.contextmanager
+def program_name(name: str) -> Iterator[None]:
+    """Inside, apps name themselves ``name`` in one-line errors: a dispatcher of subcommands (e.g.
+    ``moonlit-litepred build``) uses it so that the message names what the user typed."""
+    token = _PROGRAM.set(name)
+    try:
+        yield
+    finally:
+        _PROGRAM.reset(token)
+
+
 def _program(fn: Callable[..., Any]) -> str:
-    """The app's module name (``moonlit.top.prune``), also when it runs as ``python -m`` (``__main__``)."""
+    """The name set by :func:`program_name`, else the app's module name (``moonlit.top.prune``), also when
+    it runs as ``python -m`` (``__main__``)."""
+    if _PROGRAM.get() is not None:
+        return str(_PROGRAM.get())
     module = fn.__module__
     if module == "__main__":
         spec = getattr(sys.modules.get("__main__"), "__spec__", None)

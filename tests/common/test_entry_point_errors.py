@@ -116,7 +116,8 @@ def test_litepred_cli_missing_onnx_is_one_line(tmp_path: Path) -> None:
     lines = _lines(result.stderr)
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     # the missing ONNX file, or the missing predictor when that is checked first
-    assert lines[0].startswith("moonlit-litepred: error: ") and ("m.onnx" in lines[0] or "predictor" in lines[0])
+    assert lines[0].startswith("moonlit-litepred predict: error: "), lines[0]
+    assert "m.onnx" in lines[0] or "predictor" in lines[0]
     unknown = _run([sys.executable, "-m", "moonlit.litepred", "predict", "foo=1"], tmp_path)
     assert unknown.returncode == 2 and len(_lines(unknown.stderr)) == 1 and "foo" in unknown.stderr
 

@@ -75,6 +75,6 @@ def test_a_user_error_in_a_command_is_one_line_and_status_2(tmp_path: Path, caps
                   "hydra/hydra_logging=none"])
     assert exited.value.code == 2
     errors = capsys.readouterr().err.splitlines()
-    assert len(errors) == 1 and errors[0].startswith("moonlit.litepred.apps.adapt: error: the knowledge pool"), errors
+    assert len(errors) == 1 and errors[0].startswith("moonlit-litepred adapt: error: the knowledge pool"), errors
     assert "holds no platform other than the target 'debug-int8'" in errors[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["litepred"]  # nothing beside the output root
