@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -391,6 +392,9 @@ def fidelity(cfg: DictConfig) -> dict[str, Any]:
     from timm.data import create_transform, resolve_data_config
 
     data_dir, out_dir = Path(cfg.data.root), Path(cfg.output_dir)
+    unknown = [m for m in cfg.static_int8.calibrate_methods if m not in ("minmax", "percentile", "entropy")]
+    if unknown:
+        raise InputError(f"static_int8.calibrate_methods has {unknown}; expected minmax, percentile or entropy")
     if cfg.data.fmnist_eval < 1 or cfg.data.calibration < 1:
         raise InputError(f"data.fmnist_eval={cfg.data.fmnist_eval}, data.calibration={cfg.data.calibration}; "
                          "expected >= 1 each")
@@ -407,11 +411,24 @@ def fidelity(cfg: DictConfig) -> dict[str, Any]:
     to_input = lambda images: grey_to_model_input(images, resolution, mean, std)  # noqa: E731
     calibration = [to_input(train[i:i + cfg.batch_size]) for i in range(0, cfg.data.calibration, cfg.batch_size)]
     qat_images = train[cfg.data.calibration:]
-    batches = lambda: tqdm(evalset.batches(cfg.batch_size), total=math.ceil(len(evalset) / cfg.batch_size),  # noqa: E731
-                           desc="scoring", unit="batch", leave=False)
+    inputs = {"model": model, "evalset": evalset, "calibration": calibration, "qat_images": qat_images,
+              "to_input": to_input, "same_padding": same_padding}
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="fidelity-", dir=out_dir))
-    threads = cfg.threads
+    if cfg.keep_onnx:
+        (out_dir / "onnx").mkdir(exist_ok=True)
+        return _routes_and_report(cfg, work=out_dir / "onnx", **inputs)
+    with tempfile.TemporaryDirectory(prefix="moonlit-fidelity-") as work:
+        return _routes_and_report(cfg, work=Path(work), **inputs)
+
+
+def _routes_and_report(cfg: DictConfig, *, model: nn.Module, evalset: EvalSet, calibration: list[Tensor],
+                       qat_images: Tensor, to_input: Any, same_padding: int, work: Path) -> dict[str, Any]:
+    out_dir, resolution, mean, std = Path(cfg.output_dir), evalset.resolution, evalset.mean, evalset.std
+    photo_names, threads = evalset.photo_names, cfg.threads
+
+    def batches() -> Iterator[Tensor]:
+        return tqdm(evalset.batches(cfg.batch_size), total=math.ceil(len(evalset) / cfg.batch_size),
+                    desc="scoring", unit="batch", leave=False)
 
     reference = torch_logits(model, batches())
     routes: dict[str, np.ndarray] = {"torch FP32": reference}
@@ -449,10 +466,11 @@ def fidelity(cfg: DictConfig) -> dict[str, Any]:
                "kd_loss_last": losses[-5:], "export": export.to_dict(),
                "vs_fake_quant": score_routes(fake_quant, {"x": routes["LSQ+ INT8 (ORT)"]}, evalset.groups)["x"]}
 
-    first_static = f"ORT static INT8 ({cfg.static_int8.calibrate_methods[0]})"
-    layers = per_layer_error(fp32_path, onnx_paths[first_static],
-                             evalset.batches(cfg.per_layer.batch_size, cfg.per_layer.images), threads) \
-        if cfg.static_int8.calibrate_methods else []
+    layers = []
+    if cfg.static_int8.calibrate_methods:
+        first_static = onnx_paths[f"ORT static INT8 ({cfg.static_int8.calibrate_methods[0]})"]
+        layers = per_layer_error(fp32_path, first_static,
+                                 evalset.batches(cfg.per_layer.batch_size, cfg.per_layer.images), threads)
     example = calibration[0][:1]
     arms = {"torch FP32": Arm("torch", model, [example]),
             **{name: Arm("onnxruntime", path, [example]) for name, path in onnx_paths.items()}}
@@ -461,7 +479,8 @@ def fidelity(cfg: DictConfig) -> dict[str, Any]:
     comparison = time_arms(arms, threads=cfg.latency.threads, rounds=cfg.latency.rounds, warmup=cfg.latency.warmup,
                            baseline="ORT FP32")
     section = {
-        "model": cfg.model, "resolution": resolution, "static_same_padding_convs": same_padding,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": cfg.model, "resolution": resolution,
+        "static_same_padding_convs": same_padding,
         "mean": list(mean), "std": list(std),
         "images": {"photos": photo_names, "fmnist_test": len(evalset.fmnist), "calibration_fmnist_train":
                    cfg.data.calibration, "qat_fmnist_train": len(qat_images)},
@@ -473,10 +492,6 @@ def fidelity(cfg: DictConfig) -> dict[str, Any]:
     (out_dir / "section.json").write_text(json.dumps(section, indent=1, default=str) + "\n")
     (out_dir / "fidelity.md").write_text(render_table(section))
     plot(section, out_dir / "fidelity.png")
-    if not cfg.keep_onnx:
-        for path in work.iterdir():
-            path.unlink()
-        work.rmdir()
     log.info("fidelity of %s written to %s", cfg.model, out_dir)
     return section
 

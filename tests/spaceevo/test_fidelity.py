@@ -166,6 +166,7 @@ def test_render_table_lists_the_ten_worst_layers() -> None:
     assert [row.split("`")[1] for row in rows] == [f"conv{i}" for i in range(11, 1, -1)]
 
 
+@pytest.mark.slow  # about a minute on 2 cores: beyond the default tier's budget for this module
 @pytest.mark.real_data
 def test_fidelity_smoke_on_real_data(real_artefact, tmp_path: Path) -> None:
     import json
