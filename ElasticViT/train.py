@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.imagenet import build_loader
-from moonlit.common.data.images import ImageDatasets, image_data_from_config
+from moonlit.common.data.images import ImageDatasets, check_image_data, image_data_from_config
 from moonlit.common.data.loaders import set_epoch
 from moonlit.common.errors import InputError
 from moonlit.common.train.checkpoint import move_aside, save_checkpoint
@@ -215,7 +215,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         num_classes = int(cfg.supernet.num_classes)
         teacher_specs = OmegaConf.to_container(cfg.teachers.models, resolve=True)
         check_teachers(teacher_specs)
-        image_data_from_config(cfg.data).check()
+        check_image_data(cfg.data, num_classes, "supernet.num_classes")
         check_tables(cfg.tables, space, num_classes)
         if cfg.resume:
             check_resumable(checkpoint_dir, cfg.ema.enabled)

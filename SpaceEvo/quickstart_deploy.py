@@ -72,7 +72,7 @@ def train_space_supernet(cfg: DictConfig, space: SpaceEncoding, images: Path, ou
     sc = cfg.supernet
     overrides = [
         "experiment=smoke", f"space={space}", f"output_dir={out}", "resume=false", f"data.root={images}",
-        "data.generate=null", f"data.img_size={max(_resolutions(space))}",
+        "data=imagenet", f"data.img_size={max(_resolutions(space))}",
         f"data.holdout_per_class={cfg.data.holdout_per_class}", f"supernet.num_classes={cfg.data.num_classes}",
         _list_override("supernet.resolutions", _resolutions(space)), f"trainer.seed={cfg.seed}",
         f"optim.lr={sc.lr}", f"fp32.epochs={sc.fp32_epochs}", f"fp32.warmup_epochs={min(1, sc.fp32_epochs)}",
@@ -102,7 +102,7 @@ def macs_band(space: SpaceEncoding, num_classes: int, fractions: Sequence[float]
 
 
 def _search_data_overrides(cfg: DictConfig, space: SpaceEncoding, images: Path) -> list[str]:
-    return [f"data.root={images}", "data.generate=null", f"data.img_size={max(_resolutions(space))}",
+    return [f"data.root={images}", "data=imagenet", f"data.img_size={max(_resolutions(space))}",
             f"data.holdout_per_class={cfg.data.holdout_per_class}", f"data.batch_size={cfg.subnet_search.batch_size}",
             "data.num_workers=0", f"data.seed={cfg.seed}", "data.cache=true"]
 

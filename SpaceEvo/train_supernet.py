@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.imagenet import build_loader
-from moonlit.common.data.images import ImageDatasets, image_data_from_config
+from moonlit.common.data.images import ImageDatasets, check_image_data, image_data_from_config
 from moonlit.common.data.loaders import set_epoch
 from moonlit.common.train.checkpoint import move_aside, save_checkpoint
 from moonlit.common.train.classifier import sync_buffers
@@ -235,7 +235,7 @@ def train_supernet(cfg: DictConfig) -> dict[str, Any]:
         sc = cfg.supernet
         supernet = Supernet.from_encoding(cfg.space, num_classes=sc.num_classes, dropout=cfg.sandwich.dropout,
                                           resolutions=None if sc.resolutions is None else list(sc.resolutions))
-        image_data_from_config(cfg.data).check()
+        check_image_data(cfg.data, sc.num_classes, "supernet.num_classes")
         if cfg.resume:
             for phase in PHASES:
                 check_resumable(out_dir / "checkpoints" / phase, cfg.ema.enabled)

@@ -10,9 +10,10 @@ Each option of the group names a builder class with ``_target_``:
 
 A builder's :meth:`~ImageFolderData.datasets` returns :class:`ImageDatasets` (``train``, ``val`` and, with
 ``holdout_per_class`` = N > 0, ``holdout``: N train images per class moved out of train, chosen by ``seed``,
-seen with the evaluation transform) plus the class count; ``train_subset`` = M keeps M seeded-random images
-per class of what is left in train, for quick runs. :func:`image_data_from_config` instantiates the
-builder of a ``data`` config node (``hydra.utils.instantiate``); :func:`build_image_data` also builds.
+seen with the evaluation transform) plus the class count. For quick runs ``train_subset`` = M keeps M
+seeded-random images per class of what is left in train, ``val_subset`` = K keeps K per class of val.
+:func:`image_data_from_config` instantiates the builder of a ``data`` config node
+(``hydra.utils.instantiate``); :func:`build_image_data` also builds.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from .imagenet import (
 )
 
 __all__ = ["FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "LoaderSettings", "FashionMNISTData", "GeneratedData",
-           "ImageDatasets", "ImageFolderData", "build_image_data", "image_data_from_config"]
+           "ImageDatasets", "ImageFolderData", "build_image_data", "check_image_data", "image_data_from_config"]
 
 # Per-channel statistics of the 60,000 Fashion-MNIST training images (pixel / 255), the same for R, G, B.
 FASHION_MNIST_MEAN = (0.2860,) * 3
@@ -67,31 +68,37 @@ class ImageDatasets(Mapping[str, Dataset]):
         return len(self.splits)
 
 
-def subset_per_class(targets: Any, indices: list[int], per_class: int, seed: int) -> list[int]:
+def subset_per_class(targets: Any, indices: list[int], per_class: int, seed: int, split: str = "train") -> list[int]:
     """``per_class`` of ``indices`` of each class (their labels in ``targets``), seeded-random; sorted."""
     labels = np.asarray(targets)[indices]
-    rng = np.random.default_rng([seed, 1])  # not the holdout's stream: the subset does not move the holdout
+    # streams apart from the holdout's: a subset does not move the holdout
+    rng = np.random.default_rng([seed, 1 if split == "train" else 2])
     chosen: list[int] = []
     for label in np.unique(labels):
         members = np.asarray(indices)[labels == label]
         if len(members) < per_class:
-            raise InputError(f"data.train_subset = {per_class} images per class, but class {label} has only "
-                             f"{len(members)} training images; expected at most {len(members)}")
+            raise InputError(f"data.{split}_subset = {per_class} images per class, but class {label} has only "
+                             f"{len(members)} {split} images; expected at most {len(members)}")
         chosen.extend(rng.permutation(members)[:per_class].tolist())
     return sorted(chosen)
 
 
-def _train_subset(datasets: dict[str, Dataset], targets: Any, per_class: int | None, seed: int) -> dict[str, Dataset]:
-    if per_class is None:
-        return datasets
-    if per_class < 1:
-        raise InputError(f"data.train_subset = {per_class}; expected null or images per class >= 1")
-    train = datasets["train"]
-    if isinstance(train, Subset):
-        base, indices = train.dataset, list(train.indices)
-    else:
-        base, indices = train, list(range(len(train)))
-    return {**datasets, "train": Subset(base, subset_per_class(targets, indices, per_class, seed))}
+def _subsets(datasets: dict[str, Dataset], train_targets: Any, val_targets: Any, train_per_class: int | None,
+             val_per_class: int | None, seed: int) -> dict[str, Dataset]:
+    """``datasets`` with train and val cut to ``train_subset`` / ``val_subset`` images per class (null: all)."""
+    datasets = dict(datasets)
+    for split, targets, per_class in (("train", train_targets, train_per_class), ("val", val_targets, val_per_class)):
+        if per_class is None:
+            continue
+        if per_class < 1:
+            raise InputError(f"data.{split}_subset = {per_class}; expected null or images per class >= 1")
+        dataset = datasets[split]
+        if isinstance(dataset, Subset):
+            base, indices = dataset.dataset, list(dataset.indices)
+        else:
+            base, indices = dataset, list(range(len(dataset)))
+        datasets[split] = Subset(base, subset_per_class(targets, indices, per_class, seed, split))
+    return datasets
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,6 +128,7 @@ class ImageFolderData(LoaderSettings):
     holdout_per_class: int = 0
     seed: int = 0
     train_subset: int | None = None
+    val_subset: int | None = None
     train_aug: Mapping[str, Any] | None = None
 
     def check(self) -> None:
@@ -130,13 +138,18 @@ class ImageFolderData(LoaderSettings):
     def prepare(self) -> None:
         """Write what :meth:`datasets` needs (nothing for a folder); DDP apps call it on rank 0 only."""
 
+    def class_count(self) -> int:
+        """The number of classes, without reading images (the class folders of ``root/train``)."""
+        return sum(1 for entry in (Path(self.root) / "train").iterdir() if entry.is_dir())
+
     def datasets(self) -> ImageDatasets:
         """The train / val (/ holdout) splits with their transforms."""
         self.prepare()
         splits = build_imagenet_datasets(self.root, img_size=self.img_size, interpolation=self.interpolation,
                                          crop_pct=self.crop_pct, holdout_per_class=self.holdout_per_class,
                                          holdout_seed=self.seed, train_aug=dict(self.train_aug or {}))
-        splits = _train_subset(splits, _folder_targets(splits["train"]), self.train_subset, self.seed)
+        splits = _subsets(splits, _folder_targets(splits["train"]), splits["val"].targets, self.train_subset,
+                          self.val_subset, self.seed)
         return ImageDatasets(splits, len(splits["val"].classes))
 
 
@@ -165,6 +178,9 @@ class GeneratedData(ImageFolderData):
         self.check()
         generate_image_root(self.root, self.generate)
 
+    def class_count(self) -> int:
+        return super().class_count() if (Path(self.root) / "train").is_dir() else int(self.generate["num_classes"])
+
 
 @dataclass(frozen=True, kw_only=True)
 class FashionMNISTData(LoaderSettings):
@@ -183,6 +199,7 @@ class FashionMNISTData(LoaderSettings):
     holdout_per_class: int = 0
     seed: int = 0
     train_subset: int | None = None
+    val_subset: int | None = None
     train_aug: Mapping[str, Any] | None = None
     normalization: str = "fashion_mnist"
 
@@ -202,6 +219,9 @@ class FashionMNISTData(LoaderSettings):
 
     def prepare(self) -> None:
         """Nothing to write: the files come from ``scripts/get_data.sh``."""
+
+    def class_count(self) -> int:
+        return 10
 
     def datasets(self) -> ImageDatasets:
         from torchvision.datasets import FashionMNIST
@@ -228,7 +248,8 @@ class FashionMNISTData(LoaderSettings):
             holdout = copy.copy(train)  # shares the image tensor; only the transform differs
             holdout.transform = eval_transform
             splits = {"train": Subset(train, kept), "val": val, "holdout": Subset(holdout, held)}
-        return ImageDatasets(_train_subset(splits, targets, self.train_subset, self.seed), len(FashionMNIST.classes))
+        splits = _subsets(splits, targets, val.targets.tolist(), self.train_subset, self.val_subset, self.seed)
+        return ImageDatasets(splits, len(FashionMNIST.classes))
 
 
 def to_rgb(image: Any) -> Any:
@@ -261,12 +282,26 @@ def image_data_from_config(node: Mapping[str, Any], **overrides: Any) -> ImageFo
     unknown = sorted(set(values) - fields)
     if unknown:
         raise InputError(f"data.{unknown[0]} is not a setting of {target}; expected one of {sorted(fields)}")
-    for key in ("img_size", "holdout_per_class", "seed"):
-        if key in values and not (isinstance(values[key], int) and not isinstance(values[key], bool)):
-            raise InputError(f"data.{key} = {values[key]!r}; expected an integer")
+    for key, nullable in (("img_size", False), ("holdout_per_class", False), ("seed", False), ("train_subset", True),
+                          ("val_subset", True)):
+        if key not in values or (nullable and values[key] is None):
+            continue
+        if isinstance(values[key], bool) or not isinstance(values[key], int):
+            raise InputError(f"data.{key} = {values[key]!r}; expected an integer" + (" or null" if nullable else ""))
     import hydra.utils
 
     return hydra.utils.instantiate({"_target_": target, "_convert_": "all", **values})
+
+
+def check_image_data(node: Mapping[str, Any], num_classes: int, field: str) -> ImageFolderData | FashionMNISTData:
+    """The node's builder after checking, without writing anything, that the data can be read and that
+    its classes fit a classifier of ``num_classes`` outputs (the config ``field`` that sets it)."""
+    data = image_data_from_config(node)
+    data.check()
+    if data.class_count() > num_classes:
+        raise InputError(f"the data (data.root = {data.root}) has {data.class_count()} classes but {field} = "
+                         f"{num_classes}; expected {field}={data.class_count()}")
+    return data
 
 
 def build_image_data(node: Mapping[str, Any], **overrides: Any) -> ImageDatasets:

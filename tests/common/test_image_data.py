@@ -20,6 +20,7 @@ from moonlit.common.data.images import (
     GeneratedData,
     ImageFolderData,
     build_image_data,
+    check_image_data,
     image_data_from_config,
 )
 from moonlit.common.errors import InputError
@@ -98,6 +99,8 @@ def test_train_subset_keeps_n_per_class_of_the_non_held_out_images(fake_fmnist: 
     assert not set(train) & set(_indices(data["holdout"]))
     again = FashionMNISTData(root=str(fake_fmnist), img_size=16, holdout_per_class=1, train_subset=3, seed=1)
     assert _indices(again.datasets()["train"]) == train
+    val = FashionMNISTData(root=str(fake_fmnist), img_size=16, val_subset=1).datasets()["val"]
+    assert len(val) == 10 and sorted(i % 10 for i in val.indices) == list(range(10))
     with pytest.raises(InputError, match="train_subset = 5 .*only 4"):
         FashionMNISTData(root=str(fake_fmnist), holdout_per_class=1, train_subset=5).datasets()
 
@@ -151,6 +154,8 @@ def test_bad_input_is_one_line_input_error(tmp_path: Path, fake_fmnist: Path) ->
         image_data_from_config({"_target_": target + "ImageFolderData", "root": "x", "img_sise": 3})
     with pytest.raises(InputError, match="data.img_size = '64'; expected an integer"):
         image_data_from_config({"_target_": target + "ImageFolderData", "root": "x", "img_size": "64"})
+    with pytest.raises(InputError, match="data.train_subset = 'all'; expected an integer or null"):
+        image_data_from_config({"_target_": target + "FashionMNISTData", "root": "x", "train_subset": "all"})
     with pytest.raises(InputError, match="normalization = 'cifar'"):
         FashionMNISTData(root=str(fake_fmnist), normalization="cifar").check()
     broken = tmp_path / "broken"
@@ -159,6 +164,21 @@ def test_bad_input_is_one_line_input_error(tmp_path: Path, fake_fmnist: Path) ->
     with pytest.raises(InputError, match="cannot be read.*bash scripts/get_data.sh") as info:
         build_image_data({"_target_": target + "FashionMNISTData", "root": str(broken)})
     assert "\n" not in str(info.value)
+
+
+def test_check_image_data_compares_the_class_count_with_the_classifier(synthetic_image_root: Path,
+                                                                       fake_fmnist: Path, tmp_path: Path) -> None:
+    target = "moonlit.common.data.images."
+    folder = {"_target_": target + "ImageFolderData", "root": str(synthetic_image_root)}
+    assert check_image_data(folder, 4, "supernet.num_classes").class_count() == 4  # the fixture's 4 class folders
+    fmnist = {"_target_": target + "FashionMNISTData", "root": str(fake_fmnist)}
+    with pytest.raises(InputError, match="10 classes but supernet.num_classes = 4; expected supernet.num_classes=10"):
+        check_image_data(fmnist, 4, "supernet.num_classes")
+    generated = {"_target_": target + "GeneratedData", "root": str(tmp_path / "new"),
+                 "generate": {"num_classes": 6, "train_per_class": 1, "val_per_class": 1, "image_size": 8, "seed": 0}}
+    with pytest.raises(InputError, match="has 6 classes"):
+        check_image_data(generated, 5, "supernet.num_classes")
+    assert not (tmp_path / "new").exists()  # checked, nothing written
 
 
 @pytest.mark.real_data

@@ -82,7 +82,8 @@ def _check_deploy_steps(results: dict, out: Path, images_root: Path, space: Spac
     deploy = results["deploy"]
     assert deploy["subnet"] == best.encode()
     # rebuild the fake-quant model the way the search scored it (QAT weights, quantizers, BN), offsets snapped
-    data = OmegaConf.create({"root": str(images_root), "generate": None, "img_size": max(resolutions),
+    data = OmegaConf.create({"_target_": "moonlit.common.data.images.ImageFolderData", "root": str(images_root),
+                             "img_size": max(resolutions),
                              "holdout_per_class": cfg.data.holdout_per_class,
                              "batch_size": cfg.subnet_search.batch_size, "num_workers": 0, "seed": cfg.seed,
                              "cache": True})
