@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from moonlit.common.config import hydra_app, to_container
-from moonlit.common.data.images import ImageDatasets, build_image_data
+from moonlit.common.data.images import ImageDatasets, image_data_from_config
 from moonlit.common.data.loaders import SeededItems
 from moonlit.common.train import checkpoint as ckpt
 from moonlit.common.train import dist as mdist
@@ -387,9 +387,14 @@ def evaluate_nsr(student: nn.Module, pairs: Sequence[tuple[Tensor, Tensor]], var
 
 # --- the app -----------------------------------------------------------------------------------------
 
-def build_datasets(cfg: DictConfig) -> ImageDatasets:
-    """The ``data`` group's train / holdout splits (configs/data/) at the largest KD resolution."""
-    return build_image_data(cfg.data, img_size=max(cfg.resolutions))
+def build_datasets(cfg: DictConfig, is_main: bool = True) -> ImageDatasets:
+    """The ``data`` group's train / holdout splits (configs/data/) at the largest KD resolution; the main
+    rank writes generated images (``data=generated``) while the others wait."""
+    data = image_data_from_config(cfg.data, img_size=max(cfg.resolutions))
+    if is_main:
+        data.prepare()
+    mdist.barrier()
+    return data.datasets()
 
 
 def _batches(dataset: Dataset, batch_size: int, count: int, labels: bool = False) -> list[Any]:
@@ -433,7 +438,7 @@ def run_block_kd(cfg: DictConfig) -> dict[str, Any]:
     ctx = mdist.init_distributed(cfg.device)
     out_dir = Path(cfg.output_dir)
     spec = load_hyperspace(cfg.hyperspace)
-    datasets = build_datasets(cfg)
+    datasets = build_datasets(cfg, ctx.is_main)
     teacher = prepare_teacher(cfg, datasets, out_dir, ctx)
     steps_per_epoch = len(datasets["train"]) // (cfg.batch_size * ctx.world_size)
     stages = list(cfg.stages or range(1, len(spec.searchable_stages) + 1))
