@@ -181,3 +181,26 @@ def kill_resume():
     sys.modules.setdefault(spec.name, module)
     spec.loader.exec_module(module)
     return module
+
+
+# --- a tiny Fashion-MNIST (IDX files) ----------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def fake_fashion_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root torchvision's ``FashionMNIST`` reads (``root/FashionMNIST/raw/{train,t10k}-*-ubyte``) with 5 train
+    and 2 test images per class. Image ``i`` has label ``i % 10`` and is one constant grey
+    level, ``20 * label + 3 * (i // 10) + 10``. IDX: bytes 0, 0, 0x08 (uint8), ndim; big-endian int32 dims; data."""
+    import struct
+
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("fashion_mnist")
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, per_class in (("train", 5), ("t10k", 2)):
+        labels = np.arange(10 * per_class) % 10
+        images = np.stack([np.full((28, 28), 20 * label + 3 * (i // 10) + 10) for i, label in enumerate(labels)])
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
+            (raw / f"{prefix}-{kind}-ubyte").write_bytes(header + array.astype(np.uint8).tobytes())
+    return root

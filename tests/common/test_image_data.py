@@ -3,7 +3,7 @@ and train subset, and one-line errors for bad input."""
 
 from __future__ import annotations
 
-import struct
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,30 +28,14 @@ from moonlit.common.errors import InputError
 NO_AUG = {"scale": (1.0, 1.0), "ratio": (1.0, 1.0), "hflip": 0.0, "color_jitter": None}
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """An IDX file as LeCun's MNIST format defines it: 0, 0, type 0x08 (uint8), ndim; big-endian int32 dims; data."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
 def pixel_value(label: int, index: int) -> int:
-    return 20 * label + 3 * index + 10  # every image is one constant grey level
+    """The grey level of the ``index``-th image of class ``label`` in the ``fake_fashion_mnist`` fixture."""
+    return 20 * label + 3 * index + 10
 
 
-def write_fake_fashion_mnist(root: Path, train_per_class: int = 5, test_per_class: int = 2) -> Path:
-    raw = root / "FashionMNIST" / "raw"
-    for prefix, per_class in (("train", train_per_class), ("t10k", test_per_class)):
-        labels = np.array([label for _ in range(per_class) for label in range(10)])  # classes interleaved
-        images = np.stack([np.full((28, 28), pixel_value(int(label), i // 10)) for i, label in enumerate(labels)])
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
-    return root
-
-
-@pytest.fixture(scope="module")
-def fake_fmnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_fake_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
+@pytest.fixture
+def fake_fmnist(fake_fashion_mnist: Path) -> Path:
+    return fake_fashion_mnist
 
 
 def _indices(subset) -> list[int]:
@@ -159,7 +143,7 @@ def test_bad_input_is_one_line_input_error(tmp_path: Path, fake_fmnist: Path) ->
     with pytest.raises(InputError, match="normalization = 'cifar'"):
         FashionMNISTData(root=str(fake_fmnist), normalization="cifar").check()
     broken = tmp_path / "broken"
-    write_fake_fashion_mnist(broken)
+    shutil.copytree(fake_fmnist, broken)
     (broken / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x07garbage")
     with pytest.raises(InputError, match="cannot be read.*bash scripts/get_data.sh") as info:
         build_image_data({"_target_": target + "FashionMNISTData", "root": str(broken)})

@@ -64,8 +64,9 @@ def _overrides(output_root: Path, tables: Path, *extra: str, train_per_class: in
 
 
 def _without_generate(overrides: list[str]) -> list[str]:
-    """With data=imagenet chosen, the generated-images settings are not keys of the data node."""
-    return [o for o in overrides if not o.startswith("data.generate")] if "data=imagenet" in overrides else overrides
+    """With another data option chosen, the generated-images settings are not keys of the data node."""
+    other = any(o.startswith("data=") for o in overrides)
+    return [o for o in overrides if not o.startswith("data.generate")] if other else overrides
 
 
 def _state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -221,6 +222,19 @@ def test_representatives_and_sampler_statistics(smoke_tables: Path) -> None:
     assert stats["walk"] == [1.0, 1.4, 1.0] and stats["max_level_change"] == 1
     assert stats["mean_mmacs_gap"] == pytest.approx((0.4 + 0.3) / 2)
     assert stats["bank_draw_fraction"] == pytest.approx(4 / 9)
+
+
+def test_smoke_run_on_fashion_mnist(tmp_path: Path, fake_fashion_mnist: Path) -> None:
+    """data=fashion_mnist (the fixture's IDX files: 10 classes, 5 train and 2 test images each) trains and scores."""
+    cfg = compose_config("elasticvit", "train", _without_generate(_overrides(
+        tmp_path, tmp_path / "tables10.npz", "data=fashion_mnist", f"data.root={fake_fashion_mnist}",
+        "supernet.num_classes=10", "data.train_subset=4", "epochs=1", "max_steps_per_epoch=1", "eval.every_epochs=1",
+        "eval.bn_calibration_batches=1", "teachers.models=[]", "mixup.enabled=false")))
+    summary = train(cfg)
+    assert summary["steps"] == 1 and summary["complete"]
+    assert summary["supernet"].head.classifier.weight.shape[0] == 10
+    for level, top1 in summary["eval"].items():  # the 20 test images: top-1 is a multiple of 1/20
+        assert round(top1 * 20, 6) == round(top1 * 20) and 0.0 <= top1 <= 1.0, level
 
 
 def test_smoke_run_decreases_the_loss(tmp_path: Path, smoke_tables: Path) -> None:
