@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision.datasets import ImageFolder
 
 from moonlit.common.errors import InputError
 
 from .loaders import EpochLoader, resolve_rank_world, set_epoch  # noqa: F401  (set_epoch re-exported)
-from torchvision.datasets import ImageFolder
 
 
 def build_transform(
@@ -124,14 +124,14 @@ def holdout_indices(targets: list[int] | np.ndarray, per_class: int, seed: int =
     """
     targets = np.asarray(targets)
     if per_class < 0:
-        raise ValueError(f"holdout per_class must be >= 0, got {per_class}")
+        raise InputError(f"data.holdout_per_class = {per_class}; expected >= 0 images per class")
     rng = np.random.default_rng(seed)
     held: list[int] = []
     for label in np.unique(targets):
         members = np.flatnonzero(targets == label)
         if len(members) <= per_class:
-            raise ValueError(f"class {label} has {len(members)} training images, not more than the "
-                             f"{per_class} to hold out; at least one must stay in train")
+            raise InputError(f"class {label} has {len(members)} training images, not more than the "
+                             f"{per_class} to hold out (data.holdout_per_class); at least one must stay in train")
         held.extend(rng.choice(members, size=per_class, replace=False).tolist())
     held_set = set(held)
     return [i for i in range(len(targets)) if i not in held_set], sorted(held)

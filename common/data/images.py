@@ -243,7 +243,7 @@ class FashionMNISTData(LoaderSettings):
         val.transform = eval_transform
         targets = train.targets.tolist()
         splits: dict[str, Dataset] = {"train": train, "val": val}
-        if self.holdout_per_class > 0:
+        if self.holdout_per_class != 0:  # holdout_indices refuses a negative count
             kept, held = holdout_indices(targets, self.holdout_per_class, self.seed)
             holdout = copy.copy(train)  # shares the image tensor; only the transform differs
             holdout.transform = eval_transform

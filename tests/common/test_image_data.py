@@ -140,6 +140,10 @@ def test_bad_input_is_one_line_input_error(tmp_path: Path, fake_fmnist: Path) ->
         image_data_from_config({"_target_": target + "ImageFolderData", "root": "x", "img_size": "64"})
     with pytest.raises(InputError, match="data.train_subset = 'all'; expected an integer or null"):
         image_data_from_config({"_target_": target + "FashionMNISTData", "root": "x", "train_subset": "all"})
+    with pytest.raises(InputError, match="data.holdout_per_class = -1; expected >= 0"):
+        FashionMNISTData(root=str(fake_fmnist), holdout_per_class=-1).datasets()
+    with pytest.raises(InputError, match="not more than the 5 to hold out"):
+        FashionMNISTData(root=str(fake_fmnist), holdout_per_class=5).datasets()
     with pytest.raises(InputError, match="normalization = 'cifar'"):
         FashionMNISTData(root=str(fake_fmnist), normalization="cifar").check()
     broken = tmp_path / "broken"
