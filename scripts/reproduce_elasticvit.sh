@@ -73,7 +73,7 @@ if [ "$smoke" = 1 ]; then
     train=(experiment=smoke "sampling=$sampling")
     search=(fitness=proxy evolution.population=16 evolution.parents=8 evolution.mutations=4 evolution.crossovers=4
             evolution.iterations=2)
-    evaluate=(data.batch_size=16)
+    evaluate=(data=generated data.batch_size=16)
     models="elasticvit_t1"
     benchmark=('models=[elasticvit_t1]' 'baselines=[mobilenetv3_large_100]' timing.rounds=5 timing.warmup=1)
 else

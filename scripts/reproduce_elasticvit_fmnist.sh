@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# ElasticViT's sampler ablation on Fashion-MNIST (moonlit.elasticvit.ablation, configs/elasticvit/ablation.yaml):
+# the reduced hybrid supernet trained with (a) uniform, (b) complexity-aware and (c) complexity- + performance-aware
+# sampling, same seed and steps; per-level top-1 of each level's smallest / middle / largest subnet, the gradient
+# conflict of consecutive steps, and ranking fidelity (Kendall tau) of (c) against subnets trained alone.
+#
+#   bash scripts/reproduce_elasticvit_fmnist.sh                 # the full run (scale=fmnist)
+#   bash scripts/reproduce_elasticvit_fmnist.sh --smoke         # the same on 200 training images, a few minutes
+#   bash scripts/reproduce_elasticvit_fmnist.sh --out /scratch/outputs
+#   EXTRA="ranking.count=12 seed=1" bash scripts/reproduce_elasticvit_fmnist.sh
+#
+# Needs Fashion-MNIST from bash scripts/get_data.sh (in $MOONLIT_DATA, else data/). Writes
+# <out>/elasticvit/ablation/<scale>/{section.json,ablation.md,ablation.png,ranking.png}; a rerun resumes.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+data_root="${MOONLIT_DATA:-$root/data}"
+scale="fmnist"; out="outputs"
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+        --smoke) scale="fmnist_smoke" ;;
+        --out) out="${2:?--out needs a folder}"; shift ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        *) echo "reproduce_elasticvit_fmnist: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [ ! -d "$data_root/fashion_mnist/FashionMNIST/raw" ]; then
+    echo "reproduce_elasticvit_fmnist: Fashion-MNIST not found in $data_root/fashion_mnist: run bash scripts/get_data.sh (or set MOONLIT_DATA)" >&2
+    exit 2
+fi
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 WANDB_MODE="${WANDB_MODE:-offline}" MPLBACKEND=Agg
+extra=(${EXTRA:-})
+start=$(date +%s)
+"$root/.venv/bin/python" -m moonlit.elasticvit.ablation "scale=$scale" "paths.output_root=$out" "${extra[@]}"
+echo "== reproduce_elasticvit_fmnist ($scale) done in $(( $(date +%s) - start )) s: $out/elasticvit/ablation/$scale =="
