@@ -351,6 +351,10 @@ def render_table(section: dict[str, Any]) -> str:
         vs = section["lsq_export_vs_fake_quant"]
         lines += ["", f"LSQ+ INT8 export vs its fake-quant model: agreement {vs['agreement/all']:.2%} "
                       f"(photos {vs['agreement/photos']:.2%}), mean KL {vs['kl/all']:.4f}"]
+    exact = (section.get("lsq") or {}).get("float_outputs_vs_fake_quant")
+    if exact:
+        lines += [f"With float conv outputs where the trained model keeps them (quantize_float_outputs=False): "
+                  f"agreement {exact['agreement/all']:.2%}, mean KL {exact['kl/all']:.6f}"]
     layers = sorted(section.get("per_layer", []), key=lambda row: -row["relative_l2"])[:10]
     if layers:
         lines += ["", "| conv output (static INT8, min-max) | position | relative L2 |", "|---|---:|---:|"]
@@ -465,6 +469,13 @@ def _routes_and_report(cfg: DictConfig, *, model: nn.Module, evalset: EvalSet, c
         lsq = {"replaced_modules": replaced, "qat_steps": len(losses), "kd_loss_first": losses[:5],
                "kd_loss_last": losses[-5:], "export": export.to_dict(),
                "vs_fake_quant": score_routes(fake_quant, {"x": routes["LSQ+ INT8 (ORT)"]}, evalset.groups)["x"]}
+        if cfg.qat.float_outputs_arm:  # the conv outputs the trained model keeps in float stay float: exact
+            name = "LSQ+ INT8 (ORT, float outputs)"
+            path = export_lsq_qdq(student, work / "lsq_float_outputs.onnx", calibration,
+                                  quantize_float_outputs=False).path
+            onnx_paths[name], quantization[name] = path, quantization_summary(path).to_dict()
+            routes[name] = ort_logits(path, batches(), threads)
+            lsq["float_outputs_vs_fake_quant"] = score_routes(fake_quant, {"x": routes[name]}, evalset.groups)["x"]
 
     layers = []
     if cfg.static_int8.calibrate_methods:

@@ -181,7 +181,8 @@ def test_fidelity_smoke_on_real_data(real_artefact, tmp_path: Path) -> None:
     assert len(section["images"]["photos"]) == 10 and section["images"]["fmnist_test"] == 16
     routes = section["routes"]
     assert routes["ORT FP32"]["agreement/all"] == 1.0 and routes["ORT FP32"]["kl/all"] < 1e-4
-    assert {"ORT static INT8 (minmax)", "ORT dynamic INT8", "torch BF16 autocast", "LSQ+ INT8 (ORT)"} <= set(routes)
+    assert {"ORT static INT8 (minmax)", "ORT dynamic INT8", "torch BF16 autocast", "LSQ+ INT8 (ORT)",
+            "LSQ+ INT8 (ORT, float outputs)"} <= set(routes)
     assert 0.0 <= section["lsq_export_vs_fake_quant"]["agreement/all"] <= 1.0
     assert len(section["per_layer"]) > 30  # Lite0's convs
     assert json.loads((tmp_path / "section.json").read_text())["model"] == "tf_efficientnet_lite0"
