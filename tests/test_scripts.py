@@ -5,6 +5,7 @@ Seconds: only ``bash -n``, ``--help`` and argument checks run (they exit before 
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -104,10 +105,16 @@ def test_quickstart_help_names_the_budget_options() -> None:
 @pytest.mark.parametrize("script, mention", [("reproduce_litepred.sh", "--smoke"),
                                              ("reproduce_litepred_transfer.sh", "--smoke"),
                                              ("reproduce_top_glue.sh", "--glue-dir"),
-                                             ("reproduce_top_real.sh", "--smoke")])
+                                             ("reproduce_top_real.sh", "--smoke"),
+                                             ("reproduce_spaceevo_fmnist.sh", "--smoke")])
 def test_every_reproduce_script_has_help_and_refuses_unknown_options(script: str, mention: str) -> None:
     assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)]).returncode == 0
     shown = _run(script, "--help")
     assert shown.returncode == 0 and mention in shown.stdout and "setup:" not in shown.stdout
     refused = _run(script, "--no-such-option")
     assert refused.returncode == 2 and "--no-such-option" in refused.stderr and "setup:" not in refused.stdout
+
+
+def test_spaceevo_fmnist_without_the_data_says_get_data(tmp_path: Path) -> None:
+    result = _run("reproduce_spaceevo_fmnist.sh", "--smoke", env={**os.environ, "MOONLIT_DATA": str(tmp_path)})
+    assert result.returncode == 2 and "bash scripts/get_data.sh" in result.stderr and "setup:" not in result.stdout
