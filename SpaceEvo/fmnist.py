@@ -415,10 +415,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) the four stages; write section.json, fmnist.md and the PNGs under ``output_dir``."""
     fixed_space = check_config(cfg)
     out = Path(cfg.output_dir)
+    _supernet_config(cfg, fixed_space or SpaceEncoding.decode(f"{cfg.hyperspace}-000000-000000"), out)  # checked now
     started = time.perf_counter()
     searched = _stage(out / "space_search" / "result.json", lambda: search_spaces(cfg, out / "space_search"))
     space = fixed_space or SpaceEncoding.decode(searched["ranked"][0]["space"])
-    train_cfg = compose_config("spaceevo", "train_supernet", supernet_overrides(cfg, space, out / "supernet"))
+    train_cfg = _supernet_config(cfg, space, out)
     supernet = _stage(out / "supernet" / "result.json", lambda: train_space_supernet(train_cfg))
     ranking = _stage(out / "ranking" / "result.json",
                      lambda: rank_subnets(cfg, train_cfg, supernet["checkpoints"]["fp32"], out / "ranking"))
@@ -439,6 +440,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     (out / "fmnist.md").write_text(render_report(section, results) + "\n")
     return results
+
+
+def _supernet_config(cfg: DictConfig, space: SpaceEncoding, out: Path) -> DictConfig:
+    """train_supernet's config for the supernet stage; an override it rejects is an InputError."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return compose_config("spaceevo", "train_supernet", supernet_overrides(cfg, space, out / "supernet"))
+    except (HydraException, OmegaConfBaseException) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"supernet.train_overrides = {list(cfg.supernet.train_overrides)}: train_supernet's config "
+                         f"rejects them ({first}); expected overrides of configs/spaceevo/train_supernet.yaml") from exc
 
 
 def _train_images(train_cfg: DictConfig) -> int:

@@ -73,6 +73,7 @@ def test_supernet_overrides_compose_the_fashion_mnist_experiment(tmp_path: Path,
     ("supernet.space=onnxw-151122-023231", "supernet.space"),
     ("teacher.pretrained=/no/such/lite0.safetensors", "teacher.pretrained"),
     ("hyperspace=nope", "hyperspace"),
+    ("supernet.train_overrides=['no_such_key=1']", "supernet.train_overrides"),
 ])
 def test_bad_input_is_one_line_before_anything_is_written(tmp_path: Path, fake_fashion_mnist: Path, override: str,
                                                           names: str) -> None:
