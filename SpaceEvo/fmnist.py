@@ -14,10 +14,11 @@ two checks a user of a one-shot supernet cares about:
    the FP32-phase supernet weights (BN re-estimated, RNG seeded first) against its top-1 when trained alone
    from scratch on the FP32 phase's schedule (:func:`moonlit.common.train.classifier.train_classifier`);
    Kendall's tau (:mod:`moonlit.common.nas.ranking`);
-4. ``deploy``: evolutionary subnet search on the QAT supernet (fitness: INT8 fake-quant top-1 on the
-   held-out train images after BN recalibration; constraint: an MMACs band, or LitePred latency through
-   ``subnet_search.search_overrides``), the best subnet exported to INT8 QDQ ONNX with its learned LSQ+ grids
-   (:func:`moonlit.spaceevo.deploy.export_lsq_qdq`), and its test top-1 as ONNX INT8, fake-quant torch and FP32.
+4. ``subnet_search`` and ``deploy`` (:mod:`moonlit.spaceevo.fmnist_deploy`): evolutionary subnet search on the
+   QAT supernet (fitness: INT8 fake-quant top-1 on the held-out train images after BN recalibration) under a
+   latency band priced by the LUTs' constant table (or MMACs, or LitePred latency), the best subnet exported to
+   INT8 QDQ ONNX with its learned LSQ+ grids (:func:`moonlit.spaceevo.deploy.export_lsq_qdq`), and its test
+   top-1 as ONNX INT8, fake-quant torch and FP32.
 
 Every stage saves its result as JSON under ``output_dir`` and is skipped when a rerun finds it (supernet
 training and each stand-alone subnet also resume from their checkpoints). Writes ``section.json``,
@@ -28,7 +29,6 @@ training and each stand-alone subnet also resume from their checkpoints). Writes
 
 from __future__ import annotations
 
-import copy
 import datetime
 import json
 import logging
@@ -57,17 +57,15 @@ from moonlit.common.train.seed import seed_everything
 from moonlit.common.train.supernet import evaluate_recalibrated
 
 from .block_kd import KDSettings, StudentStage, train_student
-from .deploy import export_lsq_qdq, snap_offsets_to_grid_
+from .fmnist_deploy import CONSTRAINTS, deploy_subnet, search_subnet
 from .fmnist_report import build_section, plot_search, render_report
 from .lut import LUTSet
 from .lut_builder import build_luts, latency_source
-from .ops.lsq_plus import set_quant_mode
 from .qt_score import QTScorer
 from .quickstart import latency_constraints
-from .quickstart_deploy import onnx_logits
 from .space import SpaceEncoding, SubnetEncoding, load_hyperspace, max_subnet, min_subnet, sample_subnet
 from .space_search import aging_evolution, evaluate_spaces
-from .subnet_search import SubnetComplexity, SupernetFitness, build_data, load_supernet, run_search
+from .subnet_search import SubnetComplexity, load_supernet
 from .supernet import Supernet
 from .teacher import build_teacher, calibrate_teacher_bn
 from .train_supernet import train_supernet
@@ -111,9 +109,16 @@ def check_config(cfg: DictConfig) -> SpaceEncoding | None:
     if cfg.ranking.candidates < cfg.ranking.count:
         raise InputError(f"ranking.candidates = {cfg.ranking.candidates} < ranking.count = {cfg.ranking.count}; "
                          "expected at least as many candidates as ranked subnets")
-    band = list(cfg.subnet_search.macs_band)
+    band = list(cfg.subnet_search.band)
     if len(band) != 2 or not 0.0 <= float(band[0]) < float(band[1]) <= 1.0:
-        raise InputError(f"subnet_search.macs_band = {band}; expected [low, high] with 0 <= low < high <= 1")
+        raise InputError(f"subnet_search.band = {band}; expected [low, high] with 0 <= low < high <= 1")
+    if cfg.subnet_search.constraint not in CONSTRAINTS:
+        raise InputError(f"subnet_search.constraint = {cfg.subnet_search.constraint!r}; expected one of "
+                         f"{list(CONSTRAINTS)}")
+    if cfg.subnet_search.constraint == "latency" and cfg.latency.source != "constant":
+        raise InputError(f"subnet_search.constraint = latency prices subnets with the constant table, but "
+                         f"latency.source = {cfg.latency.source!r}; expected subnet_search.constraint=macs with "
+                         "search_overrides=[constraint.kind=latency,...] for a LitePred predictor")
     check_image_data(cfg.data, NUM_CLASSES, "the Fashion-MNIST head (10 classes)")
     if cfg.teacher.pretrained and not Path(str(cfg.teacher.pretrained)).is_file():
         raise InputError(f"teacher.pretrained = {cfg.teacher.pretrained} is not a file; expected the "
@@ -343,72 +348,6 @@ def rank_subnets(cfg: DictConfig, train_cfg: DictConfig, fp32_checkpoint: str, o
             "test_images": len(loaders["val"].dataset)}
 
 
-# --- stage 4: subnet search and INT8 deployment -----------------------------------------------------
-
-def search_subnet(cfg: DictConfig, space: SpaceEncoding, qat_checkpoint: str, out: Path) -> dict[str, Any]:
-    """The subnet search on the QAT supernet under the MMACs band (or ``search_overrides``' constraint)."""
-    ss, data = cfg.subnet_search, cfg.data
-    complexity = SubnetComplexity(space, NUM_CLASSES, [cfg.resolution])
-    smallest, largest = (complexity(extreme(space, int(cfg.resolution)))[0] / 1e6
-                         for extreme in (min_subnet, max_subnet))
-    low, high = (smallest + float(f) * (largest - smallest) for f in ss.macs_band)
-    overrides = [
-        f"space={space}", "fitness=supernet", f"checkpoint={qat_checkpoint}", "quantized=true",
-        f"num_classes={NUM_CLASSES}", f"resolutions=[{cfg.resolution}]", f"bn_batches={ss.bn_batches}",
-        "constraint.kind=macs", f"constraint.max_mmacs={high}", f"constraint.min_mmacs={low}",
-        f"evolution.population={ss.population}", f"evolution.parents={ss.parents}",
-        f"evolution.mutations={ss.mutations}", f"evolution.crossovers={ss.crossovers}",
-        f"evolution.iterations={ss.iterations}", f"evolution.seed={cfg.seed}", "resume=true", f"output_dir={out}",
-        f"paths.data_dir={cfg.paths.data_dir}", f"paths.output_root={cfg.paths.output_root}", "data=fashion_mnist",
-        f"data.root={data.root}", f"data.img_size={cfg.resolution}", f"data.normalization={data.normalization}",
-        f"data.train_subset={_null(data.train_subset)}", f"data.holdout_per_class={data.holdout_per_class}",
-        f"data.batch_size={ss.batch_size}", "data.num_workers=0", f"data.seed={cfg.seed}", "data.cache=true",
-        *ss.search_overrides]
-    search_cfg = compose_config("spaceevo", "subnet_search", overrides)
-    result = run_search(search_cfg)
-    return {"best": result["best"], "generations": result["generations"], "evaluated": result["evaluated"],
-            "constraint": OmegaConf.to_container(search_cfg.constraint, resolve=True),
-            "constraint_mmacs": [low, high], "data": OmegaConf.to_container(search_cfg.data, resolve=True)}
-
-
-def deploy_subnet(cfg: DictConfig, space: SpaceEncoding, qat_checkpoint: str, search: dict[str, Any],
-                  train_cfg: DictConfig, out: Path) -> dict[str, Any]:
-    """The best subnet as the search scored it (BN recalibrated, offsets snapped), exported to INT8 QDQ with its
-    learned grids; test top-1 of the ONNX INT8 model, the fake-quant torch model and the FP32 torch model."""
-    import onnxruntime as ort
-
-    subnet = SubnetEncoding.decode(search["best"]["encoding"])
-    bn_batches = int(cfg.subnet_search.bn_batches)
-    calibration, holdout, _ = build_data(OmegaConf.create(search["data"]), bn_batches)
-    supernet = load_supernet(space, qat_checkpoint, NUM_CLASSES, [cfg.resolution], quantized=True)
-    search_top1 = SupernetFitness(supernet, calibration, holdout, bn_batches).accuracy(subnet)
-    quantized = supernet.get_active_subnet().eval()
-    offset_shift = snap_offsets_to_grid_(quantized)
-    fp32 = copy.deepcopy(quantized)
-    set_quant_mode(fp32, None)
-    out.mkdir(parents=True, exist_ok=True)
-    export = export_lsq_qdq(quantized, out / "best_int8.onnx",
-                            [images for images, _ in calibration][: int(cfg.deploy.calibration_batches)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(export.path), options, providers=["CPUExecutionProvider"])
-    correct = {"int8_onnx": 0, "fake_quant": 0, "fp32": 0}
-    agree, total = 0, 0
-    with torch.no_grad():
-        for images, labels in tqdm(_loaders(train_cfg)["val"], desc="deploy: test set", leave=False):
-            predictions = {"int8_onnx": onnx_logits(session, images).argmax(1),
-                           "fake_quant": quantized(images).argmax(1).numpy(), "fp32": fp32(images).argmax(1).numpy()}
-            for key, predicted in predictions.items():
-                correct[key] += int((predicted == labels.numpy()).sum())
-            agree += int((predictions["int8_onnx"] == predictions["fake_quant"]).sum())
-            total += len(labels)
-    complexity = SubnetComplexity(space, NUM_CLASSES, [cfg.resolution])
-    return {"subnet": str(subnet), "mmacs": complexity(subnet)[0] / 1e6, "search_fitness": search["best"]["fitness"],
-            "search_fitness_rescored": search_top1, "offset_snap_steps": offset_shift, "export": export.to_dict(),
-            "test_images": total, "test_top1": {k: 100.0 * v / total for k, v in correct.items()},
-            "int8_vs_fake_quant_agreement": agree / total}
-
-
 # --- the app ----------------------------------------------------------------------------------------
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -426,8 +365,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     search = _stage(out / "subnet_search" / "result.json",
                     lambda: search_subnet(cfg, space, supernet["checkpoints"]["qat"], out / "subnet_search"))
     deployment = _stage(out / "deploy" / "result.json",
-                        lambda: deploy_subnet(cfg, space, supernet["checkpoints"]["qat"], search, train_cfg,
-                                              out / "deploy"))
+                        lambda: deploy_subnet(cfg, space, supernet["checkpoints"]["qat"], search,
+                                              _loaders(train_cfg)["val"], out / "deploy"))
     results = {"space": str(space), "space_from": "supernet.space" if fixed_space else "space search",
                "space_search": searched, "supernet": supernet, "ranking": ranking, "subnet_search": search,
                "deploy": deployment, "targets": target_checks(ranking, deployment),

@@ -11,7 +11,10 @@ import pytest
 from moonlit.common.config import compose_config
 from moonlit.common.errors import InputError
 from moonlit.spaceevo.fmnist import check_config, ranking_candidates, run, supernet_overrides, target_checks
-from moonlit.spaceevo.space import SpaceEncoding, check_subnet
+from moonlit.spaceevo.fmnist_deploy import ConstantTableLatency
+from moonlit.spaceevo.lut_builder import ConstantLatency
+from moonlit.spaceevo.space import SpaceEncoding, SubnetEncoding, check_subnet
+from moonlit.spaceevo.subnet_search import SubnetComplexity
 
 SPACE = SpaceEncoding.decode("onnxw_tiny-333333-000000")
 # spaces/onnxw_tiny.yaml by hand: first_conv and stage0 width 8; window 0 of stages 1-6 starts at their first
@@ -36,6 +39,24 @@ def test_ranking_candidates_hold_the_extremes_are_distinct_and_seeded() -> None:
         check_subnet(subnet, SPACE)
     assert names == [str(s) for s in ranking_candidates(SPACE, 64, 12, seed=3)]
     assert names[2:] != [str(s) for s in ranking_candidates(SPACE, 64, 12, seed=4)][2:]
+
+
+def test_constant_table_latency_prices_searchable_blocks_by_their_macs() -> None:
+    # min subnet vs the same with stage 3's kernel 3 -> 7: only that ResNet block's MACs change, so the latency
+    # changes by table[ResNet] x (whole-subnet MMACs difference, counted independently by SubnetComplexity)
+    small = SubnetEncoding.decode(MIN_SUBNET)
+    kernels = small.kernels[:4] + (7,) + small.kernels[5:]
+    large = SubnetEncoding.decode(MIN_SUBNET.replace("_k3#3#3#3#3#", "_k3#3#3#3#7#"))
+    assert large.kernels == kernels
+    counter = SubnetComplexity(SPACE, 10, [64])
+    macs_gap = (counter(large)[0] - counter(small)[0]) / 1e6
+    assert macs_gap > 0
+    for per_mflop in (0.0015, 0.003):
+        latency = ConstantTableLatency(SPACE, ConstantLatency({"ResNet": per_mflop}), [0.05, 0.1], [64, 96], 10, [64])
+        assert latency.latency_ms(large) - latency.latency_ms(small) == pytest.approx(per_mflop * macs_gap)
+        assert latency.latency_ms(small) > 0.05  # the other-latency constant at 64 px plus the blocks
+    free = ConstantTableLatency(SPACE, ConstantLatency({"ResNet": 0.0}), [0.05, 0.1], [64, 96], 10, [64])
+    assert list(free([small, large])) == [0.05, 0.05]
 
 
 def test_target_checks_against_the_issue_thresholds() -> None:
@@ -66,7 +87,9 @@ def test_supernet_overrides_compose_the_fashion_mnist_experiment(tmp_path: Path,
     ("resolution=80", "resolution"),
     ("ranking.count=1", "ranking.count"),
     ("ranking.candidates=4", "ranking.candidates"),
-    ("subnet_search.macs_band=[0.6,0.2]", "subnet_search.macs_band"),
+    ("subnet_search.band=[0.6,0.2]", "subnet_search.band"),
+    ("subnet_search.constraint=flops", "subnet_search.constraint"),
+    ("latency.source=litepred", "latency.source"),
     ("search.other_latency_ms=[0.05]", "search.other_latency_ms"),
     ("supernet.qat_epochs=0", "supernet.qat_epochs"),
     ("data.val_subset=0", "val_subset"),
