@@ -165,8 +165,10 @@ def test_two_process_ddp_ranks_agree(tmp_path: Path) -> None:
 
 
 def test_experiments_are_the_published_supernets() -> None:
+    # every experiment but the reduced runs (smoke: generated images; fmnist: the space search picks the space)
     experiments = {path.stem: yaml.safe_load(path.read_text())["space"]
-                   for path in (config_dir("spaceevo") / "experiment").glob("*.yaml") if path.stem != "smoke"}
+                   for path in (config_dir("spaceevo") / "experiment").glob("*.yaml")
+                   if path.stem not in ("smoke", "fmnist")}
     expected = {"vnni": "onnxw-151122-023231", "vnni_large": "onnxw-121122-133333", "pixel4": "mobilew-122222-155400",
                 "pixel4_tiny": "mobilew-332160-134200", "pixel4_medium": "mobilew-112220-154410"}
     assert experiments == expected
