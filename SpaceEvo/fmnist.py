@@ -41,30 +41,37 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from moonlit.common.config import compose_config, hydra_app, to_container
 from moonlit.common.data.imagenet import build_loader
 from moonlit.common.data.images import check_image_data, image_data_from_config
 from moonlit.common.errors import InputError
-from moonlit.common.nas.ranking import RankedSubnet, plot_ranking, ranking_fidelity, spread_by_complexity
+from moonlit.common.nas.ranking import (
+    RankedSubnet,
+    plot_ranking,
+    ranking_fidelity,
+    spread_by_complexity,
+)
 from moonlit.common.report import write_section
 from moonlit.common.train.classifier import evaluate_top1, train_classifier
-from moonlit.common.train.dist import DistContext, init_distributed
+from moonlit.common.train.dist import DistContext
 from moonlit.common.train.optim import build_optimizer_from_config
 from moonlit.common.train.seed import seed_everything
 from moonlit.common.train.supernet import evaluate_recalibrated
 
-from .block_kd import KDSettings, StudentStage, train_student
 from .fmnist_deploy import CONSTRAINTS, deploy_subnet, search_subnet
 from .fmnist_report import build_section, plot_search, render_report
-from .lut import LUTSet
-from .lut_builder import build_luts, latency_source
-from .qt_score import QTScorer
-from .quickstart import latency_constraints
-from .space import SpaceEncoding, SubnetEncoding, load_hyperspace, max_subnet, min_subnet, sample_subnet
-from .space_search import aging_evolution, evaluate_spaces
+from .lut_builder import image_batches
+from .quickstart import search_reduced_space
+from .space import (
+    SpaceEncoding,
+    SubnetEncoding,
+    load_hyperspace,
+    max_subnet,
+    min_subnet,
+    sample_subnet,
+)
 from .subnet_search import SubnetComplexity, load_supernet
 from .supernet import Supernet
 from .teacher import build_teacher, calibrate_teacher_bn
@@ -193,11 +200,6 @@ def _cpu() -> DistContext:
 
 # --- stage 1: block KD -> LUTs -> space search ------------------------------------------------------
 
-def _image_batches(dataset: Any, batch_size: int, count: int, seed: int) -> list[torch.Tensor]:
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    return [images for _, (images, _) in zip(range(count), loader)]
-
-
 def search_spaces(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Block KD of every student from the ImageNet teacher, the LUTs and the space search; the ranked spaces."""
     seed_everything(cfg.seed)
@@ -206,53 +208,11 @@ def search_spaces(cfg: DictConfig, out: Path) -> dict[str, Any]:
     datasets = image_data_from_config(cfg.data, img_size=max(resolutions)).datasets()
     teacher = build_teacher(cfg.teacher.model, spec, pretrained=cfg.teacher.pretrained)
     if cfg.teacher.bn_batches:
-        calibrate_teacher_bn(teacher, _image_batches(datasets["train"], cfg.kd.batch_size, cfg.teacher.bn_batches,
+        calibrate_teacher_bn(teacher, image_batches(datasets["train"], cfg.kd.batch_size, cfg.teacher.bn_batches,
                                                      cfg.seed))
-    ctx = init_distributed("cpu")
-    timings, kd_rows = {}, []
-    t0 = time.perf_counter()
-    students = [(stage, block) for stage in range(1, len(spec.searchable_stages) + 1)
-                for block in range(len(spec.block_types))]
-    for stage, block in tqdm(students, desc="block KD students"):
-        boundary = teacher.boundary(f"stage{stage}")
-        student = StudentStage(spec, stage, block, boundary.in_channels, boundary.out_channels)
-        settings = KDSettings(fp32_steps=cfg.kd.fp32_steps, lsq_steps=cfg.kd.lsq_steps, fp32_lr=cfg.kd.fp32_lr,
-                              lsq_lr=cfg.kd.lsq_lr, batch_size=cfg.kd.batch_size, resolutions=tuple(resolutions),
-                              variance_of=cfg.variance_of, distill_from_teacher=cfg.kd.distill_from_teacher,
-                              seed=cfg.seed, checkpoint_every=10**9)
-        result = train_student(student, teacher, datasets["train"], settings, out / "students" / student.name, ctx)
-        if result["losses"]:
-            kd_rows.append([student.name, spec.block_types[block].type, result["losses"][0][0],
-                            result["losses"][-1][0]])
-    timings["block_kd_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    calib = _image_batches(datasets["train"], cfg.lut.batch_size, cfg.lut.calib_batches, cfg.seed)
-    held_out = _image_batches(datasets["holdout"], cfg.lut.batch_size, cfg.lut.eval_batches, cfg.seed)
-    latency = latency_source(OmegaConf.to_container(cfg.latency, resolve=True))
-    lut_dir = out / "block_lut"
-    build_luts(out / "students", teacher, spec.name, lut_dir, calib, held_out, latency, cfg.lut.num_samples,
-               resolutions=resolutions, seed=cfg.seed, variance_of=cfg.variance_of)
-    timings["lut_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    luts = LUTSet.read(lut_dir, spec.name)
-    rng = np.random.default_rng(cfg.seed)
-    probe = QTScorer(luts, list(cfg.search.other_latency_ms), [1.0], num_samples=cfg.search.num_samples,
-                     batch_size=cfg.search.batch_size)
-    constraints = latency_constraints(probe, list(cfg.search.constraint_quantiles), rng)
-    scorer = QTScorer(luts, list(cfg.search.other_latency_ms), constraints, t=cfg.search.t, a=cfg.search.a,
-                      top=cfg.search.top_losses, num_samples=cfg.search.num_samples, batch_size=cfg.search.batch_size)
-    history = aging_evolution(scorer, rng, population_size=cfg.search.population, tournament_size=cfg.search.tournament,
-                              budget=cfg.search.budget, progress=True)
-    top = [e.space for e in sorted(history, key=lambda e: -e.result.score)[: cfg.search.rerank_top]]
-    ranked = evaluate_spaces(scorer, top, cfg.search.rerank_repeats, rng)
-    timings["search_s"] = time.perf_counter() - t0
-    return {"hyperspace": spec.name, "teacher": {"model": cfg.teacher.model, "pretrained": str(cfg.teacher.pretrained),
-                                                 "bn": "re-estimated" if cfg.teacher.bn_batches else "ImageNet"},
-            "latency": latency.describe() if hasattr(latency, "describe") else repr(latency),
-            "constraints_ms": constraints, "kd": kd_rows, "luts": len(luts), "ranked": ranked,
-            "history": [[e.space.encode(), e.result.score] for e in history], "timing": timings}
+    searched = search_reduced_space(cfg, spec, teacher, datasets, out)
+    return {**searched, "teacher": {"model": cfg.teacher.model, "pretrained": str(cfg.teacher.pretrained),
+                                    "bn": "re-estimated" if cfg.teacher.bn_batches else "ImageNet"}}
 
 
 # --- stage 2: supernet ------------------------------------------------------------------------------

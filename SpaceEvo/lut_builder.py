@@ -58,8 +58,8 @@ from .ops.lsq_plus import set_quant_mode
 from .space import load_hyperspace
 from .teacher import Teacher, build_teacher, resize_images
 
-__all__ = ["ConstantLatency", "LatencySource", "LitePredLatency", "StageFeatures", "build_luts", "latency_source",
-           "main", "run", "run_lut_builder", "sample_block_lut"]
+__all__ = ["ConstantLatency", "LatencySource", "LitePredLatency", "StageFeatures", "build_luts", "image_batches",
+           "latency_source", "main", "run", "run_lut_builder", "sample_block_lut"]
 
 logger = logging.getLogger("moonlit.spaceevo.lut_builder")
 
@@ -249,14 +249,13 @@ def build_luts(students_dir: str | Path, teacher: Teacher, hyperspace: str, out_
     return written
 
 
-def _image_batches(dataset: Dataset, batch_size: int, count: int, seed: int) -> list[Tensor]:
+def image_batches(dataset: Dataset, batch_size: int, count: int, seed: int) -> list[Tensor]:
+    """The images of the first ``count`` batches of a seeded shuffle of ``dataset`` (calibration, NSR).
+
+    No batch beyond them is loaded: a training transform draws from the global RNG per image.
+    """
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    batches = []
-    for images, _ in loader:
-        if len(batches) >= count:
-            break
-        batches.append(images)
-    return batches
+    return [images for _, (images, _) in zip(range(count), loader)]
 
 
 def run_lut_builder(cfg: DictConfig) -> dict[str, Any]:
@@ -286,8 +285,8 @@ def run_lut_builder(cfg: DictConfig) -> dict[str, Any]:
             | kd["config"].get("data", {})
             | {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if v is not None})
     datasets = build_image_data(data, img_size=max(resolutions))
-    calib = _image_batches(datasets["train"], cfg.batch_size, cfg.calib_batches, cfg.seed)
-    held_out = _image_batches(datasets.get("holdout", datasets["val"]), cfg.batch_size, cfg.eval_batches, cfg.seed)
+    calib = image_batches(datasets["train"], cfg.batch_size, cfg.calib_batches, cfg.seed)
+    held_out = image_batches(datasets.get("holdout", datasets["val"]), cfg.batch_size, cfg.eval_batches, cfg.seed)
     latency = latency_source(OmegaConf.to_container(cfg.latency, resolve=True))
     paths = build_luts(block_kd_dir / "students", teacher, cfg.hyperspace, cfg.output_dir, calib, held_out, latency,
                        cfg.num_samples, cfg.stages, cfg.blocks, cfg.windows, resolutions, cfg.seed, cfg.variance_of,

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.imagenet import build_imagenet_datasets
@@ -43,14 +43,15 @@ from moonlit.common.train.seed import seed_everything
 
 from .block_kd import KDSettings, StudentStage, train_student
 from .lut import LUTSet
-from .lut_builder import build_luts, latency_source
+from .lut_builder import build_luts, image_batches, latency_source
 from .qt_score import QTScorer
 from .quickstart_deploy import run_deploy_steps
-from .space import SpaceEncoding, load_hyperspace
+from .space import Hyperspace, SpaceEncoding, load_hyperspace
 from .space_search import aging_evolution, evaluate_spaces
-from .teacher import build_teacher, calibrate_teacher_bn
+from .teacher import Teacher, build_teacher, calibrate_teacher_bn
 
-__all__ = ["SECTION", "build_section", "main", "run", "run_quickstart"]
+__all__ = ["SECTION", "build_section", "latency_constraints", "main", "run", "run_quickstart",
+           "search_reduced_space"]
 
 logger = logging.getLogger("moonlit.spaceevo.quickstart")
 PAPER_SCALE_NOTE = ("Paper-scale commands: python -m moonlit.spaceevo.block_kd, "
@@ -59,11 +60,6 @@ PAPER_SCALE_NOTE = ("Paper-scale commands: python -m moonlit.spaceevo.block_kd, 
                     "python -m moonlit.spaceevo.subnet_search, python -m moonlit.spaceevo.benchmark "
                     "(headers of configs/spaceevo/*.yaml).")
 SECTION = {"name": "spaceevo", "order": 40, "command": "python -m moonlit.spaceevo.quickstart"}
-
-
-def _image_batches(dataset: Any, batch_size: int, count: int, seed: int) -> list[torch.Tensor]:
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    return [images for _, (images, _) in zip(range(count), loader)]
 
 
 def latency_constraints(scorer: QTScorer, quantiles: list[float], rng: np.random.Generator,
@@ -78,44 +74,40 @@ def latency_constraints(scorer: QTScorer, quantiles: list[float], rng: np.random
     return [float(np.quantile(np.concatenate(latencies), q)) for q in quantiles]
 
 
-def run_quickstart(cfg: DictConfig) -> dict[str, Any]:
-    start = time.perf_counter()
-    seed_everything(cfg.seed)
-    out = Path(cfg.output_dir)
-    spec = load_hyperspace(cfg.hyperspace)
-    resolutions = list(spec.lut_resolutions)
-    root = write_image_folder(out / "images", cfg.data.num_classes, {"train": cfg.data.train_per_class,
-                              "val": cfg.data.val_per_class}, image_size=max(resolutions), seed=cfg.seed)
-    datasets = build_imagenet_datasets(root, img_size=max(resolutions), holdout_per_class=cfg.data.holdout_per_class,
-                                       holdout_seed=cfg.seed)
-    teacher = build_teacher(cfg.teacher.model, spec, num_classes=cfg.data.num_classes)
-    calibrate_teacher_bn(teacher, _image_batches(datasets["train"], cfg.kd.batch_size, cfg.teacher.bn_batches,
-                                                 cfg.seed))
+def search_reduced_space(cfg: DictConfig, spec: Hyperspace, teacher: Teacher, datasets: Mapping[str, Any], out: Path,
+                         progress: bool = True) -> dict[str, Any]:
+    """Steps 3-5 on a reduced hyperspace: block KD of every (stage, block type) student from ``teacher`` on
+    ``datasets["train"]``, a LUT per (stage, block, window) with NSR on ``datasets["holdout"]``, and the
+    Q-T-score aging evolution + common-random-numbers re-rank, with constraints at quantiles of random
+    spaces' latency. ``cfg`` holds ``kd``, ``lut``, ``latency``, ``search``, ``variance_of`` and ``seed``;
+    students and LUTs go under ``out``. Returns the ranked spaces, the search history, the KD rows, the
+    constraints, the latency source and the per-step seconds (``timing``)."""
+    resolutions = [int(r) for r in spec.lut_resolutions]
     ctx = init_distributed("cpu")
-
     timings: dict[str, float] = {}
     kd_rows = []
     t0 = time.perf_counter()
-    for stage in range(1, len(spec.searchable_stages) + 1):
+    students = [(stage, block) for stage in range(1, len(spec.searchable_stages) + 1)
+                for block in range(len(spec.block_types))]
+    for stage, block in tqdm(students, desc="block KD students", disable=not progress):
         boundary = teacher.boundary(f"stage{stage}")
-        for block in range(len(spec.block_types)):
-            student = StudentStage(spec, stage, block, boundary.in_channels, boundary.out_channels)
-            settings = KDSettings(fp32_steps=cfg.kd.fp32_steps, lsq_steps=cfg.kd.lsq_steps, fp32_lr=cfg.kd.fp32_lr,
-                                  lsq_lr=cfg.kd.lsq_lr, batch_size=cfg.kd.batch_size, resolutions=tuple(resolutions),
-                                  variance_of=cfg.variance_of, distill_from_teacher=cfg.kd.distill_from_teacher,
-                                  seed=cfg.seed, checkpoint_every=10**9)
-            run = train_student(student, teacher, datasets["train"], settings, out / "students" / student.name, ctx)
-            if run["losses"]:
-                kd_rows.append([student.name, spec.block_types[block].type, run["losses"][0][0], run["losses"][-1][0]])
+        student = StudentStage(spec, stage, block, boundary.in_channels, boundary.out_channels)
+        settings = KDSettings(fp32_steps=cfg.kd.fp32_steps, lsq_steps=cfg.kd.lsq_steps, fp32_lr=cfg.kd.fp32_lr,
+                              lsq_lr=cfg.kd.lsq_lr, batch_size=cfg.kd.batch_size, resolutions=tuple(resolutions),
+                              variance_of=cfg.variance_of, distill_from_teacher=cfg.kd.distill_from_teacher,
+                              seed=cfg.seed, checkpoint_every=10**9)
+        run = train_student(student, teacher, datasets["train"], settings, out / "students" / student.name, ctx)
+        if run["losses"]:
+            kd_rows.append([student.name, spec.block_types[block].type, run["losses"][0][0], run["losses"][-1][0]])
     timings["block_kd_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    calib = _image_batches(datasets["train"], cfg.lut.batch_size, cfg.lut.calib_batches, cfg.seed)
-    held_out = _image_batches(datasets["holdout"], cfg.lut.batch_size, cfg.lut.eval_batches, cfg.seed)
+    calib = image_batches(datasets["train"], cfg.lut.batch_size, cfg.lut.calib_batches, cfg.seed)
+    held_out = image_batches(datasets["holdout"], cfg.lut.batch_size, cfg.lut.eval_batches, cfg.seed)
     latency = latency_source(OmegaConf.to_container(cfg.latency, resolve=True))
     lut_dir = out / "block_lut"
     build_luts(out / "students", teacher, spec.name, lut_dir, calib, held_out, latency, cfg.lut.num_samples,
-               resolutions=resolutions, seed=cfg.seed, variance_of=cfg.variance_of, progress=False)
+               resolutions=resolutions, seed=cfg.seed, variance_of=cfg.variance_of, progress=progress)
     timings["lut_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -127,19 +119,36 @@ def run_quickstart(cfg: DictConfig) -> dict[str, Any]:
     scorer = QTScorer(luts, list(cfg.search.other_latency_ms), constraints, t=cfg.search.t, a=cfg.search.a,
                       top=cfg.search.top_losses, num_samples=cfg.search.num_samples, batch_size=cfg.search.batch_size)
     history = aging_evolution(scorer, rng, population_size=cfg.search.population, tournament_size=cfg.search.tournament,
-                              budget=cfg.search.budget, progress=False)
+                              budget=cfg.search.budget, progress=progress)
     top = [e.space for e in sorted(history, key=lambda e: -e.result.score)[: cfg.search.rerank_top]]
     ranked = evaluate_spaces(scorer, top, cfg.search.rerank_repeats, rng)
     timings["search_s"] = time.perf_counter() - t0
+    return {"hyperspace": spec.name, "constraints_ms": constraints, "kd": kd_rows, "ranked": ranked,
+            "history": [[e.space.encode(), e.result.score] for e in history], "timing": timings,
+            "latency": latency.describe() if hasattr(latency, "describe") else repr(latency), "luts": len(luts)}
+
+
+def run_quickstart(cfg: DictConfig) -> dict[str, Any]:
+    start = time.perf_counter()
+    seed_everything(cfg.seed)
+    out = Path(cfg.output_dir)
+    spec = load_hyperspace(cfg.hyperspace)
+    resolutions = list(spec.lut_resolutions)
+    root = write_image_folder(out / "images", cfg.data.num_classes, {"train": cfg.data.train_per_class,
+                              "val": cfg.data.val_per_class}, image_size=max(resolutions), seed=cfg.seed)
+    datasets = build_imagenet_datasets(root, img_size=max(resolutions), holdout_per_class=cfg.data.holdout_per_class,
+                                       holdout_seed=cfg.seed)
+    teacher = build_teacher(cfg.teacher.model, spec, num_classes=cfg.data.num_classes)
+    calibrate_teacher_bn(teacher, image_batches(datasets["train"], cfg.kd.batch_size, cfg.teacher.bn_batches,
+                                                 cfg.seed))
+    searched = search_reduced_space(cfg, spec, teacher, datasets, out, progress=False)
+    timings, ranked = searched.pop("timing"), searched["ranked"]
 
     space = SpaceEncoding.decode(cfg.supernet.space or ranked[0]["space"])
     deployment = run_deploy_steps(cfg, space, root, out)
     timings.update(deployment.pop("timing"))
     timings["total_s"] = time.perf_counter() - start
-    results = {"hyperspace": spec.name, "constraints_ms": constraints, "kd": kd_rows, "ranked": ranked,
-               "history": [[e.space.encode(), e.result.score] for e in history], "timing": timings,
-               "latency": latency.describe() if hasattr(latency, "describe") else repr(latency),
-               "luts": len(luts), **deployment, "config": to_container(cfg)}
+    results = {**searched, "timing": timings, **deployment, "config": to_container(cfg)}
     _plot(results, out / "score_over_search.png")
     write_section(out, build_section(results, cfg))
     return results
