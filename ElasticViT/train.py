@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.imagenet import build_loader
-from moonlit.common.data.images import ImageDatasets, check_image_data, image_data_from_config
+from moonlit.common.data.images import build_image_data, check_image_data
 from moonlit.common.data.loaders import set_epoch
 from moonlit.common.errors import InputError
 from moonlit.common.train.checkpoint import move_aside, save_checkpoint
@@ -184,15 +184,6 @@ def sampler_statistics(history: list[dict[str, Any]], sampler: ComplexityAwareSa
     return stats
 
 
-def _datasets(cfg: DictConfig, ctx: DistContext) -> ImageDatasets:
-    """The ``data`` group's splits (configs/data/); rank 0 writes generated images first."""
-    data = image_data_from_config(cfg.data)
-    if ctx.is_main:
-        data.prepare()
-    barrier()
-    return data.datasets()
-
-
 def _mixup(cfg: DictConfig, num_classes: int) -> Any:
     if not cfg.enabled:
         return None
@@ -226,7 +217,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if not cfg.resume and ctx.is_main:
             move_aside(checkpoint_dir)
         barrier()
-        datasets = _datasets(cfg, ctx)
+        datasets = build_image_data(cfg.data, is_main=ctx.is_main)
         tables = load_or_build_tables(cfg.tables, space, num_classes, ctx)
         sampler = build_sampler(cfg.sampling, tables, seed=int(cfg.trainer.seed), space=space)
         loader = build_loader(datasets["train"], cfg.data.batch_size, shuffle=True, seed=cfg.trainer.seed,
@@ -297,8 +288,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 if ctx.is_main:
                     extra = {"epoch": epoch + 1, "sampler": sampler.state_dict()}
                     save_checkpoint(checkpoint_dir, step=step, model=supernet, optimizer=optimizer, scheduler=scheduler,
-                                    modules={**ema_modules(ema), **monitors}, arch={"space": repr(space), "num_classes": num_classes,
-                                                                    "token_norm": cfg.supernet.token_norm},
+                                    modules={**ema_modules(ema), **monitors},
+                                    arch={"space": repr(space), "num_classes": num_classes,
+                                          "token_norm": cfg.supernet.token_norm},
                                     config=to_container(cfg), extra=extra, keep_last=cfg.keep_last)
                 barrier()
             statistics = sampler_statistics(history, sampler)

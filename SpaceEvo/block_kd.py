@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from moonlit.common.config import hydra_app, to_container
-from moonlit.common.data.images import ImageDatasets, image_data_from_config
+from moonlit.common.data.images import ImageDatasets, build_image_data
 from moonlit.common.data.loaders import SeededItems
 from moonlit.common.train import checkpoint as ckpt
 from moonlit.common.train import dist as mdist
@@ -390,11 +390,7 @@ def evaluate_nsr(student: nn.Module, pairs: Sequence[tuple[Tensor, Tensor]], var
 def build_datasets(cfg: DictConfig, is_main: bool = True) -> ImageDatasets:
     """The ``data`` group's train / holdout splits (configs/data/) at the largest KD resolution; the main
     rank writes generated images (``data=generated``) while the others wait."""
-    data = image_data_from_config(cfg.data, img_size=max(cfg.resolutions))
-    if is_main:
-        data.prepare()
-    mdist.barrier()
-    return data.datasets()
+    return build_image_data(cfg.data, is_main=is_main, img_size=max(cfg.resolutions))
 
 
 def _batches(dataset: Dataset, batch_size: int, count: int, labels: bool = False) -> list[Any]:

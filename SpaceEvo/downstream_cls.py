@@ -23,11 +23,11 @@ from omegaconf import DictConfig
 
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.imagenet import build_loader
-from moonlit.common.data.images import image_data_from_config
+from moonlit.common.data.images import build_image_data
 from moonlit.common.models import create_model
 from moonlit.common.train.bn_recalibration import recalibrate_batch_norm
 from moonlit.common.train.classifier import evaluate_top1, train_classifier
-from moonlit.common.train.dist import barrier, cleanup_distributed
+from moonlit.common.train.dist import cleanup_distributed
 from moonlit.common.train.optim import build_optimizer_from_config
 from moonlit.common.train.supernet import start_training
 from moonlit.spaceevo.models import resolve_model
@@ -59,11 +59,7 @@ def downstream_cls(cfg: DictConfig) -> dict[str, Any]:
     try:
         data = cfg.data
         spec = resolve_model(cfg.model, cfg.search_result)
-        image_data = image_data_from_config(data, img_size=data.img_size or spec.subnet.resolution)
-        if ctx.is_main:
-            image_data.prepare()  # generated images (data=generated)
-        barrier()
-        datasets = image_data.datasets()
+        datasets = build_image_data(data, is_main=ctx.is_main, img_size=data.img_size or spec.subnet.resolution)
         num_classes = datasets.num_classes
         model = create_model(spec.model_name, checkpoint=cfg.checkpoint, num_classes=cfg.pretrained_num_classes,
                              quantized=cfg.quant)

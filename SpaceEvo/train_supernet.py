@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.data.imagenet import build_loader
-from moonlit.common.data.images import ImageDatasets, check_image_data, image_data_from_config
+from moonlit.common.data.images import build_image_data, check_image_data
 from moonlit.common.data.loaders import set_epoch
 from moonlit.common.train.checkpoint import move_aside, save_checkpoint
 from moonlit.common.train.classifier import sync_buffers
@@ -133,15 +133,6 @@ def evaluate_subnet(supernet: Supernet, subnet: SubnetEncoding, val_loader: Iter
 
 
 # --- the app ----------------------------------------------------------------------------------------
-
-def _datasets(cfg: DictConfig, ctx: DistContext) -> ImageDatasets:
-    """The ``data`` group's splits (configs/data/); rank 0 writes generated images first."""
-    data = image_data_from_config(cfg.data)
-    if ctx.is_main:
-        data.prepare()
-    barrier()
-    return data.datasets()
-
 
 def _phase_settings(cfg: DictConfig, phase: str) -> DictConfig:
     return cfg.fp32 if phase == "fp32" else cfg.qat
@@ -242,7 +233,7 @@ def train_supernet(cfg: DictConfig) -> dict[str, Any]:
         if not cfg.resume and ctx.is_main:
             move_aside(out_dir / "checkpoints")
         barrier()
-        datasets = _datasets(cfg, ctx)
+        datasets = build_image_data(cfg.data, is_main=ctx.is_main)
         supernet.to(ctx.device)
         summary: dict[str, Any] = {"space": cfg.space, "phases": {}}
         with instantiate(cfg.logger)(out_dir, run_name=f"supernet-{cfg.space}", config=to_container(cfg)) as logger:

@@ -304,6 +304,16 @@ def check_image_data(node: Mapping[str, Any], num_classes: int, field: str) -> I
     return data
 
 
-def build_image_data(node: Mapping[str, Any], **overrides: Any) -> ImageDatasets:
-    """The data sets of a ``data`` config node: :func:`image_data_from_config` then its ``datasets()``."""
-    return image_data_from_config(node, **overrides).datasets()
+def build_image_data(node: Mapping[str, Any], *, is_main: bool = True, **overrides: Any) -> ImageDatasets:
+    """The data sets of a ``data`` config node: :func:`image_data_from_config` then its ``datasets()``.
+
+    In a run of several processes, pass ``is_main`` (rank 0 or not): the main process prepares the data
+    (``data=generated`` writes its images) while the others wait at a barrier, then every process reads it.
+    """
+    from moonlit.common.train.dist import barrier
+
+    data = image_data_from_config(node, **overrides)
+    if is_main:
+        data.prepare()
+    barrier()  # a no-op without a process group
+    return data.datasets()
