@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -242,9 +244,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         monitors = {} if conflict is None else {CONFLICT_MODULE: conflict}
         resumed = resume_training(checkpoint_dir, supernet, optimizer, scheduler, ema, monitors) if cfg.resume else None
         step = 0
+        # per-step gradient cosines and training seconds of the whole run, carried across resumes
+        grad_cos: list[float | None] = []
+        train_seconds = 0.0
         if resumed is not None:
             step = resumed.step
             sampler.load_state_dict(resumed.extra["sampler"])
+            grad_cos = list(resumed.extra.get("grad_cos", []))
+            train_seconds = float(resumed.extra.get("train_seconds", 0.0))
         check_epoch_aligned(step, steps_per_epoch, checkpoint_dir)
         mixup = _mixup(cfg.mixup, num_classes)
         settings = StepSettings(**OmegaConf.to_container(cfg.step, resolve=True))
@@ -256,6 +263,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         evaluation: dict[str, float] = {}
         with instantiate(cfg.logger)(out_dir, run_name="elasticvit-supernet", config=to_container(cfg)) as logger:
             for epoch in range(first_epoch, last_epoch):
+                epoch_start = time.perf_counter()
                 set_epoch(loader, epoch)
                 supernet.train()
                 progress = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
@@ -275,18 +283,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     step += 1
                     mmacs = total_macs(subnets_to_array(sample.uniform), tables.counter, num_classes, space) / 1e6
                     history.append({**result, "step": step, "level": sample.level, "mean_mmacs": float(mmacs.mean())})
+                    if conflict is not None:  # NaN (no shared weight element) kept as None: extras are JSON
+                        cosine = result["grad_cos"]
+                        grad_cos.append(None if cosine is None or math.isnan(cosine) else cosine)
                     progress.set_postfix(min=f"{result['losses']['min']:.3f}")
                     if step % cfg.trainer.log_every == 0 or step == total_steps:
                         logger.log({**{f"train/loss_{k}": v for k, v in result["losses"].items()},
                                     "train/lr": scheduler.get_last_lr()[0], "train/mean_mmacs": float(mmacs.mean())},
                                    step=step)
                 sync_buffers(supernet, ctx)
+                train_seconds += time.perf_counter() - epoch_start
                 if (epoch + 1) % cfg.eval.every_epochs == 0 or epoch + 1 == epochs:
                     evaluation = evaluate_levels(supernet, representatives, val_loader, loader,
                                                  cfg.eval.bn_calibration_batches, ctx)
                     logger.log({**evaluation, "epoch": epoch + 1}, step=step)
                 if ctx.is_main:
-                    extra = {"epoch": epoch + 1, "sampler": sampler.state_dict()}
+                    extra = {"epoch": epoch + 1, "sampler": sampler.state_dict(), "train_seconds": train_seconds}
+                    if conflict is not None:
+                        extra["grad_cos"] = grad_cos
                     save_checkpoint(checkpoint_dir, step=step, model=supernet, optimizer=optimizer, scheduler=scheduler,
                                     modules={**ema_modules(ema), **monitors},
                                     arch={"space": repr(space), "num_classes": num_classes,
@@ -297,10 +311,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             logger.log_summary({"steps": step, **{k: v for k, v in statistics.items()
                                                   if isinstance(v, (int, float)) and not isinstance(v, bool)}})
         summary = {"steps": step, "total_steps": total_steps, "complete": step == total_steps, "lr": lr,
+                   "train_seconds": round(train_seconds, 1),
                    "steps_per_epoch": steps_per_epoch, "eval": evaluation, "sampler_statistics": statistics,
                    "representatives": {f"{level:g}": str(s) for level, s in representatives.items()}}
         if conflict is not None:
-            summary["gradient_conflict"] = summarize_cosines([row["grad_cos"] for row in history]).to_dict()
+            summary["gradient_conflict"] = summarize_cosines(grad_cos).to_dict()
         if ctx.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "train.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -271,6 +271,11 @@ def test_resumed_run_equals_the_uninterrupted_run(tmp_path: Path, smoke_tables: 
     cosines = [step["grad_cos"] for step in straight["history"]]
     assert cosines[0] is None and all(-1 <= c <= 1 for c in cosines[1:])
     assert resumed["history"][0]["grad_cos"] is not None  # compared with the step before the interruption
+    assert resumed["gradient_conflict"] == straight["gradient_conflict"]  # the series is carried in the checkpoint
+    again = train(compose_config("elasticvit", "train", _overrides(tmp_path / "b", smoke_tables, *common)))
+    assert again["steps"] == 6 and not again["history"]  # complete: nothing trained
+    assert again["gradient_conflict"] == straight["gradient_conflict"]
+    assert again["train_seconds"] == resumed["train_seconds"] > 0
     assert any(flag for step in straight["history"] for flag in step["from_bank"])
     assert resumed["sampler"].state_dict() == straight["sampler"].state_dict()
     for model in ("supernet", "ema"):
