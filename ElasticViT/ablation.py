@@ -16,7 +16,10 @@ supernet, from the same seed for the same steps, once per sampler (``samplers``;
 
 Writes ``section.json``, ``ablation.md`` and ``ablation.png`` (+ ``ranking.png``) under ``output_dir``.
 Each sampler's run keeps its checkpoints and, once scored, its results (``<output_dir>/<sampler>/``), and
-each subnet trained alone its checkpoints, so an interrupted ablation resumes where it stopped. A sampler
+each subnet trained alone its checkpoints, so an interrupted ablation resumes where it stopped. ``only=<sampler>``
+trains and scores that sampler alone (no report): separate processes can train the samplers side by side,
+and a last run without ``only`` finds them done and writes the report
+(``scripts/reproduce_elasticvit_fmnist.sh --jobs 2``). A sampler
 run interrupted mid-training reports the gradient cosines of the steps after the resume (``steps`` says
 how many).
 
@@ -156,6 +159,10 @@ def _check(cfg: DictConfig) -> list[str]:
         raise InputError(f"ranking.sampler = {cfg.ranking.sampler!r} is not among samplers {samplers}")
     if cfg.ranking.enabled and int(cfg.ranking.count) < 2:
         raise InputError(f"ranking.count = {cfg.ranking.count}; expected >= 2 subnets")
+    if cfg.only is not None:
+        if str(cfg.only) not in samplers:
+            raise InputError(f"only = {cfg.only!r}; expected one of samplers {samplers}")
+        return [str(cfg.only)]
     return samplers
 
 
@@ -198,6 +205,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                                    if k != "walk"}}
         saved.write_text(json.dumps(results[sampler], indent=1) + "\n")
     assert tables is not None
+    if cfg.only is not None:  # one sampler trained and scored (saved beside its checkpoints); no report yet
+        return {"samplers": samplers, "results": results, "seconds": round(time.perf_counter() - started, 1)}
     level_macs = {f"{level:g}": {pos: float(total_macs(subnets_to_array([s]), tables.counter,
                                                          int(configs[samplers[0]].supernet.num_classes),
                                                          _space(configs[samplers[0]]))[0] / 1e6)
@@ -328,6 +337,11 @@ def plot_ablation(section: dict[str, Any], path: Path) -> Path:
 @hydra_app("elasticvit", "ablation")
 def main(cfg: DictConfig) -> None:
     section = run(cfg)
+    if cfg.only is not None:
+        result = section["results"][str(cfg.only)]
+        print(f"{cfg.only}: trained and scored ({result['steps']} steps, {result['train_seconds']:.0f} s of training); "
+              f"a run without only= writes the report")
+        return
     print(render_report(section))
     print(f"wrote {Path(cfg.output_dir) / 'section.json'} ({section['seconds']:.0f} s)")
 
