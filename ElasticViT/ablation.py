@@ -128,6 +128,14 @@ def standalone_top1(subnet: Subnet, train_cfg: DictConfig, loaders: dict[str, An
     return 100.0 * evaluate_top1(model.eval(), loaders["val"], ctx.device, ctx)["top1"]
 
 
+def _standalone_job(subnet: Subnet, train_cfg: DictConfig, out_dir: Path, seed: int) -> float:
+    """:func:`standalone_top1` in a worker process of its own, on one thread."""
+    torch.set_num_threads(1)
+    ctx = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend=None,
+                      is_distributed=False)
+    return standalone_top1(subnet, train_cfg, _loaders(train_cfg), out_dir, ctx, seed)
+
+
 def _space(train_cfg: DictConfig) -> Any:
     from .train_step import space_from_config
 
@@ -233,14 +241,23 @@ def _ranking(cfg: DictConfig, train_cfg: DictConfig, supernet: ElasticViTSuperne
     macs = total_macs(subnets_to_array(candidates), tables.counter, num_classes, space)
     picked = [candidates[i] for i in spread_by_complexity(macs.tolist(), int(cfg.ranking.count))]
     loaders = _loaders(train_cfg)
+    seed, jobs = int(cfg.seed), int(cfg.ranking.jobs)
+    dirs = [out_dir / "standalone" / f"subnet{index}" for index in range(len(picked))]
+    if jobs > 1:  # the stand-alone trainings side by side, one thread each (each seeds itself: same results)
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            alone = list(tqdm(pool.map(_standalone_job, picked, [train_cfg] * len(picked), dirs, [seed] * len(picked)),
+                              total=len(picked), desc="ranking: subnets trained alone"))
+    else:
+        alone = [standalone_top1(subnet, train_cfg, loaders, path, ctx, seed)
+                 for subnet, path in zip(tqdm(picked, desc="ranking: subnets trained alone"), dirs)]
     rows = []
-    for index, subnet in enumerate(tqdm(picked, desc="ranking: subnets trained alone")):
-        inherited = inherited_top1(supernet, subnet, loaders, int(cfg.eval.bn_calibration_batches), ctx,
-                                   int(cfg.seed))
-        alone = standalone_top1(subnet, train_cfg, loaders, out_dir / "standalone" / f"subnet{index}", ctx,
-                                int(cfg.seed))
+    for subnet, top1 in zip(picked, alone):
+        inherited = inherited_top1(supernet, subnet, loaders, int(cfg.eval.bn_calibration_batches), ctx, seed)
         subnet_macs = float(total_macs(subnets_to_array([subnet]), tables.counter, num_classes, space)[0])
-        rows.append(RankedSubnet(str(subnet), subnet_macs, inherited, alone))
+        rows.append(RankedSubnet(str(subnet), subnet_macs, inherited, top1))
     fidelity = ranking_fidelity(rows)
     plot_ranking(rows, fidelity, out_dir / "ranking.png", title=f"ElasticViT ({cfg.ranking.sampler})")
     return {"sampler": str(cfg.ranking.sampler), "fidelity": fidelity.to_dict(),
