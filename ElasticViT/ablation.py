@@ -298,7 +298,7 @@ def render_report(section: dict[str, Any]) -> str:
     for s in samplers:
         g = section["results"][s]["gradient_conflict"] or {}
         conflict_rows.append([s, g.get("steps", 0), _fmt(g.get("mean")), _fmt(g.get("median")),
-                              _fmt(g.get("negative_fraction")), section["results"][s]["train_seconds"]])
+                              _fmt(g.get("negative_fraction")), f"{section['results'][s]['train_seconds']:.0f}"])
     parts.append(render_table({"caption": "Gradient cosine of consecutive steps (shared weights; higher: less "
                                           "conflict)",
                                "columns": ["sampler", "steps", "mean", "median", "fraction < 0", "train s"],
@@ -331,18 +331,18 @@ def plot_ablation(section: dict[str, Any], path: Path) -> Path:
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
     levels = list(section["level_mmacs"])
-    for sampler in section["samplers"]:
+    for index, sampler in enumerate(section["samplers"]):  # one colour per sampler
         top1 = section["results"][sampler]["top1"]
         for pos, style in (("smallest", "o--"), ("largest", "s-")):
             ax.plot([section["level_mmacs"][lv][pos] for lv in levels], [top1[lv][pos] for lv in levels], style,
-                    label=f"{sampler} ({pos})")
+                    color=f"C{index}", label=f"{sampler} ({pos})")
     ax.set_xlabel("MMACs")
     ax.set_ylabel("top-1 %")
     ax.set_title("Subnets per FLOPs level")
     ax.legend(fontsize=7)
     names = section["samplers"]
     means = [(section["results"][s]["gradient_conflict"] or {}).get("mean", float("nan")) for s in names]
-    bx.bar(names, means)
+    bx.bar(names, means, color=[f"C{index}" for index in range(len(names))])
     bx.set_ylabel("mean cosine of consecutive steps' gradients")
     bx.set_title("Gradient conflict (higher = less)")
     fig.tight_layout()

@@ -108,7 +108,7 @@ def plot_ranking(subnets: Sequence[RankedSubnet], fidelity: RankingFidelity, pat
     fig.colorbar(points, ax=ax, label="MMACs")
     ax.set_xlabel("inherited weights, BN re-estimated: top-1 %")
     ax.set_ylabel("trained alone: top-1 %")
-    ax.set_title(f"{title}: Kendall tau {fidelity.kendall_tau:.2f} ({fidelity.count} subnets)")
+    ax.set_title(f"{title}: Kendall tau {fidelity.kendall_tau:.2f} ({fidelity.count} subnets)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
