@@ -48,6 +48,7 @@ from moonlit.common.data.images import build_image_data
 from moonlit.common.errors import InputError
 from moonlit.common.nas.ranking import (
     RankedSubnet,
+    map_in_processes,
     plot_ranking,
     ranking_fidelity,
     spread_by_complexity,
@@ -244,12 +245,8 @@ def _ranking(cfg: DictConfig, train_cfg: DictConfig, supernet: ElasticViTSuperne
     seed, jobs = int(cfg.seed), int(cfg.ranking.jobs)
     dirs = [out_dir / "standalone" / f"subnet{index}" for index in range(len(picked))]
     if jobs > 1:  # the stand-alone trainings side by side, one thread each (each seeds itself: same results)
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            alone = list(tqdm(pool.map(_standalone_job, picked, [train_cfg] * len(picked), dirs, [seed] * len(picked)),
-                              total=len(picked), desc="ranking: subnets trained alone"))
+        argsets = [(subnet, train_cfg, path, seed) for subnet, path in zip(picked, dirs)]
+        alone = map_in_processes(_standalone_job, argsets, jobs, "ranking: subnets trained alone")
     else:
         alone = [standalone_top1(subnet, train_cfg, loaders, path, ctx, seed)
                  for subnet, path in zip(tqdm(picked, desc="ranking: subnets trained alone"), dirs)]

@@ -49,6 +49,7 @@ from moonlit.common.data.images import check_image_data, image_data_from_config
 from moonlit.common.errors import InputError
 from moonlit.common.nas.ranking import (
     RankedSubnet,
+    map_in_processes,
     plot_ranking,
     ranking_fidelity,
     spread_by_complexity,
@@ -106,8 +107,9 @@ def check_config(cfg: DictConfig) -> SpaceEncoding | None:
                          f"LUT resolution {list(spec.lut_resolutions)} (first_conv + stage0 + head)")
     _positive(cfg, ["kd.fp32_steps", "kd.batch_size", "lut.num_samples", "lut.batch_size", "lut.calib_batches",
                     "lut.eval_batches", "search.budget", "search.rerank_top", "supernet.fp32_epochs",
-                    "supernet.qat_epochs", "supernet.batch_size", "ranking.candidates", "subnet_search.population",
-                    "subnet_search.batch_size", "deploy.calibration_batches", "data.holdout_per_class"])
+                    "supernet.qat_epochs", "supernet.batch_size", "ranking.candidates", "ranking.jobs",
+                    "subnet_search.population", "subnet_search.batch_size", "deploy.calibration_batches",
+                    "data.holdout_per_class"])
     _positive(cfg, ["kd.lsq_steps", "teacher.bn_batches", "ranking.bn_batches", "subnet_search.bn_batches",
                     "supernet.bn_batches"], minimum=0)
     _positive(cfg, ["ranking.count"], minimum=2)
@@ -282,23 +284,42 @@ def standalone_top1(subnet: SubnetEncoding, train_cfg: DictConfig, loaders: dict
     return 100.0 * evaluate_top1(model.eval(), loaders["val"], torch.device("cpu"), _cpu())["top1"]
 
 
+def _standalone_job(subnet: SubnetEncoding, train_cfg: DictConfig, out_dir: Path, seed: int) -> float:
+    """:func:`standalone_top1` in a worker process of its own, on one thread (its own loaders)."""
+    torch.set_num_threads(1)
+    return standalone_top1(subnet, train_cfg, _loaders(train_cfg), out_dir, seed)
+
+
 def rank_subnets(cfg: DictConfig, train_cfg: DictConfig, fp32_checkpoint: str, out: Path) -> dict[str, Any]:
-    """Inherited vs stand-alone top-1 of ``ranking.count`` subnets spread over the MACs range; tau and the plot."""
+    """Inherited vs stand-alone top-1 of ``ranking.count`` subnets spread over the MACs range; tau and the plot.
+
+    With ``ranking.jobs`` > 1 the stand-alone trainings not finished earlier run that many at a time in
+    spawned processes, one thread each; each seeds itself, so the rows equal a serial run's.
+    """
     space = SpaceEncoding.decode(str(train_cfg.space))
     complexity = SubnetComplexity(space, NUM_CLASSES, [cfg.resolution])
     candidates = ranking_candidates(space, int(cfg.resolution), int(cfg.ranking.candidates), int(cfg.seed))
     macs = [complexity(s)[0] for s in candidates]
     picked = spread_by_complexity(macs, int(cfg.ranking.count))
+    seed = int(cfg.seed)
+    pending = [index for index in range(len(picked)) if not (out / f"subnet{index}" / "result.json").is_file()]
+    alone: dict[int, float] = {}
+    if int(cfg.ranking.jobs) > 1 and len(pending) > 1:
+        scores = map_in_processes(_standalone_job, [(candidates[picked[i]], train_cfg, out / f"subnet{i}", seed)
+                                                    for i in pending],
+                                  int(cfg.ranking.jobs), "ranking: subnets trained alone")
+        alone = dict(zip(pending, scores))
     supernet = load_supernet(space, fp32_checkpoint, NUM_CLASSES, [cfg.resolution], quantized=False)
     loaders = _loaders(train_cfg)
     rows = []
-    for index, candidate in enumerate(tqdm(picked, desc="ranking: subnets trained alone")):
+    for index, candidate in enumerate(tqdm(picked, desc="ranking: inherited weights")):
         subnet = candidates[candidate]
 
         def score(subnet: SubnetEncoding = subnet, index: int = index) -> dict[str, Any]:
-            inherited = inherited_top1(supernet, subnet, loaders, int(cfg.ranking.bn_batches), int(cfg.seed))
-            alone = standalone_top1(subnet, train_cfg, loaders, out / f"subnet{index}", int(cfg.seed))
-            return {"name": str(subnet), "macs": float(macs[candidate]), "inherited": inherited, "standalone": alone}
+            inherited = inherited_top1(supernet, subnet, loaders, int(cfg.ranking.bn_batches), seed)
+            trained = alone[index] if index in alone else standalone_top1(subnet, train_cfg, loaders,
+                                                                          out / f"subnet{index}", seed)
+            return {"name": str(subnet), "macs": float(macs[candidate]), "inherited": inherited, "standalone": trained}
 
         rows.append(RankedSubnet(**_stage(out / f"subnet{index}" / "result.json", score)))
     fidelity = ranking_fidelity(rows)

@@ -39,7 +39,7 @@ if [ "$smoke" = 1 ]; then
            data.val_subset=20 kd.fp32_steps=2 kd.lsq_steps=1 kd.batch_size=8 lut.num_samples=4 lut.batch_size=8
            lut.calib_batches=1 lut.eval_batches=1 search.num_samples=400 search.budget=24 search.population=8
            search.tournament=4 search.rerank_top=4 search.rerank_repeats=5 supernet.fp32_epochs=1 supernet.qat_epochs=1
-           supernet.batch_size=16 supernet.bn_batches=2 ranking.count=3 ranking.candidates=20 ranking.bn_batches=2
+           supernet.batch_size=16 supernet.bn_batches=2 ranking.count=3 ranking.candidates=20 ranking.bn_batches=2 ranking.jobs=1
            subnet_search.population=8 subnet_search.parents=4 subnet_search.mutations=4 subnet_search.crossovers=4
            subnet_search.iterations=2 subnet_search.bn_batches=2 subnet_search.batch_size=10 deploy.calibration_batches=1)
 else

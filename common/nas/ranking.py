@@ -10,15 +10,15 @@ disagreement). SpaceEvo's and ElasticViT's reduced real-data runs report it; nei
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["RankedSubnet", "RankingFidelity", "kendall_tau", "plot_ranking", "ranking_fidelity",
-           "spread_by_complexity"]
+__all__ = ["RankedSubnet", "RankingFidelity", "kendall_tau", "map_in_processes", "plot_ranking",
+           "ranking_fidelity", "spread_by_complexity"]
 
 
 @dataclass(frozen=True)
@@ -113,3 +113,21 @@ def plot_ranking(subnets: Sequence[RankedSubnet], fidelity: RankingFidelity, pat
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def map_in_processes(fn: Callable[..., Any], argsets: Sequence[tuple[Any, ...]], jobs: int, desc: str) -> list[Any]:
+    """``[fn(*args) for args in argsets]`` with a progress bar, ``jobs`` at a time in spawned processes.
+
+    For the stand-alone trainings of a ranking check: each call must seed itself and set its own thread
+    count (``torch.set_num_threads(1)`` in ``fn``), so the results equal a serial run's. ``jobs <= 1``
+    runs in this process. ``fn`` must be importable (a module-level function) for ``spawn``.
+    """
+    from tqdm import tqdm
+
+    if jobs <= 1 or len(argsets) <= 1:
+        return [fn(*args) for args in tqdm(argsets, desc=desc)]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(jobs, len(argsets)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(tqdm(pool.map(fn, *zip(*argsets)), total=len(argsets), desc=desc))

@@ -12,6 +12,7 @@ import pytest
 from moonlit.common.nas.ranking import (
     RankedSubnet,
     kendall_tau,
+    map_in_processes,
     plot_ranking,
     ranking_fidelity,
     spread_by_complexity,
@@ -83,3 +84,13 @@ def test_plot_is_written(tmp_path: Path) -> None:
     subnets = [RankedSubnet(f"s{i}", i * 1e6, 50 + i, 55 + i) for i in range(3)]
     path = plot_ranking(subnets, ranking_fidelity(subnets), tmp_path / "r.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_map_in_processes_keeps_the_order_and_equals_the_serial_map() -> None:
+    import operator
+
+    argsets = [(2, 3), (4, 5), (6, 7), (8, 9)]
+    expected = [6, 20, 42, 72]  # by hand
+    assert map_in_processes(operator.mul, argsets, 1, "serial") == expected
+    assert map_in_processes(operator.mul, argsets, 2, "two processes") == expected
+    assert map_in_processes(operator.mul, [], 2, "nothing") == []
