@@ -242,6 +242,7 @@ _REGISTRY: dict[str, PlatformFactory] = {}
 BUILTIN_PLATFORM_MODULES = (
     "moonlit.litepred.profile.ort",
     "moonlit.litepred.profile.torch_backend",
+    "moonlit.litepred.profile.openvino",
     "moonlit.litepred.profile.debug",
 )
 
