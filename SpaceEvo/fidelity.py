@@ -7,9 +7,12 @@ Each route's logits on the evaluation set (the real photos and Fashion-MNIST *te
 RGB at the model's resolution, normalised as the model's timm ``pretrained_cfg``) are scored against
 the FP32 torch model's (its run-time "same" pads fixed for the one input size, see
 :func:`static_same_padding_`): top-1 agreement and mean KL(FP32 ‖ route) of the softmaxes, on the photos,
-on Fashion-MNIST and on both. Routes: ORT FP32 (sanity), ORT static INT8 (:func:`export_static_int8`,
-per-channel, one arm per calibration method), ORT dynamic INT8 (Conv, MatMul and Gemm weights
-offline, activations per batch), torch BF16 autocast, and SpaceEvo's LSQ+ route (SpaceEvo §4.1):
+on Fashion-MNIST, on both, and on the "confident" images (FP32's top-1 probability beats the runner-up's
+by ``confident_margin``: not near-ties). Routes: ORT FP32 (sanity), ORT static INT8 (:func:`export_static_int8`,
+per-channel, one arm per calibration method; min-max with per-tensor weights; min-max with the N convs that
+lose most on the *calibration* images kept in float), ORT dynamic INT8 (weights offline, activations per
+batch; one arm per op-type list: ORT gives ConvInteger one weight scale per tensor even with
+``per_channel``), torch BF16 autocast, and SpaceEvo's LSQ+ route (SpaceEvo §4.1):
 every Conv2d/Linear becomes a QuantConv2d/QuantLinear with the same weights, min-max initialised on
 the calibration images, a short QAT distils the FP32 model's logits on Fashion-MNIST *train* images
 (their labels are not ImageNet classes), and :func:`export_lsq_qdq` writes the QDQ model, which is
@@ -78,6 +81,12 @@ def mean_kl(reference: np.ndarray, logits: np.ndarray) -> float:
 def _check_pair(reference: np.ndarray, logits: np.ndarray) -> None:
     if reference.shape != logits.shape or reference.ndim != 2 or len(reference) == 0:
         raise InputError(f"logits of shape {logits.shape} vs reference {reference.shape}; expected equal (N, C), N > 0")
+
+
+def confident(reference: np.ndarray, margin: float) -> np.ndarray:
+    """Rows whose reference top-1 probability beats the runner-up's by at least ``margin`` (not near-ties)."""
+    top2 = np.sort(torch.softmax(torch.as_tensor(reference, dtype=torch.float64), 1).numpy(), axis=1)[:, -2:]
+    return (top2[:, 1] - top2[:, 0]) >= margin
 
 
 def score_routes(reference: np.ndarray, routes: dict[str, np.ndarray], groups: dict[str, np.ndarray]
@@ -323,6 +332,23 @@ def per_layer_error(fp32_path: Path, int8_path: Path, batches: Iterator[Tensor],
             for i, ((name, _), e, n) in enumerate(zip(pairs, error_sq, norm_sq))]
 
 
+def _calibration_sensitivity(model: nn.Module, fp32_path: Path, calibration: list[Tensor], work: Path,
+                             threads: int) -> tuple[list[dict], list[str]]:
+    """Per-conv relative L2 of the min-max static INT8 model on the *calibration* images, and the Conv node
+    names ordered from the largest error down: the order the mixed-precision arms keep convs in float.
+
+    The error is cumulative (each conv output carries the error of everything before it), so the order
+    favours late convs on the residual stream; the scoring images never enter it.
+    """
+    fp32_copy = work / "sensitivity_fp32.onnx"
+    int8 = export_static_int8(model, work / "sensitivity_int8.onnx", calibration, fp32_path=fp32_copy,
+                              per_channel=True, calibrate_method="minmax", check=False)
+    rows = per_layer_error(fp32_copy, int8, iter(calibration), threads)
+    producer = {node.output[0]: node.name for node in onnx.load(str(fp32_copy)).graph.node if node.op_type == "Conv"}
+    ranked = sorted(rows, key=lambda row: -row["relative_l2"])
+    return rows, [producer[row["tensor"]] for row in ranked if row["tensor"] in producer]
+
+
 class _Bf16(nn.Module):
     """``model`` under CPU bfloat16 autocast, logits back in float32 (the BF16 latency arm)."""
 
@@ -340,13 +366,16 @@ class _Bf16(nn.Module):
 def render_table(section: dict[str, Any]) -> str:
     """The markdown tables of a ``section.json``: routes, then the ten conv outputs that lose most."""
     latency = section.get("latency_ms", {})
-    lines = ["| route | agree photos | agree FMNIST | agree all | KL photos | KL FMNIST | KL all | ms (1 thread) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    confident_header = f"agree confident ({section['confident_images']})" if "confident_images" in section else ""
+    lines = ["| route | agree photos | agree FMNIST | agree all | KL photos | KL FMNIST | KL all | ms (1 thread) |"
+             + (f" {confident_header} |" if confident_header else ""),
+             "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if confident_header else "")]
     for route, row in section["routes"].items():
         cells = [f"{row.get(f'agreement/{g}', float('nan')):.2%}" for g in ("photos", "fmnist", "all")]
         cells += [f"{row.get(f'kl/{g}', float('nan')):.4f}" for g in ("photos", "fmnist", "all")]
         ms = latency.get(route)
-        lines.append(f"| {route} | {' | '.join(cells)} | {'' if ms is None else f'{ms:.2f}'} |")
+        confident_cell = f" {row.get('agreement/confident', float('nan')):.2%} |" if confident_header else ""
+        lines.append(f"| {route} | {' | '.join(cells)} | {'' if ms is None else f'{ms:.2f}'} |{confident_cell}")
     if section.get("lsq_export_vs_fake_quant"):
         vs = section["lsq_export_vs_fake_quant"]
         lines += ["", f"LSQ+ INT8 export vs its fake-quant model: agreement {vs['agreement/all']:.2%} "
@@ -435,6 +464,7 @@ def _routes_and_report(cfg: DictConfig, *, model: nn.Module, evalset: EvalSet, c
                     desc="scoring", unit="batch", leave=False)
 
     reference = torch_logits(model, batches())
+    groups = {**evalset.groups, "confident": confident(reference, float(cfg.confident_margin))}
     routes: dict[str, np.ndarray] = {"torch FP32": reference}
     fp32_path = export_onnx(model, calibration[0][:1], work / "fp32.onnx", output_names=["output"],
                             dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, atol=1e-3, rtol=1e-2)
@@ -446,11 +476,28 @@ def _routes_and_report(cfg: DictConfig, *, model: nn.Module, evalset: EvalSet, c
                                   calibrate_method=method, check=False)
         onnx_paths[name], quantization[name] = path, quantization_summary(path).to_dict()
         routes[name] = ort_logits(path, batches(), threads)
+    if cfg.static_int8.per_tensor_arm:  # one weight scale per tensor: the weights ORT's dynamic route gets
+        name = "ORT static INT8 (minmax, per-tensor weights)"
+        path = export_static_int8(model, work / "static_per_tensor.onnx", calibration, per_channel=False,
+                                  calibrate_method="minmax", check=False)
+        onnx_paths[name], quantization[name] = path, quantization_summary(path).to_dict()
+        routes[name] = ort_logits(path, batches(), threads)
+    sensitivity = []
+    if cfg.static_int8.float_sensitive:
+        sensitivity, ranked = _calibration_sensitivity(model, fp32_path, calibration, work, threads)
+        for count in cfg.static_int8.float_sensitive:
+            name = f"ORT static INT8 (minmax, {count} convs float)"
+            path = export_static_int8(model, work / f"static_float{count}.onnx", calibration, per_channel=True,
+                                      calibrate_method="minmax", check=False, nodes_to_exclude=ranked[:count])
+            onnx_paths[name], quantization[name] = path, quantization_summary(path).to_dict()
+            routes[name] = ort_logits(path, batches(), threads)
     if cfg.dynamic_int8:
-        path = quantize_dynamic_int8(fp32_path, work / "dynamic.onnx", op_types=("Conv", "MatMul", "Gemm"),
-                                     preprocess=True)
-        onnx_paths["ORT dynamic INT8"], quantization["ORT dynamic INT8"] = path, quantization_summary(path).to_dict()
-        routes["ORT dynamic INT8"] = ort_logits(path, batches(), threads)
+        for op_types in cfg.dynamic_int8_op_types:
+            name = "ORT dynamic INT8" + ("" if "Conv" in op_types else f" ({'/'.join(op_types)} only)")
+            path = quantize_dynamic_int8(fp32_path, work / f"dynamic_{'_'.join(op_types)}.onnx",
+                                         op_types=tuple(op_types), preprocess=True)
+            onnx_paths[name], quantization[name] = path, quantization_summary(path).to_dict()
+            routes[name] = ort_logits(path, batches(), threads)
     if cfg.bf16:
         routes["torch BF16 autocast"] = torch_logits(model, batches(), bf16=True)
 
@@ -468,14 +515,14 @@ def _routes_and_report(cfg: DictConfig, *, model: nn.Module, evalset: EvalSet, c
         routes["LSQ+ INT8 (ORT)"] = ort_logits(export.path, batches(), threads)
         lsq = {"replaced_modules": replaced, "qat_steps": len(losses), "kd_loss_first": losses[:5],
                "kd_loss_last": losses[-5:], "export": export.to_dict(),
-               "vs_fake_quant": score_routes(fake_quant, {"x": routes["LSQ+ INT8 (ORT)"]}, evalset.groups)["x"]}
+               "vs_fake_quant": score_routes(fake_quant, {"x": routes["LSQ+ INT8 (ORT)"]}, groups)["x"]}
         if cfg.qat.float_outputs_arm:  # the conv outputs the trained model keeps in float stay float: exact
             name = "LSQ+ INT8 (ORT, float outputs)"
             path = export_lsq_qdq(student, work / "lsq_float_outputs.onnx", calibration,
                                   quantize_float_outputs=False).path
             onnx_paths[name], quantization[name] = path, quantization_summary(path).to_dict()
             routes[name] = ort_logits(path, batches(), threads)
-            lsq["float_outputs_vs_fake_quant"] = score_routes(fake_quant, {"x": routes[name]}, evalset.groups)["x"]
+            lsq["float_outputs_vs_fake_quant"] = score_routes(fake_quant, {"x": routes[name]}, groups)["x"]
 
     layers = []
     if cfg.static_int8.calibrate_methods:
@@ -495,7 +542,9 @@ def _routes_and_report(cfg: DictConfig, *, model: nn.Module, evalset: EvalSet, c
         "mean": list(mean), "std": list(std),
         "images": {"photos": photo_names, "fmnist_test": len(evalset.fmnist), "calibration_fmnist_train":
                    cfg.data.calibration, "qat_fmnist_train": len(qat_images)},
-        "routes": score_routes(reference, routes, evalset.groups),
+        "routes": score_routes(reference, routes, groups),
+        "confident_margin": float(cfg.confident_margin), "confident_images": int(groups["confident"].sum()),
+        "calibration_sensitivity": sensitivity,
         "lsq_export_vs_fake_quant": lsq.get("vs_fake_quant"), "lsq": lsq, "quantization": quantization,
         "per_layer": layers, "latency_ms": median_ms(comparison), "latency": comparison.to_dict(),
         "config": to_container(cfg),

@@ -184,12 +184,14 @@ def quantize_static_int8(
     preprocess: bool = True,
     reduce_range: bool = False,
     max_calibration_batches: int | None = None,
+    nodes_to_exclude: Iterable[str] = (),
     extra_options: dict[str, Any] | None = None,
 ) -> Path:
     """Statically quantize an FP32 ONNX model to INT8 using real calibration batches.
 
     ``calibration`` is an iterable of input batches (see :class:`CalibrationReader`).
-    ``op_types_to_quantize=None`` lets onnxruntime quantize every op type it supports.
+    ``op_types_to_quantize=None`` lets onnxruntime quantize every op type it supports;
+    ``nodes_to_exclude`` names nodes of the FP32 graph that stay float (mixed precision).
     Returns ``out_path``, a single ONNX file with an IR version onnxruntime loads.
     """
     fp32_path = _check_onnx_path(fp32_path, "FP32")
@@ -216,6 +218,7 @@ def quantize_static_int8(
             activation_type=activation_type,
             weight_type=weight_type,
             calibrate_method=_CALIBRATION_METHODS[calibrate_method],
+            nodes_to_exclude=list(nodes_to_exclude),
             extra_options=extra_options,
         )
         out_path = save_onnx(onnx.load(str(quantized)), out_path)
@@ -268,6 +271,7 @@ def export_static_int8(
     max_batches: int | None = None,
     dynamic_batch: bool = True,
     check: bool = True,
+    nodes_to_exclude: Iterable[str] = (),
 ) -> Path:
     """Export ``model`` to FP32 ONNX and quantize it statically (QDQ U8S8) with real calibration batches.
 
@@ -277,7 +281,8 @@ def export_static_int8(
     ``max_batches`` counts images. ``example`` (default: the first image) is the export example.
     The FP32 ONNX goes to ``fp32_path`` if given, else to a temporary directory. With ``check`` the
     FP32 graph must match torch within a tolerance that follows the logits' magnitude (BN folding
-    reorders sums). Returns ``path``.
+    reorders sums). ``nodes_to_exclude``: node names of the exported FP32 graph kept in float (a name
+    missing from the graph is an error). Returns ``path``.
     """
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -302,11 +307,18 @@ def export_static_int8(
         tolerance = {"atol": 1e-4 * max(1.0, magnitude), "rtol": 1e-3}
     axes = {"output_names": ["output"], "dynamic_axes": {"input": {0: "batch"}, "output": {0: "batch"}}} \
         if dynamic_batch else {}
+    excluded = list(nodes_to_exclude)
     options = {"per_channel": per_channel, "quant_format": quant_format, "calibrate_method": calibrate_method,
-               "max_calibration_batches": max_batches}
+               "max_calibration_batches": max_batches, "nodes_to_exclude": excluded}
     with tempfile.TemporaryDirectory(prefix="moonlit-static-int8-") as workdir:
         fp32 = export_onnx(model, example, fp32_path or Path(workdir) / "fp32.onnx", opset=opset, check=check,
                            **axes, **tolerance)
+        if excluded:
+            names = {node.name for node in onnx.load(str(fp32), load_external_data=False).graph.node}
+            unknown = [name for name in excluded if name not in names]
+            if unknown:
+                raise InputError(f"nodes_to_exclude names {unknown[:3]}{' …' if len(unknown) > 3 else ''}, "
+                                 f"not nodes of the exported graph {Path(fp32).name}")
         try:
             return quantize_static_int8(fp32, path, batches, **options)
         except ValueError as error:

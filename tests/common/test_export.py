@@ -423,3 +423,18 @@ def test_quantization_summary_on_handmade_graph() -> None:
     assert (summary.quantize_linear_nodes, summary.dequantize_linear_nodes) == (1, 3)
     assert summary.fraction_quantized("MatMul") == pytest.approx(2 / 3)
     assert summary.fraction_quantized() == pytest.approx(3 / 6)
+
+
+def test_export_static_int8_keeps_excluded_nodes_float(trained_classifier: dict, tmp_path: Path) -> None:
+    model, train_x = trained_classifier["model"], trained_classifier["train_x"]
+    batches = [train_x[i:i + 64] for i in range(0, 128, 64)]
+    full = export_static_int8(model, tmp_path / "full.onnx", batches, fp32_path=tmp_path / "fp32.onnx")
+    convs = [node.name for node in onnx.load(str(tmp_path / "fp32.onnx")).graph.node if node.op_type == "Conv"]
+    assert convs
+    mixed = export_static_int8(model, tmp_path / "mixed.onnx", batches, nodes_to_exclude=convs[:1])
+    full_summary, mixed_summary = quantization_summary(full), quantization_summary(mixed)
+    assert full_summary.quantized["Conv"] == len(convs) and full_summary.unquantized.get("Conv", 0) == 0
+    assert mixed_summary.quantized["Conv"] == len(convs) - 1 and mixed_summary.unquantized["Conv"] == 1
+    with pytest.raises(InputError, match="nodes_to_exclude names \\['no_such_conv'\\]"):
+        export_static_int8(model, tmp_path / "bad.onnx", batches, nodes_to_exclude=["no_such_conv"])
+    assert not (tmp_path / "bad.onnx").exists()

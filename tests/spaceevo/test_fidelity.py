@@ -20,6 +20,7 @@ from moonlit.spaceevo.deploy import export_lsq_qdq
 from moonlit.spaceevo.fidelity import (
     EvalSet,
     agreement,
+    confident,
     grey_to_model_input,
     lsq_qat,
     mean_kl,
@@ -47,6 +48,14 @@ def test_agreement_and_kl_against_hand_values() -> None:
     assert mean_kl(reference, reference + 5.0) == pytest.approx(0.0, abs=1e-12)  # softmax ignores a shift
     with pytest.raises(InputError, match="expected equal"):
         agreement(reference, logits[:1])
+
+
+def test_confident_rows_by_hand() -> None:
+    # softmax of [log 0.6, log 0.3, log 0.1] is (0.6, 0.3, 0.1): margin 0.3; [0, 0, 0]: margin 0
+    reference = np.log(np.array([[0.6, 0.3, 0.1], [1 / 3, 1 / 3, 1 / 3], [0.1, 0.45, 0.45]]))
+    assert confident(reference, 0.1).tolist() == [True, False, False]
+    assert confident(reference, 0.35).tolist() == [False, False, False]
+    assert confident(reference, 0.0).tolist() == [True, True, True]
 
 
 def test_score_routes_per_group() -> None:
