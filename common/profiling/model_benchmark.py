@@ -1,11 +1,13 @@
-"""FP32 vs INT8 latency of whole image models on this CPU, the table and the latency-vs-MACs plot.
+"""Latency of whole image models on this CPU per engine and precision, the table and the latency-vs-MACs plot.
 
 Shared by the vision papers' benchmarks (SpaceEvo's SEQnets, ElasticViT's named models) and their
 baselines. Every model is exported to FP32 ONNX and to INT8 QDQ (U8S8, ``quant_pre_process`` first:
 :func:`moonlit.common.export.int8.export_static_int8`, or a paper's own exporter, e.g. SpaceEvo's
-learned LSQ+ grids), and all of them, FP32 and INT8, are timed with onnxruntime on one thread,
-interleaved in one :func:`moonlit.common.profiling.latency.compare_many` run (medians; per-model
-INT8 speed-up with a bootstrap interval). MACs come from :func:`moonlit.common.profiling.flops.count_macs`.
+learned LSQ+ grids). The arms (:data:`ENGINES`) are onnxruntime FP32 and INT8 and OpenVINO FP32, BF16 and
+INT8 (the same QDQ file as onnxruntime's INT8; :mod:`moonlit.common.profiling.openvino`); all arms of all
+models are timed on one thread, interleaved in one :func:`moonlit.common.profiling.latency.compare_many` run
+(medians; speed-ups over onnxruntime FP32 with bootstrap intervals), and each row names its fastest arm.
+MACs come from :func:`moonlit.common.profiling.flops.count_macs`.
 
 Weights are random (latency does not depend on them), and so is the default INT8 calibration:
 the models are timed, not scored, so their activation grids come from random-normal batches.
@@ -23,18 +25,69 @@ from typing import Any
 import torch
 from torch import nn
 
+from moonlit.common.errors import InputError
 from moonlit.common.export.int8 import export_static_int8, quantization_summary
 from moonlit.common.export.onnx import export_onnx
 from moonlit.common.profiling.backends import make_runner
 from moonlit.common.profiling.flops import count_macs
 from moonlit.common.profiling.latency import compare_many
 
-__all__ = ["BenchModel", "benchmark_models", "calibration_batches", "export_model", "int8_front",
-           "plot_latency_vs_macs", "render_table"]
+__all__ = ["ENGINES", "BenchModel", "benchmark_models", "best_arm", "calibration_batches", "default_engines",
+           "export_model", "int8_front", "plot_latency_vs_macs", "render_table"]
 
 log = logging.getLogger(__name__)
 
 Int8Exporter = Callable[[nn.Module, Path, list[torch.Tensor]], Any]
+
+# engine-precision arm → (latency backend, the exported file it runs, backend options). The reference arm, ort-fp32,
+# keeps the row keys fp32_ms / int8_ms / speedup of onnxruntime and the arm names "<model>/fp32", "<model>/int8".
+ENGINES: dict[str, tuple[str, str, dict[str, str]]] = {
+    "ort-fp32": ("onnxruntime", "fp32_onnx", {}),
+    "ort-int8": ("onnxruntime", "int8_onnx", {}),
+    "ov-fp32": ("openvino", "fp32_onnx", {"precision": "fp32"}),
+    "ov-bf16": ("openvino", "fp32_onnx", {"precision": "bf16"}),
+    "ov-int8": ("openvino", "int8_onnx", {"precision": "int8"}),
+}
+REFERENCE_ENGINE = "ort-fp32"
+_ORT_ARM_SUFFIX = {"ort-fp32": "fp32", "ort-int8": "int8"}
+
+
+def default_engines() -> list[str]:
+    """Every arm of :data:`ENGINES` this CPU runs: both onnxruntime arms and the OpenVINO precisions it supports."""
+    from moonlit.common.profiling.openvino import supported_precisions
+
+    supported = set(supported_precisions())
+    return [engine for engine in ENGINES if engine.startswith("ort-") or engine.removeprefix("ov-") in supported]
+
+
+def _check_engines(engines: Sequence[str] | None) -> list[str]:
+    if engines is None:
+        return default_engines()
+    engines = list(engines)
+    unknown = [engine for engine in engines if engine not in ENGINES]
+    if unknown or len(set(engines)) != len(engines):
+        raise InputError(f"engines {engines} should be distinct names from {list(ENGINES)}")
+    if REFERENCE_ENGINE not in engines:
+        raise InputError(f"engines {engines} should include {REFERENCE_ENGINE!r}, the reference of every speed-up")
+    return engines
+
+
+def _arm(name: str, engine: str) -> str:
+    return f"{name}/{_ORT_ARM_SUFFIX.get(engine, engine)}"
+
+
+def _ms_key(engine: str) -> str:
+    """The row key of an arm's median: ``fp32_ms`` / ``int8_ms`` for onnxruntime, ``ov_bf16_ms`` etc. for OpenVINO."""
+    return f"{_ORT_ARM_SUFFIX[engine]}_ms" if engine in _ORT_ARM_SUFFIX else f"{engine.replace('-', '_')}_ms"
+
+
+def best_arm(row: dict[str, Any]) -> tuple[str, float] | None:
+    """``(engine, speed-up over ORT FP32)`` of the row's fastest arm (among those that ran), None without timings."""
+    timings = {engine: row[_ms_key(engine)] for engine in ENGINES if row.get(_ms_key(engine)) is not None}
+    if not timings or row.get("fp32_ms") is None:
+        return None
+    engine = min(timings, key=timings.__getitem__)
+    return engine, row["fp32_ms"] / timings[engine]
 
 
 @dataclass
@@ -85,17 +138,28 @@ def int8_front(rows: list[dict[str, Any]]) -> set[str]:
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
-    """The markdown table of benchmark rows."""
-    lines = ["| model | res | MMACs | params (M) | FP32 ms | INT8 ms | INT8 speed-up (95% CI) | INT8 convs | INT8 front |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+    """The markdown table of benchmark rows: onnxruntime FP32/INT8, the OpenVINO arms any row has, the best arm."""
+    ov_engines = [engine for engine in ENGINES if engine.startswith("ov-")
+                  and any(_ms_key(engine) in row or engine in row.get("errors", {}) for row in rows)]
+    ov_header = "".join(f" OV {engine.removeprefix('ov-').upper()} ms |" for engine in ov_engines)
+    lines = ["| model | res | MMACs | params (M) | ORT FP32 ms | ORT INT8 ms | ORT INT8 speed-up (95% CI) | INT8 convs "
+             f"| INT8 front |{ov_header} best engine (speed-up vs ORT FP32) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|:---:|" + "---:|" * len(ov_engines) + "---|"]
     for row in rows:
         if row["int8_ms"] is None:
             int8 = "fails in onnxruntime | – | –"
         else:
             low, high = row["speedup_ci95"]
-            int8 = f"{row['int8_ms']:.2f} | {row['speedup']:.2f}x ({low:.2f}-{high:.2f}) | {row['quantized_conv_fraction']:.0%}"
+            int8 = (f"{row['int8_ms']:.2f} | {row['speedup']:.2f}x ({low:.2f}-{high:.2f}) | "
+                    f"{row['quantized_conv_fraction']:.0%}")
+        ov = ""
+        for engine in ov_engines:
+            ms = row.get(_ms_key(engine))
+            ov += f" {ms:.2f} |" if ms is not None else (" fails |" if engine in row.get("errors", {}) else " – |")
+        best = best_arm(row)
+        best_text = f"{best[0]} {best[1]:.2f}x" if best else "–"
         lines.append(f"| {row['name']} | {row['resolution']} | {row['macs'] / 1e6:.0f} | {row['params'] / 1e6:.2f} | "
-                     f"{row['fp32_ms']:.2f} | {int8} | {'yes' if row['on_int8_front'] else ''} |")
+                     f"{row['fp32_ms']:.2f} | {int8} | {'yes' if row['on_int8_front'] else ''} |{ov} {best_text} |")
     return "\n".join(lines) + "\n"
 
 
@@ -137,8 +201,15 @@ def plot_latency_vs_macs(rows: list[dict[str, Any]], path: str | Path, title: st
 
 def benchmark_models(models: Sequence[BenchModel], out_dir: str | Path, *, threads: int = 1, rounds: int = 100,
                      warmup: int = 10, burst: int = 2, calibration_count: int = 8, calibration_batch: int = 4,
-                     seed: int = 0) -> dict[str, Any]:
-    """Export every model, time FP32 and INT8 of all of them interleaved; rows with the INT8 front marked."""
+                     seed: int = 0, engines: Sequence[str] | None = None) -> dict[str, Any]:
+    """Export every model and time every arm of ``engines`` of all of them interleaved; rows with the INT8 front
+    and the fastest arm marked.
+
+    ``engines``: names from :data:`ENGINES` (default :func:`default_engines`: all this CPU runs); ``"ort-fp32"``
+    is required, as the reference of every speed-up. An arm other than it that fails on a model (an INT8 graph an
+    engine cannot run) is logged and left out of that row (``row["errors"]``), not fatal.
+    """
+    engines = _check_engines(engines)
     torch.manual_seed(seed)
     onnx_dir = Path(out_dir) / "onnx"
     onnx_dir.mkdir(parents=True, exist_ok=True)
@@ -150,34 +221,49 @@ def benchmark_models(models: Sequence[BenchModel], out_dir: str | Path, *, threa
         log.info("%s: %.0f MMACs, INT8 convs %.0f%% (%s), exported in %.1f s", entry.name, info["macs"] / 1e6,
                  100 * info["quantized_conv_fraction"], entry.int8_route, time.perf_counter() - start)
         image = torch.randn(1, 3, entry.resolution, entry.resolution)
-        for precision in ("fp32", "int8"):
-            runner = make_runner("onnxruntime", info[f"{precision}_onnx"], image, threads=threads)
+        info["errors"] = {}
+        for engine in engines:
+            backend, source, options = ENGINES[engine]
             try:
-                runner.fn()  # an INT8 graph onnxruntime cannot run is reported, not fatal
-            except Exception as error:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidArgument types
-                if precision == "fp32":
+                runner = make_runner(backend, info[source], image, threads=threads, **options)
+                runner.fn()  # an INT8 graph an engine cannot run is reported, not fatal
+            except Exception as error:  # noqa: BLE001 - onnxruntime and OpenVINO raise their own types
+                if engine == REFERENCE_ENGINE:
                     raise
-                log.warning("%s: the INT8 model does not run in onnxruntime (%s); FP32 only", entry.name,
-                            str(error).splitlines()[0][:200])
-                info["int8_error"] = str(error)[:500]
+                log.warning("%s: %s does not run (%s); left out", entry.name, engine, str(error).splitlines()[0][:200])
+                info["errors"][engine] = str(error)[:500]
+                if engine == "ort-int8":
+                    info["int8_error"] = str(error)[:500]
                 continue
-            arms[f"{entry.name}/{precision}"] = runner
+            arms[_arm(entry.name, engine)] = runner
         exported.append(info)
     timing = compare_many(arms, rounds=rounds, warmup=warmup, burst=burst, seed=seed)
     rows = []
     for info in exported:
         name = info["name"]
-        row = {**info, "fp32_ms": timing.results[f"{name}/fp32"].median_ms, "int8_ms": None, "speedup": None,
-               "speedup_ci95": None}
-        if f"{name}/int8" in timing.results:
-            ratio = timing.ratio(f"{name}/fp32", f"{name}/int8")
-            row.update(int8_ms=timing.results[f"{name}/int8"].median_ms, speedup=ratio.ratio,
-                       speedup_ci95=list(ratio.ratio_ci95))
+        reference = _arm(name, REFERENCE_ENGINE)
+        row = {**info, "fp32_ms": timing.results[reference].median_ms, "int8_ms": None, "speedup": None,
+               "speedup_ci95": None, "speedups": {}}
+        for engine in engines:
+            arm = _arm(name, engine)
+            if engine == REFERENCE_ENGINE or arm not in timing.results:
+                continue
+            ratio = timing.ratio(reference, arm)
+            row["speedups"][engine] = {"speedup": ratio.ratio, "speedup_ci95": list(ratio.ratio_ci95)}
+            if engine == "ort-int8":
+                row.update(int8_ms=timing.results[arm].median_ms, speedup=ratio.ratio,
+                           speedup_ci95=list(ratio.ratio_ci95))
+            else:
+                row[_ms_key(engine)] = timing.results[arm].median_ms
+        best = best_arm(row)
+        row["best_engine"], row["best_speedup"] = best
+        if best[0] != REFERENCE_ENGINE:
+            row["best_speedup_ci95"] = row["speedups"][best[0]]["speedup_ci95"]
         rows.append(row)
     front = int8_front([row for row in rows if row["int8_ms"] is not None])
     for row in rows:
         row["on_int8_front"] = row["name"] in front
     return {"rows": rows, "environment": timing.environment,
-            "timing": {"threads": threads, "rounds": rounds, "warmup": warmup, "burst": burst},
+            "timing": {"threads": threads, "rounds": rounds, "warmup": warmup, "burst": burst, "engines": engines},
             "calibration": "random-normal batches (latency only; the models are not scored)",
             "samples_ms": {arm: r.samples_ms for arm, r in timing.results.items()}}
