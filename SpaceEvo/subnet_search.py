@@ -182,7 +182,6 @@ def load_supernet(space: SpaceEncoding | str, checkpoint: str | Path | None, num
     return supernet.eval()
 
 
-@torch.no_grad()
 class SupernetFitness:
     """Top-1 (%) of subnets of ``supernet`` on held-out images after BN recalibration, batched over candidates.
 
@@ -232,6 +231,7 @@ class SupernetFitness:
                        pending, index + 1, f"; {left} never ran" if left else "")
         self.supernet.set_active(active)
 
+    @torch.no_grad()
     def accuracy(self, subnet: SubnetEncoding) -> float:
         self.supernet.set_active(subnet)
         recalibrate_batch_norm(self.supernet, self.calibration, self.calibration_batches, device=self.device)
