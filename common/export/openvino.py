@@ -74,7 +74,8 @@ def export_openvino_ir(model_or_onnx: Any, path_xml: str | Path, *, example: Any
 
 
 def validate_onnx_model(source: str | Path | bytes, label: str) -> None:
-    """Raise :class:`InputError` unless ``source`` (an ``.onnx`` path or serialized bytes) passes ``onnx.checker``.
+    """Raise :class:`InputError` unless ``source`` (an ``.onnx`` path or serialized bytes) passes ``onnx.checker``
+    and every name in it is UTF-8 text.
 
     Run before OpenVINO reads a model: its ONNX frontend crashes the process (segfault) on some malformed graphs,
     e.g. an op type that is not valid UTF-8, and tries every other frontend on bytes that are not ONNX at all.
@@ -85,14 +86,36 @@ def validate_onnx_model(source: str | Path | bytes, label: str) -> None:
     try:
         if isinstance(source, bytes):
             proto = onnx.ModelProto.FromString(source)
-            if not proto.graph.node:
-                raise InputError(f"{label} holds no ONNX graph nodes; expected a serialized ONNX model")
-            onnx.checker.check_model(proto)
         else:
-            onnx.checker.check_model(str(source))  # the path form reads external data and models over 2 GiB
+            proto = onnx.load(str(source), load_external_data=False)
+        if not proto.graph.node:
+            raise InputError(f"{label} holds no ONNX graph nodes; expected a serialized ONNX model")
+        field = _non_text_field(proto)
+        if field is not None:
+            raise InputError(f"{label} has a {field} that is not UTF-8 text; expected a valid ONNX model")
+        # the path form reads external data and models over 2 GiB
+        onnx.checker.check_model(proto if isinstance(source, bytes) else str(source))
     except (DecodeError, onnx.checker.ValidationError, ValueError) as error:
         if isinstance(error, InputError):
             raise
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
         raise InputError(f"{label} is not a valid ONNX model ({first[:200]}); expected a serialized ONNX graph"
                          ) from None
+
+
+def _non_text_field(message: Any, path: str = "model") -> str | None:
+    """The first string field of ``message`` (recursively) that protobuf hands back as bytes: not valid UTF-8."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for field, value in message.ListFields():
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        values = value if repeated else [value]
+        if field.type == FieldDescriptor.TYPE_STRING:
+            if any(isinstance(item, bytes) for item in values):
+                return f"{path}.{field.name}"
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in values:
+                found = _non_text_field(item, f"{path}.{field.name}")
+                if found is not None:
+                    return found
+    return None

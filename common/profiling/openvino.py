@@ -208,7 +208,10 @@ class ExecutedLayer:
 
 
 def _rt_value(info: Any, key: str) -> str:
-    return info[key].astype(str) if key in info else ""
+    try:
+        return info[key].astype(str) if key in info else ""
+    except UnicodeDecodeError:  # a name from an IR file that is not UTF-8
+        raise InputError(f"the runtime graph's {key} is not UTF-8 text; the model's op names should be") from None
 
 
 def _split_names(text: str) -> tuple[str, ...]:

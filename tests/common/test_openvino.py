@@ -273,7 +273,24 @@ def bad_input_cases(folder: Path, fp32: Path) -> list[tuple[object, dict, str]]:
     ]
 
 
+def non_utf8_models() -> list[tuple[bytes, str]]:
+    """The hand-made graph with an op type / a node name that is not UTF-8 (OpenVINO's ONNX reader segfaults on
+    the first and hands back names that cannot be decoded for the second)."""
+    valid = conv_bn_relu_onnx()
+    op_type, name = b'"\x04Conv', b"\x1a\x02bn"  # field 4 (op_type) and field 3 (name), length-delimited
+    assert valid.count(op_type) == 1 and valid.count(name) == 1
+    return [(valid.replace(op_type, b'"\x04\x80onv'), "not a valid ONNX model|not UTF-8"),
+            (valid.replace(name, b"\x1a\x02\xfe\xa3"), "model.graph.node.name that is not UTF-8")]
+
+
 def test_bad_inputs_raise_one_line_input_errors(net: dict, tmp_path: Path) -> None:
+    for model, message in non_utf8_models():
+        with pytest.raises(InputError, match=message):
+            openvino_compile(model)
+        path = tmp_path / "non_utf8.onnx"
+        path.write_bytes(model)
+        with pytest.raises(InputError, match=message):
+            openvino_compile(path)
     for model, options, message in bad_input_cases(tmp_path, net["fp32"]):
         with pytest.raises(InputError, match=message) as raised:
             openvino_compile(model, **options)
