@@ -15,7 +15,11 @@ what token dropping (:mod:`.inference`, :mod:`.export`) buys on this machine, wi
 * **arms** per (batch size, input length, schedule), timed together with
   ``common.profiling.compare_many`` (interleaved rounds, medians, pinned threads): dense HF torch,
   pruned torch (``TokenDroppingModel``), dense ONNX Runtime, pruned ONNX Runtime
-  (``export_pruned_onnx``) and, with ``int8``, their dynamic-INT8 ORT variants.
+  (``export_pruned_onnx``), with ``int8`` their dynamic-INT8 ORT variants, and with ``openvino`` the same
+  ONNX files in OpenVINO (``common.profiling.openvino``) at FP32 / BF16 and, for ``int8``, a static QDQ
+  model whose MatMuls (weights per channel, activations calibrated on a few random batches of the
+  input's lengths) the CPU plugin runs as u8/i8 kernels. Each row also names the fastest pruned arm and
+  its speed-up over dense ORT FP32 (the deployment baseline).
 * **padded inputs** (``padded_inputs: [[real, padded]]``, e.g. CoLA-like 11 -> 64): every sample
   holds ``real`` tokens padded to ``padded``; speedups are then against the padded dense model,
   the baseline the paper's FLOPs reductions use.
@@ -41,7 +45,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from moonlit.common.config import hydra_app, to_container
 from moonlit.common.errors import InputError
-from moonlit.common.export.int8 import quantize_dynamic_int8
+from moonlit.common.export.int8 import quantize_dynamic_int8, quantize_static_int8
 from moonlit.common.export.onnx import export_onnx
 from moonlit.common.profiling import compare_many, make_runner
 from moonlit.common.report import render_table, write_section
@@ -159,6 +163,7 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
         for target in cfg.get(key) or ():
             if isinstance(target, bool) or not isinstance(target, (int, float)) or not target >= 1:
                 raise InputError(f"{key} holds {target!r}; expected MAC reductions as numbers >= 1 (dense = 1)")
+    ov_precisions = _openvino_precisions(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     hf_model = build_model(cfg.model, cfg.seed)
@@ -180,6 +185,8 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
                                          dynamic_axes={name: {0: "batch", 1: "sequence"} for name in example})
         if cfg.int8:
             dense_onnx["int8"] = quantize_dynamic_int8(dense_onnx["fp32"], onnx_dir / "dense_int8.onnx")
+        if "int8" in ov_precisions:
+            dense_onnx["qdq"] = _static_qdq(cfg, dense_onnx["fp32"], onnx_dir / "dense_qdq.onnx", cases[0])
     pruned_onnx: dict[tuple, dict[str, Path]] = {}
 
     records = []
@@ -206,19 +213,22 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
                                                     gate_values=s.gate_values(), example_batch=example)}
                 if cfg.int8:
                     paths["int8"] = quantize_pruned_dynamic(paths["fp32"], onnx_dir / f"{stem}_int8.onnx")
+                if "int8" in ov_precisions:
+                    paths["qdq"] = _static_qdq(cfg, paths["fp32"], onnx_dir / f"{stem}_qdq.onnx", case)
                 pruned_onnx[key] = paths
         for batch, rounds in case.batches:
             inputs = make_inputs(batch, real_length, padded_length, vocab_size=cfg.model.vocab_size,
                                  cls_id=special[0], sep_id=special[1], seed=cfg.seed)
             bar.set_postfix_str(f"batch {batch}, length {real_length} (padded {padded_length})")
             record = _measure_case(cfg, hf_model, dims, tops, schedules, inputs, rounds, dense_onnx, pruned_onnx,
-                                   real_length, padded_length)
+                                   real_length, padded_length, ov_precisions)
             records.append({"profile": case.profile, **record})
             bar.update()
     bar.close()
-    results = {"config": to_container(cfg), "dims": dataclasses.asdict(dims), "cases": records, "skipped": skipped}
+    results = {"config": to_container(cfg), "dims": dataclasses.asdict(dims), "cases": records, "skipped": skipped,
+               "openvino_precisions": ov_precisions}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = _table(records, bool(cfg.onnxruntime), bool(cfg.int8 and cfg.onnxruntime))
+    table = _table(records, _backends(cfg, ov_precisions))
     (out / "table.md").write_text(render_table(table) + "\n")
     _plot(records, out / "speedup.png")
     write_section(out, {"name": "top_benchmark", "title": "ToP: CPU latency of physical token dropping",
@@ -231,12 +241,20 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
 def _measure_case(cfg: DictConfig, hf_model: nn.Module, dims: EncoderDims, tops: dict[str, ToPModel],
                   schedules: list[KeepSchedule], inputs: dict[str, torch.Tensor], rounds: int,
                   dense_onnx: dict[str, Path], pruned_onnx: dict[tuple, dict[str, Path]],
-                  real_length: int, padded_length: int) -> dict[str, Any]:
+                  real_length: int, padded_length: int, ov_precisions: Sequence[str] = ()) -> dict[str, Any]:
     """One compare_many over every arm of one (batch, input) case, plus each schedule's kept counts."""
     threads = int(cfg.threads)
-    arms = {"dense/torch": make_runner("torch", hf_model, inputs, threads=threads)}
-    for precision, path in dense_onnx.items():
-        arms[f"dense/ort_{precision}"] = make_runner("onnxruntime", path, inputs, threads=threads)
+
+    def engine_arms(prefix: str, paths: dict[str, Path]) -> dict[str, Any]:
+        arms = {f"{prefix}/ort_{precision}": make_runner("onnxruntime", paths[precision], inputs, threads=threads)
+                for precision in ("fp32", "int8") if precision in paths}
+        for precision in ov_precisions:
+            path = paths["qdq"] if precision == "int8" else paths["fp32"]
+            arms[f"{prefix}/ov_{precision}"] = make_runner("openvino", path, inputs, threads=threads,
+                                                           precision=precision)
+        return arms
+
+    arms = {"dense/torch": make_runner("torch", hf_model, inputs, threads=threads), **engine_arms("dense", dense_onnx)}
     per_schedule = []
     for s in schedules:
         gates = s.gate_values()
@@ -254,26 +272,41 @@ def _measure_case(cfg: DictConfig, hf_model: nn.Module, dims: EncoderDims, tops:
             "max_abs_logit_diff_vs_masked": float((dropped.logits - masked.logits).abs().max()),
         })
         arms[f"{s.name}/torch"] = make_runner("torch", dropping, {**inputs, "gate_values": gates}, threads=threads)
-        for precision, path in pruned_onnx.get((s.prune_layers, s.bin_num, s.kept_bins), {}).items():
-            arms[f"{s.name}/ort_{precision}"] = make_runner("onnxruntime", path, inputs, threads=threads)
+        paths = pruned_onnx.get((s.prune_layers, s.bin_num, s.kept_bins))
+        if paths:
+            arms.update(engine_arms(s.name, paths))
     batch = int(inputs["input_ids"].shape[0])
     logger.debug("timing batch %d, length %d (padded %d): %d arms x %d rounds", batch, real_length, padded_length,
                 len(arms), rounds)
     comparison = compare_many(arms, rounds=rounds, warmup=int(cfg.warmup), baseline="dense/torch")
     medians = {name: result.median_ms for name, result in comparison.results.items()}
     for entry in per_schedule:
+        backends = [name.split("/", 1)[1] for name in medians if name.startswith("dense/")]
         entry["speedup"] = {backend: medians[f"dense/{backend}"] / medians[f"{entry['name']}/{backend}"]
-                            for backend in ["torch", *(f"ort_{p}" for p in dense_onnx)]
-                            if f"{entry['name']}/{backend}" in medians}
+                            for backend in backends if f"{entry['name']}/{backend}" in medians}
+        pruned = {backend: medians[f"{entry['name']}/{backend}"] for backend in entry["speedup"]}
+        if pruned and "dense/ort_fp32" in medians:  # the deployment question: best pruned arm vs dense ORT FP32
+            best = min(pruned, key=pruned.__getitem__)
+            entry["best_pruned"] = {"backend": best, "median_ms": pruned[best],
+                                    "speedup_vs_dense_ort_fp32": medians["dense/ort_fp32"] / pruned[best]}
     return {"batch_size": batch, "real_length": real_length, "padded_length": padded_length,
             "median_ms": medians, "schedules": per_schedule, "timing": comparison.to_dict()}
 
 
-def _table(records: list[dict[str, Any]], ort: bool, int8: bool) -> dict[str, Any]:
-    backends = ["torch"] + (["ort_fp32"] if ort else []) + (["ort_int8"] if int8 else [])
+def _backends(cfg: DictConfig, ov_precisions: Sequence[str]) -> list[str]:
+    """The timed engines/precisions, in table order."""
+    if not cfg.onnxruntime:
+        return ["torch"]
+    return ["torch", "ort_fp32", *(["ort_int8"] if cfg.int8 else []), *(f"ov_{p}" for p in ov_precisions)]
+
+
+def _table(records: list[dict[str, Any]], backends: Sequence[str]) -> dict[str, Any]:
     columns = ["input", "batch", "length", "padded", "schedule", "target", "MAC red.", "MAC red. vs padded"]
     for backend in backends:
         columns += [f"{backend} dense ms", f"{backend} pruned ms", f"{backend} speedup"]
+    best = any("best_pruned" in entry for record in records for entry in record["schedules"])
+    if best:
+        columns += ["best pruned arm", "best vs dense ort_fp32"]
     rows = []
     for record in records:
         for entry in record["schedules"]:
@@ -283,9 +316,45 @@ def _table(records: list[dict[str, Any]], ort: bool, int8: bool) -> dict[str, An
             for backend in backends:
                 row += [record["median_ms"][f"dense/{backend}"], record["median_ms"][f"{entry['name']}/{backend}"],
                         entry["speedup"][backend]]
+            if best:
+                row += [entry["best_pruned"]["backend"], entry["best_pruned"]["speedup_vs_dense_ort_fp32"]]
             rows.append(row)
-    return {"caption": "Median latency (ms), 1-thread CPU, interleaved rounds; speedup = dense / pruned",
+    return {"caption": "Median latency (ms), 1-thread CPU, interleaved rounds; speedup = dense / pruned on the "
+                       "same engine and precision; best = fastest pruned arm against dense ONNX Runtime FP32",
             "source": "results.json (moonlit.top.benchmark)", "columns": columns, "rows": rows, "floatfmt": ".3g"}
+
+
+def _openvino_precisions(cfg: DictConfig) -> list[str]:
+    """``cfg.openvino`` checked: known precisions; those this CPU lacks are left out with a warning."""
+    wanted = [str(p) for p in (cfg.get("openvino") or [])]
+    if not wanted:
+        return []
+    from moonlit.common.profiling.openvino import PRECISIONS, supported_precisions
+
+    unknown = [p for p in wanted if p not in PRECISIONS]
+    if unknown:
+        raise InputError(f"openvino holds {unknown}; expected precisions among {list(PRECISIONS)}")
+    if not cfg.onnxruntime:
+        raise InputError("openvino arms time the exported ONNX models; they need onnxruntime=true")
+    native = supported_precisions()
+    for precision in wanted:
+        if precision not in native:
+            logger.warning("OpenVINO %s is left out: this CPU's OPTIMIZATION_CAPABILITIES lack it", precision)
+    return [p for p in wanted if p in native]
+
+
+def _static_qdq(cfg: DictConfig, fp32_path: Path, out_path: Path, case: InputCase) -> Path:
+    """Static QDQ INT8 of the exported model's MatMuls for OpenVINO's INT8 arms: weights per channel,
+    activation ranges from ``cfg.openvino_calibration`` random batches of the case's lengths (latency
+    does not depend on the ranges; the weights are random too)."""
+    batches = [{name: tensor.numpy() for name, tensor in
+                make_inputs(8, case.real_length, case.padded_length, vocab_size=cfg.model.vocab_size,
+                            cls_id=cfg.model.cls_id, sep_id=cfg.model.sep_id, seed=cfg.seed + 100 + i).items()}
+               for i in range(int(cfg.openvino_calibration))]
+    # quant_pre_process's symbolic shape inference cannot follow the dynamic sequence axis through HF's mask
+    # arithmetic ("Incomplete symbolic shape inference"); the MatMul weights' QDQ do not need it
+    return quantize_static_int8(fp32_path, out_path, batches, op_types_to_quantize=["MatMul"], per_channel=True,
+                                preprocess=False)
 
 
 def _plot(records: list[dict[str, Any]], path: Path) -> Path:

@@ -149,3 +149,60 @@ def test_task_profiles_are_timed_at_the_profile_batch_sizes(tmp_path: Path) -> N
     assert all([s["name"] for s in c["schedules"]] == ["1.5x"] for c in results["cases"])  # profile_targets only
     with pytest.raises(ValueError, match="one entry per profile batch size"):
         run_benchmark(compose_config("top", "benchmark", [*TINY, "profile_rounds=[1,2]"]))
+
+
+def test_openvino_arms_and_the_best_pruned_arm(tmp_path: Path) -> None:
+    cfg = compose_config("top", "benchmark", [
+        *TINY, f"paths.output_root={tmp_path}", "targets=[2.0]", "batch_sizes=[2]", "rounds_per_batch=[2]",
+        "warmup=1", "seq_lengths=[32]", "padded_inputs=[]", "openvino=[fp32,bf16,int8]", "~schedules_from.quickstart",
+        "profile_batch_sizes=[]", "profile_rounds=[]",
+    ])
+    results = run_benchmark(cfg)
+    precisions = results["openvino_precisions"]
+    assert "fp32" in precisions and "int8" in precisions  # every x86 CPU OpenVINO runs has both
+    (case,) = results["cases"]
+    arms = {f"{n}/{b}" for n in ("dense", "2x") for b in ("torch", "ort_fp32", *(f"ov_{p}" for p in precisions))}
+    assert set(case["median_ms"]) == arms
+    (entry,) = case["schedules"]
+    pruned = {b: case["median_ms"][f"2x/{b}"] for b in ("torch", "ort_fp32", *(f"ov_{p}" for p in precisions))}
+    fastest = min(pruned, key=pruned.get)
+    assert entry["best_pruned"]["backend"] == fastest
+    assert entry["best_pruned"]["speedup_vs_dense_ort_fp32"] == pytest.approx(
+        case["median_ms"]["dense/ort_fp32"] / pruned[fastest])
+    out = tmp_path / "top" / "benchmark"
+    assert (out / "onnx" / "dense_qdq.onnx").is_file() and (out / "onnx" / "pruned_0_qdq.onnx").is_file()
+    assert "best pruned arm" in (out / "table.md").read_text()
+    from moonlit.common.profiling.openvino import executed_layers, openvino_compile
+
+    for name in ("dense_qdq.onnx", "pruned_0_qdq.onnx"):  # the INT8 arms really run integer matmuls
+        layers = executed_layers(openvino_compile(out / "onnx" / name, precision="int8"))
+        integer = [layer for layer in layers if layer.layer_type in ("FullyConnected", "MatMul")
+                   and layer.runtime_precision in ("u8", "i8")]
+        assert len(integer) >= 3 * 4, (name, [(x.layer_type, x.runtime_precision) for x in layers])  # Q, K, V, O...
+
+
+def test_openvino_runs_the_pruned_onnx_as_onnxruntime_does(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from moonlit.common.profiling.openvino import openvino_compile
+    from moonlit.top.export import export_pruned_onnx
+
+    cfg = compose_config("top", "benchmark", TINY)
+    schedule = uniform_schedule(2.0, 30, 2, EncoderDims.from_config(build_model(cfg.model).config), (1, 2), 50)
+    top = ToPModel(build_model(cfg.model), schedule.pruning((101, 102))).eval()
+    example = make_inputs(2, 30, 40, vocab_size=200, cls_id=101, sep_id=102, seed=1)
+    path = export_pruned_onnx(top, tmp_path / "pruned.onnx", example_batch=example, gate_values=schedule.gate_values())
+    inputs = {k: v.numpy() for k, v in make_inputs(3, 24, 32, vocab_size=200, cls_id=101, sep_id=102, seed=2).items()}
+    reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], inputs)[0]
+    compiled = openvino_compile(path, precision="fp32")
+    logits = compiled.create_infer_request().infer(inputs)[compiled.output("logits")]
+    assert logits.shape == reference.shape == (3, 2)  # another batch and length than the export's
+    assert abs(logits - reference).max() <= 1e-4 * max(1.0, float(abs(reference).max()))
+
+
+def test_unknown_openvino_precision_is_one_line() -> None:
+    from moonlit.common.errors import InputError
+
+    with pytest.raises(InputError, match=r"openvino holds \['fp16'\]") as caught:
+        run_benchmark(compose_config("top", "benchmark", [*TINY, "openvino=[fp16]"]))
+    assert "\n" not in str(caught.value)
