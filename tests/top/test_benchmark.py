@@ -33,7 +33,8 @@ def test_run_benchmark_tiny(tmp_path: Path) -> None:
     learned = _learned_model_dir(tmp_path)
     cfg = compose_config("top", "benchmark", [
         *TINY, f"paths.output_root={tmp_path}", "targets=[1.5,2.0]", "batch_sizes=[1,2]", "rounds_per_batch=[2,2]",
-        "warmup=1", "seq_lengths=[32]", "padded_inputs=[[20,40]]", "int8=true", f"+schedules_from.learned={learned}", "~schedules_from.quickstart",
+        "warmup=1", "seq_lengths=[32]", "padded_inputs=[[20,40]]", "int8=true", f"+schedules_from.learned={learned}",
+        "~schedules_from.quickstart",
         "profile_batch_sizes=[]", "profile_rounds=[]",
     ])
     run_benchmark(cfg)
