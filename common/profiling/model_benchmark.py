@@ -199,30 +199,64 @@ def plot_latency_vs_macs(rows: list[dict[str, Any]], path: str | Path, title: st
     return path
 
 
+def _arm_failed(info: dict[str, Any], engine: str, error: str) -> None:
+    log.warning("%s: %s does not run (%s); left out", info["name"], engine, error.splitlines()[0][:200])
+    info["errors"][engine] = error[:500]
+    if engine == "ort-int8":
+        info["int8_error"] = error[:500]
+
+
+def _probe_openvino_arms(exported: list[dict[str, Any]], engines: list[str], threads: int) -> None:
+    """Compile and run every OpenVINO arm once in a child process; record the arms that fail or crash it."""
+    from moonlit.common.profiling.openvino import check_in_child
+
+    jobs = [(info, engine) for info in exported for engine in engines if ENGINES[engine][0] == "openvino"]
+    if not jobs:
+        return
+    start = time.perf_counter()
+    errors = check_in_child([(info[ENGINES[engine][1]], ENGINES[engine][2]["precision"]) for info, engine in jobs],
+                            threads=threads)
+    for (info, engine), error in zip(jobs, errors):
+        if error is not None:
+            _arm_failed(info, engine, error)
+    log.info("probed %d OpenVINO arms in a child process in %.1f s", len(jobs), time.perf_counter() - start)
+
+
 def benchmark_models(models: Sequence[BenchModel], out_dir: str | Path, *, threads: int = 1, rounds: int = 100,
                      warmup: int = 10, burst: int = 2, calibration_count: int = 8, calibration_batch: int = 4,
-                     seed: int = 0, engines: Sequence[str] | None = None) -> dict[str, Any]:
+                     seed: int = 0, engines: Sequence[str] | None = None, probe_openvino: bool = True
+                     ) -> dict[str, Any]:
     """Export every model and time every arm of ``engines`` of all of them interleaved; rows with the INT8 front
     and the fastest arm marked.
 
     ``engines``: names from :data:`ENGINES` (default :func:`default_engines`: all this CPU runs); ``"ort-fp32"``
     is required, as the reference of every speed-up. An arm other than it that fails on a model (an INT8 graph an
-    engine cannot run) is logged and left out of that row (``row["errors"]``), not fatal.
+    engine cannot run) is logged and left out of that row (``row["errors"]``), not fatal. With ``probe_openvino``
+    the OpenVINO arms are first compiled and run once in a child process
+    (:func:`~moonlit.common.profiling.openvino.check_in_child`), so a graph that crashes the CPU plugin is reported
+    as such instead of ending the run.
     """
     engines = _check_engines(engines)
     torch.manual_seed(seed)
     onnx_dir = Path(out_dir) / "onnx"
     onnx_dir.mkdir(parents=True, exist_ok=True)
-    exported, arms = [], {}
+    exported, images = [], []
     for entry in models:
         start = time.perf_counter()
         calibration = calibration_batches(entry.resolution, calibration_count, calibration_batch, seed)
         info = export_model(entry, onnx_dir, calibration)
         log.info("%s: %.0f MMACs, INT8 convs %.0f%% (%s), exported in %.1f s", entry.name, info["macs"] / 1e6,
                  100 * info["quantized_conv_fraction"], entry.int8_route, time.perf_counter() - start)
-        image = torch.randn(1, 3, entry.resolution, entry.resolution)
         info["errors"] = {}
+        exported.append(info)
+        images.append(torch.randn(1, 3, entry.resolution, entry.resolution))  # drawn here: the seeded order
+    if probe_openvino:
+        _probe_openvino_arms(exported, engines, threads)
+    arms = {}
+    for entry, info, image in zip(models, exported, images):
         for engine in engines:
+            if engine in info["errors"]:
+                continue
             backend, source, options = ENGINES[engine]
             try:
                 runner = make_runner(backend, info[source], image, threads=threads, **options)
@@ -230,13 +264,9 @@ def benchmark_models(models: Sequence[BenchModel], out_dir: str | Path, *, threa
             except Exception as error:  # noqa: BLE001 - onnxruntime and OpenVINO raise their own types
                 if engine == REFERENCE_ENGINE:
                     raise
-                log.warning("%s: %s does not run (%s); left out", entry.name, engine, str(error).splitlines()[0][:200])
-                info["errors"][engine] = str(error)[:500]
-                if engine == "ort-int8":
-                    info["int8_error"] = str(error)[:500]
+                _arm_failed(info, engine, str(error))
                 continue
             arms[_arm(entry.name, engine)] = runner
-        exported.append(info)
     timing = compare_many(arms, rounds=rounds, warmup=warmup, burst=burst, seed=seed)
     rows = []
     for info in exported:

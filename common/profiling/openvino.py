@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,7 @@ from moonlit.common.profiling.backends import Runner, register_backend
 
 __all__ = ["PRECISIONS", "INT8_HINT", "ExecutedLayer", "LayerCounter", "openvino_compile", "openvino_runner",
            "openvino_feed", "executed_layers", "per_layer_counters", "layers_by_original_name",
-           "supported_precisions", "is_quantized"]
+           "supported_precisions", "is_quantized", "check_in_child"]
 
 PRECISIONS = ("fp32", "bf16", "int8")
 _HINTS = {"fp32": "f32", "bf16": "bf16"}
@@ -293,3 +296,48 @@ def layers_by_original_name(layers: Sequence[ExecutedLayer]) -> dict[str, Execut
     """``{original op name: the executed layer it was fused into}``."""
     return {name: layer for layer in layers for name in layer.original_names}
 
+
+
+# Run by check_in_child in a fresh interpreter: compile and run each job, one JSON line per finished job.
+_CHILD = """
+import json, sys
+import numpy as np
+from moonlit.common.profiling.openvino import openvino_compile
+for index, (model, precision, threads) in enumerate(json.loads(sys.argv[1])):
+    try:
+        compiled = openvino_compile(model, precision=precision, threads=threads)
+        feed = {}
+        for port in compiled.inputs:
+            shape = [d.get_length() if d.is_static else 1 for d in port.get_partial_shape()]
+            feed[port.get_any_name()] = np.zeros(shape, port.get_element_type().to_dtype())
+        compiled.create_infer_request().infer(feed)
+        error = None
+    except Exception as failure:
+        error = (str(failure).strip().splitlines() or [type(failure).__name__])[0][:300]
+    print(json.dumps({"index": index, "error": error}), flush=True)
+"""
+
+
+def check_in_child(jobs: Sequence[tuple[str | Path, str]], *, threads: int = 1) -> list[str | None]:
+    """Compile and run once (zeros, dynamic dimensions at 1) each ``(model file, precision)`` in a child process;
+    per job None if it works, else why not.
+
+    The CPU plugin can kill the process on a graph it mishandles (a segfault compiling some QDQ graphs, e.g.
+    timm's GhostNet at INT8); a long benchmark probes its OpenVINO arms here first. After a crash the job being run
+    is reported as crashed and a fresh child goes on with the rest.
+    """
+    pending = [(str(model), precision, threads) for model, precision in jobs]
+    results: list[str | None] = []
+    while pending:
+        child = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(pending)], capture_output=True, text=True,
+                               check=False)
+        done = [json.loads(line)["error"] for line in child.stdout.splitlines() if line.startswith('{"index"')]
+        results += done
+        pending = pending[len(done):]
+        if pending:  # the child died on pending[0]
+            how = f"signal {-child.returncode}" if child.returncode < 0 else f"exit status {child.returncode}"
+            last = (child.stderr.strip().splitlines() or [""])[-1][:200]
+            detail = f": {last}" if last else ""
+            results.append(f"OpenVINO crashed the process ({how}) compiling or running it{detail}")
+            pending = pending[1:]
+    return results

@@ -110,3 +110,23 @@ def test_benchmark_times_every_arm_interleaved(tmp_path: Path) -> None:
     table = render_table(result["rows"])
     assert table.count("\n") == 4 and "| fails |" in table
     assert model_benchmark.REFERENCE_ENGINE == "ort-fp32"
+
+
+def test_an_openvino_arm_that_crashes_the_plugin_is_left_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe child dies on every INT8 file (as the CPU plugin does on some QDQ graphs): the run goes on
+    without the ov-int8 arms and says why in each row."""
+    import moonlit.common.profiling.openvino as openvino_module
+
+    crash_on_int8 = ("import json, os, signal, sys\n"
+                     "for index, (model, precision, threads) in enumerate(json.loads(sys.argv[1])):\n"
+                     "    if precision == 'int8':\n"
+                     "        os.kill(os.getpid(), signal.SIGSEGV)\n"
+                     "    print(json.dumps({'index': index, 'error': None}), flush=True)\n")
+    monkeypatch.setattr(openvino_module, "_CHILD", crash_on_int8)
+    torch.manual_seed(0)
+    result = benchmark_models([BenchModel("m", TinyNet(), 16)], tmp_path, rounds=1, warmup=1, burst=1,
+                              calibration_count=1, calibration_batch=2, engines=["ort-fp32", "ov-fp32", "ov-int8"])
+    (row,) = result["rows"]
+    assert sorted(result["samples_ms"]) == ["m/fp32", "m/ov-fp32"]
+    assert row["errors"]["ov-int8"].startswith("OpenVINO crashed the process (signal 11)")
+    assert "ov_int8_ms" not in row and row["ov_fp32_ms"] > 0

@@ -23,7 +23,9 @@ from torch import nn
 from moonlit.common.errors import InputError
 from moonlit.common.export import export_onnx, export_openvino_ir, export_static_int8
 from moonlit.common.profiling import available_backends, make_runner
+from moonlit.common.profiling import openvino as openvino_module
 from moonlit.common.profiling.openvino import (
+    check_in_child,
     executed_layers,
     layers_by_original_name,
     openvino_compile,
@@ -349,3 +351,24 @@ def test_importing_profiling_does_not_import_openvino() -> None:
     code = ("import sys, moonlit.common.profiling as p; "
             "assert 'openvino' in p.available_backends(); assert 'openvino' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# A stand-in child that crashes (SIGSEGV, as the CPU plugin does on some QDQ graphs) on files named crash*.onnx.
+CRASHING_CHILD = """
+import json, os, signal, sys
+for index, (model, precision, threads) in enumerate(json.loads(sys.argv[1])):
+    if os.path.basename(model).startswith("crash"):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    print(json.dumps({"index": index, "error": None}), flush=True)
+"""
+
+
+def test_check_in_child_reports_errors_and_survives_crashes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fp32 = tmp_path / "conv_bn_relu.onnx"
+    fp32.write_bytes(conv_bn_relu_onnx())
+    assert check_in_child([(fp32, "fp32"), (fp32, "int8")]) == [
+        None, f"{fp32} has no QuantizeLinear/DequantizeLinear (FakeQuantize) nodes: {openvino_module.INT8_HINT}"]
+    monkeypatch.setattr(openvino_module, "_CHILD", CRASHING_CHILD)
+    results = check_in_child([("a.onnx", "fp32"), ("crash1.onnx", "fp32"), ("b.onnx", "int8"), ("crash2.onnx", "bf16")])
+    assert results[0] is None and results[2] is None
+    assert all(text.startswith("OpenVINO crashed the process (signal 11)") for text in (results[1], results[3]))
