@@ -308,11 +308,12 @@ def executed_partition(path: str | Path, platform: str, *, graph: Graph | None =
             root = groups.find(key)
             owner[node] = groups.union(owner[node], root) if node in owner else root
 
-    def roots(nodes: set[str]) -> set[int] | None:
-        """The groups holding ``nodes``, None if one of them is in no group yet."""
+    def roots(nodes: set[str], direct_only: bool) -> set[int] | None:
+        """The groups holding ``nodes``, None if one of them is in no group yet (or, ``direct_only``, was only
+        placed by inference)."""
         found: set[int] = set()
         for node in nodes:
-            if node in owner:
+            if node in owner and not (direct_only and node in inferred):
                 found.add(groups.find(owner[node]))
             elif node in marks:
                 found |= {groups.find(key) for key in marks[node]}
@@ -345,20 +346,28 @@ def executed_partition(path: str | Path, platform: str, *, graph: Graph | None =
         for name in taken:
             owner[name] = key
 
-    # Step 3b: nodes no layer names join the group reading all their outputs, else the one they read from.
+    # Step 3b: nodes no layer names join the group reading all their outputs (through readers placed this way
+    # too: a GELU's chain into its FullyConnected), else the one they read from (only an elementwise node
+    # through a producer placed this way: a MatMul, Transpose or Split must follow a node a layer names).
     order = {name: i for i, name in enumerate(compute)}
+    inferred: set[str] = set()
+    stop = compute_set | set(marks)
     for forward in (True, False):
         for name in sorted(compute, key=order.__getitem__, reverse=forward):
             if name in owner:
                 continue
-            stop = compute_set | set(marks)
+            direct_only = not forward and graph.node(name).op_type not in _ELEMENTWISE
             neighbours = _neighbours(graph, name, stop, forward)
-            placed = roots(neighbours) if forward else roots({n for n in neighbours if n in owner or n in marks})
+            if not forward:  # the producers that are placed (a node may also read the model input)
+                neighbours = {n for n in neighbours
+                              if n in marks or (n in owner and not (direct_only and n in inferred))}
+            placed = roots(neighbours, direct_only)
             if placed is not None and len(placed) == 1:
                 root = placed.pop()
                 groups.nodes[root].add(name)
                 groups.inferred[root].add(name)
                 owner[name] = root
+                inferred.add(name)
     kernels = []
     for root in sorted({groups.find(k) for k in owner.values()}, key=lambda r: min(order[n] for n in groups.nodes[r])):
         layers = groups.layers[root]
