@@ -86,7 +86,9 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     t = cfg.timing
     result = benchmark_models(models, out_dir, threads=t.threads, rounds=t.rounds, warmup=t.warmup, burst=t.burst,
                               calibration_count=cfg.calibration.batches,
-                              calibration_batch=cfg.calibration.batch_size, seed=cfg.seed)
+                              calibration_batch=cfg.calibration.batch_size, seed=cfg.seed,
+                              engines=None if t.engines is None else list(t.engines))
+    engines = list(result["timing"]["engines"])
     rows = result["rows"]
     predicted, own = _predictions(cfg, subnets, models)
     for row in rows:
@@ -100,7 +102,7 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     if reference is not None:
         for row in rows:
             row["fp32_speedup_vs_reference"] = reference["fp32_ms"] / row["fp32_ms"]
-    result.update({"timing": to_container(cfg)["timing"], "predictor_dir": cfg.predictor_dir,
+    result.update({"timing": {**to_container(cfg)["timing"], "engines": engines}, "predictor_dir": cfg.predictor_dir,
                    "reference_baseline": cfg.reference_baseline})
     (out_dir / "benchmark.json").write_text(json.dumps(result, indent=1) + "\n")
     table = render_table(rows)
@@ -115,14 +117,17 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     (out_dir / "benchmark.md").write_text(table)
     plot_latency_vs_macs(rows, out_dir / "latency_vs_macs.png", "ElasticViT vs baselines: INT8 (filled), FP32 (hollow)",
                          label=lambda name: name.replace("elasticvit_", ""))
-    columns = ["model", "MMACs", "params (M)", "FP32 ms", "INT8 ms"]
+    columns = ["model", "MMACs", "params (M)", "ORT FP32 ms", "ORT INT8 ms", "best", "best speed-up"]
     write_section(out_dir, {
-        "name": "elasticvit_benchmark", "title": "ElasticViT: named models vs baselines (onnxruntime, 1 thread)",
+        "name": "elasticvit_benchmark",
+        "title": "ElasticViT: named models vs baselines (ONNX Runtime, OpenVINO; 1 thread)",
         "command": "python -m moonlit.elasticvit.benchmark",
-        "summary": (f"onnxruntime {t.threads} thread(s), {t.rounds} interleaved rounds, medians; random weights; "
-                    "INT8 grids from random-normal calibration batches."),
-        "tables": [{"caption": "Latency vs MACs", "source": "benchmark.json", "columns": columns,
-                    "rows": [[r["name"], r["macs"] / 1e6, r["params"] / 1e6, r["fp32_ms"], r["int8_ms"]] for r in rows],
+        "summary": (f"{', '.join(engines)}; {t.threads} thread(s), {t.rounds} interleaved rounds, medians; "
+                    "random weights; INT8 grids from random-normal calibration batches."),
+        "tables": [{"caption": "Latency vs MACs; best = fastest engine/precision, speed-up over ORT FP32",
+                    "source": "benchmark.json", "columns": columns,
+                    "rows": [[r["name"], r["macs"] / 1e6, r["params"] / 1e6, r["fp32_ms"], r["int8_ms"],
+                              r.get("best_engine"), r.get("best_speedup")] for r in rows],
                     "floatfmt": ".2f"}],
         "figures": [{"path": "latency_vs_macs.png", "caption": "latency vs MACs, INT8 filled, FP32 hollow"}],
     })
