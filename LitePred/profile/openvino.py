@@ -23,6 +23,8 @@ difference. Which ONNX nodes OpenVINO runs as one kernel is read from its execut
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,7 @@ from moonlit.litepred.profile.ort import (
 )
 from moonlit.litepred.profile.protocol import Measurement
 
-__all__ = ["OpenVinoBackend", "OV_PRECISIONS", "openvino_version"]
+__all__ = ["OpenVinoBackend", "OV_PRECISIONS", "check_compiles", "openvino_version"]
 
 OV_PRECISIONS = ("fp32", "bf16", "int8")
 
@@ -61,6 +63,18 @@ def _check_precision_supported(precision: str, name: str) -> None:
     if precision not in ov_engine.supported_precisions():
         raise InputError(f"platform {name!r} needs {precision} support in the CPU's OpenVINO OPTIMIZATION_CAPABILITIES "
                          f"(this CPU runs {ov_engine.supported_precisions()}); expected a CPU with AVX-512 BF16 or AMX")
+
+
+def check_compiles(path: str | Path, precision: str) -> None:
+    """Compile ``path`` once in a child process: OpenVINO 2026.4's CPU plugin segfaults compiling some QDQ graphs
+    (timm's ghostnet_100 at int8), which would end the whole profiling run. Raises RuntimeError naming the file."""
+    code = ("import sys; from moonlit.common.profiling.openvino import openvino_compile; "
+            "openvino_compile(sys.argv[1], precision=sys.argv[2])")
+    child = subprocess.run([sys.executable, "-c", code, str(path), precision], capture_output=True, text=True,
+                           check=False)
+    if child.returncode < 0:
+        raise RuntimeError(f"OpenVINO's CPU plugin crashed (signal {-child.returncode}) compiling {path} at "
+                           f"{precision}; this model cannot be measured on this platform")
 
 
 class OpenVinoBackend(Backend):
@@ -125,8 +139,12 @@ class OpenVinoBackend(Backend):
         return self.prepare_onnx(fp32, feed, workdir), feed
 
     def prepare_runner(self, model: nn.Module, example_inputs: Any, workdir: Path, *, kernel: bool = False) -> Runner:
-        """A runner of ``model`` (a kernel runs as its own model: see the module docstring)."""
-        return self._runner(*self.export(model, example_inputs, workdir))
+        """A runner of ``model`` (a kernel runs as its own model: see the module docstring; a whole INT8 model is
+        compiled in a child process first, :func:`check_compiles`)."""
+        timed, feed = self.export(model, example_inputs, workdir)
+        if not kernel and self.precision == "int8":
+            check_compiles(timed, self.precision)
+        return self._runner(timed, feed)
 
     def measure(self, model: nn.Module, example_inputs: Any) -> Measurement:
         with tempfile.TemporaryDirectory(prefix="litepred-ov-") as workdir:
@@ -141,6 +159,8 @@ class OpenVinoBackend(Backend):
             return self._measure_prepared(self.prepare_onnx(path, feed, workdir), feed)
 
     def _measure_prepared(self, timed: Path, feed: dict[str, np.ndarray]) -> Measurement:
+        if self.precision == "int8":
+            check_compiles(timed, self.precision)
         measurement = self._time(self._runner(timed, feed))
         if self.precision == "int8":
             summary = quantization_summary(timed)

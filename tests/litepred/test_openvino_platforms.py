@@ -62,6 +62,24 @@ def test_ov_int8_times_the_same_qdq_graph_as_ort_int8(tmp_path: Path) -> None:
     assert any(layer.layer_type == "Convolution" and layer.runtime_precision in ("u8", "i8") for layer in layers)
 
 
+def test_a_model_the_plugin_cannot_compile_fails_alone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A segfault of the CPU plugin (a child process killed by signal 11) fails that model, not the run."""
+    import subprocess
+
+    from moonlit.litepred.profile import openvino as ov_platform
+
+    model, x = _conv_bn_relu()
+    backend = get_platform("ov-int8", **FAST)
+    ov_platform.check_compiles(backend.export(model, x, tmp_path)[0], "int8")  # compiles: no error
+    crashed = subprocess.CompletedProcess([], -11, "", "")
+    monkeypatch.setattr(ov_platform.subprocess, "run", lambda *args, **kwargs: crashed)
+    (result,) = backend.measure_many([(model, x)])
+    assert isinstance(result, RuntimeError) and "signal 11" in str(result) and "int8" in str(result)
+    # kernels are not compiled twice (single ops; the crash is a whole-graph one)
+    (kernel,) = backend.measure_many([(model, x)], kernels=True)
+    assert isinstance(kernel, Measurement)
+
+
 def test_bf16_on_a_cpu_without_bf16_is_one_line_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ov_engine, "supported_precisions", lambda: ["fp32", "int8"])
     with pytest.raises(InputError) as error:
