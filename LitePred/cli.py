@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "predict": "moonlit.litepred.apps.predict",
     "evaluate": "moonlit.litepred.apps.evaluate",
     "adapt": "moonlit.litepred.apps.adapt",
+    "attribute": "moonlit.litepred.apps.attribute",
 }
 # other names a command is accepted under (not listed by --help)
 ALIASES: dict[str, str] = {"backends": "platforms"}
