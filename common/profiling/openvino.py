@@ -121,7 +121,9 @@ def _compile_config(precision: str, rest_precision: str | None, threads: int, pe
         "INFERENCE_NUM_THREADS": threads,  # the thread count the timing protocol pins and records
         "NUM_STREAMS": 1,  # one stream: one request at a time uses all `threads` threads
         "PERFORMANCE_HINT": "LATENCY",  # optimise one request's latency, not throughput across requests
-        "ENABLE_CPU_PINNING": True,  # threads bound to cores: OpenVINO's default for latency on Linux, made explicit
+        # Threads not bound to cores, as the ORT and torch arms are not: on a shared machine a bound thread cannot
+        # move off a core another process holds, which would charge that process's load to OpenVINO alone.
+        "ENABLE_CPU_PINNING": False,
         "PERF_COUNT": bool(perf_counters),  # per-layer counters for per_layer_counters (small overhead)
     }
     if cache_dir is not None:
@@ -137,7 +139,8 @@ def openvino_compile(model: Any, *, precision: str = "fp32", threads: int = 1, c
     ``precision``: ``"fp32"`` (``INFERENCE_PRECISION_HINT=f32``), ``"bf16"`` (``bf16``; :class:`InputError` when the
     CPU has no BF16) or ``"int8"`` (the model must hold QDQ/FakeQuantize nodes; its non-quantized rest runs at
     ``rest_precision``, f32 unless ``"bf16"`` is asked for). ``threads``: ``INFERENCE_NUM_THREADS``, with one
-    stream, the LATENCY hint and CPU pinning. ``cache_dir``: OpenVINO's ``CACHE_DIR`` for compiled blobs.
+    stream and the LATENCY hint (threads not bound to cores, like the other engines').
+    ``cache_dir``: OpenVINO's ``CACHE_DIR`` for compiled blobs.
     ``perf_counters``: ``PERF_COUNT``, needed by :func:`per_layer_counters`.
     """
     config = _compile_config(precision, rest_precision, threads, perf_counters, cache_dir)
