@@ -28,9 +28,17 @@ are mapped back to the ONNX nodes they run (:func:`map_ort_nodes`; ORT's optimiz
    every other one joins the executed node that consumes its output (a Conv fused with the Relu
    the executed node is named after; constant and shape subgraphs folded into their consumer).
 
+The INT8 platforms run a QDQ graph derived from the ONNX file. ORT's QDQ fusions name their nodes
+``<node>_token_<n>`` and their outputs after the fused node; an unnamed op (HardSwish inlined as
+HardSigmoid and Mul) is anchored to the op of its kind (``QLinearMul`` → ``Mul``) that reads what its
+input stands for. The QDQ graph's nodes are then named as in the ONNX file
+(:func:`timed_to_original`: same name, else the node writing the same tensor); Q/DQ nodes drop out.
+
 OpenVINO's executed layers are grouped into ONNX node sets by
 :func:`moonlit.litepred.kernels.ov_fusion.executed_partition`; an executed layer outside every group
-(an inserted Reorder, the input quantization) covers no ONNX node.
+runs the node of the (QDQ) graph it is named after, if any (a FakeQuantize named after a Q/DQ node);
+an inserted Reorder (named ``<source>_<layout>_<layout>_<consumer>``) goes with its consumer (else its
+source), as layout time.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import json
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,7 +58,7 @@ import onnx
 from moonlit.common.errors import InputError
 
 __all__ = ["LAYOUT_OPS", "ExecutedNode", "NodeProfile", "map_ort_nodes", "node_profile", "ort_node_profile",
-           "openvino_node_profile", "parse_ort_trace"]
+           "openvino_node_profile", "parse_ort_trace", "timed_to_original"]
 
 # Ops ORT inserts to change a tensor's layout between kernels (NCHW <-> NCHWc blocks).
 LAYOUT_OPS = frozenset({"ReorderInput", "ReorderOutput"})
@@ -58,6 +67,9 @@ _ELEMENTWISE = frozenset({
     "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh",
     "BatchNormalization", "Gelu", "Erf",
 })
+_QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
+_TOKEN = re.compile(r"_token_\d+$")  # ORT's suffix on the nodes its QDQ fusions create
+_QUANTIZED_PREFIX = re.compile(r"^(QLinear|Q)(?=[A-Z])")  # QLinearMul -> Mul, QGemm -> Gemm
 _KERNEL_SUFFIX = "_kernel_time"
 _NCHWC_SUFFIX = "_nchwc"
 
@@ -183,16 +195,50 @@ def map_ort_nodes(original: onnx.ModelProto, optimized: onnx.ModelProto) -> dict
     node_inputs = {names[i]: [x for x in node.input if x] for i, node in enumerate(original.graph.node)}
     op_of = {names[i]: node.op_type for i, node in enumerate(original.graph.node)}
 
+    consumers_of: dict[str, list[str]] = {}
+    for i, node in enumerate(original.graph.node):
+        for x in node.input:
+            consumers_of.setdefault(x, []).append(names[i])
+    outputs_of = {names[i]: [out for out in node.output if out] for i, node in enumerate(original.graph.node)}
+
+    def source(tensor: str) -> str | None:
+        """The ONNX node an optimized graph's tensor stands for: its producer, or the node it is named after
+        (ORT names the outputs of the QDQ fusions after the fused node)."""
+        return producer.get(tensor) or (tensor if tensor in name_set else None)
+
+    def downstream(onnx_node: str) -> list[str]:
+        """Consumers of ``onnx_node``, looking through QuantizeLinear/DequantizeLinear."""
+        found, frontier = [], [onnx_node]
+        for _ in range(3):
+            frontier = [c for n in frontier for out in outputs_of[n] for c in consumers_of.get(out, [])]
+            found += frontier
+            frontier = [n for n in frontier if op_of[n] in _QDQ]
+        return found
+
     executed = [(node.name or f"#{i}", node) for i, node in enumerate(optimized.graph.node)]
     anchors: dict[str, set[str]] = {}
     for name, node in executed:
-        if name in name_set:
-            found = {name}
+        base = _TOKEN.sub("", name)
+        if name in name_set or base in name_set:
+            found = {name if name in name_set else base}
         elif name.endswith(_NCHWC_SUFFIX) and name[: -len(_NCHWC_SUFFIX)] in producer:
             found = {producer[name[: -len(_NCHWC_SUFFIX)]]}
         else:
-            found = {producer[out] for out in node.output if out in producer}
+            found = {s for out in node.output if (s := source(out))}
         anchors[name] = found
+    taken = {a for found in anchors.values() for a in found}
+    for name, node in executed:  # an unnamed op (e.g. of an inlined function): the op of its kind it reads from
+        if anchors[name] or node.op_type in LAYOUT_OPS:
+            continue
+        kind = _QUANTIZED_PREFIX.sub("", node.op_type)
+        for x in node.input:
+            feeder = source(x)
+            match = next((c for c in downstream(feeder) if op_of[c] == kind and c not in taken), None) \
+                if feeder else None
+            if match:
+                anchors[name] = {match}
+                taken.add(match)
+                break
     # owner: ONNX node -> the executed (non-layout first) node that runs it
     owner: dict[str, str] = {}
     order = {name: i for i, (name, _) in enumerate(executed)}
@@ -250,6 +296,43 @@ def map_ort_nodes(original: onnx.ModelProto, optimized: onnx.ModelProto) -> dict
     return mapping
 
 
+def timed_to_original(timed: onnx.ModelProto, original: onnx.ModelProto) -> dict[str, str]:
+    """``{node of the timed graph: node of the original graph}`` for a timed graph derived from the original (the
+    INT8 QDQ graph): the node of the same name, else the one that writes the same output tensor, else (an
+    inserted QuantizeLinear/DequantizeLinear, an op of an inlined function) that of the nearest node downstream
+    that has one (within 5 hops): the glue around a float op in an INT8 graph is part of what running it costs."""
+    names = _node_names(original)
+    name_set = set(names)
+    producer = {out: names[i] for i, node in enumerate(original.graph.node) for out in node.output if out}
+    timed_names = _node_names(timed)
+    consumers: dict[str, list[int]] = {}
+    for i, node in enumerate(timed.graph.node):
+        for x in node.input:
+            consumers.setdefault(x, []).append(i)
+    direct: dict[int, str] = {}
+    for i, (name, node) in enumerate(zip(timed_names, timed.graph.node)):
+        if name in name_set:
+            direct[i] = name
+        elif found := next((producer[out] for out in node.output if out in producer), None):
+            direct[i] = found
+    result = {}
+    for i, name in enumerate(timed_names):
+        frontier = [i]
+        for _ in range(5):  # a node with no counterpart: that of the first node downstream with one
+            hit = next((direct[j] for j in frontier if j in direct), None)
+            if hit:
+                result[name] = hit
+                break
+            frontier = [c for j in frontier for out in timed.graph.node[j].output for c in consumers.get(out, [])]
+    return result
+
+
+def _translate(covers: tuple[str, ...], names: Mapping[str, str] | None) -> tuple[str, ...]:
+    if names is None:
+        return covers
+    return tuple(dict.fromkeys(names[n] for n in covers if n in names))
+
+
 def _ort_session_options(threads: int, optimization_level: str) -> Any:
     """The options of :func:`moonlit.common.profiling.backends.onnxruntime_session` (the platform's timed
     sessions: ``threads`` intra-op, one inter-op thread, sequential), to which profiling is added."""
@@ -283,11 +366,24 @@ def ort_node_profile(backend: Any, path: str | Path, feed: dict[str, np.ndarray]
             session.run(None, feed)
         trace = Path(session.end_profiling())
         events = json.loads(trace.read_text(encoding="utf-8"))
-        mapping = map_ort_nodes(onnx.load(str(timed), load_external_data=False),
-                                onnx.load(options.optimized_model_filepath, load_external_data=False))
+        timed_model = onnx.load(str(timed), load_external_data=False)
+        optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
+        mapping = map_ort_nodes(timed_model, optimized)
+        optimized_nodes = list(zip(_node_names(optimized), optimized.graph.node))
+        names = None if timed == Path(path) else timed_to_original(timed_model, onnx.load(str(path)))
     per_node, run_ms = parse_ort_trace(events, runs, source=str(trace.name))
-    nodes = [ExecutedNode(name, op_type, tuple(ms), *mapping.get(name, ((), op_type in LAYOUT_OPS)))
-             for name, (op_type, ms) in per_node.items()]
+    # The trace names an unnamed node "<op>_<index>"; the saved optimized model leaves it unnamed ("#i" here):
+    # paired by op type in execution order.
+    unnamed = [(name, node.op_type) for name, node in optimized_nodes if name.startswith("#")]
+    traced = [name for name in per_node if name not in mapping]
+    for op_type in sorted({op for _, op in unnamed}):
+        pool = [name for name, op in unnamed if op == op_type]
+        for trace_name, model_name in zip([n for n in traced if per_node[n][0] == op_type], pool):
+            mapping[trace_name] = mapping[model_name]
+    nodes = []
+    for name, (op_type, ms) in per_node.items():
+        covers, layout = mapping.get(name, ((), op_type in LAYOUT_OPS))
+        nodes.append(ExecutedNode(name, op_type, tuple(ms), _translate(covers, names), layout))
     return NodeProfile(f"onnxruntime {ort.__version__}", nodes, run_ms)
 
 
@@ -306,6 +402,9 @@ def openvino_node_profile(backend: Any, platform: str, path: str | Path, feed: d
     with tempfile.TemporaryDirectory(prefix="litepred-nodes-") as workdir:
         timed = Path(backend.prepare_onnx(path, feed, workdir))
         partition = executed_partition(timed, platform)
+        timed_model = onnx.load(str(timed), load_external_data=False)
+        timed_nodes = set(_node_names(timed_model))
+        names = None if timed == Path(path) else timed_to_original(timed_model, onnx.load(str(path)))
         compiled = openvino_compile(openvino.Core().read_model(str(timed)), precision=platform_precision(platform),
                                     threads=backend.threads, perf_counters=True)
     request = compiled.create_infer_request()
@@ -323,9 +422,27 @@ def openvino_node_profile(backend: Any, platform: str, path: str | Path, feed: d
                 layer_ms.setdefault(counter.name, (counter.exec_type, [0.0] * runs))[1][index - warmup] += \
                     counter.real_time_us / 1000
     covers = {layer: kernel.nodes for kernel in partition.kernels for layer in kernel.layers}
-    nodes = [ExecutedNode(name, exec_type, tuple(ms), tuple(covers.get(name, ())),
-                          layout=name not in covers and "reorder" in exec_type.lower())
-             for name, (exec_type, ms) in layer_ms.items()]
+    # a layer outside every group but named after a node of the timed graph (at INT8: a FakeQuantize named after
+    # a Q/DQ node, often with the float op around it fused in) runs that node
+
+    def covered_by(name: str) -> tuple[str, ...]:
+        covered = _translate(tuple(covers.get(name, ())), names)
+        if not covered and name in timed_nodes:
+            covered = _translate((name,), names)
+        return covered
+
+    nodes = []
+    for name, (exec_type, ms) in layer_ms.items():
+        covered, layout = covered_by(name), False
+        if not covered:
+            # an inserted Reorder is named "<source>_<layout>_<layout>_<consumer>": it goes with its consumer,
+            # else with its source
+            parts = name.split("_")
+            ends = ["_".join(parts[i:]) for i in range(1, len(parts))] + ["_".join(parts[:i])
+                                                                           for i in range(len(parts) - 1, 0, -1)]
+            end = next((e for e in ends if e and covered_by(e)), None)
+            covered, layout = (covered_by(end), True) if end else ((), "reorder" in exec_type.lower())
+        nodes.append(ExecutedNode(name, exec_type, tuple(ms), covered, layout))
     return NodeProfile(f"openvino {openvino.__version__}", nodes, run_ms)
 
 

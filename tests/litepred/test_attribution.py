@@ -28,7 +28,7 @@ from moonlit.litepred.predict.attribution import (
     in_context_records,
     join,
 )
-from moonlit.litepred.profile.node_profile import ExecutedNode, map_ort_nodes, parse_ort_trace
+from moonlit.litepred.profile.node_profile import ExecutedNode, map_ort_nodes, parse_ort_trace, timed_to_original
 
 
 def _run(ts: float, dur: float) -> dict:
@@ -126,6 +126,42 @@ def test_map_ort_nodes_follows_names_fusions_and_layout_nodes() -> None:
     assert mapping["ReorderOutput_1"] == (first, True)
     assert mapping["Conv_1"] == (second, False)
     assert mapping["Inserted_0"] == ((), False)  # nothing names an ONNX node: unattributed
+
+
+def test_map_ort_nodes_reads_qdq_fusions_and_unnamed_ops_of_inlined_functions() -> None:
+    # QDQ graph: x -> Q -> DQ -> Conv_0 (c) -> Q -> DQ -> [HardSwish inlined: HardSigmoid, Mul] (h) -> y
+    qdq = _model([
+        helper.make_node("QuantizeLinear", ["x", "s"], ["xq"], name="x_Q"),
+        helper.make_node("DequantizeLinear", ["xq", "s"], ["xd"], name="x_DQ"),
+        helper.make_node("Conv", ["xd", "w"], ["c"], name="Conv_0"),
+        helper.make_node("QuantizeLinear", ["c", "s"], ["cq"], name="c_Q"),
+        helper.make_node("DequantizeLinear", ["cq", "s"], ["cd"], name="c_DQ"),
+        helper.make_node("HardSigmoid", ["cd"], ["hs"]),
+        helper.make_node("Mul", ["cd", "hs"], ["h"]),
+        helper.make_node("Identity", ["h"], ["y"], name="Out"),
+    ], ["x", "s", "w"], ["y"])
+    optimized = _model([
+        helper.make_node("QuantizeLinear", ["x", "s"], ["x_Q"], name="x_Q"),
+        helper.make_node("QLinearConv", ["x_Q", "s", "w"], ["Conv_0"], name="Conv_0_token_3"),
+        helper.make_node("DequantizeLinear", ["Conv_0", "s"], ["c_DQ"], name="c_DQ"),
+        helper.make_node("HardSigmoid", ["c_DQ"], ["t1"]),
+        helper.make_node("QLinearMul", ["Conv_0", "s", "t1"], ["t2"]),
+        helper.make_node("Identity", ["t2"], ["y"], name="Out"),
+    ], ["x", "s", "w"], ["y"])
+    mapping = map_ort_nodes(qdq, optimized)
+    assert mapping["x_Q"] == (("x_Q",), False)
+    assert mapping["Conv_0_token_3"] == (("x_DQ", "Conv_0"), False)  # "<node>_token_<n>" runs <node>
+    assert mapping["c_DQ"] == (("c_Q", "c_DQ"), False)  # the Q the fusion removed joins its consumer
+    assert mapping["#3"] == (("#5",), False)  # the unnamed HardSigmoid: the QDQ graph's unnamed HardSigmoid
+    assert mapping["#4"] == (("#6",), False)  # QLinearMul: the Mul of the QDQ graph it stands for
+    assert mapping["Out"] == (("Out",), False)
+    # the QDQ graph's nodes named as in the FP32 graph: by name, by written tensor, else downstream
+    fp32 = _model([helper.make_node("Conv", ["x", "w"], ["c"], name="Conv_0"),
+                   helper.make_node("HardSwish", ["c"], ["h"], name="Act_0"),
+                   helper.make_node("Identity", ["h"], ["y"], name="Out")], ["x", "w"], ["y"])
+    names = timed_to_original(qdq, fp32)
+    assert names == {"x_Q": "Conv_0", "x_DQ": "Conv_0", "Conv_0": "Conv_0", "c_Q": "Act_0", "c_DQ": "Act_0",
+                     "#5": "Act_0", "#6": "Act_0", "Out": "Out"}
 
 
 # ---- the join and the error decomposition --------------------------------------------------------
