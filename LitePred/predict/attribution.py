@@ -157,6 +157,8 @@ class ModelAttribution:
     times: list[KernelTime]
     unattributed: list[ExecutedNode]
     engine: str = ""
+    measurement: dict[str, Any] | None = None  # the platform's measurement of the model (all its statistics)
+    node_sum_median_ms: float | None = None  # Σ of the executed nodes' medians (whatever statistic ms uses)
 
     @property
     def node_sum_ms(self) -> float:
@@ -171,6 +173,7 @@ class ModelAttribution:
             "model": self.model, "family": self.family, "platform": self.platform, "engine": self.engine,
             "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms, "session_ms": self.session_ms,
             "node_sum_ms": self.node_sum_ms, "intercept": self.intercept, "error_ms": self.error_ms,
+            "node_sum_median_ms": self.node_sum_median_ms, "measurement": self.measurement,
             "decomposition": decompose(self),
             "kernels": [{"type": k.type, "config": k.config.key(), "nodes": list(k.nodes),
                          "macs": kernel_macs(k.config),
@@ -272,12 +275,14 @@ def attribute_onnx(predictor: PlatformPredictor, backend: Any, platform: str, pa
     statistic = predictor.platform.get("statistic", "median")
     nodes = [dataclasses.replace(node, statistic=statistic) for node in profile.nodes]
     times, unattributed = join(kernels, nodes)
-    measured = profile.model_ms
+    measured, measurement = profile.model_ms, None
     if measure:
-        measured = float(getattr(backend.measure_onnx(path, feed), STATISTICS[statistic]))
+        taken = backend.measure_onnx(path, feed)
+        measured, measurement = float(getattr(taken, STATISTICS[statistic])), taken.to_dict()
     predicted = sum(k.predicted_ms for k in kernels) + predictor.overhead.intercept
     return ModelAttribution(name, family, platform, float(predicted), measured, profile.model_ms,
-                            float(predictor.overhead.intercept), kernels, times, unattributed, profile.engine)
+                            float(predictor.overhead.intercept), kernels, times, unattributed, profile.engine,
+                            measurement, profile.node_sum_ms)
 
 
 def in_context_records(result: ModelAttribution, backend: str, warmup: int = 0) -> list[Any]:
