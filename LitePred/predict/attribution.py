@@ -16,7 +16,8 @@ with ``P_t`` the predictions of the kernels of type ``t`` as they enter the mode
 time, ``N = Σ M_t + U`` the sum of executed node times, ``measured − N`` the time between nodes
 (dispatch, allocation, the runtime's per-run overhead) and ``b`` the calibration intercept.
 ``measured`` is the platform's own measurement of the model (its protocol and the predictor's
-statistic), or the profiled session's median run when the model is not measured apart. A node's time
+statistic), or the median of runs of the profiled session's setup with the profiler off when the model is
+not measured apart. A node's time
 is its predictor's statistic (p10 or median) over the profiled runs, as the kernels it learned from.
 
 In-context kernel samples (:func:`in_context_records`) turn the same join into records of the
@@ -151,7 +152,7 @@ class ModelAttribution:
     platform: str
     predicted_ms: float
     measured_ms: float
-    session_ms: float
+    untraced_ms: float  # median whole run of the profiled setup, profiler off
     intercept: float
     kernels: list[KernelPrediction]
     times: list[KernelTime]
@@ -171,7 +172,7 @@ class ModelAttribution:
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model, "family": self.family, "platform": self.platform, "engine": self.engine,
-            "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms, "session_ms": self.session_ms,
+            "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms, "untraced_ms": self.untraced_ms,
             "node_sum_ms": self.node_sum_ms, "intercept": self.intercept, "error_ms": self.error_ms,
             "node_sum_median_ms": self.node_sum_median_ms, "measurement": self.measurement,
             "decomposition": decompose(self),
@@ -259,7 +260,7 @@ def attribute_onnx(predictor: PlatformPredictor, backend: Any, platform: str, pa
 
     Kernels are detected with the predictor's rules on the file's own graph, so their node names are the
     profiled ones. ``measure``: the model is also timed by the platform's protocol (the predictor's
-    statistic); otherwise the profiled session's median run is the measured latency.
+    statistic); otherwise the median untraced run (:attr:`NodeProfile.model_ms`) is the measured latency.
     """
     from moonlit.litepred.graph.onnx_import import load_graph
     from moonlit.litepred.kernels.detect import detect_kernels

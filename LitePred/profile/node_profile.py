@@ -108,15 +108,17 @@ class ExecutedNode:
 
 @dataclasses.dataclass
 class NodeProfile:
-    """Every executed node of one model over ``len(run_ms)`` profiled runs, and each run's whole-model time."""
+    """Every executed node of one model over the profiled runs; ``run_ms``: whole runs of the same session setup
+    with the profiler off (tracing adds per-node bookkeeping: the traced runs are ``traced_run_ms``)."""
 
     engine: str
     nodes: list[ExecutedNode]
     run_ms: list[float]
+    traced_run_ms: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def model_ms(self) -> float:
-        """Median whole-run time of the profiled session (profiling on: slightly above an untraced run)."""
+        """Median whole-run time, profiler off (same session options, same feed)."""
         return float(np.median(self.run_ms))
 
     @property
@@ -126,7 +128,7 @@ class NodeProfile:
 
     def to_dict(self) -> dict[str, Any]:
         return {"engine": self.engine, "model_ms": self.model_ms, "node_sum_ms": self.node_sum_ms,
-                "run_ms": self.run_ms, "nodes": [n.to_dict() for n in self.nodes]}
+                "run_ms": self.run_ms, "traced_run_ms": self.traced_run_ms, "nodes": [n.to_dict() for n in self.nodes]}
 
 
 # ---- ONNX Runtime ------------------------------------------------------------------------------
@@ -333,6 +335,20 @@ def _translate(covers: tuple[str, ...], names: Mapping[str, str] | None) -> tupl
     return tuple(dict.fromkeys(names[n] for n in covers if n in names))
 
 
+def _timed_runs(run: Any, warmup: int, runs: int) -> list[float]:
+    """Wall time (ms) of ``runs`` calls of ``run`` after ``warmup`` untimed ones."""
+    import time
+
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
 def _ort_session_options(threads: int, optimization_level: str) -> Any:
     """The options of :func:`moonlit.common.profiling.backends.onnxruntime_session` (the platform's timed
     sessions: ``threads`` intra-op, one inter-op thread, sequential), to which profiling is added."""
@@ -371,7 +387,10 @@ def ort_node_profile(backend: Any, path: str | Path, feed: dict[str, np.ndarray]
         mapping = map_ort_nodes(timed_model, optimized)
         optimized_nodes = list(zip(_node_names(optimized), optimized.graph.node))
         names = None if timed == Path(path) else timed_to_original(timed_model, onnx.load(str(path)))
-    per_node, run_ms = parse_ort_trace(events, runs, source=str(trace.name))
+        untraced = ort.InferenceSession(str(timed), _ort_session_options(backend.threads, backend.optimization_level),
+                                        providers=["CPUExecutionProvider"])
+        run_ms = _timed_runs(lambda: untraced.run(None, feed), warmup, runs)
+    per_node, traced_ms = parse_ort_trace(events, runs, source=str(trace.name))
     # The trace names an unnamed node "<op>_<index>"; the saved optimized model leaves it unnamed ("#i" here):
     # paired by op type in execution order.
     unnamed = [(name, node.op_type) for name, node in optimized_nodes if name.startswith("#")]
@@ -384,7 +403,7 @@ def ort_node_profile(backend: Any, path: str | Path, feed: dict[str, np.ndarray]
     for name, (op_type, ms) in per_node.items():
         covers, layout = mapping.get(name, ((), op_type in LAYOUT_OPS))
         nodes.append(ExecutedNode(name, op_type, tuple(ms), _translate(covers, names), layout))
-    return NodeProfile(f"onnxruntime {ort.__version__}", nodes, run_ms)
+    return NodeProfile(f"onnxruntime {ort.__version__}", nodes, run_ms, traced_ms)
 
 
 # ---- OpenVINO --------------------------------------------------------------------------------------
@@ -407,6 +426,8 @@ def openvino_node_profile(backend: Any, platform: str, path: str | Path, feed: d
         names = None if timed == Path(path) else timed_to_original(timed_model, onnx.load(str(path)))
         compiled = openvino_compile(openvino.Core().read_model(str(timed)), precision=platform_precision(platform),
                                     threads=backend.threads, perf_counters=True)
+        untraced = openvino_compile(openvino.Core().read_model(str(timed)), precision=platform_precision(platform),
+                                    threads=backend.threads)
     request = compiled.create_infer_request()
     layer_ms: dict[str, tuple[str, list[float]]] = {}
     run_ms: list[float] = []
@@ -443,7 +464,9 @@ def openvino_node_profile(backend: Any, platform: str, path: str | Path, feed: d
             end = next((e for e in ends if e and covered_by(e)), None)
             covered, layout = (covered_by(end), True) if end else ((), "reorder" in exec_type.lower())
         nodes.append(ExecutedNode(name, exec_type, tuple(ms), covered, layout))
-    return NodeProfile(f"openvino {openvino.__version__}", nodes, run_ms)
+    untraced_request = untraced.create_infer_request()
+    return NodeProfile(f"openvino {openvino.__version__}", nodes,
+                       _timed_runs(lambda: untraced_request.infer(feed), warmup, runs), run_ms)
 
 
 def node_profile(backend: Any, platform: str, path: str | Path, feed: dict[str, np.ndarray], *, warmup: int = 5,
