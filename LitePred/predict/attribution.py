@@ -160,6 +160,7 @@ class ModelAttribution:
     engine: str = ""
     measurement: dict[str, Any] | None = None  # the platform's measurement of the model (all its statistics)
     node_sum_median_ms: float | None = None  # Σ of the executed nodes' medians (whatever statistic ms uses)
+    traced_gap_ms: float | None = None  # NodeProfile.traced_gap_ms: time between nodes within each traced run
 
     @property
     def node_sum_ms(self) -> float:
@@ -174,7 +175,8 @@ class ModelAttribution:
             "model": self.model, "family": self.family, "platform": self.platform, "engine": self.engine,
             "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms, "untraced_ms": self.untraced_ms,
             "node_sum_ms": self.node_sum_ms, "intercept": self.intercept, "error_ms": self.error_ms,
-            "node_sum_median_ms": self.node_sum_median_ms, "measurement": self.measurement,
+            "node_sum_median_ms": self.node_sum_median_ms, "traced_gap_ms": self.traced_gap_ms,
+            "measurement": self.measurement,
             "decomposition": decompose(self),
             "kernels": [{"type": k.type, "config": k.config.key(), "nodes": list(k.nodes),
                          "macs": kernel_macs(k.config),
@@ -283,7 +285,7 @@ def attribute_onnx(predictor: PlatformPredictor, backend: Any, platform: str, pa
     predicted = sum(k.predicted_ms for k in kernels) + predictor.overhead.intercept
     return ModelAttribution(name, family, platform, float(predicted), measured, profile.model_ms,
                             float(predictor.overhead.intercept), kernels, times, unattributed, profile.engine,
-                            measurement, profile.node_sum_ms)
+                            measurement, profile.node_sum_ms, profile.traced_gap_ms)
 
 
 def in_context_records(result: ModelAttribution, backend: str, warmup: int = 0) -> list[Any]:
@@ -314,12 +316,13 @@ def in_context_records(result: ModelAttribution, backend: str, warmup: int = 0) 
 
 def markdown_tables(results: Sequence[ModelAttribution]) -> str:
     """The per-model table and the residual-by-kernel-type table, as markdown."""
-    lines = ["| model | measured ms | predicted ms | error | Σ node times ms | Σ nodes / measured | unattributed ms |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | measured ms | predicted ms | error | Σ node times ms | Σ nodes / measured | unattributed ms "
+             "| between nodes in a traced run, ms |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
+        gap = f"{r.traced_gap_ms:.3f}" if r.traced_gap_ms is not None else "–"
         lines.append(f"| {r.model} | {r.measured_ms:.3f} | {r.predicted_ms:.3f} | "
                      f"{100 * r.error_ms / r.measured_ms:+.1f}% | {r.node_sum_ms:.3f} | "
-                     f"{r.node_sum_ms / r.measured_ms:.2f} | {-decompose(r)[UNATTRIBUTED]:.3f} |")
+                     f"{r.node_sum_ms / r.measured_ms:.2f} | {-decompose(r)[UNATTRIBUTED]:.3f} | {gap} |")
     lines += ["", "| kernel type | kernels | Σ predicted ms | Σ in-model ms | residual ms (P − M) "
               "| share of abs. error |",
               "|---|---:|---:|---:|---:|---:|"]

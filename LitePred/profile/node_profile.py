@@ -126,8 +126,19 @@ class NodeProfile:
         """Sum over executed nodes of each node's median time."""
         return float(sum(node.median_ms for node in self.nodes))
 
+    @property
+    def traced_gap_ms(self) -> float | None:
+        """Median over the traced runs of (the run's time − its nodes' times): the time between nodes, taken
+        within each run, so it does not depend on how loaded the machine was across runs (it includes what
+        tracing itself costs). None without traced runs."""
+        if not self.traced_run_ms:
+            return None
+        node_sums = np.sum([node.run_ms for node in self.nodes], axis=0) if self.nodes else 0.0
+        return float(np.median(np.asarray(self.traced_run_ms) - node_sums))
+
     def to_dict(self) -> dict[str, Any]:
         return {"engine": self.engine, "model_ms": self.model_ms, "node_sum_ms": self.node_sum_ms,
+                "traced_gap_ms": self.traced_gap_ms,
                 "run_ms": self.run_ms, "traced_run_ms": self.traced_run_ms, "nodes": [n.to_dict() for n in self.nodes]}
 
 

@@ -28,7 +28,13 @@ from moonlit.litepred.predict.attribution import (
     in_context_records,
     join,
 )
-from moonlit.litepred.profile.node_profile import ExecutedNode, map_ort_nodes, parse_ort_trace, timed_to_original
+from moonlit.litepred.profile.node_profile import (
+    ExecutedNode,
+    NodeProfile,
+    map_ort_nodes,
+    parse_ort_trace,
+    timed_to_original,
+)
 
 
 def _run(ts: float, dur: float) -> dict:
@@ -91,6 +97,15 @@ def test_parse_ort_trace_never_fails_unclearly(fuzz_settings) -> None:
         assert all(len(ms) == len(run_ms) for _, ms in per_node.values())
 
     check()
+
+
+def test_the_gap_between_nodes_is_taken_within_each_traced_run() -> None:
+    nodes = [ExecutedNode("a", "Conv", (1.0, 2.0, 3.0), ("x",)), ExecutedNode("b", "Relu", (0.5, 0.5, 0.5), ("y",))]
+    # run totals 2, 3 and 10 ms (the last one slowed down between nodes): gaps 0.5, 0.5, 6.5
+    profile = NodeProfile("test", nodes, [9.0, 9.5, 9.9], [2.0, 3.0, 10.0])
+    assert profile.traced_gap_ms == pytest.approx(0.5)
+    assert profile.node_sum_ms == pytest.approx(2.0 + 0.5) and profile.model_ms == pytest.approx(9.5)
+    assert NodeProfile("test", nodes, [1.0]).traced_gap_ms is None
 
 
 # ---- mapping the optimized graph back to the ONNX nodes ------------------------------------------
@@ -286,6 +301,7 @@ def test_attribute_app_end_to_end_on_ort(tiny_setup: tuple[Path, Path], platform
     in_model = sum(k["in_model_ms"] for k in result["kernels"]) + sum(n["ms"] for n in result["unattributed"])
     assert in_model == pytest.approx(result["node_sum_ms"])
     assert 0 < result["node_sum_ms"] == pytest.approx(result["node_sum_median_ms"])  # statistic: median
+    assert np.isfinite(result["traced_gap_ms"])
     assert "| conv |" in (out / "attribution.md").read_text()
 
 
