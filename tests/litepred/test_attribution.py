@@ -268,7 +268,7 @@ def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("attribution")
     torch.manual_seed(0)
     model = export_onnx(_Tiny().eval(), (torch.randn(1, 3, 32, 32),), root / "tiny.onnx", check=False)
-    for platform in ("ort-fp32", "ort-int8"):
+    for platform in ("ort-fp32", "ort-int8", "ov-fp32", "ov-int8"):
         stand_in_predictor(platform={"name": platform, "statistic": "median"}).save(root / "predictor" / platform)
     return model, root
 
@@ -279,8 +279,10 @@ def _cfg(root: Path, *overrides: str, platform: str = "ort-fp32"):
         "attribute.runs=3", "attribute.warmup=1", "attribute.measure=false", *overrides])
 
 
-@pytest.mark.parametrize("platform", ["ort-fp32", "ort-int8"])
-def test_attribute_app_end_to_end_on_ort(tiny_setup: tuple[Path, Path], platform: str) -> None:
+@pytest.mark.parametrize("platform", ["ort-fp32", "ort-int8", "ov-fp32", "ov-int8"])
+def test_attribute_app_end_to_end(tiny_setup: tuple[Path, Path], platform: str) -> None:
+    if platform.startswith("ov-"):
+        pytest.importorskip("openvino")
     from moonlit.litepred.apps import attribute
     from moonlit.litepred.pipeline import timed_predict_onnx
     from moonlit.litepred.predict.predictor import PlatformPredictor
@@ -295,8 +297,8 @@ def test_attribute_app_end_to_end_on_ort(tiny_setup: tuple[Path, Path], platform
     predictor = PlatformPredictor.load(root / "predictor" / platform)
     assert result["predicted_ms"] == pytest.approx(timed_predict_onnx(predictor, model, platform)["latency_ms"])
     assert sum(result["decomposition"].values()) == pytest.approx(result["predicted_ms"] - result["measured_ms"])
-    # every kernel of this plain CNN runs as (part of) an executed ORT node (at INT8 too, through the QDQ graph),
-    # and the engine's nodes sum to the kernels' in-model times plus the unattributed ones
+    # every kernel of this plain CNN runs as (part of) an executed node or layer (at INT8 too, through the QDQ
+    # graph), and the engine's nodes sum to the kernels' in-model times plus the unattributed ones
     assert result["unprofiled_kernels"] == []
     in_model = sum(k["in_model_ms"] for k in result["kernels"]) + sum(n["ms"] for n in result["unattributed"])
     assert in_model == pytest.approx(result["node_sum_ms"])
@@ -320,8 +322,18 @@ def test_attribute_rejects_a_platform_without_predictor(tiny_setup: tuple[Path, 
     from moonlit.litepred.apps import attribute
 
     model, root = tiny_setup
-    cfg = _cfg(root, f"model={model}", f"predictor_dir={root / 'nowhere'}", platform="ov-fp32")
-    with pytest.raises(InputError, match="platform 'ov-fp32' has no predictor") as error:
+    cfg = _cfg(root, f"model={model}", f"predictor_dir={root / 'nowhere'}", platform="ort-fp32-noopt")
+    with pytest.raises(InputError, match="platform 'ort-fp32-noopt' has no predictor") as error:
         attribute.run(cfg)
     assert "\n" not in str(error.value)
-    assert not (root / "out" / "litepred" / "attribution" / "ov-fp32").exists()
+    assert not (root / "out" / "litepred" / "attribution" / "ort-fp32-noopt").exists()
+
+
+def test_a_platform_without_per_node_profiler_is_a_one_line_error(tiny_setup: tuple[Path, Path]) -> None:
+    from moonlit.litepred.profile import get_platform
+    from moonlit.litepred.profile.node_profile import node_profile
+
+    model, _ = tiny_setup
+    with pytest.raises(InputError, match="platform 'debug' runs on 'debug' without a per-node profiler") as error:
+        node_profile(get_platform("debug"), "debug", model, {})
+    assert "\n" not in str(error.value)
