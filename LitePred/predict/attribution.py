@@ -185,6 +185,8 @@ class ModelAttribution:
                          "shared": t.shared, "engine_nodes": [list(e) for e in t.engine_nodes]}
                         for k, t in zip(self.kernels, self.times)],
             "unattributed": [n.to_dict() for n in self.unattributed],
+            "unattributed_by_op": {op: float(sum(n.ms for n in self.unattributed if n.op_type == op))
+                                   for op in sorted({n.op_type for n in self.unattributed})},
             "unprofiled_kernels": [k.config.key() for k, t in zip(self.kernels, self.times) if not t.profiled],
         }
 

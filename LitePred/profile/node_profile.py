@@ -17,14 +17,17 @@ are mapped back to the ONNX nodes they run (:func:`map_ort_nodes`; ORT's optimiz
 
 1. *anchors*: an executed node named like an ONNX node runs that node; a node named ``<tensor>_nchwc``
    (ORT's NCHWc layout transformer names a converted node after the ONNX tensor it computes) runs that
-   tensor's producer; otherwise, an output that keeps an ONNX tensor name marks its producer.
+   tensor's producer; otherwise, an output that keeps an ONNX tensor name marks its producer; else the
+   longest leading part of its name that names an ONNX node (``<node>/QuickGeluFusion/``).
 2. an executed node that runs no ONNX node of its own (a layout change the engine inserted) goes with
    the node its anchor belongs to (a ``ReorderOutput`` writing an ONNX tensor: the node that computed it),
    else the executed node that consumes its output (a ``ReorderInput``), else the one that produced its
    input; ``ReorderInput``/``ReorderOutput`` time is also counted as layout time.
-3. ONNX nodes no executed node names were fused away. An elementwise one (Add, Mul, activations,
-   BatchNormalization) whose input an executed node computes joins the latest such node (ORT fuses
-   sums and activations into the preceding convolution: a residual Add joins the conv before it);
+3. ONNX nodes no executed node names were fused away. One whose consumer also reads its input joins
+   that consumer (x · sigmoid(x) run as one QuickGelu named after the Mul). An elementwise one (Add,
+   Mul, activations, BatchNormalization) whose input an executed node computes joins the latest such
+   node (ORT fuses sums and activations into the preceding convolution: a residual Add joins the conv
+   before it);
    every other one joins the executed node that consumes its output (a Conv fused with the Relu
    the executed node is named after; constant and shape subgraphs folded into their consumer).
 
@@ -238,6 +241,9 @@ def map_ort_nodes(original: onnx.ModelProto, optimized: onnx.ModelProto) -> dict
             found = {producer[name[: -len(_NCHWC_SUFFIX)]]}
         else:
             found = {s for out in node.output if (s := source(out))}
+        if not found:  # "<node>/QuickGeluFusion/" and the like: the longest leading ONNX node name
+            cuts = [i for i, char in enumerate(name) if char in "/_" and i > 0]
+            found = next(({name[:i]} for i in reversed(cuts) if name[:i] in name_set), set())
         anchors[name] = found
     taken = {a for found in anchors.values() for a in found}
     for name, node in executed:  # an unnamed op (e.g. of an inlined function): the op of its kind it reads from
@@ -260,13 +266,21 @@ def map_ort_nodes(original: onnx.ModelProto, optimized: onnx.ModelProto) -> dict
             if (node.op_type in LAYOUT_OPS) == layout_pass:
                 for onnx_node in sorted(anchors[name]):
                     owner.setdefault(onnx_node, name)
-    for onnx_node in names:  # step 3a: elementwise nodes fused into what computes their input
+    for onnx_node in names:  # step 3a: a node closing a diamond over it (x * sigmoid(x) as one QuickGelu)
+        if onnx_node in owner:
+            continue
+        inputs = set(node_inputs[onnx_node])
+        closing = [owner[c] for out in outputs_of[onnx_node] for c in consumers_of.get(out, [])
+                   if c in owner and inputs & set(node_inputs[c])]
+        if closing:
+            owner[onnx_node] = closing[0]
+    for onnx_node in names:  # step 3b: elementwise nodes fused into what computes their input
         if onnx_node in owner or op_of[onnx_node] not in _ELEMENTWISE:
             continue
         feeders = [owner[producer[x]] for x in node_inputs[onnx_node] if x in producer and producer[x] in owner]
         if feeders:
             owner[onnx_node] = max(feeders, key=order.__getitem__)
-    for onnx_node in reversed(names):  # step 3b: the rest joins its consumer (reverse topological order)
+    for onnx_node in reversed(names):  # step 3c: the rest joins its consumer (reverse topological order)
         if onnx_node not in owner:
             continue
         for x in node_inputs[onnx_node]:

@@ -143,6 +143,24 @@ def test_map_ort_nodes_follows_names_fusions_and_layout_nodes() -> None:
     assert mapping["Inserted_0"] == ((), False)  # nothing names an ONNX node: unattributed
 
 
+def test_map_ort_nodes_puts_a_fused_swish_with_the_node_named_after_its_mul() -> None:
+    original = _model([
+        helper.make_node("Conv", ["x", "w"], ["c"], name="Conv_0"),
+        helper.make_node("Sigmoid", ["c"], ["s"], name="Sig_0"),
+        helper.make_node("Mul", ["c", "s"], ["y"], name="Mul_0"),
+    ], ["x", "w"], ["y"])
+    optimized = _model([
+        helper.make_node("Conv", ["x", "w"], ["t"], name="c_nchwc", domain="com.microsoft.nchwc"),
+        helper.make_node("ReorderOutput", ["t"], ["c"], name="ReorderOutput_0", domain="com.microsoft.nchwc"),
+        helper.make_node("QuickGelu", ["c"], ["q"], name="Mul_0/QuickGeluFusion/", domain="com.microsoft"),
+        helper.make_node("ReorderInput", ["q"], ["z"], name="ReorderInput_1", domain="com.microsoft.nchwc"),
+    ], ["x", "w"], ["z"])
+    mapping = map_ort_nodes(original, optimized)
+    assert mapping["c_nchwc"] == (("Conv_0",), False)
+    # named after the Mul (its output tensor is new); the Sigmoid whose consumer also reads its input joins it
+    assert mapping["Mul_0/QuickGeluFusion/"] == (("Sig_0", "Mul_0"), False)
+
+
 def test_map_ort_nodes_reads_qdq_fusions_and_unnamed_ops_of_inlined_functions() -> None:
     # QDQ graph: x -> Q -> DQ -> Conv_0 (c) -> Q -> DQ -> [HardSwish inlined: HardSigmoid, Mul] (h) -> y
     qdq = _model([
