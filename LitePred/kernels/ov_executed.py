@@ -238,6 +238,8 @@ def executed_partition(path: str | Path, platform: str, *, graph: Graph | None =
     ov_model = openvino.Core().read_model(str(path))
     origins = _frontend_origins(ov_model, graph)
     # Compiled from the same frontend model, so the plugin's original names are the ones traced above.
+    if precision == "int8" and not any(node.op_type in _QDQ for node in graph.nodes):
+        precision = "fp32"  # nothing the quantizer could quantize: the platform runs it in f32
     compiled = openvino_compile(ov_model, precision=precision, threads=1, perf_counters=True)
     request = compiled.create_infer_request()
     request.infer(resolve_onnx_inputs(path))

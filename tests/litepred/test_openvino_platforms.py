@@ -62,6 +62,22 @@ def test_ov_int8_times_the_same_qdq_graph_as_ort_int8(tmp_path: Path) -> None:
     assert any(layer.layer_type == "Convolution" and layer.runtime_precision in ("u8", "i8") for layer in layers)
 
 
+def test_ov_int8_runs_a_kernel_the_quantizer_leaves_in_float(tmp_path: Path) -> None:
+    """A spatial mean (ReduceMean) alone gets no Q/DQ from ORT's quantizer (ort-int8 runs it in float); ov-int8 runs
+    that graph at f32 instead of rejecting it as unquantized."""
+
+    class SpatialMean(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean((2, 3), keepdim=True)
+
+    pool, x = SpatialMean(), torch.randn(1, 16, 8, 8)
+    backend = get_platform("ov-int8", **FAST)
+    timed, _ = backend.export(pool, x, tmp_path)
+    assert "QuantizeLinear" not in {node.op_type for node in __import__("onnx").load(str(timed)).graph.node}
+    (kernel,) = backend.measure_many([(pool, x)], kernels=True)
+    assert isinstance(kernel, Measurement) and kernel.raw_median_ms > 0
+
+
 def test_a_model_the_plugin_cannot_compile_fails_alone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A segfault of the CPU plugin (a child process killed by signal 11) fails that model, not the run."""
     import subprocess
