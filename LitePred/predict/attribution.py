@@ -336,6 +336,7 @@ def markdown_tables(results: Sequence[ModelAttribution]) -> str:
 
 def plot_attribution(results: Sequence[ModelAttribution], path: str | Path, title: str) -> Path:
     """Predicted vs in-model ms per kernel (log-log, one colour per type) beside the residual share by type."""
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -355,9 +356,10 @@ def plot_attribution(results: Sequence[ModelAttribution], path: str | Path, titl
         line = np.geomspace(min(every) / 1.3, max(every) * 1.3, 32)
         scatter.fill_between(line, line * 0.9, line * 1.1, color="tab:green", alpha=0.15, label="±10%")
         scatter.plot(line, line, color="black", linewidth=1.0)
-        for kernel_type, pairs in sorted(points.items()):
+        palette = colormaps["tab20"]  # the default cycle repeats after 10 types
+        for index, (kernel_type, pairs) in enumerate(sorted(points.items())):
             xs, ys = zip(*pairs)
-            scatter.scatter(xs, ys, s=10, alpha=0.7, label=kernel_type)
+            scatter.scatter(xs, ys, s=10, alpha=0.7, label=kernel_type, color=palette(index % 20))
         scatter.set_xscale("log")
         scatter.set_yscale("log")
         scatter.legend(fontsize=7, loc="upper left")
