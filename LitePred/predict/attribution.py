@@ -19,6 +19,9 @@ time, ``N = Σ M_t + U`` the sum of executed node times, ``measured − N`` the 
 statistic), or the median of runs of the profiled session's setup with the profiler off when the model is
 not measured apart. A node's time
 is its predictor's statistic (p10 or median) over the profiled runs, as the kernels it learned from.
+The tracer adds a few µs per node, partly inside the node times, so ``measured − N`` can be negative;
+``traced_gap_ms`` (:attr:`~moonlit.litepred.profile.node_profile.NodeProfile.traced_gap_ms`) is the time
+between nodes within each traced run.
 
 In-context kernel samples (:func:`in_context_records`) turn the same join into records of the
 isolated-kernel dataset's format, marked ``metadata["context"] = "in-model"``.
