@@ -16,9 +16,9 @@ with ``P_t`` the predictions of the kernels of type ``t`` as they enter the mode
 time, ``N = Σ M_t + U`` the sum of executed node times, ``measured − N`` the time between nodes
 (dispatch, allocation, the runtime's per-run overhead) and ``b`` the calibration intercept.
 ``measured`` is the platform's own measurement of the model (its protocol and the predictor's
-statistic), or the median of runs of the profiled session's setup with the profiler off when the model is
-not measured apart. A node's time
-is its predictor's statistic (p10 or median) over the profiled runs, as the kernels it learned from.
+statistic), or the median of runs of the profiled session's setup with the profiler off when the model
+is not measured apart. A node's time is its predictor's statistic (p10 or median) over the profiled
+runs, as the kernels it learned from.
 The tracer adds a few µs per node, partly inside the node times, so ``measured − N`` can be negative;
 ``traced_gap_ms`` (:attr:`~moonlit.litepred.profile.node_profile.NodeProfile.traced_gap_ms`) is the time
 between nodes within each traced run.
