@@ -28,13 +28,8 @@ from moonlit.litepred.predict.attribution import (
     in_context_records,
     join,
 )
-from moonlit.litepred.profile.node_profile import (
-    ExecutedNode,
-    NodeProfile,
-    map_ort_nodes,
-    parse_ort_trace,
-    timed_to_original,
-)
+from moonlit.litepred.profile.node_map import map_ort_nodes, timed_to_original
+from moonlit.litepred.profile.node_profile import ExecutedNode, NodeProfile, parse_ort_trace
 
 
 def _run(ts: float, dur: float) -> dict:
