@@ -18,8 +18,9 @@ They have three parts, applied in this order by :func:`moonlit.litepred.kernels.
    the parameter extractor reads), ``where`` predicates, ``other`` (what the other operands of a
    binary op must be), ``input`` (the operand position of the chained tensor) and ``excludes``
    (skip the step if one of these roles matched). A rule names the kernel type it yields.
-3. ``free_ops`` (views, Shape) and units with only static inputs cost nothing and are reported
-   as free; ``transparent_ops`` (QuantizeLinear/DequantizeLinear in QDQ graphs) are looked
+3. ``free_ops`` (views, Shape), units of ``free_when`` (``{op: [...], where: [predicates]}``: a
+   no-op Slice) and units with only static inputs cost nothing and are reported as free;
+   ``transparent_ops`` (QuantizeLinear/DequantizeLinear in QDQ graphs) are looked
    through and attached to the kernel they feed. Anything left is *unassigned*, with a reason.
 
 Op lists may name ``sets`` as ``$name``; sets are expanded after merging, so a platform file
@@ -112,6 +113,7 @@ class RuleSet:
     transparent_ops: frozenset[str]
     idioms: tuple[Idiom, ...]
     rules: tuple[Rule, ...]
+    free_when: tuple[tuple[frozenset[str], tuple[str, ...]], ...] = ()  # (ops, predicates) of free units
 
     @property
     def source(self) -> str:
@@ -121,7 +123,7 @@ class RuleSet:
 
 
 # ---- loading -------------------------------------------------------------------------------
-_TOP_KEYS = {"version", "extends", "description", "sets", "free_ops", "view_ops",
+_TOP_KEYS = {"version", "extends", "description", "sets", "free_ops", "free_when", "view_ops",
              "transparent_ops", "idioms", "rules", "disable"}
 _RULE_KEYS = {"name", "kernel", "anchor", "before", "chain", "insert_before"}
 _STEP_KEYS = {"op", "optional", "as", "where", "other", "input", "excludes"}
@@ -161,7 +163,7 @@ def _read_raw(path: Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
 def _merge(parent: dict[str, Any], child: dict[str, Any], path: Path) -> dict[str, Any]:
     merged = copy.deepcopy(parent)
     merged["files"] = [*parent["files"], str(path)]
-    for key in ("version", "description", "free_ops", "view_ops", "transparent_ops"):
+    for key in ("version", "description", "free_ops", "free_when", "view_ops", "transparent_ops"):
         if key in child:
             merged[key] = child[key]
     merged["sets"] = {**parent.get("sets", {}), **(child.get("sets") or {})}
@@ -337,6 +339,22 @@ def _load_packaged(platform: str, path: Path, fallback: bool, kernel_types: froz
     return _compile(platform, path, fallback, kernel_types)
 
 
+def _compile_free_when(raw: Any, sets: Mapping[str, Any],
+                       file: str) -> tuple[tuple[frozenset[str], tuple[str, ...]], ...]:
+    if not isinstance(raw, list):
+        raise RuleError(f"{file}: free_when must be a list of {{op: [...], where: [...]}}, got {raw!r}")
+    entries = []
+    for item in raw:
+        if not isinstance(item, dict) or "op" not in item or set(item) - {"op", "where"}:
+            raise RuleError(f"{file}: a free_when entry is {{op: [...], where: [...]}}, got {item!r}")
+        where = tuple(item.get("where") or ())
+        unknown = [name for name in where if name not in PREDICATES]
+        if unknown:
+            raise RuleError(f"{file}: free_when predicates {unknown} are unknown; known: {sorted(PREDICATES)}")
+        entries.append((frozenset(_expand(item["op"], sets, f"{file}: free_when")), where))
+    return tuple(entries)
+
+
 def _compile(platform: str, path: Path, fallback: bool, kernel_types: frozenset[str] | None) -> RuleSet:
     raw = _read_raw(path)
     file = path.name
@@ -352,4 +370,5 @@ def _compile(platform: str, path: Path, fallback: bool, kernel_types: frozenset[
         transparent_ops=frozenset(_expand(raw.get("transparent_ops") or [], sets, f"{file}: transparent_ops")),
         idioms=tuple(_compile_idiom(item, file) for item in raw.get("idioms") or []),
         rules=tuple(_compile_rule(item, sets, types, file) for item in raw.get("rules") or []),
+        free_when=_compile_free_when(raw.get("free_when") or [], sets, file),
     )

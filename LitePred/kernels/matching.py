@@ -321,6 +321,12 @@ def partition(graph: Graph, rules: RuleSet, extract: Callable[[Match], Any]) -> 
         if view.is_static_unit(unit):
             taken.add(unit.index)
             free.extend((node, "static (constant-folded)") for node in unit.nodes)
+            continue
+        for ops, where in rules.free_when:  # before the rules: a no-op Slice is no layout kernel
+            if unit.op in ops and all(PREDICATES[p](view, unit) for p in where):
+                taken.add(unit.index)
+                free.extend((node, f"free op {unit.op} ({', '.join(where)})") for node in unit.nodes)
+                break
     kernels: list[tuple[Match, Any]] = []
     rejected: dict[int, str] = {}
     for rule in rules.rules:

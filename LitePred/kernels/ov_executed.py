@@ -41,7 +41,7 @@ from typing import Any
 from moonlit.common.errors import InputError
 from moonlit.litepred.graph.ir import Graph
 from moonlit.litepred.graph.onnx_import import load_graph
-from moonlit.litepred.kernels.detect import load_platform_rules
+from moonlit.litepred.kernels.detect import detect_kernels, load_platform_rules
 
 __all__ = ["OV_PLATFORMS", "EngineKernel", "EnginePartition", "platform_precision", "executed_partition"]
 
@@ -88,11 +88,13 @@ class EnginePartition:
 
 # ---- the executed graph as groups of ONNX nodes --------------------------------------------
 def _compute_nodes(graph: Graph, platform: str) -> list[str]:
-    """Nodes that do work under the rules: not Q/DQ, not a free op (views, Shape), not constant-only."""
+    """Nodes that do work under the rules: not Q/DQ, not a free op (views, Shape, ``free_when``: a no-op Slice),
+    not constant-only."""
     rules = load_platform_rules(platform)
     skipped = _QDQ | rules.free_ops | rules.transparent_ops
-    return [node.name for node in graph.nodes
-            if node.op_type not in skipped and not all(graph.is_static(x) for x in node.present_inputs)]
+    free = {name for name, _ in detect_kernels(graph, platform).free}
+    return [node.name for node in graph.nodes if node.op_type not in skipped and node.name not in free
+            and not all(graph.is_static(x) for x in node.present_inputs)]
 
 
 def _frontend_origins(ov_model: Any, graph: Graph) -> dict[str, frozenset[str]]:

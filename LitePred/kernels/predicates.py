@@ -133,6 +133,10 @@ PREDICATES: dict[str, Callable[[GraphView, Unit], bool]] = {
     "last_axis": lambda view, unit: softmax_axis(view, unit) == _rank(view, unit.inputs[0]) - 1,
     "spatial_reduce": _spatial_reduce,
     "token_reduce": _token_reduce,
+    # The op returns its data input unchanged in shape (a Slice that keeps every element is a no-op).
+    "keeps_shape": lambda view, unit: bool(unit.inputs) and bool(unit.outputs)
+    and view.graph.shapes.get(unit.inputs[0]) is not None
+    and view.graph.shapes.get(unit.inputs[0]) == view.graph.shapes.get(unit.outputs[0]),
 }
 
 

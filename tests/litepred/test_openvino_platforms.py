@@ -297,3 +297,45 @@ def test_small_build_on_ov_fp32_end_to_end(tmp_path: Path) -> None:
     assert (predictor.platform["runtime"], predictor.platform["precision"]) == ("openvino", "fp32")
     model, x = _conv_bn_relu()
     assert api.predict_module(predictor, model, (x,)).latency_ms > 0
+
+
+# --- the rule language's free_when (a no-op Slice) ----------------------------------------------
+
+class _SliceThenConv(nn.Module):
+    """GhostNet's ``out[:, :channels]``: with ``keep`` the Slice keeps every channel (a no-op), else it drops some."""
+
+    def __init__(self, keep: bool) -> None:
+        super().__init__()
+        self.channels = 16 if keep else 8
+        self.conv = nn.Conv2d(self.channels, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x[:, : self.channels])
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_no_op_slice_is_free_on_openvino_only(keep: bool, tmp_path: Path) -> None:
+    from moonlit.common.export.onnx import export_onnx
+    from moonlit.litepred.kernels.detect import detect_kernels
+
+    path = export_onnx(_SliceThenConv(keep).eval(), torch.randn(1, 16, 8, 8), tmp_path / "slice.onnx", check=False)
+    ov = detect_kernels(path, "ov-fp32")
+    ort = detect_kernels(path, "ort-fp32")
+    assert [k.config.type for k in ort.kernels] == ["layout", "conv"]  # the ORT rules are unchanged
+    assert [k.config.type for k in ov.kernels] == (["conv"] if keep else ["layout", "conv"])
+    assert any("keeps_shape" in reason for _, reason in ov.free) == keep
+
+
+def test_free_when_entries_are_checked(tmp_path: Path) -> None:
+    from moonlit.litepred.kernels.fusion import RuleError, load_rules
+
+    good = tmp_path / "good.yaml"
+    good.write_text("extends: base\nfree_when:\n  - {op: [Slice, Pad], where: [keeps_shape]}\n")
+    assert load_rules("x", path=good).free_when == ((frozenset({"Slice", "Pad"}), ("keeps_shape",)),)
+    for bad, message in [("free_when: {op: Slice}", "must be a list"),
+                         ("free_when:\n  - {op: [Slice], where: [no_such]}", "no_such"),
+                         ("free_when:\n  - {ops: [Slice]}", "free_when entry")]:
+        path = tmp_path / "bad.yaml"
+        path.write_text(f"extends: base\n{bad}\n")
+        with pytest.raises(RuleError, match=message):
+            load_rules("x", path=path)
