@@ -10,6 +10,7 @@ overrides after the command go to it as they would to ``python -m moonlit.litepr
     moonlit-litepred predict  platform=ort-fp32 model=path/to/model.onnx
     moonlit-litepred evaluate platform=ort-fp32
     moonlit-litepred adapt    platform=ort-int8 adapt.budget=300   # transfer from the knowledge pool
+    moonlit-litepred attribute platform=ort-fp32 model=path/to/model.onnx   # predicted vs in-model time per kernel
 
 All but ``platforms`` read ``configs/litepred/litepred.yaml``. Profiling appends each measurement
 to ``dataset`` as it is taken, so a killed ``profile`` or ``build`` re-run with the same overrides

@@ -47,14 +47,14 @@ def test_unknown_command_is_one_line_and_status_2(argv: list[str], given: str, c
         cli.main(argv)
     assert exited.value.code == 2 and calls == []
     assert capsys.readouterr().err == (f"moonlit-litepred: error: {given}; expected one of: platforms, profile, "
-                                       "build, calibrate, predict, evaluate, adapt\n")
+                                       "build, calibrate, predict, evaluate, adapt, attribute\n")
 
 
 def test_help_lists_the_commands_not_the_alias(capsys: pytest.CaptureFixture[str], calls: list) -> None:
     cli.main(["--help"])
     out = capsys.readouterr().out
     listed = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
-    assert listed == ["platforms", "profile", "build", "calibrate", "predict", "evaluate", "adapt"]
+    assert listed == ["platforms", "profile", "build", "calibrate", "predict", "evaluate", "adapt", "attribute"]
     assert "backends" not in out and calls == []
 
 
