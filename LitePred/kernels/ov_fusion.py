@@ -33,6 +33,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
+from moonlit.common.config import hydra_app
 from moonlit.common.errors import InputError
 from moonlit.litepred.graph.ir import Graph
 from moonlit.litepred.graph.onnx_import import load_graph
@@ -46,7 +49,7 @@ from moonlit.litepred.kernels.ov_executed import (
 )
 
 __all__ = ["OV_PLATFORMS", "EngineKernel", "EnginePartition", "Mismatch", "FusionReport", "platform_precision",
-           "executed_partition", "compare", "compare_model", "main"]
+           "executed_partition", "compare", "compare_model", "run", "main"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,19 +178,6 @@ def _format(report: FusionReport) -> str:
     return "\n".join(lines)
 
 
-def _parse(argv: Sequence[str]) -> dict[str, str]:
-    options = {"model": "", "platform": "ov-fp32"}
-    for item in argv:
-        key, found, value = item.partition("=")
-        if not found or key not in options:
-            raise InputError(f"argument {item!r} is not one of model=<...>, platform=<...>")
-        options[key] = value
-    if not options["model"]:
-        raise InputError("model=<file.onnx | family/description@res | timm-mobile> is required")
-    platform_precision(options["platform"])
-    return options
-
-
 def _run_one(spec_name: str, platform: str) -> str:
     """One spec's mismatch line from a child process: the OpenVINO CPU plugin can crash (a segfault compiling
     some QDQ graphs) and must not take the whole run with it."""
@@ -205,40 +195,49 @@ def _run_one(spec_name: str, platform: str) -> str:
             f"over {nodes} of {compute} compute nodes")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Print executed kernels vs rule kernels and the mismatches of one model, or a line per timm-mobile spec."""
+def run(cfg: DictConfig) -> str:
+    """Executed kernels vs rule kernels and the mismatches of ``cfg.model`` on ``cfg.platform`` (the text printed),
+    or one line per timm-mobile spec when ``cfg.model`` is ``timm-mobile``."""
     from moonlit.litepred.apps.settings import resolve_spec
     from moonlit.litepred.pipeline import export_spec
     from moonlit.litepred.zoo import get_family
 
-    try:
-        options = _parse(sys.argv[1:] if argv is None else argv)
-        model, platform = options["model"], options["platform"]
-        if model == "timm-mobile":
-            total, nodes, compute, failed = 0, 0, 0, 0
-            specs = get_family("timm-mobile").fixed_specs() or []
-            for spec in specs:
-                line = _run_one(f"timm-mobile/{spec.description}@{spec.resolution}", platform)
-                print(line, flush=True)
-                found = re.search(r"(\d+) mismatches over (\d+) of (\d+) compute nodes$", line)
-                if found:
-                    total, nodes, compute = (a + int(b) for a, b in zip((total, nodes, compute), found.groups()))
-                failed += found is None
-            print(f"total mismatches on {len(specs) - failed} of {len(specs)} timm-mobile specs ({platform}): {total} "
-                  f"over {nodes} of {compute} compute nodes" + (f"; the engine failed on {failed}" if failed else ""))
-            return 0
-        with tempfile.TemporaryDirectory(prefix="litepred-ov-fusion-") as workdir:
-            if model.endswith(".onnx"):
-                report = compare_model(model, platform, workdir)
-            else:
-                spec = resolve_spec(model)
-                report = compare_model(export_spec(spec, Path(workdir) / "model.onnx"), platform, workdir)
-            print(_format(report))
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    model, platform = cfg.model, str(cfg.platform)
+    if not model:
+        raise InputError("model=<file.onnx | family/description@res | timm-mobile> is required")
+    model = str(model)
+    platform_precision(platform)
+    if model == "timm-mobile":
+        total, nodes, compute, failed = 0, 0, 0, 0
+        specs = get_family("timm-mobile").fixed_specs() or []
+        lines = []
+        for spec in specs:
+            line = _run_one(f"timm-mobile/{spec.description}@{spec.resolution}", platform)
+            print(line, flush=True)
+            lines.append(line)
+            found = re.search(r"(\d+) mismatches over (\d+) of (\d+) compute nodes$", line)
+            if found:
+                total, nodes, compute = (a + int(b) for a, b in zip((total, nodes, compute), found.groups()))
+            failed += found is None
+        lines.append(f"total mismatches on {len(specs) - failed} of {len(specs)} timm-mobile specs ({platform}): "
+                     f"{total} over {nodes} of {compute} compute nodes"
+                     + (f"; the engine failed on {failed}" if failed else ""))
+        print(lines[-1])
+        return "\n".join(lines)
+    with tempfile.TemporaryDirectory(prefix="litepred-ov-fusion-") as workdir:
+        if model.endswith(".onnx"):
+            report = compare_model(model, platform, workdir)
+        else:
+            report = compare_model(export_spec(resolve_spec(model), Path(workdir) / "model.onnx"), platform, workdir)
+    text = _format(report)
+    print(text)
+    return text
+
+
+@hydra_app("litepred", "ov_fusion")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

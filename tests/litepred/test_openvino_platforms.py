@@ -259,20 +259,27 @@ def test_mismatches_are_the_disagreeing_components() -> None:
 
 
 def test_the_tool_prints_kernels_and_mismatches(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hydra.errors import HydraException
+
+    from moonlit.common.config import compose_config
+    from moonlit.common.errors import InputError
     from moonlit.common.export.onnx import export_onnx
-    from moonlit.litepred.kernels.ov_fusion import main
+    from moonlit.litepred.kernels.ov_fusion import run
 
     model, x = _conv_bn_relu()
     path = export_onnx(model, x, tmp_path / "conv.onnx", check=False)
-    assert main([f"model={path}", "platform=ov-fp32"]) == 0
+    run(compose_config("litepred", "ov_fusion", [f"model={path}", "platform=ov-fp32"]))
     out = capsys.readouterr().out
     assert "executed kernels (1):" in out and "[Convolution:" in out
     assert "mismatches (0, over 0 of 2 compute nodes):" in out  # the Conv and its ReLU
-    assert main([f"model={path}", "platform=ort-fp32"]) == 2
-    assert main(["modle=x.onnx"]) == 2
-    assert main([f"model={tmp_path / 'missing.onnx'}"]) == 2
-    errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 3 and "ort-fp32" in errors[0] and "modle" in errors[1] and "missing.onnx" in errors[2]
+    with pytest.raises(InputError, match="ort-fp32"):
+        run(compose_config("litepred", "ov_fusion", [f"model={path}", "platform=ort-fp32"]))
+    with pytest.raises(InputError, match="model=.* is required"):
+        run(compose_config("litepred", "ov_fusion", []))
+    with pytest.raises(InputError, match="missing.onnx"):
+        run(compose_config("litepred", "ov_fusion", [f"model={tmp_path / 'missing.onnx'}"]))
+    with pytest.raises(HydraException):  # an unknown key: Hydra names it
+        compose_config("litepred", "ov_fusion", ["modle=x.onnx"])
 
 
 # --- a small profile + build on ov-fp32 ---------------------------------------------------------
