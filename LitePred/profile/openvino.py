@@ -33,19 +33,15 @@ import numpy as np
 from torch import nn
 
 from moonlit.common.errors import InputError
-from moonlit.common.export.int8 import quantization_summary, quantize_static_int8
-from moonlit.common.export.onnx import export_onnx
 from moonlit.common.profiling import openvino as ov_engine
 from moonlit.common.profiling.backends import Runner, make_runner
-from moonlit.litepred.profile.base import Backend, fixed_threads, register_platform
+from moonlit.litepred.profile.base import fixed_threads, register_platform
 from moonlit.litepred.profile.ort import (
     CALIBRATION_BATCHES,
+    OnnxPlatform,
     _tiny_add_model,
     is_quantized,
-    random_calibration,
-    resolve_onnx_inputs,
 )
-from moonlit.litepred.profile.protocol import Measurement
 
 __all__ = ["OpenVinoBackend", "OV_PRECISIONS", "check_compiles", "openvino_version"]
 
@@ -77,7 +73,7 @@ def check_compiles(path: str | Path, precision: str) -> None:
                            f"{precision}; this model cannot be measured on this platform")
 
 
-class OpenVinoBackend(Backend):
+class OpenVinoBackend(OnnxPlatform):
     """OpenVINO CPU plugin; ``precision`` "fp32", "bf16" or "int8" (QDQ INT8 as ``ort-int8`` makes it)."""
 
     runtime = "openvino"
@@ -93,6 +89,8 @@ class OpenVinoBackend(Backend):
         _check_precision_supported(precision, self.name)
         self.precision = precision
         self.calibration_batches = calibration_batches
+
+    _workdir_prefix = "litepred-ov-"
 
     def _runtime_version(self) -> str:
         return openvino_version()
@@ -126,23 +124,6 @@ class OpenVinoBackend(Backend):
     def _runner(self, path: Path, feed: dict[str, np.ndarray]) -> Runner:
         return make_runner("openvino", path, feed, threads=self.threads, precision=self._compile_precision(path))
 
-    def prepare_onnx(self, path: str | Path, feed: dict[str, np.ndarray], workdir: str | Path) -> Path:
-        """The file this backend times for ``path``: itself (FP32/BF16, or already quantized) or its
-        static QDQ INT8 version (``ort-int8``'s quantization) written into ``workdir``."""
-        path = Path(path)
-        if self.precision != "int8" or is_quantized(path):
-            return path
-        calibration = random_calibration(feed, self.calibration_batches)
-        return quantize_static_int8(path, Path(workdir) / f"{path.stem}.int8.onnx", calibration)
-
-    def export(self, model: nn.Module, example_inputs: Any, workdir: str | Path) -> tuple[Path, dict[str, np.ndarray]]:
-        """Export ``model`` into ``workdir``; return the file this backend times and its feed."""
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"expected an nn.Module, got {type(model).__name__}; use measure_onnx() for .onnx files")
-        fp32 = export_onnx(model, example_inputs, Path(workdir) / "model.onnx", check=False)
-        feed = resolve_onnx_inputs(fp32, example_inputs)
-        return self.prepare_onnx(fp32, feed, workdir), feed
-
     def prepare_runner(self, model: nn.Module, example_inputs: Any, workdir: Path, *, kernel: bool = False) -> Runner:
         """A runner of ``model`` (a kernel runs as its own model: see the module docstring; a whole INT8 model is
         compiled in a child process first, :func:`check_compiles`)."""
@@ -151,27 +132,10 @@ class OpenVinoBackend(Backend):
             check_compiles(timed, self._compile_precision(timed))
         return self._runner(timed, feed)
 
-    def measure(self, model: nn.Module, example_inputs: Any) -> Measurement:
-        with tempfile.TemporaryDirectory(prefix="litepred-ov-") as workdir:
-            return self._measure_prepared(*self.export(model, example_inputs, workdir))
-
-    def measure_onnx(self, path: str | Path, inputs: Any = None) -> Measurement:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX model not found: {path}")
-        feed = resolve_onnx_inputs(path, inputs)
-        with tempfile.TemporaryDirectory(prefix="litepred-ov-") as workdir:
-            return self._measure_prepared(self.prepare_onnx(path, feed, workdir), feed)
-
-    def _measure_prepared(self, timed: Path, feed: dict[str, np.ndarray]) -> Measurement:
+    def _check_timed(self, timed: Path) -> None:
+        """A whole INT8 model is compiled in a child process first (:func:`check_compiles`)."""
         if self.precision == "int8":
             check_compiles(timed, self._compile_precision(timed))
-        measurement = self._time(self._runner(timed, feed))
-        if self.precision == "int8":
-            summary = quantization_summary(timed)
-            measurement.details["quantized_fraction"] = summary.fraction_quantized()
-            measurement.details["quantization"] = summary.to_dict()
-        return measurement
 
 
 @register_platform("ov-fp32")

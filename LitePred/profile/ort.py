@@ -36,7 +36,7 @@ from moonlit.litepred.profile.base import Backend, fixed_threads, register_platf
 from moonlit.litepred.profile.kernel_io import strip_boundaries
 from moonlit.litepred.profile.protocol import Measurement
 
-__all__ = ["OrtBackend", "CALIBRATION_BATCHES", "is_quantized", "random_calibration", "resolve_onnx_inputs"]
+__all__ = ["OnnxPlatform", "OrtBackend", "CALIBRATION_BATCHES", "is_quantized", "random_calibration", "resolve_onnx_inputs"]
 
 CALIBRATION_BATCHES = 4  # activation ranges only need to cover the random inputs' scale
 _QUANTIZED_OP_TYPES = frozenset({
@@ -126,7 +126,63 @@ def _tiny_add_model(path: Path) -> Path:
     return save_onnx(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
 
 
-class OrtBackend(Backend):
+class OnnxPlatform(Backend):
+    """What the platforms that time an exported ONNX file share (``ort-*``, ``ov-*``): the file timed for a
+    model (FP32, or its static QDQ INT8 version with random calibration batches), measuring a module or an
+    ``.onnx`` file, and the INT8 quantization summary in each measurement's details. Subclasses set
+    ``precision``, ``calibration_batches`` and implement ``_runner``; ``_check_timed`` runs before timing."""
+
+    precision: str
+    calibration_batches: int
+    _workdir_prefix = "litepred-onnx-"
+
+    def _runner(self, path: Path, feed: dict[str, np.ndarray]) -> Runner:
+        raise NotImplementedError
+
+    def _check_timed(self, timed: Path) -> None:
+        """A check of the file about to be timed (none by default)."""
+
+    def prepare_onnx(self, path: str | Path, feed: dict[str, np.ndarray], workdir: str | Path) -> Path:
+        """The file this backend times for ``path``: itself (not INT8, or already quantized) or its
+        static QDQ INT8 version written into ``workdir``."""
+        path = Path(path)
+        if self.precision != "int8" or is_quantized(path):
+            return path
+        calibration = random_calibration(feed, self.calibration_batches)
+        return quantize_static_int8(path, Path(workdir) / f"{path.stem}.int8.onnx", calibration)
+
+    def export(self, model: nn.Module, example_inputs: Any, workdir: str | Path) -> tuple[Path, dict[str, np.ndarray]]:
+        """Export ``model`` into ``workdir``; return the file this backend times and its feed."""
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"expected an nn.Module, got {type(model).__name__}; "
+                             "use measure_onnx() for .onnx files")
+        fp32 = export_onnx(model, example_inputs, Path(workdir) / "model.onnx", check=False)
+        feed = resolve_onnx_inputs(fp32, example_inputs)
+        return self.prepare_onnx(fp32, feed, workdir), feed
+
+    def measure(self, model: nn.Module, example_inputs: Any) -> Measurement:
+        with tempfile.TemporaryDirectory(prefix=self._workdir_prefix) as workdir:
+            return self._measure_prepared(*self.export(model, example_inputs, workdir))
+
+    def measure_onnx(self, path: str | Path, inputs: Any = None) -> Measurement:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {path}")
+        feed = resolve_onnx_inputs(path, inputs)
+        with tempfile.TemporaryDirectory(prefix=self._workdir_prefix) as workdir:
+            return self._measure_prepared(self.prepare_onnx(path, feed, workdir), feed)
+
+    def _measure_prepared(self, timed: Path, feed: dict[str, np.ndarray]) -> Measurement:
+        self._check_timed(timed)
+        measurement = self._time(self._runner(timed, feed))
+        if self.precision == "int8":
+            summary = quantization_summary(timed)
+            measurement.details["quantized_fraction"] = summary.fraction_quantized()
+            measurement.details["quantization"] = summary.to_dict()
+        return measurement
+
+
+class OrtBackend(OnnxPlatform):
     """onnxruntime CPU session; ``precision`` "fp32" or "int8", ``optimization_level`` as in
     :func:`moonlit.common.profiling.backends.onnxruntime_runner` ("disable" … "all")."""
 
@@ -150,6 +206,8 @@ class OrtBackend(Backend):
         self.precision = precision
         self.optimization_level = optimization_level
         self.calibration_batches = calibration_batches
+
+    _workdir_prefix = "litepred-ort-"
 
     def _runtime_version(self) -> str:
         return ort.__version__
@@ -176,24 +234,6 @@ class OrtBackend(Backend):
         return make_runner("onnxruntime", path, feed, threads=self.threads,
                            optimization_level=self.optimization_level)
 
-    def prepare_onnx(self, path: str | Path, feed: dict[str, np.ndarray], workdir: str | Path) -> Path:
-        """The file this backend times for ``path``: itself (FP32, or already quantized) or its
-        static INT8 version written into ``workdir``."""
-        path = Path(path)
-        if self.precision == "fp32" or is_quantized(path):
-            return path
-        calibration = random_calibration(feed, self.calibration_batches)
-        return quantize_static_int8(path, Path(workdir) / f"{path.stem}.int8.onnx", calibration)
-
-    def export(self, model: nn.Module, example_inputs: Any, workdir: str | Path) -> tuple[Path, dict[str, np.ndarray]]:
-        """Export ``model`` into ``workdir``; return the file this backend times and its feed."""
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"expected an nn.Module, got {type(model).__name__}; "
-                             "use measure_onnx() for .onnx files")
-        fp32 = export_onnx(model, example_inputs, Path(workdir) / "model.onnx", check=False)
-        feed = resolve_onnx_inputs(fp32, example_inputs)
-        return self.prepare_onnx(fp32, feed, workdir), feed
-
     def prepare_runner(self, model: nn.Module, example_inputs: Any, workdir: Path, *, kernel: bool = False) -> Runner:
         """A runner of ``model``; a ``kernel`` (with ``kernel_boundaries="strip"`` and graph optimizations
         on) is timed as it runs inside a model: see :mod:`moonlit.litepred.profile.kernel_io`."""
@@ -204,27 +244,6 @@ class OrtBackend(Backend):
                                     optimization_level=self.optimization_level)
         return make_runner("onnxruntime", stripped.path, stripped.feed, threads=self.threads,
                            optimization_level="disable")
-
-    def measure(self, model: nn.Module, example_inputs: Any) -> Measurement:
-        with tempfile.TemporaryDirectory(prefix="litepred-ort-") as workdir:
-            return self._measure_prepared(*self.export(model, example_inputs, workdir))
-
-    def measure_onnx(self, path: str | Path, inputs: Any = None) -> Measurement:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX model not found: {path}")
-        feed = resolve_onnx_inputs(path, inputs)
-        with tempfile.TemporaryDirectory(prefix="litepred-ort-") as workdir:
-            return self._measure_prepared(self.prepare_onnx(path, feed, workdir), feed)
-
-    def _measure_prepared(self, timed: Path, feed: dict[str, np.ndarray]) -> Measurement:
-        measurement = self._time(self._runner(timed, feed))
-        if self.precision == "int8":
-            summary = quantization_summary(timed)
-            measurement.details["quantized_fraction"] = summary.fraction_quantized()
-            measurement.details["quantization"] = summary.to_dict()
-        return measurement
-
 
 @register_platform("ort-fp32")
 def ort_fp32(**options: Any) -> OrtBackend:
