@@ -18,6 +18,7 @@ Add session) goes through the same session options and input feed.
 
 from __future__ import annotations
 
+import abc
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,7 +37,8 @@ from moonlit.litepred.profile.base import Backend, fixed_threads, register_platf
 from moonlit.litepred.profile.kernel_io import strip_boundaries
 from moonlit.litepred.profile.protocol import Measurement
 
-__all__ = ["OnnxPlatform", "OrtBackend", "CALIBRATION_BATCHES", "is_quantized", "random_calibration", "resolve_onnx_inputs"]
+__all__ = ["OnnxPlatform", "OrtBackend", "CALIBRATION_BATCHES", "is_quantized", "random_calibration",
+           "resolve_onnx_inputs"]
 
 CALIBRATION_BATCHES = 4  # activation ranges only need to cover the random inputs' scale
 _QUANTIZED_OP_TYPES = frozenset({
@@ -136,8 +138,9 @@ class OnnxPlatform(Backend):
     calibration_batches: int
     _workdir_prefix = "litepred-onnx-"
 
+    @abc.abstractmethod
     def _runner(self, path: Path, feed: dict[str, np.ndarray]) -> Runner:
-        raise NotImplementedError
+        """The runner that times ``path`` on this platform's engine."""
 
     def _check_timed(self, timed: Path) -> None:
         """A check of the file about to be timed (none by default)."""
