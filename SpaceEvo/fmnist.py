@@ -13,7 +13,9 @@ two checks a user of a one-shot supernet cares about:
 3. ``ranking``: ``ranking.count`` subnets spread over the MACs range; each one's top-1 on the test set with
    the FP32-phase supernet weights (BN re-estimated, RNG seeded first) against its top-1 when trained alone
    from scratch on the FP32 phase's schedule (:func:`moonlit.common.train.classifier.train_classifier`);
-   Kendall's tau (:mod:`moonlit.common.nas.ranking`);
+   Kendall's tau (:mod:`moonlit.common.nas.ranking`). With ``ranking.seeds`` > 1 each subnet is also trained
+   alone with the next seeds: the stand-alone score is the mean, and the seeds' agreement with each other
+   (their Kendall tau) is reported as the ceiling a supernet's ranking can be held to;
 4. ``subnet_search`` and ``deploy`` (:mod:`moonlit.spaceevo.fmnist_deploy`): evolutionary subnet search on the
    QAT supernet (fitness: INT8 fake-quant top-1 on the held-out train images after BN recalibration) under a
    latency band priced by the LUTs' constant table (or MMACs, or LitePred latency), the best subnet exported to
@@ -52,6 +54,7 @@ from moonlit.common.nas.ranking import (
     map_in_processes,
     plot_ranking,
     ranking_fidelity,
+    seed_agreement,
     spread_by_complexity,
 )
 from moonlit.common.report import write_section
@@ -107,7 +110,7 @@ def check_config(cfg: DictConfig) -> SpaceEncoding | None:
                          f"LUT resolution {list(spec.lut_resolutions)} (first_conv + stage0 + head)")
     _positive(cfg, ["kd.fp32_steps", "kd.batch_size", "lut.num_samples", "lut.batch_size", "lut.calib_batches",
                     "lut.eval_batches", "search.budget", "search.rerank_top", "supernet.fp32_epochs",
-                    "supernet.qat_epochs", "supernet.batch_size", "ranking.candidates", "ranking.jobs",
+                    "supernet.qat_epochs", "supernet.batch_size", "ranking.candidates", "ranking.jobs", "ranking.seeds",
                     "subnet_search.population", "subnet_search.batch_size", "deploy.calibration_batches",
                     "data.holdout_per_class"])
     _positive(cfg, ["kd.lsq_steps", "teacher.bn_batches", "ranking.bn_batches", "subnet_search.bn_batches",
@@ -290,6 +293,26 @@ def _standalone_job(subnet: SubnetEncoding, train_cfg: DictConfig, out_dir: Path
     return standalone_top1(subnet, train_cfg, _loaders(train_cfg), out_dir, seed)
 
 
+def _reseeded(train_cfg: DictConfig, seed: int) -> DictConfig:
+    """``train_cfg`` with ``trainer.seed`` = ``seed``: another stand-alone replicate (initialisation, batch order,
+    augmentation and dropout all drawn anew)."""
+    cfg = train_cfg.copy()
+    cfg.trainer.seed = seed
+    return cfg
+
+
+def _replicate_job(subnet: SubnetEncoding, train_cfg: DictConfig, out_dir: Path, seed: int) -> float:
+    """One extra-seed stand-alone training (saved as ``out_dir/result.json``, skipped when found): its top-1 %."""
+    torch.set_num_threads(1)
+
+    def train() -> dict[str, Any]:
+        cfg = _reseeded(train_cfg, seed)
+        return {"name": str(subnet), "seed": seed, "standalone": standalone_top1(subnet, cfg, _loaders(cfg),
+                                                                                 out_dir, seed)}
+
+    return float(_stage(out_dir / "result.json", train)["standalone"])
+
+
 def rank_subnets(cfg: DictConfig, train_cfg: DictConfig, fp32_checkpoint: str, out: Path) -> dict[str, Any]:
     """Inherited vs stand-alone top-1 of ``ranking.count`` subnets spread over the MACs range; tau and the plot.
 
@@ -322,11 +345,25 @@ def rank_subnets(cfg: DictConfig, train_cfg: DictConfig, fp32_checkpoint: str, o
             return {"name": str(subnet), "macs": float(macs[candidate]), "inherited": inherited, "standalone": trained}
 
         rows.append(RankedSubnet(**_stage(out / f"subnet{index}" / "result.json", score)))
+    extra_seeds = [seed + k for k in range(1, int(cfg.ranking.seeds))]
+    jobs = [(candidates[picked[i]], train_cfg, out / f"subnet{i}" / f"seed{s}", s)
+            for s in extra_seeds for i in range(len(picked))]
+    replicates = map_in_processes(_replicate_job, jobs, int(cfg.ranking.jobs), "ranking: extra seeds") if jobs else []
+    by_seed = [[row.standalone for row in rows]] + [replicates[k * len(rows):(k + 1) * len(rows)]
+                                                     for k in range(len(extra_seeds))]
+    result: dict[str, Any] = {"candidates": len(candidates), "weights": "FP32-phase supernet",
+                              "epochs": int(train_cfg.fp32.epochs), "test_images": len(loaders["val"].dataset),
+                              "seeds": [seed, *extra_seeds]}
+    if extra_seeds:
+        # the stand-alone score becomes the mean over seeds; the first seed's tau is kept beside it
+        result["first_seed_fidelity"] = ranking_fidelity(rows).to_dict()
+        result["seed_agreement"] = seed_agreement(by_seed)
+        rows = [RankedSubnet(row.name, row.macs, row.inherited, float(np.mean([run[i] for run in by_seed])))
+                for i, row in enumerate(rows)]
     fidelity = ranking_fidelity(rows)
     plot_ranking(rows, fidelity, out / "ranking.png", title="SpaceEvo on Fashion-MNIST")
-    return {"fidelity": fidelity.to_dict(), "subnets": [vars(row) for row in rows], "candidates": len(candidates),
-            "weights": "FP32-phase supernet", "epochs": int(train_cfg.fp32.epochs),
-            "test_images": len(loaders["val"].dataset)}
+    subnets = [{**vars(row), "standalone_by_seed": [run[i] for run in by_seed]} for i, row in enumerate(rows)]
+    return {"fidelity": fidelity.to_dict(), "subnets": subnets, **result}
 
 
 # --- the app ----------------------------------------------------------------------------------------

@@ -56,15 +56,24 @@ def build_section(results: dict[str, Any]) -> dict[str, Any]:
                  for phase, r in supernet["phases"].items()],
         "floatfmt": ".3f", "source": "moonlit.spaceevo.train_supernet (experiment=fmnist + the app's overrides)"}
     fidelity = ranking["fidelity"]
-    ranking_table = {
-        "caption": f"Ranking fidelity on {ranking.get('test_images', '?')} test images: {fidelity['count']} "
-                   "subnets spread over the MACs range, Kendall tau "
-                   f"{fidelity['kendall_tau']:.3f} (p {fidelity['p_value']:.3f}), Spearman rho "
-                   f"{fidelity['spearman_rho']:.3f}, best subnet agrees: {fidelity['best_agrees']}",
-        "columns": ["subnet", "MMACs", "inherited top-1 % (BN re-estimated)",
-                    f"trained alone top-1 % ({ranking['epochs']} epoch{'' if ranking['epochs'] == 1 else 's'})"],
-        "rows": [[s["name"], s["macs"] / 1e6, s["inherited"], s["standalone"]] for s in ranking["subnets"]],
-        "floatfmt": ".2f", "source": "moonlit.common.nas.ranking over the FP32-phase supernet"}
+    seeds = ranking.get("seeds", [None])
+    epochs = f"{ranking['epochs']} epoch{'' if ranking['epochs'] == 1 else 's'}"
+    caption = (f"Ranking fidelity on {ranking.get('test_images', '?')} test images: {fidelity['count']} subnets spread "
+               f"over the MACs range, Kendall tau {fidelity['kendall_tau']:.3f} (p {fidelity['p_value']:.3f}), "
+               f"Spearman rho {fidelity['spearman_rho']:.3f}, best subnet agrees: {fidelity['best_agrees']}")
+    columns = ["subnet", "MMACs", "inherited top-1 % (BN re-estimated)", f"trained alone top-1 % ({epochs})"]
+    rows = [[s["name"], s["macs"] / 1e6, s["inherited"], s["standalone"]] for s in ranking["subnets"]]
+    agreement = ranking.get("seed_agreement")
+    if agreement:
+        caption += (f". Trained alone: mean of {len(seeds)} seeds {seeds}; the seeds order the subnets with Kendall "
+                    f"tau {agreement['mean_tau']:.3f} between each other (the noise ceiling), seed-to-seed std "
+                    f"{agreement['mean_std_points']:.2f} points per subnet; the first seed alone gives tau "
+                    f"{ranking['first_seed_fidelity']['kendall_tau']:.3f}")
+        columns = [*columns[:3], f"trained alone top-1 % (mean, {epochs})", "per seed"]
+        rows = [[*row, " / ".join(f"{v:.2f}" for v in s["standalone_by_seed"])]
+                for row, s in zip(rows, ranking["subnets"])]
+    ranking_table = {"caption": caption, "columns": columns, "rows": rows, "floatfmt": ".2f",
+                     "source": "moonlit.common.nas.ranking over the FP32-phase supernet"}
     top1 = deploy["test_top1"]
     deploy_table = {
         "caption": "Best subnet of the subnet search (INT8 fake-quant fitness on held-out train images), exported to "

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["RankedSubnet", "RankingFidelity", "kendall_tau", "map_in_processes", "plot_ranking",
-           "ranking_fidelity", "spread_by_complexity"]
+           "ranking_fidelity", "seed_agreement", "spread_by_complexity"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,26 @@ def ranking_fidelity(subnets: Sequence[RankedSubnet]) -> RankingFidelity:
     rho = float(spearmanr(inherited, standalone).statistic)
     best = int(np.argmax(inherited)) == int(np.argmax(standalone))
     return RankingFidelity(len(subnets), tau, p_value, rho, best)
+
+
+def seed_agreement(scores_by_seed: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """How well one stand-alone training run orders the subnets as another seed's run does: the noise ceiling.
+
+    ``scores_by_seed[k][i]`` is subnet ``i``'s top-1 when trained alone with seed ``k``. Returns the Kendall tau
+    of every pair of seeds, their mean, and the mean over subnets of the seed-to-seed standard deviation
+    (points). A supernet cannot be expected to order subnets better than a second training seed does.
+    """
+    runs = [np.asarray(scores, dtype=float) for scores in scores_by_seed]
+    if len(runs) < 2:
+        raise ValueError(f"seed agreement needs at least 2 seeds, got {len(runs)}")
+    if len({len(r) for r in runs}) != 1:
+        raise ValueError(f"every seed must score the same subnets, got lengths {[len(r) for r in runs]}")
+    pairs = [(a, b) for a in range(len(runs)) for b in range(a + 1, len(runs))]
+    taus = [kendall_tau(runs[a], runs[b])[0] for a, b in pairs]
+    stacked = np.stack(runs)
+    return {"seeds": len(runs), "pair_taus": taus, "mean_tau": float(np.mean(taus)),
+            "mean_std_points": float(np.mean(stacked.std(axis=0, ddof=1))),
+            "range_of_means_points": float(np.ptp(stacked.mean(axis=0)))}
 
 
 def spread_by_complexity(complexity: Sequence[float], count: int) -> list[int]:

@@ -15,6 +15,7 @@ from moonlit.common.nas.ranking import (
     map_in_processes,
     plot_ranking,
     ranking_fidelity,
+    seed_agreement,
     spread_by_complexity,
 )
 
@@ -94,3 +95,23 @@ def test_map_in_processes_keeps_the_order_and_equals_the_serial_map() -> None:
     assert map_in_processes(operator.mul, argsets, 1, "serial") == expected
     assert map_in_processes(operator.mul, argsets, 2, "two processes") == expected
     assert map_in_processes(operator.mul, [], 2, "nothing") == []
+
+
+def test_seed_agreement_against_hand_counts() -> None:
+    # seed 0 and 1 disagree on one of the three pairs (C=2, D=1: tau 1/3); seed 2 equals seed 0 (tau 1)
+    first, second, third = [80.0, 82.0, 84.0], [80.5, 83.5, 83.0], [80.0, 82.0, 84.0]
+    two = seed_agreement([first, second])
+    assert two["seeds"] == 2 and two["pair_taus"] == pytest.approx([1 / 3])
+    # per-subnet std with ddof=1 of two values is |a - b| / sqrt(2)
+    assert two["mean_std_points"] == pytest.approx(np.mean([0.5, 1.5, 1.0]) / math.sqrt(2))
+    assert two["range_of_means_points"] == pytest.approx(83.5 - 80.25)
+    three = seed_agreement([first, second, third])
+    assert three["pair_taus"] == pytest.approx([1 / 3, 1.0, 1 / 3])  # pairs (0,1), (0,2), (1,2)
+    assert three["mean_tau"] == pytest.approx(5 / 9)
+
+
+def test_seed_agreement_rejects_one_seed_and_ragged_runs() -> None:
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        seed_agreement([[1.0, 2.0]])
+    with pytest.raises(ValueError, match="same subnets"):
+        seed_agreement([[1.0, 2.0], [1.0, 2.0, 3.0]])

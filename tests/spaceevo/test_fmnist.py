@@ -135,6 +135,13 @@ def test_smoke_run_writes_the_report_and_resumes(tmp_path: Path, real_artefact) 
     assert len(results["ranking"]["subnets"]) == 3
     macs = [s["macs"] for s in results["ranking"]["subnets"]]
     assert macs == sorted(macs)  # spread_by_complexity: smallest, middle, largest
+    ranking = results["ranking"]
+    assert ranking["seeds"] == [0, 1]  # the config's default: two stand-alone seeds, scored by their mean
+    for row in ranking["subnets"]:
+        assert len(row["standalone_by_seed"]) == 2
+        assert row["standalone"] == pytest.approx(sum(row["standalone_by_seed"]) / 2)
+    assert -1.0 <= ranking["seed_agreement"]["mean_tau"] <= 1.0 or math.isnan(ranking["seed_agreement"]["mean_tau"])
+    assert (tmp_path / "ranking" / "subnet0" / "seed1" / "result.json").is_file()
     assert results["deploy"]["test_images"] == 200
     for key in ("int8_onnx", "fake_quant", "fp32"):
         assert 0.0 <= results["deploy"]["test_top1"][key] <= 100.0
