@@ -228,12 +228,13 @@ def measurement_times(dataset: ProfileDataset, backend: str, specs: Sequence[Arc
     return [datetime.datetime.fromisoformat(t) if t else None for t in times]
 
 
-def kernel_training_data(dataset: ProfileDataset, backend: str, min_rows: int = 10, statistic: str = "p10"
-                         ) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
-    """``{kernel type: (X, y, feature names)}`` from the kernel records of ``backend`` (y by ``statistic``)."""
+def kernel_training_data(dataset: ProfileDataset, backend: str, min_rows: int = 10, statistic: str = "p10",
+                         extra: Sequence[ProfileRecord] = ()) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
+    """``{kernel type: (X, y, feature names)}`` from the kernel records of ``backend`` (y by ``statistic``),
+    followed by the ``extra`` kernel records (e.g. kernels timed inside training models)."""
     configs: dict[str, list[KernelConfig]] = {}
     latency: dict[str, list[float]] = {}
-    for record in dataset.records(backend=backend, kind="kernel"):
+    for record in [*dataset.records(backend=backend, kind="kernel"), *extra]:
         configs.setdefault(record.name, []).append(KernelConfig(record.name, record.config))
         latency.setdefault(record.name, []).append(max(latency_of(record, statistic), 1e-4))
     data = {}
@@ -251,9 +252,11 @@ def kernel_training_data(dataset: ProfileDataset, backend: str, min_rows: int = 
 
 def train_predictor(dataset: ProfileDataset, backend: str, *, regressor: str = "forest",
                     options: Mapping[str, Any] | None = None, metadata: Mapping[str, Any] | None = None,
-                    min_rows: int = 10, seed: int = 0, statistic: str = "p10") -> PlatformPredictor:
-    """One regressor per kernel type from ``dataset``'s kernels on ``backend`` (``regressor="select"`` compares)."""
-    data = kernel_training_data(dataset, backend, min_rows, statistic)
+                    min_rows: int = 10, seed: int = 0, statistic: str = "p10",
+                    extra: Sequence[ProfileRecord] = ()) -> PlatformPredictor:
+    """One regressor per kernel type from ``dataset``'s kernels on ``backend`` and the ``extra`` kernel records
+    (``regressor="select"`` compares)."""
+    data = kernel_training_data(dataset, backend, min_rows, statistic, extra)
     platform = {"name": backend, **dict(metadata or {}), "statistic": statistic,
                 "kernel_rows": {t: int(len(y)) for t, (_, y, _) in data.items()}}
     return PlatformPredictor.train(data, regressor=regressor, options=options, platform=platform, seed=seed)

@@ -4,7 +4,8 @@
     python -m moonlit.litepred.apps.build platform=debug budget.kernels=300 architectures.train=12
 
 Writes the predictor and ``build.json`` (what was profiled, the regressors chosen, the overhead) to
-``predictor_dir``; kernels already in ``dataset`` are reused.
+``predictor_dir``; kernels already in ``dataset`` are reused. ``in_context.path`` adds kernels timed inside
+training models (``moonlit-litepred attribute attribute.in_context=true``) to the isolated kernels' rows.
 """
 
 from __future__ import annotations
@@ -33,12 +34,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """:func:`.profile.run`, then one regressor per kernel type, the overhead fit, saved to ``predictor_dir``."""
     start = time.perf_counter()
     backend = settings.backend(cfg)
+    in_context = settings.in_context_records(cfg, backend.name)  # checked before anything is profiled
     profiled = profile.run(cfg, backend)
     dataset = ProfileDataset(cfg.dataset)
+    metadata = {**backend.metadata(), "rules": cfg.rules}
+    if in_context:
+        metadata["in_context"] = {"path": str(cfg.in_context.path), "records": len(in_context),
+                                  "models": len({r.metadata["model"] for r in in_context})}
     predictor = train_predictor(dataset, backend.name, regressor=cfg.regressor,
                                 options=OmegaConf.to_container(cfg.regressor_options, resolve=True),
-                                metadata={**backend.metadata(), "rules": cfg.rules}, min_rows=int(cfg.min_rows),
-                                seed=int(cfg.budget.seed), statistic=cfg.statistic)
+                                metadata=metadata, min_rows=int(cfg.min_rows),
+                                seed=int(cfg.budget.seed), statistic=cfg.statistic, extra=in_context)
     specs = calibration_architectures(settings.training_specs(cfg), settings.calibration_count(cfg))
     cache = KernelCache(cfg.kernel_cache, cfg.rules)
     overhead = calibrate_overhead(predictor, cache, specs,
@@ -50,6 +56,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     kernel_seconds = sum(float(r.metadata.get("seconds", 0.0))
                          for r in dataset.records(backend=backend.name, kind="kernel"))
     summary = {**profiled, "overhead": overhead, "kernel_types": predictor.kernel_types,
+               "in_context": metadata.get("in_context"),
                "selection": {t: {"selected": c["selected"], **{name: {k: r[k] for k in SELECTION_KEYS}
                                                            for name, r in c["candidates"].items()}}
                              for t, c in predictor.platform.get("selection", {}).items()},

@@ -6,6 +6,7 @@ overhead's weight rates, and a model named on the command line (``model=``, ``he
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -49,6 +50,36 @@ def training_specs(cfg: DictConfig) -> list[ArchSpec]:
     calibration_count(cfg)
     families = list(a.families) if a.families else None
     return training_architectures(int(a.train), seed=int(a.seed), families=families)
+
+
+def in_context_records(cfg: DictConfig, backend_name: str) -> list[Any]:
+    """The kernels timed inside training models that ``in_context.path`` names (``moonlit-litepred attribute
+    attribute.in_context=true`` writes them), for ``build`` to train on beside the isolated kernels; [] when the
+    path is null. Checked whole before anything runs: every record is an in-model sample of ``backend_name``
+    from one of this build's training architectures (a held-out model's kernels must never train a predictor)."""
+    from moonlit.litepred.profile.dataset import ProfileDataset
+
+    path = cfg.get("in_context", {}).get("path")
+    if path is None:
+        return []
+    if not Path(str(path)).is_file():
+        raise InputError(f"in_context.path = {path}: no such file; expected the JSONL that `moonlit-litepred attribute "
+                         f"platform={cfg.platform} attribute.in_context=true` writes")
+    records = ProfileDataset(str(path)).records(kind="kernel")
+    if not records:
+        raise InputError(f"in_context.path = {path} holds no kernel records; expected in-model kernel samples")
+    other = sorted({r.backend for r in records} - {backend_name})
+    if other:
+        raise InputError(f"in_context.path = {path} holds kernels of {other}; expected only {backend_name}'s")
+    training = {spec.name for spec in training_specs(cfg)}
+    for record in records:
+        if record.metadata.get("context") != "in-model":
+            raise InputError(f"in_context.path = {path}: record {record.key} is not an in-model sample "
+                             "(metadata.context != 'in-model')")
+        if record.metadata.get("model") not in training:
+            raise InputError(f"in_context.path = {path}: record {record.key} comes from model "
+                             f"{record.metadata.get('model')!r}, not one of this build's training architectures")
+    return records
 
 
 def weight_rates(value: Any) -> tuple[float, ...]:

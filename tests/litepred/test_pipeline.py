@@ -195,3 +195,62 @@ def test_resolve_spec_and_bad_model_names() -> None:
         resolve_spec("no-such-model")
     with pytest.raises(ValueError, match="predict needs model="):
         predict.run(compose_config("litepred", "litepred", ["platform=debug"]))
+
+
+def _in_context_file(built: Path, path: Path, model: str, count: int = 12, scale: float = 2.0) -> list:
+    """``count`` of the build's kernel records re-labelled as timed inside ``model`` (latency x ``scale``)."""
+    from moonlit.litepred.profile.dataset import ProfileRecord
+
+    source = ProfileDataset(built / "profile.jsonl").records(backend="debug", kind="kernel")[:count]
+    out = ProfileDataset(str(path))
+    records = []
+    for r in source:
+        measurement = {**r.measurement, **{k: scale * r.measurement[k] for k in ("p10_ms", "median_ms")}}
+        record = ProfileRecord.create("debug", "kernel", r.name, dict(r.config), measurement,
+                                      {"context": "in-model", "model": model})
+        out.append(record)
+        records.append(record)
+    return records
+
+
+def test_in_context_kernels_join_the_training_rows(built: Path, tmp_path: Path) -> None:
+    from moonlit.litepred.apps.settings import training_specs
+    from moonlit.litepred.pipeline import kernel_training_data
+
+    cfg = compose_config("litepred", "litepred", [*SMALL, f"paths.output_root={built.parent}"])
+    model = training_specs(cfg)[0].name
+    extra = _in_context_file(built, tmp_path / "in_context.jsonl", model)
+    dataset = ProfileDataset(built / "profile.jsonl")
+    plain = kernel_training_data(dataset, "debug", min_rows=1)
+    joined = kernel_training_data(dataset, "debug", min_rows=1, extra=extra)
+    for kernel_type, (_, y, _) in joined.items():
+        mine = [r.measurement["p10_ms"] for r in extra if r.name == kernel_type]
+        assert len(y) == len(plain[kernel_type][1]) + len(mine)
+        np.testing.assert_allclose(y[len(y) - len(mine):], np.maximum(mine, 1e-4))  # appended after, in file order
+    summary = build.run(compose_config("litepred", "litepred", [
+        *SMALL, f"paths.output_root={built.parent}", f"in_context.path={tmp_path / 'in_context.jsonl'}",
+        f"predictor_dir={tmp_path / 'with_context'}"]))
+    assert summary["in_context"] == {"path": str(tmp_path / "in_context.jsonl"), "records": 12, "models": 1}
+    rows = PlatformPredictor.load(tmp_path / "with_context").platform["kernel_rows"]
+    assert sum(rows.values()) == sum(len(y) for _, y, _ in plain.values() if len(y) >= 10) + sum(
+        1 for r in extra if len(plain[r.name][1]) >= 10)
+
+
+@pytest.mark.parametrize("problem", ["heldout", "missing", "isolated"])
+def test_in_context_file_is_checked_before_anything_is_written(built: Path, tmp_path: Path, problem: str) -> None:
+    from moonlit.common.errors import InputError
+
+    path = tmp_path / "in_context.jsonl"
+    heldout = heldout_architectures(4, families=["spaceevo-like"])[0].name
+    if problem == "heldout":
+        _in_context_file(built, path, heldout, count=3)
+    elif problem == "isolated":
+        source = ProfileDataset(built / "profile.jsonl").records(backend="debug", kind="kernel")[:2]
+        ProfileDataset(str(path)).append(source[0])  # an isolated kernel, no in-model context
+    out = tmp_path / "out"
+    cfg = compose_config("litepred", "litepred", [*SMALL, f"paths.output_root={out}", f"in_context.path={path}"])
+    match = {"heldout": "not one of this build's training architectures", "missing": "no such file",
+             "isolated": "not an in-model sample"}[problem]
+    with pytest.raises(InputError, match=match):
+        build.run(cfg)
+    assert not out.exists()
