@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 
 from moonlit.common.errors import InputError
+from moonlit.common.profiling.backends import onnxruntime_session_options
 from moonlit.litepred.profile.node_map import LAYOUT_OPS, map_ort_nodes, node_names, timed_to_original, translate
 
 __all__ = ["ExecutedNode", "NodeProfile", "node_profile", "ort_node_profile", "openvino_node_profile",
@@ -178,21 +179,6 @@ def _timed_runs(run: Any, warmup: int, runs: int) -> list[float]:
     return times
 
 
-def _ort_session_options(threads: int, optimization_level: str) -> Any:
-    """The options of :func:`moonlit.common.profiling.backends.onnxruntime_session` (the platform's timed
-    sessions: ``threads`` intra-op, one inter-op thread, sequential), to which profiling is added."""
-    import onnxruntime as ort
-
-    levels = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-              "all": "ORT_ENABLE_ALL"}
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, levels[optimization_level])
-    return options
-
-
 def ort_node_profile(backend: Any, path: str | Path, feed: dict[str, np.ndarray], *, warmup: int = 5,
                      runs: int = 20) -> NodeProfile:
     """Profile ``path`` on an :class:`~moonlit.litepred.profile.ort.OrtBackend` as its timed sessions run it
@@ -201,7 +187,7 @@ def ort_node_profile(backend: Any, path: str | Path, feed: dict[str, np.ndarray]
 
     with tempfile.TemporaryDirectory(prefix="litepred-nodes-") as workdir:
         timed = Path(backend.prepare_onnx(path, feed, workdir))
-        options = _ort_session_options(backend.threads, backend.optimization_level)
+        options = onnxruntime_session_options(threads=backend.threads, optimization_level=backend.optimization_level)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(workdir) / "trace")
         options.optimized_model_filepath = str(Path(workdir) / "optimized.onnx")
@@ -216,8 +202,8 @@ def ort_node_profile(backend: Any, path: str | Path, feed: dict[str, np.ndarray]
         mapping = map_ort_nodes(timed_model, optimized)
         optimized_nodes = list(zip(node_names(optimized), optimized.graph.node))
         names = None if timed == Path(path) else timed_to_original(timed_model, onnx.load(str(path)))
-        untraced = ort.InferenceSession(str(timed), _ort_session_options(backend.threads, backend.optimization_level),
-                                        providers=["CPUExecutionProvider"])
+        plain = onnxruntime_session_options(threads=backend.threads, optimization_level=backend.optimization_level)
+        untraced = ort.InferenceSession(str(timed), plain, providers=["CPUExecutionProvider"])
         run_ms = _timed_runs(lambda: untraced.run(None, feed), warmup, runs)
     per_node, traced_ms = parse_ort_trace(events, runs, source=str(trace.name))
     # The trace names an unnamed node "<op>_<index>"; the saved optimized model leaves it unnamed ("#i" here):

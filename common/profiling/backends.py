@@ -23,6 +23,7 @@ from torch import nn
 __all__ = [
     "Runner", "BackendFactory", "register_backend", "get_backend", "available_backends",
     "make_runner", "pinned_torch_threads", "torch_runner", "onnxruntime_runner", "onnxruntime_session",
+    "onnxruntime_session_options",
 ]
 
 
@@ -131,25 +132,17 @@ _ORT_OPTIMIZATION_LEVELS = {
 }
 
 
-def onnxruntime_session(model: str | Path | bytes | Any, *, threads: int = 1, optimization_level: str = "all") -> Any:
-    """The CPU session the ``"onnxruntime"`` backend times: ``intra_op_num_threads=threads``, one
-    inter-op thread, sequential execution, graph optimization ``optimization_level``.
-
-    ``model`` is an ``.onnx`` path, serialized bytes or an ``onnx.ModelProto``;
-    ``optimization_level`` is one of "disable", "basic", "extended", "all".
-    """
+def onnxruntime_session_options(*, threads: int = 1, optimization_level: str = "all") -> Any:
+    """The ``onnxruntime.SessionOptions`` of the sessions the ``"onnxruntime"`` backend times:
+    ``intra_op_num_threads=threads``, one inter-op thread, sequential execution, graph optimization
+    ``optimization_level`` (one of "disable", "basic", "extended", "all"). A caller may add to them
+    (profiling, a saved optimized model) and still run what is timed."""
     import onnxruntime as ort
 
     if optimization_level not in _ORT_OPTIMIZATION_LEVELS:
         raise ValueError(
             f"optimization_level must be one of {list(_ORT_OPTIMIZATION_LEVELS)}, got {optimization_level!r}"
         )
-    if isinstance(model, (str, Path)):
-        if not Path(model).is_file():
-            raise FileNotFoundError(f"ONNX model not found: {model}")
-        model = str(model)
-    elif hasattr(model, "SerializeToString"):
-        model = model.SerializeToString()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -157,6 +150,23 @@ def onnxruntime_session(model: str | Path | bytes | Any, *, threads: int = 1, op
     options.graph_optimization_level = getattr(
         ort.GraphOptimizationLevel, _ORT_OPTIMIZATION_LEVELS[optimization_level]
     )
+    return options
+
+
+def onnxruntime_session(model: str | Path | bytes | Any, *, threads: int = 1, optimization_level: str = "all") -> Any:
+    """The CPU session the ``"onnxruntime"`` backend times, with :func:`onnxruntime_session_options`.
+
+    ``model`` is an ``.onnx`` path, serialized bytes or an ``onnx.ModelProto``.
+    """
+    import onnxruntime as ort
+
+    options = onnxruntime_session_options(threads=threads, optimization_level=optimization_level)
+    if isinstance(model, (str, Path)):
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"ONNX model not found: {model}")
+        model = str(model)
+    elif hasattr(model, "SerializeToString"):
+        model = model.SerializeToString()
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
