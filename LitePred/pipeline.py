@@ -288,20 +288,23 @@ def predict_architectures(predictor: PlatformPredictor, cache: KernelCache, spec
 
 def calibrate_overhead(predictor: PlatformPredictor, cache: KernelCache, specs: Sequence[ArchSpec],
                        measured_ms: np.ndarray, min_models: int = 5, per_type: bool = False,
-                       ridge: float | str = "cv", weight_rates: Sequence[float] = (0.0,)) -> dict[str, Any]:
+                       ridge: float | str = "cv", weight_rates: Sequence[float] = (0.0,),
+                       kernel_offsets: Sequence[float] = (0.0,)) -> dict[str, Any]:
     """Fit the overhead term on measured calibration models (stored in the predictor).
 
     ``per_type=False``: ``model_ms = a · Σ kernels + b``; True: one factor per kernel type on top, and
-    the weight-read floor per kernel with its rate picked from ``weight_rates`` (:mod:`.predict.calibration`).
+    the weight-read floor per kernel with its rate picked from ``weight_rates`` and the per-kernel call offset
+    from ``kernel_offsets`` (:mod:`.predict.calibration`).
     """
     keep = np.isfinite(measured_ms)
     chosen = [s for s, k in zip(specs, keep) if k]
     rows = [model_rows(cache.get(s), predictor.kernel_types)[0] for s in chosen]
     overhead = predictor.calibrate(rows, measured_ms[keep], min_models=min_models, per_type=per_type, ridge=ridge,
-                                   weight_rates=weight_rates)
+                                   weight_rates=weight_rates, kernel_offsets=kernel_offsets)
     return {"models": len(chosen), "slope": overhead.slope, "intercept": overhead.intercept,
             "fitted": overhead.fitted, "type_scales": dict(overhead.type_scales), "ridge": overhead.ridge,
-            "weight_ms_per_mparam": overhead.weight_ms_per_mparam, "cv_error": overhead.cv_error}
+            "weight_ms_per_mparam": overhead.weight_ms_per_mparam, "kernel_offset_ms": overhead.kernel_offset_ms,
+            "cv_error": overhead.cv_error}
 
 
 def timed_predict_onnx(predictor: PlatformPredictor, path: str | Path, platform: str,

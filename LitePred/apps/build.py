@@ -50,7 +50,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     overhead = calibrate_overhead(predictor, cache, specs,
                                   measured_models(dataset, backend.name, specs, statistic=cfg.statistic),
                                   per_type=bool(cfg.overhead.per_type), ridge=cfg.overhead.ridge,
-                                  weight_rates=settings.weight_rates(cfg.overhead.get("weight_rates")))
+                                  weight_rates=settings.weight_rates(cfg.overhead.get("weight_rates")),
+                                  kernel_offsets=settings.kernel_offsets(cfg.overhead.get("kernel_offsets")))
     out = Path(cfg.predictor_dir)
     predictor.save(out)
     kernel_seconds = sum(float(r.metadata.get("seconds", 0.0))

@@ -51,7 +51,8 @@ def run(cfg: DictConfig, backend: Any = None) -> dict[str, Any]:
     before = dataclasses.asdict(predictor.overhead)
     overhead = calibrate_overhead(predictor, cache, specs, measured, per_type=bool(cfg.overhead.per_type),
                                   ridge=cfg.overhead.ridge,
-                                  weight_rates=settings.weight_rates(cfg.overhead.get("weight_rates")))
+                                  weight_rates=settings.weight_rates(cfg.overhead.get("weight_rates")),
+                                  kernel_offsets=settings.kernel_offsets(cfg.overhead.get("kernel_offsets")))
     out = Path(cfg.calibrate.out_dir or cfg.predictor_dir)
     predictor.save(out)
     both = np.isfinite(built) & np.isfinite(measured)

@@ -16,7 +16,7 @@ from moonlit.litepred.profile import get_platform
 from moonlit.litepred.zoo import ArchSpec, training_architectures
 
 __all__ = ["DEFAULT_CALIBRATION_MODELS", "backend", "calibration_count", "resolve_spec", "training_specs",
-           "weight_rates"]
+           "weight_rates", "kernel_offsets"]
 
 # Whole models measured to fit the overhead term when ``architectures.calibration`` is null: enough
 # for the per-type factors' leave-one-out choice, and never more than the training architectures.
@@ -82,17 +82,28 @@ def in_context_records(cfg: DictConfig, backend_name: str) -> list[Any]:
     return records
 
 
+def _grid(value: Any, key: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    """A calibration grid from the config: null = ``default``, a list, or one number (fixed); values >= 0."""
+    if value is None:
+        return default
+    values = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else list(value)
+    if not values or any(not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 for v in values):
+        raise InputError(f"{key} = {value!r}; expected null, a number >= 0 or a list of them")
+    return tuple(float(v) for v in values)
+
+
 def weight_rates(value: Any) -> tuple[float, ...]:
     """``overhead.weight_rates``: null = the default grid, a list, or one number (fixed)."""
     from moonlit.litepred.predict.calibration import WEIGHT_RATE_GRID
 
-    if value is None:
-        return WEIGHT_RATE_GRID
-    values = [value] if isinstance(value, (int, float)) else list(value)
-    if not values or any(not isinstance(v, (int, float)) or v < 0 for v in values):
-        raise InputError(f"overhead.weight_rates = {value!r}; expected null, a number >= 0 or a list of them")
-    return tuple(float(v) for v in values)
+    return _grid(value, "overhead.weight_rates", WEIGHT_RATE_GRID)
 
+
+def kernel_offsets(value: Any) -> tuple[float, ...]:
+    """``overhead.kernel_offsets``: null = the default grid, a list, or one number (fixed; 0 = off)."""
+    from moonlit.litepred.predict.calibration import KERNEL_OFFSET_GRID
+
+    return _grid(value, "overhead.kernel_offsets", KERNEL_OFFSET_GRID)
 
 def resolve_spec(text: str) -> ArchSpec:
     """A zoo architecture from ``family/description@res`` (e.g. ``timm-mobile/efficientnet_b0@224``),

@@ -22,6 +22,14 @@ that read, so inside a model it takes at least ``weight_ms_per_mparam · (its pa
 The rate is one number per platform, chosen from :data:`WEIGHT_RATE_GRID` by the leave-one-out error of
 the rest of the fit (``PlatformPredictor.calibrate``). Measured here: a searched ElasticViT subnet at
 128 px with 23 M parameters ran 6.5 ms while its hot kernels summed to 4.4 ms.
+
+A fourth is a per-kernel offset: a kernel compiled and called as a model of its own pays a fixed cost
+per call that the same kernel inside a model does not (OpenVINO: the inference request and the layout
+reorders or precision converts at the kernel's ends). Summed over a model's kernels this grows with
+the kernel count, not with the work, so no factor on the sum removes it: small-kernel models are
+over-predicted and big-kernel ones under-predicted. Inside a model a kernel takes
+``max(isolated − kernel_offset_ms, OFFSET_KEEP · isolated)``; the offset is chosen from
+:data:`KERNEL_OFFSET_GRID` with the weight rate, by the leave-one-out error of the fit.
 """
 
 from __future__ import annotations
@@ -32,7 +40,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Overhead", "fit_overhead", "fit_type_scales", "RIDGE_GRID", "SCALE_BOUNDS", "WEIGHT_RATE_GRID"]
+__all__ = ["Overhead", "fit_overhead", "fit_type_scales", "KERNEL_OFFSET_GRID", "OFFSET_KEEP", "RIDGE_GRID",
+           "SCALE_BOUNDS", "WEIGHT_RATE_GRID"]
 
 # Ridge strengths tried by leave-one-out (relative to each type's own curvature, so scale-free).
 RIDGE_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
@@ -41,6 +50,10 @@ SCALE_BOUNDS = (0.5, 2.0)
 # ms per million weights read inside a model (0: kernels as timed alone). FP32 weights at 4 bytes and
 # ~10-40 GB/s of memory bandwidth give 0.1-0.4; INT8 at 1 byte a quarter of that.
 WEIGHT_RATE_GRID = (0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6)
+# ms a kernel timed alone pays per call beyond what it costs inside a model (0: none).
+KERNEL_OFFSET_GRID = (0.0, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2)
+# the share of its isolated time a kernel keeps at least, whatever the offset (no kernel is free)
+OFFSET_KEEP = 0.1
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,7 @@ class Overhead:
     type_scales: Mapping[str, float] = field(default_factory=dict)
     ridge: float | None = None  # the chosen ridge strength (None: one-line fit)
     weight_ms_per_mparam: float = 0.0  # a kernel in a model takes >= this x its parameters (millions)
+    kernel_offset_ms: float = 0.0  # a kernel in a model takes its isolated time less this (>= OFFSET_KEEP of it)
     cv_error: float | None = None  # leave-one-out mean relative error of the fit (per-type fits)
 
     def scale(self, kernel_type: str) -> float:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from moonlit.common.errors import InputError
-from moonlit.litepred.predict.calibration import Overhead, fit_overhead, fit_type_scales
+from moonlit.litepred.predict.calibration import OFFSET_KEEP, Overhead, fit_overhead, fit_type_scales
 from moonlit.litepred.predict.metrics import accuracy_report
 from moonlit.litepred.predict.regressors import (
     ForestRegressor,
@@ -211,8 +211,12 @@ class PlatformPredictor:
         """Latency (ms) of each kernel row of one type (at least :data:`MIN_LATENCY_MS`)."""
         return floor_latency(self._regressor(kernel_type).predict(X), f"kernels of type {kernel_type!r}")
 
-    def _weight_floor(self, kernel_type: str, X: np.ndarray, pred: np.ndarray, rate: float) -> np.ndarray:
-        """``max(pred, rate · params_m)`` for types whose features hold their parameter count."""
+    def _weight_floor(self, kernel_type: str, X: np.ndarray, pred: np.ndarray, rate: float,
+                      offset: float = 0.0) -> np.ndarray:
+        """``pred`` less the per-call ``offset`` (keeping at least ``OFFSET_KEEP`` of it), then
+        ``max(·, rate · params_m)`` for types whose features hold their parameter count."""
+        if offset > 0:
+            pred = np.maximum(pred - offset, OFFSET_KEEP * pred)
         column = _params_column(kernel_type)
         if rate <= 0 or column is None:
             return pred
@@ -220,17 +224,19 @@ class PlatformPredictor:
 
     def kernel_sums_flat(self, rows: Mapping[str, tuple[Any, Any]], n_models: int,
                          deduplicate: bool = True, by_type: bool = False,
-                         weight_rate: float | None = None) -> np.ndarray:
+                         weight_rate: float | None = None, kernel_offset: float | None = None) -> np.ndarray:
         """Per-model sums of kernel predictions from ``{kernel_type: (X rows, model index per row)}``.
 
         Each type's predictions carry the overhead's per-type factor; ``by_type=True`` returns the
         unscaled sums as a (models × :attr:`kernel_types`) matrix instead (what calibration fits).
         ``deduplicate`` predicts each distinct row once (NAS batches repeat kernel configs a lot).
         Each kernel takes at least ``weight_rate`` ms per million parameters (default: the overhead's
-        ``weight_ms_per_mparam``; see :mod:`moonlit.litepred.predict.calibration`).
+        ``weight_ms_per_mparam``; see :mod:`moonlit.litepred.predict.calibration`), after the per-call offset
+        ``kernel_offset`` (default: the overhead's ``kernel_offset_ms``) is taken off.
         """
         types = self.kernel_types
         rate = self.overhead.weight_ms_per_mparam if weight_rate is None else weight_rate
+        offset = self.overhead.kernel_offset_ms if kernel_offset is None else kernel_offset
         sums = np.zeros((n_models, len(types))) if by_type else np.zeros(n_models)
         for kernel_type, (X, model_index) in rows.items():
             reg = self._regressor(kernel_type)
@@ -248,9 +254,9 @@ class PlatformPredictor:
             if deduplicate:
                 unique, inverse = np.unique(X, axis=0, return_inverse=True)
                 pred = self._weight_floor(kernel_type, unique, floor_latency(reg.predict(unique), what),
-                                          rate)[inverse.reshape(-1)]
+                                          rate, offset)[inverse.reshape(-1)]
             else:
-                pred = self._weight_floor(kernel_type, X, floor_latency(reg.predict(X), what), rate)
+                pred = self._weight_floor(kernel_type, X, floor_latency(reg.predict(X), what), rate, offset)
             per_model = np.bincount(model_index, weights=pred, minlength=n_models)
             if by_type:
                 sums[:, types.index(kernel_type)] += per_model
@@ -259,7 +265,8 @@ class PlatformPredictor:
         return sums
 
     def kernel_sums(self, models: Sequence[ModelKernels], deduplicate: bool = True,
-                    by_type: bool = False, weight_rate: float | None = None) -> np.ndarray:
+                    by_type: bool = False, weight_rate: float | None = None,
+                    kernel_offset: float | None = None) -> np.ndarray:
         """Per-model sums of kernel predictions (no overhead), one batched call per kernel type.
 
         ``by_type``: unscaled sums per kernel type, a (models × :attr:`kernel_types`) matrix.
@@ -276,7 +283,7 @@ class PlatformPredictor:
                 arrays.append(X)
                 owners.append(np.full(len(X), i, dtype=np.int64))
         rows = {t: (np.concatenate(a), np.concatenate(o)) for t, (a, o) in blocks.items()}
-        return self.kernel_sums_flat(rows, len(models), deduplicate, by_type, weight_rate)
+        return self.kernel_sums_flat(rows, len(models), deduplicate, by_type, weight_rate, kernel_offset)
 
     def predict_models(self, models: Sequence[ModelKernels], apply_overhead: bool = True,
                        deduplicate: bool = True) -> np.ndarray:
@@ -291,21 +298,24 @@ class PlatformPredictor:
 
     def calibrate(self, models: Sequence[ModelKernels], measured_ms: Any, min_models: int = 5,
                   weighting: str = "relative", per_type: bool = False, ridge: float | str = "cv",
-                  weight_rates: Sequence[float] = (0.0,)) -> Overhead:
+                  weight_rates: Sequence[float] = (0.0,), kernel_offsets: Sequence[float] = (0.0,)) -> Overhead:
         """Fit and store the overhead term from measured whole-model latencies.
 
         ``per_type=False``: one line ``a · Σ + b``; True: one factor per kernel type on top
         (:func:`~moonlit.litepred.predict.calibration.fit_type_scales`, ``ridge`` = its strength or "cv"),
-        and the weight-read floor's rate chosen from ``weight_rates`` by leave-one-out error.
+        with the weight-read floor's rate and the per-kernel offset chosen together from ``weight_rates`` x
+        ``kernel_offsets`` by leave-one-out error (ties: the smaller rate, then the smaller offset).
         """
         if per_type:
             fits = []
             for rate in weight_rates:
-                fit = fit_type_scales(self.kernel_sums(models, by_type=True, weight_rate=float(rate)), measured_ms,
-                                      self.kernel_types, min_models=min_models, weighting=weighting, ridge=ridge)
-                fits.append(replace(fit, weight_ms_per_mparam=float(rate)))
+                for offset in kernel_offsets:
+                    sums = self.kernel_sums(models, by_type=True, weight_rate=float(rate), kernel_offset=float(offset))
+                    fit = fit_type_scales(sums, measured_ms, self.kernel_types, min_models=min_models,
+                                          weighting=weighting, ridge=ridge)
+                    fits.append(replace(fit, weight_ms_per_mparam=float(rate), kernel_offset_ms=float(offset)))
             self.overhead = min(fits, key=lambda f: (f.cv_error if f.cv_error is not None else np.inf,
-                                                     f.weight_ms_per_mparam))
+                                                     f.weight_ms_per_mparam, f.kernel_offset_ms))
         else:
             self.overhead = Overhead()  # the one-line fit is on unscaled sums
             self.overhead = fit_overhead(self.kernel_sums(models), measured_ms, min_models, weighting)

@@ -123,6 +123,44 @@ def test_weight_read_floor_rate_is_recovered_by_calibration() -> None:
     assert predictor.kernel_sums(models[:1], weight_rate=0.0)[0] == pytest.approx(0.05 * len(models[0]["fc"]))
 
 
+def test_per_kernel_offset_is_recovered_by_calibration() -> None:
+    """Kernels timed alone at t = 0.02 + x ms (x the work); inside a model each takes t - 0.015 (a per-call cost
+    of 0.015 ms that isolation adds). Models differ in kernel count and size, so no factor on the sum fits them;
+    the offset chosen from the grid makes the fit exact (brute-force ground truth: the hand sum)."""
+    from moonlit.litepred.predict.calibration import KERNEL_OFFSET_GRID, OFFSET_KEEP
+    from moonlit.litepred.predict.features import feature_names
+    from moonlit.litepred.predict.predictor import PlatformPredictor
+
+    names = feature_names("add")
+    rng = np.random.default_rng(1)
+    levels = np.array([0.0, 0.005, 0.05, 0.5])  # isolated extra work per kernel of each size class
+
+    class Lookup:  # an exact regressor: the isolated time of a kernel of size class X[:, 0]
+        def predict(self, X: np.ndarray) -> np.ndarray:
+            return 0.02 + levels[np.asarray(X)[:, 0].astype(int)]
+
+    add = Lookup()
+    predictor = PlatformPredictor({"add": add}, {"name": "synthetic"})
+    true_offset = 0.015
+    assert true_offset in KERNEL_OFFSET_GRID
+    models, measured = [], []
+    for _ in range(30):
+        kinds = rng.integers(0, 4, int(rng.integers(3, 60)))
+        models.append({"add": kinds[:, None] * np.ones((1, len(names)))})
+        isolated = 0.02 + levels[kinds]
+        measured.append(np.maximum(isolated - true_offset, OFFSET_KEEP * isolated).sum())
+    overhead = predictor.calibrate(models, np.array(measured), per_type=True, weight_rates=(0.0,),
+                                   kernel_offsets=KERNEL_OFFSET_GRID)
+    assert overhead.kernel_offset_ms == true_offset
+    np.testing.assert_allclose(predictor.predict_models(models), measured, rtol=1e-6)
+    without = PlatformPredictor({"add": add}, {"name": "synthetic"})
+    line = without.calibrate(models, np.array(measured), per_type=True, weight_rates=(0.0,), kernel_offsets=(0.0,))
+    assert line.cv_error > 0.01 > overhead.cv_error  # kernel count, not work: a factor on the sum cannot fit it
+    # an offset larger than a kernel keeps OFFSET_KEEP of it: the smallest kernel (0.02 ms) at offset 0.05
+    one = {"add": np.zeros((1, len(names)))}
+    assert predictor.kernel_sums([one], kernel_offset=0.05)[0] == pytest.approx(OFFSET_KEEP * 0.02)
+
+
 # ---- non-negative overhead and the latency floor ------------------------------------------------
 
 
