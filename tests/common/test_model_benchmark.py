@@ -36,8 +36,10 @@ def test_best_arm_by_hand() -> None:
 
 
 def test_render_table_has_ov_columns_and_the_best_arm() -> None:
-    rows = [_row("a", 4.0, 2.0, ov_fp32=3.0, ov_bf16=1.6), _row("b", 3.0, None, ov_fp32=2.0)]
-    rows[1]["errors"] = {"ov-bf16": "does not run"}
+    rows = [_row("a", 4.0, 2.0, ov_fp32=3.0, ov_bf16=1.6), _row("b", 3.0, None, ov_fp32=2.0),
+            _row("c", 3.0, None, ov_fp32=2.0)]
+    rows[1]["errors"] = {"ov-bf16": "does not run", "ort-int8": "quantizer error"}
+    rows[2]["errors"] = {}  # ort-int8 not among the engines asked for
     lines = render_table(rows).splitlines()
     assert lines[0].endswith("| INT8 front | OV FP32 ms | OV BF16 ms | best engine (speed-up vs ORT FP32) |")
     assert lines[1].count("|") == lines[0].count("|")
@@ -45,6 +47,7 @@ def test_render_table_has_ov_columns_and_the_best_arm() -> None:
                         "ov-bf16 2.50x |")  # 4.0 / 1.6
     assert lines[3] == ("| b | 224 | 300 | 5.00 | 3.00 | fails in onnxruntime | – | – |  | 2.00 | fails | "
                         "ov-fp32 1.50x |")  # 3.0 / 2.0
+    assert lines[4].startswith("| c | 224 | 300 | 5.00 | 3.00 | not timed | – | – |")
     only_ort = render_table([_row("c", 4.0, 1.0)]).splitlines()
     assert only_ort[0].endswith("| INT8 front | best engine (speed-up vs ORT FP32) |") and only_ort[2].endswith(
         "| ort-int8 4.00x |")
