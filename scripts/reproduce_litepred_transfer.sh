@@ -7,6 +7,8 @@
 #
 #   bash scripts/reproduce_litepred_transfer.sh                      # target ort-int8 (pool: ort-fp32, ort-fp32-noopt, torch-fp32)
 #   bash scripts/reproduce_litepred_transfer.sh ort-int8 ort-fp32    # rotate: each target against the others
+#   bash scripts/reproduce_litepred_transfer.sh --seven              # seven platforms (+ ov-fp32, ov-bf16, ov-int8), each a target (hours)
+#   bash scripts/reproduce_litepred_transfer.sh --seven ov-bf16      # the seven-platform pool, one target
 #   bash scripts/reproduce_litepred_transfer.sh --smoke              # synthetic debug -> debug-int8, small budgets (~3 min)
 # Output: outputs/litepred/transfer/{results.jsonl,TABLE.md,accuracy_vs_cost.png}
 set -euo pipefail
@@ -14,7 +16,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 case "${1:-}" in
     -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
-    --smoke|"") ;;
+    --smoke|--seven|"") ;;
     -*) echo "reproduce_litepred_transfer: unknown option '$1' (see --help)" >&2; exit 2 ;;
 esac
 bash scripts/setup.sh
@@ -25,7 +27,11 @@ platforms=(ort-fp32 ort-fp32-noopt torch-fp32 ort-int8)
 targets=(ort-int8)
 extra=()
 experiment=()
-if [ "${1:-}" = "--smoke" ]; then
+if [ "${1:-}" = "--seven" ]; then
+    platforms=(ort-fp32 ort-fp32-noopt ort-int8 torch-fp32 ov-fp32 ov-bf16 ov-int8)
+    targets=("${platforms[@]}")
+    shift
+elif [ "${1:-}" = "--smoke" ]; then
     platforms=(debug debug-int8)
     targets=(debug-int8)
     extra=(budget.kernels=300 budget.min_per_type=15 architectures.train=12 architectures.calibration=8
