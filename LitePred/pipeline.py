@@ -167,16 +167,19 @@ def _model_config(spec: ArchSpec, repeat: int) -> dict[str, Any]:
 
 
 def profile_models(specs: Sequence[ArchSpec], backend: Backend, dataset: ProfileDataset, *, repeats: int = 1,
-                   group_size: int = 12, desc: str | None = None, first_repeat: int = 0) -> dict[str, Any]:
+                   group_size: int = 12, desc: str | None = None, first_repeat: int = 0,
+                   skip_failed: bool = False) -> dict[str, Any]:
     """Measure whole models ``repeats`` times each, in separate passes (independent measurements).
 
     Each pass times ``group_size`` models interleaved; pass ``r`` shuffles the order with seed ``r``,
     so the passes group different models together. Passes are numbered from ``first_repeat``: a new
     measurement campaign (e.g. on another day, when the machine may run at another speed) takes
-    fresh numbers instead of the stored ones.
+    fresh numbers instead of the stored ones. A model the backend cannot run raises, or with
+    ``skip_failed`` is logged, left unmeasured and listed under ``"failed"`` (name, pass, error).
     """
     start = time.perf_counter()
     measured = 0
+    failed: list[dict[str, Any]] = []
     for repeat in range(first_repeat, first_repeat + repeats):
         done = dataset.measured_keys(backend.name, "model")
         todo = [s for s in specs if record_key(s.name, _model_config(s, repeat)) not in done]
@@ -191,12 +194,18 @@ def profile_models(specs: Sequence[ArchSpec], backend: Backend, dataset: Profile
                 share = (time.perf_counter() - began) / len(group)
                 for spec, measurement in zip(group, measurements):
                     if isinstance(measurement, Exception):
-                        raise RuntimeError(f"could not measure model {spec.name} on {backend.name}") from measurement
+                        if not skip_failed:
+                            raise RuntimeError(f"could not measure model {spec.name} on {backend.name}") \
+                                from measurement
+                        error = (str(measurement).strip().splitlines() or [type(measurement).__name__])[0][:300]
+                        logger.warning("%s does not run on %s (%s); left out", spec.name, backend.name, error)
+                        failed.append({"model": spec.name, "repeat": repeat, "error": error})
+                        continue
                     dataset.append(ProfileRecord.create(backend.name, "model", spec.name, _model_config(spec, repeat),
                                                         measurement, {"seconds": share}))
                     measured += 1
                 bar.update(len(group))
-    return {"measured": measured, "seconds": time.perf_counter() - start}
+    return {"measured": measured, "failed": failed, "seconds": time.perf_counter() - start}
 
 
 # The latency statistic predictors learn and are scored on. Contention on a shared VM only slows runs

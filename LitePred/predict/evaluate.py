@@ -155,10 +155,17 @@ def evaluate_platform(predictor_dir: str | Path, dataset_path: str | Path, cache
     dataset = ProfileDataset(dataset_path)
     cache.fill(specs, desc="detecting held-out kernels")
     profiling = profile_models(specs, backend, dataset, repeats=repeats, desc="measuring held-out models",
-                               first_repeat=first_repeat)
+                               first_repeat=first_repeat, skip_failed=True)
     statistic = predictor.platform.get("statistic", "median")
     measured = [measured_models(dataset, backend.name, specs, r, statistic)
                 for r in range(first_repeat, first_repeat + repeats)]
+    # a model the engine cannot run (the OpenVINO plugin crashing on a QDQ graph) is reported, not scored
+    runs = np.all([np.isfinite(m) for m in measured], axis=0)
+    unmeasured = [s.name for s, ok in zip(specs, runs) if not ok]
+    if not runs.any():
+        raise RuntimeError(f"none of the {len(specs)} held-out models could be measured on {backend.name}")
+    specs = [s for s, ok in zip(specs, runs) if ok]
+    measured = [m[runs] for m in measured]
     predicted, unpredicted = predict_architectures(predictor, cache, specs)
     truth = measured[0]
     report = accuracy_report(predicted, truth, repeat=measured[1] if repeats > 1 else None)
@@ -182,7 +189,7 @@ def evaluate_platform(predictor_dir: str | Path, dataset_path: str | Path, cache
         "models": [{"name": s.name, "family": s.family, "predicted_ms": float(p),
                     "measured_ms": [float(m[i]) for m in measured], "unpredicted_kernels": u}
                    for i, (s, p, u) in enumerate(zip(specs, predicted, unpredicted))],
-        "accuracy": report, "by_family": by_family, "profiling": profiling,
+        "accuracy": report, "by_family": by_family, "profiling": profiling, "unmeasured_models": unmeasured,
         "single_model_seconds": speed,
         "batch": batch_throughput(predictor, cache, specs, batch_architectures),
         "kernels": kernel_level(predictor, dataset, backend, kernel_remeasure, statistic=statistic),
@@ -226,6 +233,9 @@ def _section(results: dict[str, Any]) -> dict[str, Any]:
 
 def _notes(results: dict[str, Any]) -> list[str]:
     notes = [_earlier_pass_note(p) for p in results["accuracy"].get("earlier_passes", [])]
+    if results.get("unmeasured_models"):
+        notes.append(f"Not scored: {len(results['unmeasured_models'])} held-out model(s) the engine could not run "
+                     f"({', '.join(results['unmeasured_models'])}).")
     if results.get("kernels", {}).get("per_type"):
         notes.append(_kernel_note(results["kernels"]))
     return notes

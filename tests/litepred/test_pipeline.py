@@ -254,3 +254,35 @@ def test_in_context_file_is_checked_before_anything_is_written(built: Path, tmp_
     with pytest.raises(InputError, match=match):
         build.run(cfg)
     assert not out.exists()
+
+
+def test_evaluate_scores_the_models_that_run_and_names_the_others(built: Path, tmp_path: Path, monkeypatch) -> None:
+    """A model the engine cannot run (OpenVINO's plugin crashing on a QDQ graph) is left out and named."""
+    from moonlit.litepred.predict import evaluate as evaluate_module
+
+    real = evaluate_module.get_platform
+
+    def failing_first(name, **options):  # noqa: ANN001, ANN003, ANN202
+        backend = real(name, **options)
+        measure_many = backend.measure_many
+
+        def first_item_fails(items, **kw):  # noqa: ANN001, ANN003, ANN202
+            out = measure_many(items, **kw)
+            return [RuntimeError("plugin crashed\nsecond line"), *out[1:]]
+
+        backend.measure_many = first_item_fails
+        return backend
+
+    monkeypatch.setattr(evaluate_module, "get_platform", failing_first)
+    root = tmp_path / "fresh"
+    cfg = compose_config("litepred", "litepred", [*SMALL, f"paths.output_root={root}",
+                                                  f"predictor_dir={built / 'predictors' / 'debug'}"])
+    evaluate.run(cfg)
+    results = json.loads((root / "litepred" / "eval" / "debug" / "results.json").read_text())
+    failed = {f["model"] for f in results["profiling"]["failed"]}
+    assert failed and set(results["unmeasured_models"]) == failed  # each pass's first model failed
+    assert all(f["error"] == "plugin crashed" for f in results["profiling"]["failed"])
+    assert results["accuracy"]["n"] == 4 - len(failed) == len(results["models"])
+    assert not failed & {m["name"] for m in results["models"]}
+    notes = json.loads((root / "litepred" / "eval" / "debug" / "section.json").read_text())["notes"]
+    assert any(n.startswith(f"Not scored: {len(failed)} held-out model") for n in notes)
