@@ -5,7 +5,7 @@
 # trained-alone top-1 over 8 subnets spread over the MACs range); subnet search, INT8 export with the learned
 # LSQ+ scales and its test top-1 as ONNX INT8 vs fake quant vs FP32.
 #
-#   bash scripts/reproduce_spaceevo_fmnist.sh                  # the full run (2 idle cores: supernet ~40 min, all ~1.5-2 h projected)
+#   bash scripts/reproduce_spaceevo_fmnist.sh                  # the full run: 1 h 44 min with one stand-alone seed, + 30 min for the second (measured 2026-12-07/08, 2 cores)
 #   bash scripts/reproduce_spaceevo_fmnist.sh --smoke          # 80 training images, 1 + 1 epochs, 3 ranked subnets: minutes
 #   bash scripts/reproduce_spaceevo_fmnist.sh --out /scratch/outputs
 #   EXTRA="ranking.count=10 seed=1" bash scripts/reproduce_spaceevo_fmnist.sh
