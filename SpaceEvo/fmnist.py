@@ -302,7 +302,9 @@ def _reseeded(train_cfg: DictConfig, seed: int) -> DictConfig:
 
 
 def _replicate_job(subnet: SubnetEncoding, train_cfg: DictConfig, out_dir: Path, seed: int) -> float:
-    """One extra-seed stand-alone training (saved as ``out_dir/result.json``, skipped when found): its top-1 %."""
+    """One extra-seed stand-alone training (saved as ``out_dir/result.json``, skipped when found) on one thread
+    (the caller's thread count is restored: with ``ranking.jobs=1`` it runs in the app's own process): its top-1 %."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
 
     def train() -> dict[str, Any]:
@@ -310,7 +312,10 @@ def _replicate_job(subnet: SubnetEncoding, train_cfg: DictConfig, out_dir: Path,
         return {"name": str(subnet), "seed": seed, "standalone": standalone_top1(subnet, cfg, _loaders(cfg),
                                                                                  out_dir, seed)}
 
-    return float(_stage(out_dir / "result.json", train)["standalone"])
+    try:
+        return float(_stage(out_dir / "result.json", train)["standalone"])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def rank_subnets(cfg: DictConfig, train_cfg: DictConfig, fp32_checkpoint: str, out: Path) -> dict[str, Any]:
